@@ -1,0 +1,84 @@
+"""`digits`: scikit-learn's handwritten digits, split across clients by label skew.
+
+Data: the 1,797 8x8 grey-scale digit images (UCI optical recognition of
+handwritten digits, test part) that ship inside scikit-learn, so nothing is
+downloaded. The images carry no writer ids, so clients are made by a seeded
+Dirichlet label-skew partition (Hsu et al. 2019) rather than by pretending to
+know writers. A share of the clients is held out for evaluation and never
+trains.
+
+Model: a small CNN (two 3x3 conv layers, 32 and 64 filters, one max-pool, a
+64-unit dense layer; 85,066 parameters). With the launcher's defaults
+(50 rounds, 10 clients a round) held-out accuracy is above 90%.
+"""
+
+import numpy as np
+import tensorflow as tf
+from sklearn import datasets as sklearn_datasets
+
+from tffpipe import partition
+from tffpipe.tasks import Task
+
+NUM_CLASSES = 10
+
+
+def build_cnn() -> tf.keras.Model:
+    """The small CNN for 8x8x1 digit images, with logits output."""
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(8, 8, 1)),
+            tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            tf.keras.layers.MaxPool2D(),
+            tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(64, activation="relu"),
+            tf.keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+
+
+def load_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """Images scaled to [0, 1] with a channel axis, and integer labels."""
+    digits = sklearn_datasets.load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
+    return images, digits.target.astype(np.int32)
+
+
+def create_task(
+    *, num_clients: int = 50, eval_clients: int = 10, alpha: float = 0.5, seed: int = 0
+) -> Task:
+    """Builds the digits task.
+
+    Args:
+      num_clients: total clients, training and evaluation together.
+      eval_clients: how many of them are held out for evaluation.
+      alpha: Dirichlet concentration of the label skew; smaller is more non-IID.
+      seed: seeds the partition and which clients are held out.
+    """
+    if not 1 <= eval_clients < num_clients:
+        raise ValueError(
+            f"eval_clients must be between 1 and num_clients - 1, got {eval_clients}"
+        )
+    images, labels = load_arrays()
+    indices = partition.dirichlet_label_skew(labels, num_clients, alpha, seed=seed)
+    order = np.random.default_rng(seed).permutation(num_clients)
+    held_out = set(order[:eval_clients].tolist())
+    ids = [f"client_{i:04d}" for i in range(num_clients)]
+    arrays = {"pixels": images, "label": labels}
+
+    def subset(keep):
+        chosen = [i for i in range(num_clients) if keep(i)]
+        return partition.to_client_data(
+            arrays, [indices[i] for i in chosen], [ids[i] for i in chosen]
+        )
+
+    return Task(
+        name="digits",
+        description="scikit-learn handwritten digits (8x8), Dirichlet label skew, small CNN",
+        model_builder=build_cnn,
+        loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics_builder=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        train_data=subset(lambda i: i not in held_out),
+        eval_data=subset(lambda i: i in held_out),
+        to_features=lambda e: (e["pixels"], e["label"]),
+    )

@@ -1,0 +1,93 @@
+"""Shared test helpers: launching the CLI and finding leftover TFF workers."""
+
+import glob
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tffpipe import processes
+
+# Workers started by in-process tests die with pytest, quietly.
+processes.install_worker_reaper()
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_env() -> dict[str, str]:
+    """This process's environment, less what importing TFF set in it
+    (TF_CPP_MIN_LOG_LEVEL=1).
+
+    Launched programs then see what a user's shell gives them.
+    """
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def processes_with_marker(marker: str) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes whose environment holds `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append((int(pid), cmdline))
+    return found
+
+
+def worker_processes(marker: str) -> list[tuple[int, str]]:
+    return [p for p in processes_with_marker(marker) if "worker_binary" in p[1]]
+
+
+@pytest.fixture
+def marker_env():
+    """An environment whose processes (and their children) can be found later."""
+    marker = f"TFFPIPE_TEST_MARKER={uuid.uuid4().hex}"
+    env = user_env()
+    key, value = marker.split("=")
+    env[key] = value
+    yield env, marker
+    for pid, _ in processes_with_marker(marker):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
+def run_train(args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs `python -m tffpipe.train ARGS` as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "tffpipe.train", *args],
+        cwd=REPO_ROOT,
+        env=env or user_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def scalar_steps(logdir) -> dict[str, list[int]]:
+    """TensorBoard tag -> the steps it was written at, over every event file."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    steps = {}
+    for path in glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps

@@ -1,0 +1,70 @@
+"""No TFF worker process outlives the Python process that started it."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, worker_processes
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import tensorflow_federated as tff
+    from tffpipe import processes
+    processes.install_worker_reaper(handle_sigterm=True)
+
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+    def total(x):
+        return tff.federated_sum(x)
+
+    assert total([1.0, 2.0]) == 3.0
+    print("ready", flush=True)
+    sys.stdin.readline()
+    mode = sys.argv[1]
+    if mode == "exception":
+        raise RuntimeError("boom")
+    if mode == "wait":
+        time.sleep(600)
+    """
+)
+
+
+def _wait_gone(marker, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker_processes(marker):
+            return []
+        time.sleep(0.2)
+    return worker_processes(marker)
+
+
+@pytest.mark.parametrize(
+    "mode, end", [("normal", None), ("exception", None), ("wait", "SIGINT"), ("wait", "SIGTERM"), ("wait", "SIGKILL")]
+)
+def test_worker_dies_with_its_parent(mode, end, marker_env, tmp_path):
+    env, marker = marker_env
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), mode], cwd=REPO_ROOT, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert worker_processes(marker), "the computation should have started a worker"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if end:
+            os.kill(proc.pid, getattr(signal, end))
+        # With a leftover worker holding the pipe, this read would never end.
+        proc.stdout.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert _wait_gone(marker) == []

@@ -1,0 +1,73 @@
+"""The round loop in-process, on a small digits task."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from tffpipe import builder
+from tffpipe import config
+from tffpipe import program
+
+from tasks import digits
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
+
+
+def _config(root, rounds, **schedule):
+    return config.RunConfig(
+        task=config.TaskConfig("digits", {"num_clients": 12, "eval_clients": 3, "alpha": 1.0}),
+        client=config.ClientConfig(epochs=1, batch_size=32),
+        schedule=config.ScheduleConfig(rounds=rounds, clients_per_round=3, eval_every=2, **schedule),
+        output=config.OutputConfig(root_dir=str(root), experiment_name="p"),
+    )
+
+
+def _rounds_in_csv(root):
+    with open(os.path.join(root, "p", "results", "metrics.csv")) as f:
+        return [int(row["round"]) for row in csv.DictReader(f)]
+
+
+def test_initial_weights_depend_only_on_the_seed(small_task):
+    a = builder.initial_model_weights(small_task, 3)
+    b = builder.initial_model_weights(small_task, 3)
+    c = builder.initial_model_weights(small_task, 4)
+    assert all(np.array_equal(x, y) for x, y in zip(a.trainable, b.trainable))
+    assert not np.array_equal(a.trainable[0], c.trainable[0])
+
+
+def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_path):
+    lines = []
+    first = program.run(_config(tmp_path, 3, checkpoint_every=1), small_task, print_fn=lines.append)
+    assert (first.rounds_done, first.resumed_from) == (3, 0)
+    assert 0 <= first.final_eval["eval/accuracy"] <= 1
+    assert [l.split()[1] for l in lines] == ["1/3", "2/3", "3/3"]
+
+    saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
+    saved_model.write_bytes(saved_model.read_bytes()[:100])
+    lines.clear()
+    second = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
+    assert (second.rounds_done, second.resumed_from) == (4, 2)
+    assert lines[0].startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2")
+    assert [l.split()[1] for l in lines[1:]] == ["3/4", "4/4"]
+    assert _rounds_in_csv(tmp_path) == [1, 2, 3, 4]
+    assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")
+
+    lines.clear()
+    third = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
+    assert (third.rounds_done, third.resumed_from) == (4, 4)
+    assert lines == [
+        f"resuming {tmp_path / 'p'} from the checkpoint of round 4",
+        f"{tmp_path / 'p'} already holds 4 rounds (--rounds=4)",
+    ]
+    assert third.final_eval == pytest.approx(second.final_eval, rel=1e-5)
+
+
+def test_too_many_clients_per_round_is_a_config_error(small_task, tmp_path):
+    cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=10))
+    with pytest.raises(config.ConfigError, match=r"--clients_per_round=10 is larger than the 9 training clients"):
+        program.run(cfg, small_task)

@@ -1,0 +1,135 @@
+"""Checkpoints of the program state, with fallback past unreadable ones.
+
+Saving and version bookkeeping are `tff.program.FileProgramStateManager`'s (it
+writes each version to a temporary folder and renames it into place, so a kill
+mid-save leaves no half-written version). What it does not offer, and this
+module adds: trying older versions when the newest cannot be read, and moving
+unreadable versions aside so that the resumed run can save those versions
+again.
+"""
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+from absl import logging
+import tensorflow_federated as tff
+
+from tffpipe import config as config_lib
+from tffpipe import files
+
+_PREFIX = "program_state_"
+_FINGERPRINT_FILE = "fingerprint.json"
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+class ResumeError(RuntimeError):
+    """Resuming is impossible; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramState:
+    """What a checkpoint holds: the learning state after `round_num` rounds."""
+
+    round_num: int
+    learning_state: Any
+
+
+class CheckpointManager:
+    """Saves and restores `ProgramState` under `directory`."""
+
+    def __init__(self, directory: str, *, keep: int, fingerprint: dict[str, Any]):
+        self._directory = directory
+        self._fingerprint_json = config_lib.fingerprint_to_json(fingerprint)
+        self._fingerprint = fingerprint
+        self._manager = tff.program.FileProgramStateManager(
+            directory, prefix=_PREFIX, keep_total=keep, keep_first=False
+        )
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        # A save killed mid-write leaves `program_state_N_tempXXXX` behind.
+        for entry in os.listdir(self._directory):
+            if entry.startswith(_PREFIX) and "_temp" in entry:
+                shutil.rmtree(os.path.join(self._directory, entry), ignore_errors=True)
+
+    def versions(self) -> list[int]:
+        return asyncio.run(self._manager.get_versions()) or []
+
+    def save(self, state: ProgramState) -> None:
+        value = {
+            "round_num": state.round_num,
+            "fingerprint": self._fingerprint_json,
+            "learning_state": state.learning_state,
+        }
+        fingerprint_path = os.path.join(self._directory, _FINGERPRINT_FILE)
+        if not os.path.exists(fingerprint_path):
+            files.write_json_atomic(fingerprint_path, self._fingerprint)
+        asyncio.run(self._manager.save(value, state.round_num))
+
+    def restore(self, structure: Any) -> ProgramState | None:
+        """The newest readable checkpoint, or None when there is none at all.
+
+        Args:
+          structure: the learning state structure of the current process.
+
+        Raises:
+          ResumeError: checkpoints exist but none can be read, or the readable
+            one was written under different settings.
+        """
+        versions = self.versions()
+        fingerprint_path = os.path.join(self._directory, _FINGERPRINT_FILE)
+        if versions and os.path.exists(fingerprint_path):
+            # Checked before loading: settings that change the state's
+            # structure would otherwise surface as unreadable checkpoints.
+            with open(fingerprint_path) as f:
+                self._check_fingerprint(f.read(), versions[-1])
+        template = {"round_num": 0, "fingerprint": "", "learning_state": structure}
+        failures = []
+        for version in reversed(versions):
+            try:
+                value = asyncio.run(self._manager.load(version, template))
+            except Exception as e:  # pylint: disable=broad-except
+                # Any failure to read a version (truncated files, corrupt
+                # protobufs, a different state structure) is reported and
+                # the previous version is tried.
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                logging.warning("checkpoint of round %d is unreadable: %s", version, reason)
+                failures.append((version, reason))
+                continue
+            self._check_fingerprint(value["fingerprint"], version)
+            for bad_version, reason in failures:
+                self._move_aside(bad_version, reason)
+            return ProgramState(int(value["round_num"]), value["learning_state"])
+        if failures:
+            version, reason = failures[0]
+            raise ResumeError(
+                f"no readable checkpoint in {self._directory} (newest, round {version}: "
+                f"{reason}); delete the folder to start from scratch"
+            )
+        return None
+
+    def _check_fingerprint(self, saved_json: Any, version: int) -> None:
+        if isinstance(saved_json, bytes):
+            saved_json = saved_json.decode()
+        saved = json.loads(str(saved_json))
+        diffs = config_lib.fingerprint_differences(saved, self._fingerprint)
+        if diffs:
+            raise ResumeError(
+                f"the checkpoint of round {version} in {self._directory} was written with "
+                f"different settings ({'; '.join(diffs)}); use the original settings or "
+                "a new --experiment_name"
+            )
+
+    def _move_aside(self, version: int, reason: str) -> None:
+        path = os.path.join(self._directory, f"{_PREFIX}{version}")
+        target = path + UNREADABLE_SUFFIX
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(path, target)
+        logging.warning(
+            "moved unreadable checkpoint of round %d to %s (%s)", version, target, reason
+        )

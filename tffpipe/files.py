@@ -1,0 +1,52 @@
+"""Atomic file writes: a reader never sees a half-written file."""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def replace_dir_atomic(path: str, write: Callable[[str], None]) -> None:
+    """Calls `write(temp_dir)`, then swaps the result into `path`.
+
+    The old `path`, if any, stays complete until the new one is fully written.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(dir=parent, prefix=".tmp_" + os.path.basename(path))
+    old_dir = None
+    try:
+        write(temp_dir)
+        if os.path.exists(path):
+            old_dir = temp_dir + ".old"
+            os.rename(path, old_dir)
+        os.rename(temp_dir, path)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if old_dir and not os.path.exists(path):
+            os.rename(old_dir, path)
+        raise
+    if old_dir:
+        shutil.rmtree(old_dir, ignore_errors=True)

@@ -1,0 +1,146 @@
+"""Makes every TFF worker process die with the Python process that started it.
+
+TFF's C++ execution contexts start `worker_binary` with `subprocess.Popen` and
+only stop it from `ServiceManager.__del__`, which does not run at interpreter
+exit, on SIGKILL or on most crashes. The orphaned worker inherits our stdout
+and stderr, so a pipeline such as `python -m tffpipe.train | tail` never ends.
+TFF offers no hook for this, so we wrap the `Popen` it uses:
+
+* every worker gets `PR_SET_PDEATHSIG=SIGKILL`, so the kernel kills it when
+  its parent dies for any reason, SIGKILL included;
+* an `atexit` hook stops the workers on a normal exit, an exception or Ctrl-C,
+  and drops TFF's execution contexts while modules are still intact (TFF's
+  `ServiceManager.__del__` otherwise runs during interpreter teardown and
+  prints "AttributeError: 'NoneType' object has no attribute 'Popen'");
+* optionally, SIGTERM is turned into a normal exit so the `atexit` hook runs.
+"""
+
+import atexit
+import ctypes
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import types
+import weakref
+
+_PR_SET_PDEATHSIG = 1
+_live_workers: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the forked child before exec: ask for SIGKILL on parent death."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The parent may have died between fork and prctl; then nobody would
+    # deliver the signal.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class WorkerPopen(subprocess.Popen):
+    """`subprocess.Popen` for TFF workers: tied to this process's lifetime.
+
+    Note: PDEATHSIG fires when the *thread* that forked the child exits. TFF
+    starts workers from its execution context's event-loop thread, which lives
+    as long as the context does, and the worker is useless without it.
+    """
+
+    def __init__(self, args, **kwargs):
+        if sys.platform.startswith("linux"):
+            parent_pid = os.getpid()
+            kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
+        super().__init__(args, **kwargs)
+        _live_workers.add(self)
+
+
+def stop_workers(timeout: float = 5.0) -> None:
+    """Stops every worker process started through `WorkerPopen`."""
+    workers = [w for w in list(_live_workers) if w.poll() is None]
+    for worker in workers:
+        try:
+            worker.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    for worker in workers:
+        try:
+            worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def exit_now(code: int) -> None:
+    """Stops the workers and exits at once, skipping interpreter teardown.
+
+    TFF's `ServiceManager.__del__` fails with a traceback when it runs during
+    teardown (module globals are already gone); exiting here avoids that noise
+    after an error message that is meant to be the only line printed.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _at_exit()
+    os._exit(code)
+
+
+def _release_tff_contexts() -> None:
+    """Lets TFF's contexts (and their worker managers) go while Python is whole."""
+    try:
+        from tensorflow_federated.python.core.impl.context_stack import (  # pylint: disable=g-import-not-at-top
+            context_stack_impl,
+            runtime_error_context,
+        )
+
+        context_stack_impl.context_stack.set_default_context(
+            runtime_error_context.RuntimeErrorContext()
+        )
+        gc.collect()
+    except Exception:  # pylint: disable=broad-except
+        pass  # Best effort: the workers are stopped either way.
+
+
+def _at_exit() -> None:
+    _release_tff_contexts()
+    stop_workers()
+
+
+def _exit_on_sigterm(signum, frame):
+    del signum, frame
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def install_worker_reaper(*, handle_sigterm: bool = False) -> None:
+    """Ties TFF worker processes started from now on to this process.
+
+    Safe to call more than once. Must be called before the first federated
+    computation runs (importing TFF does not start a worker; the first
+    computation does).
+
+    Args:
+      handle_sigterm: turn SIGTERM into `SystemExit` (if no handler is set yet,
+        and only from the main thread), so the workers are stopped gracefully.
+        Programs set this; libraries leave signal handling to their caller.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        from tensorflow_federated.python.core.impl.executor_stacks import (  # pylint: disable=g-import-not-at-top
+            executor_factory,
+        )
+
+        # Replace the module's view of `subprocess` rather than the global
+        # `subprocess.Popen`, so that nothing else in the process is affected.
+        shim = types.ModuleType("subprocess_for_tff_workers")
+        shim.__dict__.update(vars(subprocess))
+        shim.Popen = WorkerPopen
+        executor_factory.subprocess = shim
+        atexit.register(_at_exit)
+        _installed = True
+    if handle_sigterm and threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)

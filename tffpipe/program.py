@@ -1,0 +1,175 @@
+"""Program logic: the round loop with sampling, evaluation, checkpoints and outputs.
+
+Never reads flags: everything comes from a `RunConfig`. A rerun with the same
+config continues from the newest readable checkpoint.
+"""
+
+import dataclasses
+import time
+from typing import Callable
+
+from absl import logging
+import tensorflow_federated as tff
+
+from tffpipe import builder
+from tffpipe import checkpoints
+from tffpipe import config as config_lib
+from tffpipe import files
+from tffpipe import metrics as metrics_lib
+from tffpipe import outputs
+from tffpipe import processes
+from tffpipe import progress
+from tffpipe import sampling
+from tffpipe.tasks import ClientSpec, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports.
+
+    Attributes:
+      rounds_done: rounds in the final state.
+      resumed_from: the checkpoint round this invocation started from.
+      final_eval: held-out metrics of the final model.
+      model_weights: the final global model weights.
+    """
+
+    rounds_done: int
+    resumed_from: int
+    final_eval: dict[str, float]
+    model_weights: tff.learning.models.ModelWeights
+
+
+def check_against_task(cfg: config_lib.RunConfig, task: Task) -> None:
+    """Checks the settings that depend on the built task.
+
+    Raises:
+      ConfigError: with a one-line reason.
+    """
+    num_train = len(task.train_data.client_ids)
+    if cfg.schedule.clients_per_round > num_train:
+        raise config_lib.ConfigError(
+            f"--clients_per_round={cfg.schedule.clients_per_round} is larger than the "
+            f"{num_train} training clients of task {task.name!r}"
+        )
+
+
+def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
+    c = cfg.client
+    return ClientSpec(
+        num_epochs=c.epochs,
+        batch_size=c.batch_size,
+        max_elements=c.max_elements,
+        shuffle_buffer_size=c.shuffle_buffer,
+    )
+
+
+class _Evaluator:
+    """Federated evaluation of model weights on every held-out client."""
+
+    def __init__(self, task: Task, batch_size: int):
+        self._process = builder.build_evaluation_process(task)
+        self._state = self._process.initialize()
+        self._datasets = [task.eval_dataset(cid, batch_size) for cid in task.eval_data.client_ids]
+
+    def __call__(self, model_weights) -> dict[str, float]:
+        state = self._process.set_model_weights(self._state, model_weights)
+        output = self._process.next(state, self._datasets)
+        return metrics_lib.eval_metrics(output.metrics)
+
+
+def run(
+    cfg: config_lib.RunConfig,
+    task: Task,
+    *,
+    print_fn: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> RunResult:
+    """Trains `task` under `cfg`, resuming from the newest checkpoint if any.
+
+    Args:
+      cfg: the run's settings.
+      task: the task built from `cfg.task`.
+      print_fn: receives the progress lines.
+
+    Returns:
+      The run's final round count, starting round, held-out metrics and weights.
+
+    Raises:
+      ConfigError: settings that do not fit the task.
+      ResumeError: checkpoints that exist but cannot be resumed from.
+    """
+    check_against_task(cfg, task)
+    processes.install_worker_reaper()
+    schedule = cfg.schedule
+    paths = outputs.RunPaths(cfg.output.run_dir)
+    process = builder.build_learning_process(task, cfg)
+    state = process.set_model_weights(
+        process.initialize(), builder.initial_model_weights(task, schedule.seed)
+    )
+    ckpt = checkpoints.CheckpointManager(
+        paths.checkpoints, keep=schedule.keep_checkpoints, fingerprint=cfg.fingerprint()
+    )
+    restored = ckpt.restore(state)
+    start_round = 0
+    if restored is not None:
+        start_round, state = restored.round_num, restored.learning_state
+        dropped = outputs.truncate_csv(paths.metrics_csv, start_round)
+        dropped += outputs.truncate_event_files(paths.logdir, start_round)
+        print_fn(
+            f"resuming {paths.run_dir} from the checkpoint of round {start_round}"
+            + (f" (dropped {dropped} records written after it)" if dropped else "")
+        )
+    else:
+        outputs.reset_logs(paths)
+    files.write_json_atomic(
+        paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
+    )
+    log = outputs.MetricsLog(paths)
+    if restored is None:
+        outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+
+    evaluator = _Evaluator(task, schedule.eval_batch_size)
+    spec = _client_spec(cfg)
+    client_ids = list(task.train_data.client_ids)
+    final_eval: dict[str, float] = {}
+    started = time.monotonic()
+    for round_num in range(start_round + 1, schedule.rounds + 1):
+        sampled = sampling.sample_clients(
+            client_ids, schedule.clients_per_round, seed=schedule.seed, round_num=round_num
+        )
+        datasets = [
+            task.client_dataset(cid, spec, seed=sampling.client_seed(schedule.seed, round_num, i))
+            for i, cid in enumerate(sampled)
+        ]
+        round_start = time.monotonic()
+        output = process.next(state, datasets)
+        round_seconds = time.monotonic() - round_start
+        state = output.state
+        round_metrics = metrics_lib.flatten(output.metrics)
+        num_examples = round_metrics.get("train/num_examples", 0)
+        round_metrics["round_time_sec"] = round_seconds
+        round_metrics["examples_per_sec"] = num_examples / max(round_seconds, 1e-9)
+        is_last = round_num == schedule.rounds
+        if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
+            final_eval = evaluator(process.get_model_weights(state))
+            round_metrics.update(final_eval)
+        log.release(round_metrics, round_num)
+        if is_last or round_num % schedule.checkpoint_every == 0:
+            ckpt.save(checkpoints.ProgramState(round_num, state))
+        done = round_num - start_round
+        eta = (time.monotonic() - started) / done * (schedule.rounds - round_num)
+        print_fn(progress.round_line(round_num, schedule.rounds, round_metrics, round_seconds, eta))
+
+    log.close()
+    weights = process.get_model_weights(state)
+    if start_round >= schedule.rounds:
+        print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
+        final_eval = evaluator(weights)
+    outputs.export_keras_model(task.model_builder(), weights, paths.export)
+    logging.info("exported the final model to %s", paths.export)
+    return RunResult(
+        rounds_done=max(start_round, schedule.rounds),
+        resumed_from=start_round,
+        final_eval=final_eval,
+        model_weights=weights,
+    )
