@@ -75,6 +75,14 @@ def test_hparams_summary_is_written(tmp_path):
     assert "hparams" in plugins
 
 
+def test_tensorboard_command_line_imports():
+    # `uv run tensorboard --logdir ...` (README) starts from this module; it
+    # failed once for lack of pkg_resources.
+    from tensorboard import main  # pylint: disable=g-import-not-at-top
+
+    assert callable(main.run_main)
+
+
 def test_export_is_a_loadable_keras_savedmodel(tmp_path):
     model = tf.keras.Sequential([tf.keras.layers.InputLayer((3,)), tf.keras.layers.Dense(2)])
     weights = tff.learning.models.ModelWeights(

@@ -45,22 +45,23 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     first = program.run(_config(tmp_path, 3, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (first.rounds_done, first.resumed_from) == (3, 0)
     assert 0 <= first.final_eval["eval/accuracy"] <= 1
-    assert [l.split()[1] for l in lines] == ["1/3", "2/3", "3/3"]
+    assert lines[0] == "building the federated learning and evaluation processes..."
+    assert [l.split()[1] for l in lines[1:]] == ["1/3", "2/3", "3/3"]
 
     saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
     saved_model.write_bytes(saved_model.read_bytes()[:100])
     lines.clear()
     second = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (second.rounds_done, second.resumed_from) == (4, 2)
-    assert lines[0].startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2")
-    assert [l.split()[1] for l in lines[1:]] == ["3/4", "4/4"]
+    assert lines[1].startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2")
+    assert [l.split()[1] for l in lines[2:]] == ["3/4", "4/4"]
     assert _rounds_in_csv(tmp_path) == [1, 2, 3, 4]
     assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")
 
     lines.clear()
     third = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (third.rounds_done, third.resumed_from) == (4, 4)
-    assert lines == [
+    assert lines[1:] == [
         f"resuming {tmp_path / 'p'} from the checkpoint of round 4",
         f"{tmp_path / 'p'} already holds 4 rounds (--rounds=4)",
     ]
@@ -71,3 +72,21 @@ def test_too_many_clients_per_round_is_a_config_error(small_task, tmp_path):
     cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=10))
     with pytest.raises(config.ConfigError, match=r"--clients_per_round=10 is larger than the 9 training clients"):
         program.run(cfg, small_task)
+
+
+@pytest.mark.parametrize("client, server", [("sgdm", "adam"), ("adam", "sgdm")])
+def test_every_optimizer_trains(small_task, tmp_path, client, server):
+    cfg = config.RunConfig(
+        task=config.TaskConfig("digits", {"num_clients": 12, "eval_clients": 3, "alpha": 1.0}),
+        client=config.ClientConfig(epochs=1, batch_size=32),
+        client_optimizer=config.OptimizerConfig(client, 0.02),
+        server_optimizer=config.OptimizerConfig(server, 0.05 if server == "adam" else 1.0),
+        schedule=config.ScheduleConfig(rounds=2, clients_per_round=3, eval_every=0),
+        output=config.OutputConfig(root_dir=str(tmp_path), experiment_name="p"),
+    )
+    result = program.run(cfg, small_task, print_fn=lambda line: None)
+    assert np.isfinite(result.final_eval["eval/loss"])
+    initial = builder.initial_model_weights(small_task, 0)
+    moved = [np.abs(a - b).max() for a, b in zip(result.model_weights.trainable, initial.trainable)]
+    assert max(moved) > 1e-4
+    assert _rounds_in_csv(tmp_path) == [1, 2]

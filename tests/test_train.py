@@ -149,4 +149,4 @@ def test_bad_flags_fail_in_one_line_before_training(flag, message, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [message.format(file=blocker)]
     assert "round" not in result.stdout
-    assert not os.path.exists(tmp_path / "e" / "checkpoints")
+    assert not os.path.exists(tmp_path / "e")

@@ -102,6 +102,7 @@ def run(
     processes.install_worker_reaper()
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
+    print_fn("building the federated learning and evaluation processes...")
     process = builder.build_learning_process(task, cfg)
     state = process.set_model_weights(
         process.initialize(), builder.initial_model_weights(task, schedule.seed)

@@ -197,9 +197,9 @@ def main(argv: list[str]) -> None:
     processes.install_worker_reaper(handle_sigterm=True)
     try:
         cfg = config_from_flags()
-        check_writable(cfg.output.run_dir)
         task = tasks.create_task(cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed)
         program.check_against_task(cfg, task)
+        check_writable(cfg.output.run_dir)
         print(
             f"task {task.name}: {len(task.train_data.client_ids)} training clients, "
             f"{len(task.eval_data.client_ids)} held-out evaluation clients; "

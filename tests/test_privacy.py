@@ -1,0 +1,67 @@
+import math
+
+import dp_accounting
+from dp_accounting import rdp
+import pytest
+
+from tffpipe import privacy
+
+
+def test_tff_tutorial_setting_gives_epsilon_about_two():
+    # TFF's DP tutorial: 3,383 clients, 120 a round by Poisson sampling,
+    # noise multiplier 1.2, 100 rounds, delta 1e-5: "(2, 1e-5)".
+    eps = privacy.epsilon(1.2, 100, clients_per_round=120, num_clients=3383, delta=1e-5)
+    assert eps == pytest.approx(1.99, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "z, rounds, k, n, delta",
+    [(1.2, 100, 120, 3383, 1e-5), (0.8, 30, 10, 500, 1e-4), (2.0, 50, 14, 14, 1e-3)],
+)
+def test_poisson_epsilon_matches_dp_accounting_directly(z, rounds, k, n, delta):
+    accountant = rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    accountant.compose(
+        dp_accounting.PoissonSampledDpEvent(k / n, dp_accounting.GaussianDpEvent(z)), rounds
+    )
+    expected = accountant.get_epsilon(delta)
+    got = privacy.epsilon(z, rounds, clients_per_round=k, num_clients=n, delta=delta)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_fixed_size_sampling_uses_replace_one():
+    accountant = rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    accountant.compose(
+        dp_accounting.SampledWithoutReplacementDpEvent(3383, 120, dp_accounting.GaussianDpEvent(1.2)), 100
+    )
+    got = privacy.epsilon(
+        1.2, 100, clients_per_round=120, num_clients=3383, delta=1e-5,
+        sampling=privacy.Sampling.FIXED_SIZE,
+    )
+    assert got == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert got == pytest.approx(3.56, abs=0.05)
+
+
+def test_few_clients_give_large_epsilon():
+    eps = [privacy.epsilon(z, 50, clients_per_round=14, num_clients=14, delta=1e-3) for z in (1, 2, 5)]
+    assert eps[0] == pytest.approx(49, rel=0.05)
+    assert eps[1] == pytest.approx(18, rel=0.05)
+    assert eps[2] == pytest.approx(5.4, rel=0.05)
+
+
+def test_edge_cases():
+    assert privacy.epsilon(1.0, 0, clients_per_round=1, num_clients=10, delta=1e-5) == 0.0
+    assert math.isinf(privacy.epsilon(0.0, 3, clients_per_round=1, num_clients=10, delta=1e-5))
+    with pytest.raises(ValueError, match="clients_per_round must be between 1 and 10, got 11"):
+        privacy.epsilon(1.0, 3, clients_per_round=11, num_clients=10, delta=1e-5)
+
+
+def test_noise_for_target_epsilon_is_the_smallest_that_meets_it():
+    kwargs = dict(clients_per_round=120, num_clients=3383, delta=1e-5)
+    z = privacy.noise_for_target_epsilon(2.0, 100, **kwargs)
+    assert privacy.epsilon(z, 100, **kwargs) <= 2.0 + 1e-3
+    assert privacy.epsilon(z - 0.01, 100, **kwargs) > 2.0
+    assert z == pytest.approx(1.2, abs=0.02)
