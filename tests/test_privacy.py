@@ -65,3 +65,70 @@ def test_noise_for_target_epsilon_is_the_smallest_that_meets_it():
     assert privacy.epsilon(z, 100, **kwargs) <= 2.0 + 1e-3
     assert privacy.epsilon(z - 0.01, 100, **kwargs) > 2.0
     assert z == pytest.approx(1.2, abs=0.02)
+
+
+def _replace_one_epsilon(z, rounds, k, n, delta):
+    accountant = rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    accountant.compose(
+        dp_accounting.SampledWithoutReplacementDpEvent(n, k, dp_accounting.GaussianDpEvent(z)),
+        rounds,
+    )
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("z, rounds, k, n", [(1.0, 50, 10, 40), (1.2, 100, 120, 3383)])
+def test_run_accountant_uses_the_programs_fixed_size_sampling(z, rounds, k, n):
+    acc = privacy.RunAccountant(
+        "fixed", noise_multiplier=z, clients_per_round=k, num_clients=n, delta=1e-5
+    )
+    assert acc.epsilon(rounds) == pytest.approx(_replace_one_epsilon(z, rounds, k, n, 1e-5), rel=1e-9)
+    assert acc.epsilon(0) == 0.0
+    assert acc.epsilon(rounds // 2) < acc.epsilon(rounds)
+    # Fixed-size sampling under replace-one costs more than Poisson's 1.99.
+    if n == 3383:
+        assert acc.epsilon(rounds) == pytest.approx(3.56, abs=0.05)
+
+
+def test_run_accountant_prefers_the_aggregators_event():
+    # Adaptive clipping's event: the value and the clipped count, composed.
+    event = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(1.5), dp_accounting.GaussianDpEvent(2.0)]
+    )
+    acc = privacy.RunAccountant(
+        "adaptive", noise_multiplier=1.2, clients_per_round=10, num_clients=100, delta=1e-5
+    )
+    accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    accountant.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, event), 20)
+    assert acc.epsilon(20, event) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert math.isinf(acc.epsilon(3, dp_accounting.GaussianDpEvent(0.0)))
+
+
+def test_tree_sensitivity_counts_every_completed_node():
+    # One participation in 8 rounds: one node per level, 4 levels.
+    assert privacy.tree_sensitivity([[1]], 8) == pytest.approx(2.0)
+    assert privacy.tree_sensitivity([[1]], 1) == 1.0
+    # Rounds 1 and 2 share the level-1 node: 1 + 1 + 2^2.
+    assert privacy.tree_sensitivity([[1, 2]], 2) == pytest.approx(math.sqrt(6))
+    # Round 3 of 3 rounds: only its leaf is complete.
+    assert privacy.tree_sensitivity([[3]], 3) == 1.0
+    # The worst client decides; rounds after `rounds` do not count.
+    assert privacy.tree_sensitivity([[1], [1, 2], [5]], 2) == pytest.approx(math.sqrt(6))
+
+
+def test_tree_epsilon_is_a_gaussian_with_the_tree_sensitivity():
+    participation = [[1, 3], [2], [4]]
+    acc = privacy.RunAccountant(
+        "tree", noise_multiplier=3.0, clients_per_round=1, num_clients=3, delta=1e-5,
+        participation=participation,
+    )
+    sensitivity = privacy.tree_sensitivity(participation, 4)
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(3.0 / sensitivity))
+    assert acc.epsilon(4) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    noise = privacy.noise_for_run(
+        "tree", acc.epsilon(4), 4, clients_per_round=1, num_clients=3, delta=1e-5,
+        participation=participation,
+    )
+    assert noise == pytest.approx(3.0, rel=1e-3)

@@ -46,22 +46,22 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     assert (first.rounds_done, first.resumed_from) == (3, 0)
     assert 0 <= first.final_eval["eval/accuracy"] <= 1
     assert lines[0] == "building the federated learning and evaluation processes..."
-    assert [l.split()[1] for l in lines[1:]] == ["1/3", "2/3", "3/3"]
+    assert [l.split()[1] for l in lines if l.startswith("round ")] == ["1/3", "2/3", "3/3"]
 
     saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
     saved_model.write_bytes(saved_model.read_bytes()[:100])
     lines.clear()
     second = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (second.rounds_done, second.resumed_from) == (4, 2)
-    assert lines[1].startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2")
-    assert [l.split()[1] for l in lines[2:]] == ["3/4", "4/4"]
+    assert any(l.startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2") for l in lines)
+    assert [l.split()[1] for l in lines if l.startswith("round ")] == ["3/4", "4/4"]
     assert _rounds_in_csv(tmp_path) == [1, 2, 3, 4]
     assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")
 
     lines.clear()
     third = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (third.rounds_done, third.resumed_from) == (4, 4)
-    assert lines[1:] == [
+    assert [l for l in lines if l.startswith(("resuming", str(tmp_path)))] == [
         f"resuming {tmp_path / 'p'} from the checkpoint of round 4",
         f"{tmp_path / 'p'} already holds 4 rounds (--rounds=4)",
     ]

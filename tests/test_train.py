@@ -135,7 +135,9 @@ def test_resume_with_other_data_settings_is_refused(reference_run):
         ("--rounds=-1", "error: --rounds must be at least 1, got -1"),
         ("--rounds=abc", "error: flag --rounds=abc: invalid literal for int() with base 10: 'abc'"),
         ("--clients_per_round=41", "error: --clients_per_round=41 is larger than the 40 training clients of task 'digits'"),
-        ("--client_optimizer=rmsprop", "error: --client_optimizer='rmsprop' is not one of: sgd, sgdm, adam"),
+        ("--client_optimizer=rmsprop", "error: --client_optimizer='rmsprop' is not one of: sgd, sgdm, adam, yogi, adagrad"),
+        ("--dp_noise_multiplier=1", "error: --dp_noise_multiplier has no effect without differential privacy: set --dp=fixed|adaptive|tree|distributed"),
+        ("--algorithm=fedsgd --client_learning_rate=0.5", "error: --client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
         ("--task=mnist", "error: unknown task 'mnist'; valid tasks: digits (or a factory path such as my_pkg.my_module:create_task)"),
         ("--root_dir={file}/sub", "error: --root_dir: cannot write to {file}/sub/e: Not a directory"),
     ],
@@ -144,9 +146,36 @@ def test_bad_flags_fail_in_one_line_before_training(flag, message, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     result = run_train(
-        ["--experiment_name=e", f"--root_dir={tmp_path}", flag.format(file=blocker)]
+        ["--experiment_name=e", f"--root_dir={tmp_path}", *flag.format(file=blocker).split()]
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [message.format(file=blocker)]
     assert "round" not in result.stdout
     assert not os.path.exists(tmp_path / "e")
+
+
+def test_secure_dp_run_reports_its_stack_traffic_and_epsilon(marker_env, tmp_path):
+    env, marker = marker_env
+    result = run_train(
+        ["--rounds=2", "--experiment_name=dp", f"--root_dir={tmp_path}", "--eval_every=0",
+         "--dp=fixed", "--dp_noise_multiplier=1.0", "--secure_aggregation"],
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "aggregation stack (outermost first):" in out
+    for layer in ("zeroing", "└ clipping", "└ DP", "└ secure sum", "└ mean"):
+        assert layer in out, layer
+    assert "each client downloads 332.3 KiB and uploads 332.3 KiB per round" in out
+    assert out.count("simulates the cryptographic protocol") == 1
+    assert "privacy: noise multiplier 1; 2 rounds spend epsilon" in out
+    assert "privacy: (epsilon " in out and "after 2 rounds (replace-one client)" in out
+    # TensorFlow's "Object was never used" noise from tracing secure sums is gone.
+    assert "never used" not in result.stderr and "Traceback" not in result.stderr
+    rows = _rows(tmp_path / "dp")
+    epsilons = [float(r["privacy/epsilon"]) for r in rows]
+    assert 0 < epsilons[0] < epsilons[1]
+    steps = scalar_steps(tmp_path / "dp" / "logdir")
+    for tag in ("privacy/epsilon", "comm/upload_bytes_per_client", "comm/download_bytes_per_client"):
+        assert sorted(steps[tag]) == [1, 2], tag
+    assert worker_processes(marker) == []

@@ -1,25 +1,44 @@
-"""Builds the TFF learning and evaluation processes for a task and a config."""
+"""Builds the TFF learning and evaluation processes for a task and a config.
+
+Every algorithm is a `tff.learning.algorithms` builder; the server optimizer
+turns FedAvg into FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021).
+"""
+
+from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import config as config_lib
+from tffpipe.aggregation import AggregatorParams, build_aggregator  # re-exported
 from tffpipe.tasks import Task
 
 _OPTIMIZER_BUILDERS = {
-    "sgd": lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr),
-    "sgdm": lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr, momentum=0.9),
-    "adam": lambda lr: tff.learning.optimizers.build_adam(learning_rate=lr),
+    "sgd": tff.learning.optimizers.build_sgdm,
+    "sgdm": tff.learning.optimizers.build_sgdm,
+    "adam": tff.learning.optimizers.build_adam,
+    "yogi": tff.learning.optimizers.build_yogi,
+    "adagrad": tff.learning.optimizers.build_adagrad,
 }
 
 
 def build_optimizer(cfg: config_lib.OptimizerConfig) -> tff.learning.optimizers.Optimizer:
-    """A `tff.learning.optimizers` optimizer from its config."""
+    """A `tff.learning.optimizers` optimizer from its config.
+
+    Hyperparameters left at None keep TFF's defaults, except sgdm's momentum
+    (0.9).
+    """
     if cfg.name not in _OPTIMIZER_BUILDERS:
         raise config_lib.ConfigError(
             f"unknown optimizer {cfg.name!r}; valid: {', '.join(_OPTIMIZER_BUILDERS)}"
         )
-    return _OPTIMIZER_BUILDERS[cfg.name](cfg.learning_rate)
+    kwargs = {"learning_rate": cfg.learning_rate}
+    if cfg.name == "sgdm":
+        kwargs["momentum"] = 0.9 if cfg.momentum is None else cfg.momentum
+    for field in ("beta_1", "beta_2", "epsilon"):
+        if getattr(cfg, field) is not None:
+            kwargs[field] = getattr(cfg, field)
+    return _OPTIMIZER_BUILDERS[cfg.name](**kwargs)
 
 
 def build_model_fn(task: Task):
@@ -38,14 +57,89 @@ def build_model_fn(task: Task):
 
 
 def build_learning_process(
-    task: Task, cfg: config_lib.RunConfig
-) -> tff.learning.templates.LearningProcess:
-    """Weighted FedAvg (McMahan et al. 2017) with the configured optimizers."""
-    return tff.learning.algorithms.build_weighted_fed_avg(
-        build_model_fn(task),
-        client_optimizer_fn=build_optimizer(cfg.client_optimizer),
-        server_optimizer_fn=build_optimizer(cfg.server_optimizer),
+    task: Task, cfg: config_lib.RunConfig, train_client_ids: Sequence[str]
+) -> tuple[tff.learning.templates.LearningProcess, AggregatorParams]:
+    """The configured algorithm with the configured aggregation stack.
+
+    Args:
+      task: the task.
+      cfg: the run's settings.
+      train_client_ids: the training clients (for DP noise calibration).
+
+    Returns:
+      The learning process and the aggregator's derived parameters.
+    """
+    try:
+        return _build_learning_process(task, cfg, train_client_ids)
+    except config_lib.ConfigError:
+        raise
+    except ValueError as e:  # TFF's own checks of aggregator parameters
+        raise config_lib.ConfigError(f"TFF rejected the settings: {e}") from e
+
+
+def _build_learning_process(task, cfg, train_client_ids):
+    model_aggregator, params = build_aggregator(cfg, train_client_ids)
+    model_fn = build_model_fn(task)
+    name = cfg.algorithm.name
+    weighting = (
+        tff.learning.ClientWeighting.NUM_EXAMPLES
+        if params.weighted
+        else tff.learning.ClientWeighting.UNIFORM
     )
+    if name == "fedsgd":
+        # FedSGD only takes a weighted aggregator; a uniform one ignores weights.
+        if not params.weighted:
+            model_aggregator = tff.aggregators.as_weighted_aggregator(model_aggregator)
+        process = tff.learning.algorithms.build_fed_sgd(
+            model_fn,
+            server_optimizer_fn=build_optimizer(cfg.server_optimizer),
+            model_aggregator=model_aggregator,
+        )
+        return process, params
+    client_optimizer = build_optimizer(cfg.client_optimizer)
+    server_optimizer = build_optimizer(cfg.server_optimizer)
+    if name == "mime_lite":
+        # Mime-lite also uploads full-batch gradients: same stack, own state.
+        gradient_aggregator, _ = build_aggregator(cfg, train_client_ids)
+        builder_fn = (
+            tff.learning.algorithms.build_weighted_mime_lite
+            if params.weighted
+            else tff.learning.algorithms.build_unweighted_mime_lite
+        )
+        kwargs = {"client_weighting": weighting} if params.weighted else {}
+        process = builder_fn(
+            model_fn,
+            base_optimizer=client_optimizer,
+            server_optimizer=server_optimizer,
+            model_aggregator=model_aggregator,
+            full_gradient_aggregator=gradient_aggregator,
+            **kwargs,
+        )
+        return process, params
+    common = dict(
+        client_optimizer_fn=client_optimizer,
+        server_optimizer_fn=server_optimizer,
+        model_aggregator=model_aggregator,
+    )
+    if params.weighted:
+        common["client_weighting"] = weighting
+    if name == "fedprox":
+        builder_fn = (
+            tff.learning.algorithms.build_weighted_fed_prox
+            if params.weighted
+            else tff.learning.algorithms.build_unweighted_fed_prox
+        )
+        process = builder_fn(
+            model_fn, proximal_strength=cfg.algorithm.resolved_proximal_strength, **common
+        )
+    else:
+        builder_fn = (
+            tff.learning.algorithms.build_weighted_fed_avg
+            if params.weighted
+            else tff.learning.algorithms.build_unweighted_fed_avg
+        )
+        process = builder_fn(model_fn, **common)
+    return process, params
 
 
 def build_evaluation_process(task: Task) -> tff.learning.templates.LearningProcess:

@@ -9,10 +9,18 @@ neighbouring relation the accountant supports for that sampling:
   q = clients_per_round / num_clients): `PoissonSampledDpEvent`, add-or-remove-one;
 * fixed-size sampling without replacement: `SampledWithoutReplacementDpEvent`,
   replace-one.
+
+The program samples a fixed number of clients without replacement, so a run's
+`RunAccountant` uses the second. DP-FTRL's tree aggregation does not rely on
+sampling at all: its epsilon comes from the sensitivity of the noisy tree, for
+the clients' actual participation (`tree_sensitivity`).
 """
 
+import collections
 import enum
 import functools
+import math
+from typing import Iterable, Sequence
 
 import dp_accounting
 from dp_accounting import rdp
@@ -128,4 +136,173 @@ def noise_for_target_epsilon(
             bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
             tol=1e-4,
         )
+    )
+
+
+def tree_sensitivity(participation: Iterable[Sequence[int]], rounds: int) -> float:
+    """L2 sensitivity of TFF's tree aggregation after `rounds` rounds, in clip norms.
+
+    `DifferentiallyPrivateFactory.tree_aggregation` keeps a binary tree over
+    rounds: each node sums the clipped updates of a dyadic block of rounds and
+    carries its own Gaussian noise of stddev z * C; what the server releases is
+    computed from completed nodes only. A client that takes part in m rounds
+    of one node moves it by at most m * C, so the squared sensitivity is the
+    largest, over clients, sum over completed nodes of m^2 (one participation
+    in a run of T rounds gives about log2(T) + 1, as in Kairouz et al. 2021).
+    TF Privacy reports `UnsupportedDpEvent` for this query, hence the
+    derivation here.
+
+    Args:
+      participation: for each client, the (1-based) rounds it took part in.
+      rounds: rounds completed so far.
+
+    Returns:
+      The sensitivity divided by the clipping norm.
+    """
+    worst = 0
+    for client_rounds in participation:
+        leaves = [r - 1 for r in client_rounds if 1 <= r <= rounds]
+        total, size = 0, 1
+        while size <= rounds:
+            completed_nodes = rounds // size
+            counts = collections.Counter(
+                leaf // size for leaf in leaves if leaf // size < completed_nodes
+            )
+            total += sum(m * m for m in counts.values())
+            size *= 2
+        worst = max(worst, total)
+    return math.sqrt(worst)
+
+
+def gaussian_noise_for_target_epsilon(target_epsilon: float, delta: float) -> float:
+    """Noise multiplier of one unsampled Gaussian mechanism that meets the target."""
+    if target_epsilon <= 0:
+        raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(Sampling.POISSON),
+            dp_accounting.GaussianDpEvent,
+            target_epsilon,
+            delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+            tol=1e-4,
+        )
+    )
+
+
+class RunAccountant:
+    """Epsilon of a training run after any number of rounds.
+
+    Sampled mechanisms (fixed and adaptive clipping, distributed DP) compose a
+    per-round event under fixed-size sampling without replacement; pass the
+    event the TFF aggregator reports in its state where there is one. Tree
+    aggregation uses the clients' participation and no sampling amplification.
+    """
+
+    def __init__(
+        self,
+        mechanism: str,
+        *,
+        noise_multiplier: float,
+        clients_per_round: int,
+        num_clients: int,
+        delta: float,
+        participation: Sequence[Sequence[int]] = (),
+    ):
+        self.mechanism = mechanism
+        self.noise_multiplier = noise_multiplier
+        self.clients_per_round = clients_per_round
+        self.num_clients = num_clients
+        self.delta = delta
+        self._participation = participation
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation the reported epsilon holds for."""
+        if self.mechanism == "tree":
+            return "add-or-remove-one client"
+        return "replace-one client"
+
+    def planned_round_event(self) -> dp_accounting.DpEvent:
+        """The unsampled event of one round as configured."""
+        return dp_accounting.GaussianDpEvent(self.noise_multiplier)
+
+    def epsilon(self, rounds: int, round_event: dp_accounting.DpEvent | None = None) -> float:
+        """Epsilon at the run's delta after `rounds` rounds.
+
+        Args:
+          rounds: rounds completed (or about to be).
+          round_event: the unsampled DP event of one round as the aggregator
+            reports it; None uses the configured Gaussian mechanism.
+        """
+        if rounds == 0:
+            return 0.0
+        if self.mechanism == "tree":
+            sensitivity = tree_sensitivity(self._participation, rounds)
+            if sensitivity == 0:
+                return 0.0
+            if self.noise_multiplier == 0:
+                return math.inf
+            return _epsilon_of(
+                dp_accounting.GaussianDpEvent(self.noise_multiplier / sensitivity),
+                Sampling.POISSON,  # add-or-remove-one relation, no sampling
+                self.delta,
+            )
+        event = round_event or self.planned_round_event()
+        if _is_noiseless(event):
+            return math.inf
+        return _epsilon_of(
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.SampledWithoutReplacementDpEvent(
+                    self.num_clients, self.clients_per_round, event
+                ),
+                rounds,
+            ),
+            Sampling.FIXED_SIZE,
+            self.delta,
+        )
+
+
+def _is_noiseless(event: dp_accounting.DpEvent) -> bool:
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return event.noise_multiplier == 0
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return any(_is_noiseless(e) for e in event.events)
+    return False
+
+
+_EPSILON_CACHE: dict[tuple[str, Sampling, float], float] = {}
+
+
+def _epsilon_of(event: dp_accounting.DpEvent, sampling: Sampling, delta: float) -> float:
+    # Events holding lists (ComposedDpEvent) are unhashable: key on their repr.
+    key = (repr(event), sampling, delta)
+    if key not in _EPSILON_CACHE:
+        accountant = _accountant(sampling)
+        accountant.compose(event)
+        _EPSILON_CACHE[key] = float(accountant.get_epsilon(delta))
+    return _EPSILON_CACHE[key]
+
+
+def noise_for_run(
+    mechanism: str,
+    target_epsilon: float,
+    rounds: int,
+    *,
+    clients_per_round: int,
+    num_clients: int,
+    delta: float,
+    participation: Sequence[Sequence[int]] = (),
+) -> float:
+    """The noise multiplier that spends `target_epsilon` after `rounds` rounds."""
+    if mechanism == "tree":
+        sensitivity = tree_sensitivity(participation, rounds)
+        return sensitivity * gaussian_noise_for_target_epsilon(target_epsilon, delta)
+    return noise_for_target_epsilon(
+        target_epsilon,
+        rounds,
+        clients_per_round=clients_per_round,
+        num_clients=num_clients,
+        delta=delta,
+        sampling=Sampling.FIXED_SIZE,
     )

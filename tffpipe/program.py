@@ -13,12 +13,16 @@ import tensorflow_federated as tff
 
 from tffpipe import builder
 from tffpipe import checkpoints
+from tffpipe import communication
+from tffpipe import compat
 from tffpipe import config as config_lib
 from tffpipe import files
 from tffpipe import metrics as metrics_lib
 from tffpipe import outputs
+from tffpipe import privacy_tracking
 from tffpipe import processes
 from tffpipe import progress
+from tffpipe import runtime
 from tffpipe import sampling
 from tffpipe.tasks import ClientSpec, Task
 
@@ -32,12 +36,16 @@ class RunResult:
       resumed_from: the checkpoint round this invocation started from.
       final_eval: held-out metrics of the final model.
       model_weights: the final global model weights.
+      epsilon: the privacy spent (DP runs), else None.
+      stopped_early: why the run stopped before `--rounds`, else None.
     """
 
     rounds_done: int
     resumed_from: int
     final_eval: dict[str, float]
     model_weights: tff.learning.models.ModelWeights
+    epsilon: float | None = None
+    stopped_early: str | None = None
 
 
 def check_against_task(cfg: config_lib.RunConfig, task: Task) -> None:
@@ -101,9 +109,33 @@ def run(
     check_against_task(cfg, task)
     processes.install_worker_reaper()
     schedule = cfg.schedule
-    paths = outputs.RunPaths(cfg.output.run_dir)
     print_fn("building the federated learning and evaluation processes...")
-    process = builder.build_learning_process(task, cfg)
+    client_ids = list(task.train_data.client_ids)
+    with compat.quiet_tensorflow_errors():
+        process, agg_params = builder.build_learning_process(task, cfg, client_ids)
+    print_fn(f"algorithm {cfg.algorithm.name}, client weighting {cfg.client_weighting}")
+    print_fn(agg_params.describe())
+    traffic_metrics = _traffic_metrics(process, print_fn)
+    tracker = None
+    if cfg.aggregation.dp.enabled:
+        tracker = privacy_tracking.PrivacyTracker(cfg, agg_params, client_ids)
+        if agg_params.noise_from_target:
+            print_fn(
+                f"privacy: noise multiplier {agg_params.noise_multiplier:.4f} solved for "
+                f"--dp_target_epsilon={cfg.aggregation.dp.target_epsilon:g} after "
+                f"{schedule.rounds} rounds"
+            )
+        for line in tracker.notes(schedule.rounds):
+            print_fn(line)
+    with runtime.execution_context_for(process, print_fn):
+        return _train(cfg, task, process, tracker, traffic_metrics, print_fn)
+
+
+def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
+    """The rounds, from the newest checkpoint on, in the current TFF context."""
+    schedule = cfg.schedule
+    paths = outputs.RunPaths(cfg.output.run_dir)
+    client_ids = list(task.train_data.client_ids)
     state = process.set_model_weights(
         process.initialize(), builder.initial_model_weights(task, schedule.seed)
     )
@@ -114,6 +146,8 @@ def run(
     start_round = 0
     if restored is not None:
         start_round, state = restored.round_num, restored.learning_state
+        if tracker is not None:
+            tracker.restore(start_round, state)
         dropped = outputs.truncate_csv(paths.metrics_csv, start_round)
         dropped += outputs.truncate_event_files(paths.logdir, start_round)
         print_fn(
@@ -131,10 +165,16 @@ def run(
 
     evaluator = _Evaluator(task, schedule.eval_batch_size)
     spec = _client_spec(cfg)
-    client_ids = list(task.train_data.client_ids)
     final_eval: dict[str, float] = {}
+    stopped_early = None
+    rounds_done = start_round
+    last_saved = start_round
     started = time.monotonic()
     for round_num in range(start_round + 1, schedule.rounds + 1):
+        stopped_early = tracker.stop_reason(round_num) if tracker else None
+        if stopped_early:
+            print_fn(stopped_early)
+            break
         sampled = sampling.sample_clients(
             client_ids, schedule.clients_per_round, seed=schedule.seed, round_num=round_num
         )
@@ -146,10 +186,16 @@ def run(
         output = process.next(state, datasets)
         round_seconds = time.monotonic() - round_start
         state = output.state
+        rounds_done = round_num
         round_metrics = metrics_lib.flatten(output.metrics)
         num_examples = round_metrics.get("train/num_examples", 0)
         round_metrics["round_time_sec"] = round_seconds
         round_metrics["examples_per_sec"] = num_examples / max(round_seconds, 1e-9)
+        round_metrics.update(traffic_metrics)
+        if tracker is not None:
+            round_metrics.update(
+                tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
+            )
         is_last = round_num == schedule.rounds
         if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
             final_eval = evaluator(process.get_model_weights(state))
@@ -157,20 +203,43 @@ def run(
         log.release(round_metrics, round_num)
         if is_last or round_num % schedule.checkpoint_every == 0:
             ckpt.save(checkpoints.ProgramState(round_num, state))
+            last_saved = round_num
         done = round_num - start_round
         eta = (time.monotonic() - started) / done * (schedule.rounds - round_num)
         print_fn(progress.round_line(round_num, schedule.rounds, round_metrics, round_seconds, eta))
 
+    if rounds_done > last_saved:
+        ckpt.save(checkpoints.ProgramState(rounds_done, state))
     log.close()
     weights = process.get_model_weights(state)
     if start_round >= schedule.rounds:
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
+    if not final_eval:
         final_eval = evaluator(weights)
     outputs.export_keras_model(task.model_builder(), weights, paths.export)
     logging.info("exported the final model to %s", paths.export)
+    if tracker is not None:
+        print_fn(tracker.summary(rounds_done))
     return RunResult(
-        rounds_done=max(start_round, schedule.rounds),
+        rounds_done=rounds_done,
         resumed_from=start_round,
         final_eval=final_eval,
         model_weights=weights,
+        epsilon=tracker.epsilon if tracker else None,
+        stopped_early=stopped_early,
     )
+
+
+def _traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:
+    """Prints and returns the bytes each client sends and receives per round."""
+    try:
+        traffic = communication.client_traffic(process)
+    except Exception as e:  # pylint: disable=broad-except
+        # The sizes are a report, not a requirement: never fail a run on them.
+        print_fn(f"traffic per client: not derivable ({type(e).__name__}: {e})")
+        return {}
+    print_fn(traffic.describe())
+    return {
+        "comm/download_bytes_per_client": float(traffic.download_bytes),
+        "comm/upload_bytes_per_client": float(traffic.upload_bytes),
+    }

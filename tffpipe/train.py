@@ -14,6 +14,8 @@ import os
 # factory" errors at import even without a GPU); set TF_CPP_MIN_LOG_LEVEL
 # yourself to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# gRPC (TFF's link to its worker) notes every fork while other threads use it.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import sys  # pylint: disable=g-import-not-at-top
 import tempfile
@@ -57,14 +59,83 @@ flags.DEFINE_integer(
     "Use at most this many local examples per round; 0 uses all of them.")
 flags.DEFINE_integer(
     "client_shuffle_buffer", 100, "Local shuffle buffer size; 0 disables shuffling.")
+# --- Algorithm ---------------------------------------------------------------
+flags.DEFINE_enum(
+    "algorithm", "fedavg", list(config_lib.ALGORITHMS),
+    "Federated algorithm: fedavg (McMahan et al. 2017; with --server_optimizer="
+    "adam|yogi|adagrad it is FedAdam/FedYogi/FedAdagrad, Reddi et al. 2021), "
+    "fedprox (Li et al. 2020), fedsgd, mime_lite (Karimireddy et al. 2021).")
+flags.DEFINE_enum(
+    "client_weighting", None, list(config_lib.CLIENT_WEIGHTINGS),
+    "Average client updates weighted by num_examples or uniformly. Default: "
+    "uniform under --dp (required there), num_examples otherwise.")
+flags.DEFINE_float(
+    "proximal_strength", None, "FedProx's proximal term mu (default 0.01); fedprox only.")
 # --- Optimizers --------------------------------------------------------------
-_OPTIMIZER_HELP = "One of: " + ", ".join(config_lib.OPTIMIZERS) + " (sgdm has momentum 0.9)."
-flags.DEFINE_string("client_optimizer", "sgd", "Client optimizer. " + _OPTIMIZER_HELP)
+_OPTIMIZER_HELP = "One of: " + ", ".join(config_lib.OPTIMIZERS) + "."
+flags.DEFINE_string(
+    "client_optimizer", "sgd",
+    "Client optimizer (Mime-lite's base optimizer; unused by fedsgd). " + _OPTIMIZER_HELP)
 flags.DEFINE_float("client_learning_rate", 0.1, "Client learning rate.")
-flags.DEFINE_string("server_optimizer", "sgd", "Server optimizer. " + _OPTIMIZER_HELP)
+flags.DEFINE_string(
+    "server_optimizer", "sgd",
+    "Server optimizer; adam, yogi and adagrad give Reddi et al.'s adaptive "
+    "federated optimizers. " + _OPTIMIZER_HELP)
 flags.DEFINE_float(
     "server_learning_rate", 1.0,
     "Server learning rate (1.0 with sgd is plain FedAvg).")
+_HYPERPARAMETER_HELP = {
+    "momentum": "Momentum of sgdm (default 0.9).",
+    "beta_1": "First-moment decay of adam and yogi (TFF default 0.9).",
+    "beta_2": "Second-moment decay of adam and yogi (TFF default 0.999; Reddi et al. use 0.99).",
+    "epsilon": "Adaptivity tau of adam, yogi and adagrad (TFF defaults: adam 1e-7, yogi 1e-3, adagrad 1e-7).",
+}
+for _prefix in ("client", "server"):
+    for _field, _help in _HYPERPARAMETER_HELP.items():
+        flags.DEFINE_float(f"{_prefix}_{_field}", None, f"{_prefix.capitalize()} optimizer: {_help}")
+# --- Aggregation and privacy -------------------------------------------------
+flags.DEFINE_bool(
+    "zeroing", True,
+    "Zero out client updates whose norm is far above the others' (adaptive "
+    "bound); non-finite updates are always dropped by TFF's client work.")
+flags.DEFINE_bool(
+    "secure_aggregation", False,
+    "Sum client updates with secure aggregation (the protocol is simulated by "
+    "TFF's test runtime; its quantisation is exact).")
+flags.DEFINE_enum(
+    "compression", "none", list(config_lib.COMPRESSIONS),
+    "Compress client uploads: uniform_quantization (EncodedSumFactory).")
+flags.DEFINE_integer(
+    "compression_bits", None, "Bits per value under --compression (1..16, default 8).")
+flags.DEFINE_integer(
+    "compression_min_elements", 20000,
+    "Under --compression, tensors with fewer elements are sent unquantised.")
+flags.DEFINE_enum(
+    "dp", "none", list(config_lib.DP_MECHANISMS),
+    "Client-level differential privacy: fixed (Gaussian, fixed clipping; "
+    "McMahan et al. 2018), adaptive (clipping to a quantile; Andrew et al. "
+    "2021), tree (DP-FTRL tree aggregation; Kairouz et al. 2021), distributed "
+    "(distributed discrete Gaussian with secure aggregation; Kairouz et al. 2021).")
+flags.DEFINE_float(
+    "dp_clip_norm", None,
+    "L2 clipping norm of each client update (initial norm under --dp=adaptive). "
+    "Default 1.0, or 0.1 under --dp=adaptive.")
+flags.DEFINE_float("dp_noise_multiplier", None, "Noise stddev divided by the clipping norm.")
+flags.DEFINE_float(
+    "dp_target_epsilon", None,
+    "Solve for the noise multiplier that spends this epsilon after --rounds rounds.")
+flags.DEFINE_float(
+    "dp_max_epsilon", None,
+    "Stop cleanly before the round that would bring epsilon above this.")
+flags.DEFINE_float("dp_delta", None, "Delta of the reported (epsilon, delta); default 1e-5.")
+flags.DEFINE_float(
+    "dp_target_quantile", None,
+    "--dp=adaptive: quantile of update norms the clip adapts to (default 0.5).")
+flags.DEFINE_float(
+    "dp_clip_learning_rate", None, "--dp=adaptive: learning rate of the clip (default 0.2).")
+flags.DEFINE_integer(
+    "dp_distributed_bits", None,
+    "--dp=distributed: bit width of the secure modular sum (1..22, default 20).")
 # --- Outputs -----------------------------------------------------------------
 flags.DEFINE_string(
     "root_dir", os.path.join(tempfile.gettempdir(), "tffpipe"),
@@ -121,12 +192,32 @@ def _task_config() -> config_lib.TaskConfig:
     return config_lib.TaskConfig(name=FLAGS.task, options=options)
 
 
+def _optimizer_config(prefix: str) -> config_lib.OptimizerConfig:
+    return config_lib.OptimizerConfig(
+        FLAGS[f"{prefix}_optimizer"].value,
+        FLAGS[f"{prefix}_learning_rate"].value,
+        **{field: FLAGS[f"{prefix}_{field}"].value for field in _HYPERPARAMETER_HELP},
+    )
+
+
+def _check_fedsgd_flags() -> None:
+    if FLAGS.algorithm != "fedsgd":
+        return
+    for field in ("optimizer", "learning_rate", *_HYPERPARAMETER_HELP):
+        if FLAGS[f"client_{field}"].present:
+            raise config_lib.ConfigError(
+                f"--client_{field} has no effect with --algorithm=fedsgd: clients send "
+                "the gradient of their local data and the server optimizer applies it"
+            )
+
+
 def config_from_flags() -> config_lib.RunConfig:
     """Builds the frozen run config from the parsed flags.
 
     Raises:
       ConfigError: a flag value is invalid.
     """
+    _check_fedsgd_flags()
     return config_lib.RunConfig(
         task=_task_config(),
         client=config_lib.ClientConfig(
@@ -135,11 +226,30 @@ def config_from_flags() -> config_lib.RunConfig:
             max_elements=FLAGS.client_max_elements or None,
             shuffle_buffer=FLAGS.client_shuffle_buffer,
         ),
-        client_optimizer=config_lib.OptimizerConfig(
-            FLAGS.client_optimizer, FLAGS.client_learning_rate
+        algorithm=config_lib.AlgorithmConfig(
+            name=FLAGS.algorithm,
+            client_weighting=FLAGS.client_weighting,
+            proximal_strength=FLAGS.proximal_strength,
         ),
-        server_optimizer=config_lib.OptimizerConfig(
-            FLAGS.server_optimizer, FLAGS.server_learning_rate
+        client_optimizer=_optimizer_config("client"),
+        server_optimizer=_optimizer_config("server"),
+        aggregation=config_lib.AggregationConfig(
+            zeroing=FLAGS.zeroing,
+            secure=FLAGS.secure_aggregation,
+            compression=FLAGS.compression,
+            compression_bits=FLAGS.compression_bits,
+            compression_min_elements=FLAGS.compression_min_elements,
+            dp=config_lib.PrivacyConfig(
+                mechanism=FLAGS.dp,
+                clip_norm=FLAGS.dp_clip_norm,
+                noise_multiplier=FLAGS.dp_noise_multiplier,
+                target_epsilon=FLAGS.dp_target_epsilon,
+                max_epsilon=FLAGS.dp_max_epsilon,
+                delta=FLAGS.dp_delta,
+                target_quantile=FLAGS.dp_target_quantile,
+                clip_learning_rate=FLAGS.dp_clip_learning_rate,
+                distributed_bits=FLAGS.dp_distributed_bits,
+            ),
         ),
         schedule=config_lib.ScheduleConfig(
             rounds=FLAGS.rounds,

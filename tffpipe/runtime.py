@@ -1,0 +1,53 @@
+"""Chooses the TFF execution context a learning process needs.
+
+TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
+federated value"). Its test context replaces them with insecure bodies that
+keep their arithmetic: bit-width quantisation and modular wrap-around are
+exact, only the cryptographic protocol is simulated.
+"""
+
+import contextlib
+from typing import Callable, Iterator
+
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.compiler import tree_analysis
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+SECURE_INTRINSICS = (
+    "federated_secure_sum",
+    "federated_secure_sum_bitwidth",
+    "federated_secure_modular_sum",
+    "federated_secure_select",
+)
+
+SIMULATED_PROTOCOL_NOTE = (
+    "secure aggregation: the process uses secure-sum intrinsics, so it runs in TFF's "
+    "test runtime, which simulates the cryptographic protocol while its arithmetic "
+    "(quantisation, modular wrap-around) is exact"
+)
+
+
+def uses_secure_sum(computation: tff.Computation) -> bool:
+    """Whether the computation calls any secure aggregation intrinsic."""
+    tree = computation.to_building_block()
+    return any(tree_analysis.contains_called_intrinsic(tree, uri) for uri in SECURE_INTRINSICS)
+
+
+@contextlib.contextmanager
+def execution_context_for(
+    process: tff.learning.templates.LearningProcess, print_fn: Callable[[str], None]
+) -> Iterator[bool]:
+    """Runs the body in TFF's test C++ context when the process needs secure sums.
+
+    The previous context is back in place afterwards.
+
+    Yields:
+      Whether the test context is in use.
+    """
+    if not uses_secure_sum(process.next):
+        yield False
+        return
+    print_fn(SIMULATED_PROTOCOL_NOTE)
+    context = tff.backends.test.create_sync_test_cpp_execution_context()
+    with context_stack_impl.context_stack.install(context):
+        yield True
