@@ -167,6 +167,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
     spec = _client_spec(cfg)
     final_eval: dict[str, float] = {}
     stopped_early = None
+    evaluated_round = None
     rounds_done = start_round
     last_saved = start_round
     started = time.monotonic()
@@ -199,6 +200,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
         is_last = round_num == schedule.rounds
         if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
             final_eval = evaluator(process.get_model_weights(state))
+            evaluated_round = round_num
             round_metrics.update(final_eval)
         log.release(round_metrics, round_num)
         if is_last or round_num % schedule.checkpoint_every == 0:
@@ -214,7 +216,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
     weights = process.get_model_weights(state)
     if start_round >= schedule.rounds:
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
-    if not final_eval:
+    if evaluated_round != rounds_done:  # resumed at the end, or stopped early
         final_eval = evaluator(weights)
     outputs.export_keras_model(task.model_builder(), weights, paths.export)
     logging.info("exported the final model to %s", paths.export)

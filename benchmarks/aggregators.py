@@ -1,0 +1,111 @@
+"""Round time of each aggregation stack relative to the plain mean.
+
+Every stack trains the same digits CNN from the same initial weights on the
+same sampled clients; rounds are timed after one warm-up round, and the median
+is reported. Stacks with secure sums run in TFF's test runtime (as
+`tffpipe.train` does), so the plain mean is also timed there for reference.
+
+  uv run python benchmarks/aggregators.py --rounds=5 --clients_per_round=10
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib  # pylint: disable=g-import-not-at-top
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+from tffpipe import builder
+from tffpipe import compat
+from tffpipe import config
+from tffpipe import processes
+from tffpipe import runtime
+from tffpipe import sampling
+from tffpipe import tasks
+
+flags.DEFINE_integer("rounds", 5, "Timed rounds per stack (after one warm-up round).")
+flags.DEFINE_integer("clients_per_round", 10, "Clients per round.")
+FLAGS = flags.FLAGS
+
+_DP = dict(noise_multiplier=0.5, clip_norm=1.0)
+STACKS = {
+    "mean (no zeroing)": config.AggregationConfig(zeroing=False),
+    "zeroing -> mean (default)": config.AggregationConfig(),
+    "quantization 8 bits": config.AggregationConfig(compression="uniform_quantization"),
+    "DP fixed": config.AggregationConfig(dp=config.PrivacyConfig("fixed", **_DP)),
+    "DP adaptive": config.AggregationConfig(
+        dp=config.PrivacyConfig("adaptive", noise_multiplier=0.5)
+    ),
+    "DP tree (DP-FTRL)": config.AggregationConfig(dp=config.PrivacyConfig("tree", **_DP)),
+    "secure sum": config.AggregationConfig(secure=True),
+    "DP fixed + secure sum": config.AggregationConfig(
+        secure=True, dp=config.PrivacyConfig("fixed", **_DP)
+    ),
+    "DP distributed (secure)": config.AggregationConfig(
+        dp=config.PrivacyConfig("distributed", **_DP)
+    ),
+}
+
+
+def _time_rounds(process, state, datasets, rounds):
+    state = process.next(state, datasets).state  # warm-up: compiles and starts workers
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        state = process.next(state, datasets).state
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _measure(task, datasets, aggregation, rounds, force_test_runtime=False):
+    cfg = config.RunConfig(
+        aggregation=aggregation,
+        client=config.ClientConfig(epochs=1),
+        schedule=config.ScheduleConfig(rounds=rounds + 1, clients_per_round=FLAGS.clients_per_round),
+    )
+    with compat.quiet_tensorflow_errors():
+        process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+    secure = runtime.uses_secure_sum(process.next)
+    context = (
+        context_stack_impl.context_stack.install(tff.backends.test.create_sync_test_cpp_execution_context())
+        if secure or force_test_runtime
+        else contextlib.nullcontext()
+    )
+    with context:
+        state = process.set_model_weights(process.initialize(), builder.initial_model_weights(task, 0))
+        seconds = _time_rounds(process, state, datasets, rounds)
+    return seconds, "test" if secure or force_test_runtime else "default"
+
+
+def main(argv):
+    del argv
+    processes.install_worker_reaper()
+    task = tasks.create_task("digits", {}, seed=0)
+    ids = sampling.sample_clients(list(task.train_data.client_ids), FLAGS.clients_per_round, seed=0, round_num=1)
+    spec = tasks.ClientSpec(num_epochs=1, batch_size=20)
+    datasets = [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids)]
+    print(f"digits CNN, {FLAGS.clients_per_round} clients x 1 local epoch, median of "
+          f"{FLAGS.rounds} rounds after a warm-up round", flush=True)
+    results = {}
+    for name, aggregation in STACKS.items():
+        results[name] = _measure(task, datasets, aggregation, FLAGS.rounds)
+        print(f"  measured {name}: {results[name][0]:.3f} s/round", file=sys.stderr, flush=True)
+    results["mean (no zeroing), test runtime"] = _measure(
+        task, datasets, STACKS["mean (no zeroing)"], FLAGS.rounds, force_test_runtime=True
+    )
+    base = results["mean (no zeroing)"][0]
+    print(f"{'stack':34s} {'runtime':8s} {'s/round':>8s} {'x plain mean':>13s}")
+    for name, (seconds, runtime_name) in results.items():
+        print(f"{name:34s} {runtime_name:8s} {seconds:8.3f} {seconds / base:13.2f}")
+    processes.exit_now(0)
+
+
+if __name__ == "__main__":
+    app.run(main)
