@@ -19,8 +19,6 @@ import time
 
 from absl import app
 from absl import flags
-import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from tffpipe import builder
 from tffpipe import compat
@@ -73,15 +71,11 @@ def _measure(task, datasets, aggregation, rounds, force_test_runtime=False):
     with compat.quiet_tensorflow_errors():
         process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     secure = runtime.uses_secure_sum(process.next)
-    context = (
-        context_stack_impl.context_stack.install(tff.backends.test.create_sync_test_cpp_execution_context())
-        if secure or force_test_runtime
-        else contextlib.nullcontext()
-    )
-    with context:
+    test_runtime = secure or force_test_runtime
+    with runtime.test_runtime() if test_runtime else contextlib.nullcontext():
         state = process.set_model_weights(process.initialize(), builder.initial_model_weights(task, 0))
         seconds = _time_rounds(process, state, datasets, rounds)
-    return seconds, "test" if secure or force_test_runtime else "default"
+    return seconds, "test" if test_runtime else "default"
 
 
 def main(argv):

@@ -1,16 +1,14 @@
 """The aggregation stacks `build_aggregator` composes, measured on plain vectors."""
 
-import contextlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from tffpipe import aggregation
 from tffpipe import builder
 from tffpipe import config
+from tffpipe import runtime
 from tffpipe import tasks
 
 from tasks import digits
@@ -34,15 +32,6 @@ def _process(cfg, dim=DIM):
     if params.weighted:
         return factory.create(value_type, tff.TensorType(np.float32)), params
     return factory.create(value_type), params
-
-
-@contextlib.contextmanager
-def _test_context():
-    """TFF's test runtime, which runs secure-sum intrinsics (see tffpipe.runtime)."""
-    with context_stack_impl.context_stack.install(
-        tff.backends.test.create_sync_test_cpp_execution_context()
-    ):
-        yield
 
 
 def _vectors(n, norm, seed=0):
@@ -89,7 +78,7 @@ def test_secure_sum_equals_plain_sum_within_quantisation_error():
     assert params.uses_secure_sum and "secure sum" in params.summary
     expected = np.mean(updates, axis=0)
     plain_result = plain.next(plain.initialize(), updates).result
-    with _test_context():
+    with runtime.test_runtime():
         secure_result = secure.next(secure.initialize(), updates).result
     np.testing.assert_allclose(plain_result, expected, atol=1e-7)
     # 32-bit quantisation of [-1, 1]: steps of 5e-10; a float32 mean is coarser.
@@ -104,7 +93,7 @@ def test_secure_sum_under_dp_equals_the_clipped_mean():
     )
     assert params.summary == "clipping -> DP -> secure sum -> mean"
     clipped = [u / np.linalg.norm(u) for u in updates]
-    with _test_context():
+    with runtime.test_runtime():
         result = process.next(process.initialize(), updates).result
     np.testing.assert_allclose(result, np.mean(clipped, axis=0), atol=1e-6)
 
@@ -115,7 +104,7 @@ def test_distributed_dp_without_noise_recovers_the_mean():
         _cfg(4, mechanism="distributed", clip_norm=1.0, noise_multiplier=0.0)
     )
     assert params.uses_secure_sum
-    with _test_context():
+    with runtime.test_runtime():
         output = process.next(process.initialize(), updates)
     # 20-bit integers after a random rotation and scaling: error ~1e-5.
     np.testing.assert_allclose(output.result, np.mean(updates, axis=0), atol=2e-4)

@@ -96,17 +96,17 @@ def epsilon(
         return 0.0
     if noise_multiplier == 0:
         return float("inf")
-    accountant = _accountant(sampling)
-    accountant.compose(
+    return _epsilon_of(
         training_event(
             noise_multiplier,
             rounds,
             clients_per_round=clients_per_round,
             num_clients=num_clients,
             sampling=sampling,
-        )
+        ),
+        sampling,
+        delta,
     )
-    return float(accountant.get_epsilon(delta))
 
 
 def noise_for_target_epsilon(
@@ -119,18 +119,28 @@ def noise_for_target_epsilon(
     sampling: Sampling = Sampling.POISSON,
 ) -> float:
     """The smallest noise multiplier whose epsilon after `rounds` meets the target."""
+    return _calibrate(
+        functools.partial(
+            training_event,
+            rounds=rounds,
+            clients_per_round=clients_per_round,
+            num_clients=num_clients,
+            sampling=sampling,
+        ),
+        sampling,
+        target_epsilon,
+        delta,
+    )
+
+
+def _calibrate(make_event, sampling: Sampling, target_epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier z whose `make_event(z)` spends `target_epsilon`."""
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
     return float(
         dp_accounting.calibrate_dp_mechanism(
             lambda: _accountant(sampling),
-            functools.partial(
-                training_event,
-                rounds=rounds,
-                clients_per_round=clients_per_round,
-                num_clients=num_clients,
-                sampling=sampling,
-            ),
+            make_event,
             target_epsilon,
             delta,
             bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
@@ -176,18 +186,8 @@ def tree_sensitivity(participation: Iterable[Sequence[int]], rounds: int) -> flo
 
 def gaussian_noise_for_target_epsilon(target_epsilon: float, delta: float) -> float:
     """Noise multiplier of one unsampled Gaussian mechanism that meets the target."""
-    if target_epsilon <= 0:
-        raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
-    return float(
-        dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(Sampling.POISSON),
-            dp_accounting.GaussianDpEvent,
-            target_epsilon,
-            delta,
-            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-            tol=1e-4,
-        )
-    )
+    # Add-or-remove-one relation (the POISSON accountant), no sampling.
+    return _calibrate(dp_accounting.GaussianDpEvent, Sampling.POISSON, target_epsilon, delta)
 
 
 class RunAccountant:

@@ -16,25 +16,22 @@ from tffpipe import config as config_lib
 from tffpipe import privacy
 
 
-def find_dp_states(tree: Any) -> list[Mapping[str, Any]]:
-    """Every `DifferentiallyPrivateFactory` state (with its DP event) in a state tree."""
-    found = []
+def _mappings_with(tree: Any, keys: Sequence[str]) -> list[Mapping[str, Any]]:
+    """Every mapping (or named tuple) in a nested structure holding all `keys`.
+
+    Depth first, in order; a match is not searched further.
+    """
+    if hasattr(tree, "_asdict"):
+        tree = tree._asdict()
     if isinstance(tree, Mapping):
-        if "dp_event" in tree and "is_init_state" in tree:
+        if all(k in tree for k in keys):
             return [tree]
         values = tree.values()
-    elif hasattr(tree, "_asdict"):
-        fields = tree._asdict()
-        if "dp_event" in fields and "is_init_state" in fields:
-            return [fields]
-        values = fields.values()
     elif isinstance(tree, (list, tuple)):
         values = tree
     else:
-        return found
-    for value in values:
-        found.extend(find_dp_states(value))
-    return found
+        return []
+    return [found for value in values for found in _mappings_with(value, keys)]
 
 
 def dp_event_from_state(learning_state: Any) -> dp_accounting.DpEvent | None:
@@ -43,7 +40,10 @@ def dp_event_from_state(learning_state: Any) -> dp_accounting.DpEvent | None:
     Returns None for a freshly initialised state, or when the state carries no
     event (or an unsupported one, as tree aggregation and distributed DP do).
     """
-    states = find_dp_states(getattr(learning_state, "aggregator", learning_state))
+    # `DifferentiallyPrivateFactory` states carry their round's DP event.
+    states = _mappings_with(
+        getattr(learning_state, "aggregator", learning_state), ("dp_event", "is_init_state")
+    )
     if len(states) != 1 or bool(states[0]["is_init_state"]):
         return None
     event = dp_accounting.DpEvent.from_named_tuple(_as_named_tuple(states[0]["dp_event"]))
@@ -72,17 +72,6 @@ def _as_named_tuple(value: Any) -> Any:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _find_mapping_with(tree: Any, keys: Sequence[str]) -> Mapping[str, Any] | None:
-    if isinstance(tree, Mapping):
-        if all(k in tree for k in keys):
-            return tree
-        for value in tree.values():
-            found = _find_mapping_with(value, keys)
-            if found is not None:
-                return found
-    return None
 
 
 class PrivacyTracker:
@@ -171,10 +160,11 @@ class PrivacyTracker:
         metrics: dict[str, float] = {}
         event = dp_event_from_state(learning_state)
         if self.mechanism == "distributed":
-            quantisation = _find_mapping_with(
+            found = _mappings_with(
                 aggregator_metrics, ("l2_clip", "scale_factor", "scaled_inflated_l2")
             )
-            if quantisation is not None:
+            if found:
+                quantisation = found[0]
                 # Rounding inflates the sensitivity slightly; the noise is
                 # relative to the clip before it.
                 inflation = float(quantisation["scaled_inflated_l2"]) / (
@@ -188,9 +178,9 @@ class PrivacyTracker:
         metrics["privacy/epsilon"] = self.epsilon
         metrics["privacy/noise_multiplier"] = float(self.noise_multiplier)
         if self.mechanism == "adaptive":
-            clip = _find_mapping_with(aggregator_metrics, ("clip",))
-            if clip is not None:
-                new_clip = float(clip["clip"])
+            found = _mappings_with(aggregator_metrics, ("clip",))
+            if found:
+                new_clip = float(found[0]["clip"])
                 metrics["privacy/clip_norm"] = new_clip
                 if self._clip:
                     # Inverts TF Privacy's geometric update of the clip,

@@ -48,6 +48,13 @@ def execution_context_for(
         yield False
         return
     print_fn(SIMULATED_PROTOCOL_NOTE)
+    with test_runtime():
+        yield True
+
+
+@contextlib.contextmanager
+def test_runtime() -> Iterator[None]:
+    """Runs the body in a fresh TFF test C++ context, which executes secure sums."""
     context = tff.backends.test.create_sync_test_cpp_execution_context()
     with context_stack_impl.context_stack.install(context):
-        yield True
+        yield
