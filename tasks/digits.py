@@ -1,4 +1,4 @@
-"""`digits`: scikit-learn's handwritten digits, split across clients by label skew.
+"""`digits`: Scikit-learn's handwritten digits, split across clients by label skew.
 
 Data: the 1,797 8x8 grey-scale digit images (UCI optical recognition of
 handwritten digits, test part) that ship inside scikit-learn, so nothing is
@@ -16,8 +16,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
-from tffpipe import partition
-from tffpipe.tasks import Task
+from tffpipe.tasks import Task, from_arrays
 
 NUM_CLASSES = 10
 
@@ -60,25 +59,17 @@ def create_task(
             f"eval_clients must be between 1 and num_clients - 1, got {eval_clients}"
         )
     images, labels = load_arrays()
-    indices = partition.dirichlet_label_skew(labels, num_clients, alpha, seed=seed)
-    order = np.random.default_rng(seed).permutation(num_clients)
-    held_out = set(order[:eval_clients].tolist())
-    ids = [f"client_{i:04d}" for i in range(num_clients)]
-    arrays = {"pixels": images, "label": labels}
-
-    def subset(keep):
-        chosen = [i for i in range(num_clients) if keep(i)]
-        return partition.to_client_data(
-            arrays, [indices[i] for i in chosen], [ids[i] for i in chosen]
-        )
-
-    return Task(
-        name="digits",
+    return from_arrays(
+        "digits",
+        images,
+        labels,
+        build_cnn,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        num_clients=num_clients,
+        partition="dirichlet",
+        alpha=alpha,
+        eval_fraction=eval_clients / num_clients,
+        seed=seed,
         description="scikit-learn handwritten digits (8x8), Dirichlet label skew, small CNN",
-        model_builder=build_cnn,
-        loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics_builder=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        train_data=subset(lambda i: i not in held_out),
-        eval_data=subset(lambda i: i in held_out),
-        to_features=lambda e: (e["pixels"], e["label"]),
     )

@@ -73,3 +73,44 @@ def test_to_client_data_holds_the_chosen_examples():
     assert sorted(data.client_ids) == ["a", "b"]
     got = [e["x"].numpy() for e in data.create_tf_dataset_for_client("a")]
     assert got == [0.0, 2.0]
+
+
+def _covers_once(parts, n):
+    return sorted(np.concatenate(parts).tolist()) == list(range(n))
+
+
+def test_iid_gives_near_equal_clients_with_the_global_label_mix():
+    labels = _labels(1000)
+    parts = partition.iid(1000, 8, seed=0)
+    assert _covers_once(parts, 1000)
+    assert {len(p) for p in parts} == {125}
+    shares = np.array([np.bincount(labels[p], minlength=10) / len(p) for p in parts])
+    assert np.abs(shares - np.bincount(labels) / 1000).max() < 0.1
+
+
+def test_shards_give_each_client_about_two_labels():
+    labels = _labels(1000)
+    parts = partition.label_shards(labels, 50, seed=0)
+    assert _covers_once(parts, 1000)
+    assert {len(p) for p in parts} == {20}
+    # Two shards a client; a shard straddles a label boundary at most once.
+    label_counts = [len(np.unique(labels[p])) for p in parts]
+    assert max(label_counts) <= 4
+    assert np.mean(label_counts) < 2.6
+    other = partition.label_shards(labels, 50, seed=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+    with pytest.raises(ValueError, match="10 examples cannot give 20 shards"):
+        partition.label_shards(np.zeros(10, int), 10, seed=0)
+
+
+def test_quantity_skew_varies_sizes_not_labels():
+    labels = _labels(5000)
+    parts = partition.quantity_skew(5000, 10, 0.3, seed=0, min_examples=5)
+    assert _covers_once(parts, 5000)
+    sizes = sorted(len(p) for p in parts)
+    assert sizes[0] >= 5
+    assert sizes[-1] > 20 * sizes[2]  # very unequal sites
+    big = max(parts, key=len)
+    assert np.abs(np.bincount(labels[big], minlength=10) / len(big) - 0.1).max() < 0.05
+    even = sorted(len(p) for p in partition.quantity_skew(5000, 10, 1000.0, seed=0))
+    assert even[-1] < 1.2 * even[0]

@@ -68,3 +68,15 @@ def test_worker_dies_with_its_parent(mode, end, marker_env, tmp_path):
     finally:
         proc.kill()
     assert _wait_gone(marker) == []
+
+
+def test_an_unbounded_wait_on_a_stuck_worker_kills_it():
+    """TFF's ServiceManager sends SIGINT and then waits with no limit."""
+    from tffpipe import processes
+
+    stuck = processes.WorkerPopen(["bash", "-c", "trap '' INT; while true; do sleep 0.1; done"])
+    time.sleep(0.3)
+    os.kill(stuck.pid, signal.SIGINT)
+    start = time.monotonic()
+    assert stuck.wait() == -signal.SIGKILL
+    assert time.monotonic() - start < processes._STOP_TIMEOUT_SEC + 3

@@ -90,3 +90,10 @@ def test_every_optimizer_trains(small_task, tmp_path, client, server):
     moved = [np.abs(a - b).max() for a, b in zip(result.model_weights.trainable, initial.trainable)]
     assert max(moved) > 1e-4
     assert _rounds_in_csv(tmp_path) == [1, 2]
+
+
+def test_unset_clients_per_round_takes_every_client_of_a_small_task(small_task):
+    cfg = program.fit_to_task(config.RunConfig(), small_task)
+    assert cfg.schedule.clients_per_round == 9
+    line = program.describe_run(cfg, small_task)
+    assert line.startswith("task digits: 9 training clients, 3 held-out evaluation clients; 50 rounds of 9 clients")

@@ -89,7 +89,8 @@ def test_eval_clients_must_be_held_out():
 
 
 def test_unknown_task_lists_the_valid_names():
-    with pytest.raises(tasks.TaskError, match=r"unknown task 'mnist'; valid tasks: digits"):
+    valid = "breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp"
+    with pytest.raises(tasks.TaskError, match=f"unknown task 'mnist'; valid tasks: {valid} "):
         tasks.load_factory("mnist")
 
 
@@ -111,7 +112,9 @@ def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     factory = tasks.load_factory("my_tasks:create_task")
-    assert tasks.factory_options(factory) == {"clients": (12, "how many clients in total.")}
+    assert tasks.factory_options(factory) == {
+        "clients": tasks.TaskOption(12, "how many clients in total.")
+    }
     task = tasks.create_task("my_tasks:create_task", {"clients": 10}, seed=1)
     assert len(task.train_data.client_ids) == 8
     with pytest.raises(tasks.TaskError, match="returned int, not tffpipe.tasks.Task"):
@@ -126,5 +129,102 @@ def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
 def test_digits_options_come_from_its_signature():
     options = tasks.factory_options(tasks.load_factory("digits"))
     assert set(options) == {"num_clients", "eval_clients", "alpha"}
-    assert options["num_clients"][0] == 50
-    assert "held out" in options["eval_clients"][1]
+    assert options["num_clients"].default == 50
+    assert "held out" in options["eval_clients"].help
+
+
+def test_literal_options_list_their_choices_and_reject_others():
+    options = tasks.factory_options(tasks.load_factory("emnist"))
+    assert set(options) == {"model", "only_digits"}  # data_dir comes from --data_dir
+    assert options["model"] == tasks.TaskOption(
+        "cnn_dropout", "cnn_dropout (Reddi et al. 2021) or cnn (McMahan et al. 2017).",
+        ("cnn_dropout", "cnn"),
+    )
+    with pytest.raises(tasks.TaskError, match="model must be one of cnn_dropout, cnn, got 'resnet'"):
+        tasks.create_task("emnist", {"model": "resnet"}, seed=0)
+
+
+def test_test_split_evaluation_may_share_client_ids():
+    base = _task_with_model(lambda: tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)]))
+    task = _task_with_model(base.model_builder, eval_data=base.train_data, eval_split="test_split")
+    assert task.eval_data.client_ids == task.train_data.client_ids
+    with pytest.raises(tasks.TaskError, match="eval_split must be one of held_out_clients, test_split, got 'train'"):
+        _task_with_model(base.model_builder, eval_split="train")
+
+
+def test_regroup_runs_before_to_features_in_training_and_evaluation():
+    # Ten scalar records per client, regrouped into records of 5 values.
+    data = partition.to_client_data(
+        {"v": np.arange(20, dtype=np.float32)}, [np.arange(10), np.arange(10, 20)], ["a", "b"]
+    )
+    task = tasks.Task(
+        name="grouped",
+        model_builder=lambda: tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(4,))]),
+        loss_builder=tf.keras.losses.MeanSquaredError,
+        metrics_builder=lambda: [],
+        train_data=data.from_clients_and_tf_fn(["a"], data.create_tf_dataset_for_client),
+        eval_data=data.from_clients_and_tf_fn(["b"], data.create_tf_dataset_for_client),
+        to_features=lambda seq: (seq[:-1], seq[-1:]),
+        regroup=lambda ds: ds.map(lambda e: e["v"]).batch(5, drop_remainder=True),
+    )
+    spec = tasks.ClientSpec(num_epochs=1, batch_size=8, shuffle_buffer_size=1)
+    (x, y), = list(task.client_dataset("a", spec, seed=0))
+    assert x.numpy().tolist() == [[0, 1, 2, 3], [5, 6, 7, 8]]
+    assert y.numpy().tolist() == [[4], [9]]
+    (x, y), = list(task.eval_dataset("b", 8))
+    assert y.numpy().tolist() == [[14], [19]]
+
+
+def test_installed_packages_register_tasks_through_entry_points(tmp_path, monkeypatch):
+    (tmp_path / "plugin_tasks.py").write_text(textwrap.dedent('''
+        """`plugin`: a task an installed package registers."""
+        from typing import Literal
+        from tasks import digits
+
+        def create_task(*, size: Literal["small", "large"] = "small", seed: int = 0):
+            """A plug-in task.
+
+            Args:
+              size: how big.
+            """
+            return digits.create_task(num_clients=12 if size == "small" else 20, eval_clients=2, seed=seed)
+    '''))
+    dist = tmp_path / "plugin_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[tffpipe.tasks]\nplugin = plugin_tasks:create_task\nbroken = no_such_module:create_task\n"
+        "digits = plugin_tasks:create_task\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registered = tasks.registered_tasks()
+    assert registered["plugin"] == tasks.TaskEntry("plugin", "plugin_tasks:create_task", "plugin-pkg")
+    assert registered["digits"].source == "built-in"  # a plug-in cannot shadow a built-in
+    task = tasks.create_task("plugin", {"size": "large"}, seed=0)
+    assert len(task.train_data.client_ids) == 18
+    from tffpipe.tasks import listing
+
+    table = listing.task_table()
+    assert "plugin             a task an installed package registers." in table
+    assert "registered by plugin-pkg (plugin_tasks:create_task)" in table
+    assert "flags: --plugin_size" in table
+    assert "broken             [plugin-pkg] cannot be loaded: cannot import task module 'no_such_module'" in table
+    sys.modules.pop("plugin_tasks", None)
+
+
+def test_python_m_tffpipe_tasks_lists_every_builtin_task():
+    import subprocess
+
+    from conftest import REPO_ROOT, user_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tffpipe.tasks"], cwd=REPO_ROOT, env=user_env(),
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    names = [line.split()[0] for line in lines if line and not line.startswith(" ")]
+    assert names == sorted(tasks.registered_tasks())
+    assert any(line.startswith("emnist") and "Federated EMNIST, handwritten characters partitioned by writer." in line for line in lines)
+    assert "flags: --breast_cancer_num_sites --breast_cancer_model --breast_cancer_alpha" in result.stdout
+    assert result.stderr.strip() == ""

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, run_train, scalar_steps, worker_processes
+from tffpipe import public_data
+
+from conftest import REPO_ROOT, run_train, scalar_steps, user_env, worker_processes
 
 SIX_ROUNDS = ["--task=digits", "--rounds=6", "--experiment_name=e"]
 
@@ -136,18 +138,24 @@ def test_resume_with_other_data_settings_is_refused(reference_run):
         ("--clients_per_round=41", "error: --clients_per_round=41 is larger than the 40 training clients of task 'digits'"),
         ("--dp_noise_multiplier=1", "error: --dp_noise_multiplier has no effect without differential privacy: set --dp=fixed|adaptive|tree|distributed"),
         ("--algorithm=fedsgd --client_learning_rate=0.5", "error: --client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
-        ("--task=mnist", "error: unknown task 'mnist'; valid tasks: digits (or a factory path such as my_pkg.my_module:create_task)"),
+        ("--task=mnist", "error: unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp (or a factory path such as my_pkg.my_module:create_task)"),
+        ("--emnist_model=cnn", "error: --emnist_model applies to task 'emnist', not --task=digits"),
+        ("--task=emnist --data_dir={dir}/data", "error: dataset file {dir}/data/emnist_all.sqlite is missing and downloading it failed (Connection refused); download http://127.0.0.1:9/emnist_all.sqlite.lzma, decompress it (unxz) into {dir}/data, or pass --data_dir=FOLDER holding emnist_all.sqlite"),
         ("--root_dir={file}/sub", "error: --root_dir: cannot write to {file}/sub/e: Not a directory"),
     ],
 )
 def test_bad_flags_fail_in_one_line_before_training(flag, message, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
+    env = user_env()
+    env[public_data.MIRROR_ENV] = "http://127.0.0.1:9/"  # nothing listens: refused at once
     result = run_train(
-        ["--experiment_name=e", f"--root_dir={tmp_path}", *flag.format(file=blocker).split()]
+        ["--experiment_name=e", f"--root_dir={tmp_path}",
+         *flag.format(file=blocker, dir=tmp_path).split()],
+        env=env,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [message.format(file=blocker)]
+    assert result.stderr.strip().splitlines() == [message.format(file=blocker, dir=tmp_path)]
     assert "round" not in result.stdout
     assert not os.path.exists(tmp_path / "e")
 
@@ -177,3 +185,27 @@ def test_secure_dp_run_reports_its_stack_traffic_and_epsilon(marker_env, tmp_pat
     for tag in ("privacy/epsilon", "comm/upload_bytes_per_client", "comm/download_bytes_per_client"):
         assert sorted(steps[tag]) == [1, 2], tag
     assert worker_processes(marker) == []
+
+
+def test_plugin_tasks_get_generated_flags_and_are_listed(tmp_path):
+    (tmp_path / "wine_tasks.py").write_text(
+        '"""`wine`: Wine cultivars from an installed plug-in."""\n'
+        "from typing import Literal\n"
+        "def create_task(*, size: Literal['small', 'large'] = 'small', seed: int = 0):\n"
+        '    """Args:\n      size: how many clients.\n    """\n'
+    )
+    dist = tmp_path / "wine_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wine-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tffpipe.tasks]\nwine = wine_tasks:create_task\n")
+    env = user_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    listed = run_train(["--list_tasks"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "wine               Wine cultivars from an installed plug-in." in listed.stdout
+    assert "flags: --wine_size" in listed.stdout and "flags: --emnist_model --emnist_only_digits" in listed.stdout
+    bad = run_train(["--task=wine", "--wine_size=huge", f"--root_dir={tmp_path}"], env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: flag --wine_size=huge: value should be one of <small|large>"
+    ]

@@ -11,6 +11,8 @@ import os
 from typing import Any, Mapping
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi", "adagrad")
+# Clients a round when --clients_per_round is not given (fewer if the task has fewer).
+DEFAULT_CLIENTS_PER_ROUND = 10
 ALGORITHMS = ("fedavg", "fedprox", "fedsgd", "mime_lite")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 DP_MECHANISMS = ("none", "fixed", "adaptive", "tree", "distributed")
@@ -28,10 +30,13 @@ class TaskConfig:
     Attributes:
       name: a registered task name, or `package.module:factory`.
       options: keyword arguments for the task factory (task-specific flags).
+      data_dir: where public datasets are kept (None: the task's default).
+        Not part of the fingerprint: moving the files does not change a run.
     """
 
     name: str = "digits"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +205,9 @@ class ScheduleConfig:
 
     Attributes:
       rounds: total number of training rounds.
-      clients_per_round: clients sampled uniformly without replacement a round.
+      clients_per_round: clients sampled uniformly without replacement a round;
+        None: `DEFAULT_CLIENTS_PER_ROUND`, or every training client when the
+        task has fewer (resolved by `program.fit_to_task`).
       seed: seeds the data partition, the initial model and client sampling.
       eval_every: federated evaluation every this many rounds (and at the end);
         0 evaluates only at the end.
@@ -208,15 +215,18 @@ class ScheduleConfig:
         end).
       keep_checkpoints: how many of the latest checkpoints to keep.
       eval_batch_size: batch size for evaluation clients.
+      eval_clients: evaluate on at most this many evaluation clients, the
+        same seeded sample every time; 0 evaluates on all of them.
     """
 
     rounds: int = 50
-    clients_per_round: int = 10
+    clients_per_round: int | None = None
     seed: int = 0
     eval_every: int = 10
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
     eval_batch_size: int = 64
+    eval_clients: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,9 +325,10 @@ def validate(config: RunConfig) -> None:
     s, c = config.schedule, config.client
     _require(s.rounds >= 1, f"--rounds must be at least 1, got {s.rounds}")
     _require(
-        s.clients_per_round >= 1,
+        s.clients_per_round is None or s.clients_per_round >= 1,
         f"--clients_per_round must be at least 1, got {s.clients_per_round}",
     )
+    _require(s.eval_clients >= 0, f"--eval_clients must be >= 0, got {s.eval_clients}")
     _require(s.eval_every >= 0, f"--eval_every must be >= 0, got {s.eval_every}")
     _require(
         s.checkpoint_every >= 1,
@@ -503,7 +514,7 @@ def _validate_privacy(config: RunConfig) -> None:
             "clipping norm changes every round, so the secure sum has no fixed "
             "integer range; use --dp=fixed or --dp=distributed",
         )
-        if dp.noise_multiplier is not None:
+        if dp.noise_multiplier is not None and clients is not None:
             check_adaptive_noise(dp.noise_multiplier, clients)
     if mechanism != "distributed":
         _require(
@@ -518,7 +529,7 @@ def _validate_privacy(config: RunConfig) -> None:
             f"integers up to 2^24 exactly), got {bits}",
         )
         _require(
-            2**bits >= clients,
+            clients is None or 2**bits >= clients,
             f"--dp_distributed_bits={bits} is too small for {clients} clients per "
             "round: the secure sum of their values would wrap around",
         )

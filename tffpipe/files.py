@@ -50,3 +50,22 @@ def replace_dir_atomic(path: str, write: Callable[[str], None]) -> None:
         raise
     if old_dir:
         shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def produce_file_atomic(path: str, produce: Callable[[str], None]) -> None:
+    """Calls `produce(temp_path)` to write a file, then renames it to `path`.
+
+    For writers that take a path (downloads, SQLite); if `produce` fails or is
+    interrupted, `path` is left as it was and the partial file is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        produce(temp_path)
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise

@@ -161,4 +161,15 @@ def export_keras_model(
     The result loads with `tf.keras.models.load_model(path)` alone.
     """
     model_weights.assign_weights_to(model)
-    files.replace_dir_atomic(path, lambda tmp: model.save(tmp, save_format="tf"))
+    # Tracing every layer's call functions takes 10 s or more for an LSTM or a
+    # ResNet and is only needed to load layers Keras does not know: skip it
+    # when every layer is a Keras built-in (loading then rebuilds from configs).
+    only_builtin_layers = all(
+        type(layer).__module__.startswith("keras.")
+        for layer in model.submodules
+        if isinstance(layer, tf.keras.layers.Layer)
+    )
+    files.replace_dir_atomic(
+        path,
+        lambda tmp: model.save(tmp, save_format="tf", save_traces=not only_builtin_layers),
+    )

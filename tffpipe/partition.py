@@ -1,8 +1,10 @@
-"""Non-IID partitioning of centralized arrays into federated client data."""
+"""Partitioning centralized arrays into federated clients: IID, label skew
+(Dirichlet or shards), quantity skew."""
 
 from typing import Mapping, Sequence
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 
@@ -41,15 +43,9 @@ def dirichlet_label_skew(
         `num_clients * min_examples`.
     """
     labels = np.asarray(labels)
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    if num_clients * min_examples > len(labels):
-        raise ValueError(
-            f"{len(labels)} examples cannot give {num_clients} clients "
-            f"{min_examples} examples each"
-        )
+    _check_sizes(len(labels), num_clients, min_examples)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(max_attempts):
@@ -81,6 +77,133 @@ def _top_up(clients: list[np.ndarray], min_examples: int, rng) -> list[np.ndarra
     return [np.array(c, dtype=np.int64) for c in clients]
 
 
+def iid(num_examples: int, num_clients: int, *, seed: int) -> list[np.ndarray]:
+    """Splits example indices uniformly at random into near-equal clients.
+
+    Returns:
+      One sorted index array per client; together they cover every example once.
+    """
+    _check_sizes(num_examples, num_clients, 1)
+    order = np.random.default_rng(seed).permutation(num_examples)
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
+
+
+def label_shards(
+    labels: np.ndarray, num_clients: int, *, seed: int, shards_per_client: int = 2
+) -> list[np.ndarray]:
+    """McMahan et al. (2017)'s pathological non-IID split into label shards.
+
+    Examples are sorted by label and cut into `num_clients * shards_per_client`
+    equal shards; each client gets `shards_per_client` random shards, so it
+    sees at most that many labels.
+
+    Returns:
+      One sorted index array per client; together they cover every example once.
+    """
+    labels = np.asarray(labels)
+    num_shards = num_clients * shards_per_client
+    _check_sizes(len(labels), num_shards, 1, what="shards")
+    rng = np.random.default_rng(seed)
+    # Random order within a label, so the shards of one label differ by seed.
+    order = np.lexsort((rng.random(len(labels)), labels))
+    shards = np.array_split(order, num_shards)
+    assignment = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+    return [np.sort(np.concatenate([shards[s] for s in row])) for row in assignment]
+
+
+def quantity_skew(
+    num_examples: int, num_clients: int, alpha: float, *, seed: int, min_examples: int = 5
+) -> list[np.ndarray]:
+    """Clients of very different sizes with the same label distribution.
+
+    Client sizes follow Dirichlet(alpha) proportions (Li et al. 2022's
+    quantity skew; smaller alpha, more unequal), with at least `min_examples`
+    each; examples are assigned at random, so labels stay IID.
+
+    Returns:
+      One sorted index array per client; together they cover every example once.
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    _check_sizes(num_examples, num_clients, min_examples)
+    rng = np.random.default_rng(seed)
+    spare = num_examples - num_clients * min_examples
+    sizes = min_examples + rng.multinomial(spare, rng.dirichlet(np.full(num_clients, alpha)))
+    order = rng.permutation(num_examples)
+    return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+def _check_sizes(num_examples: int, parts: int, min_examples: int, what="clients") -> None:
+    if parts < 1:
+        raise ValueError(f"num_clients must be at least 1, got {parts}")
+    if parts * min_examples > num_examples:
+        raise ValueError(
+            f"{num_examples} examples cannot give {parts} {what} "
+            f"{min_examples} example{'s' if min_examples > 1 else ''} each"
+        )
+
+
+class ArrayClientData(tff.simulation.datasets.ClientData):
+    """In-memory client data: shared arrays plus each client's example indices.
+
+    Unlike `tff.simulation.datasets.TestClientData`, whose traceable dataset
+    function bakes every client's data into each dataset it makes, the
+    traceable function here gathers only the requested client's rows, so a
+    dataset built from a client id tensor (see `Task.client_dataset`) holds
+    that client's examples alone.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        client_indices: Sequence[np.ndarray],
+        client_ids: Sequence[str],
+    ):
+        if len(client_indices) != len(client_ids):
+            raise ValueError("client_indices and client_ids differ in length")
+        self._arrays = {name: np.asarray(values) for name, values in arrays.items()}
+        self._indices = dict(zip(client_ids, (np.asarray(i, np.int64) for i in client_indices)))
+        self._ids = list(client_ids)
+        self._element_spec = {
+            name: tf.TensorSpec(values.shape[1:], tf.as_dtype(values.dtype))
+            for name, values in self._arrays.items()
+        }
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def element_type_structure(self):
+        return self._element_spec
+
+    def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
+        if client_id not in self._indices:
+            raise ValueError(f"no client {client_id!r}")
+        rows = self._indices[client_id]
+        return tf.data.Dataset.from_tensor_slices(
+            {name: values[rows] for name, values in self._arrays.items()}
+        )
+
+    @property
+    def serializable_dataset_fn(self):
+        ids = tf.constant(self._ids)
+        ragged = tf.RaggedTensor.from_row_lengths(
+            np.concatenate([self._indices[c] for c in self._ids]),
+            [len(self._indices[c]) for c in self._ids],
+        )
+        arrays = {name: tf.constant(values) for name, values in self._arrays.items()}
+
+        def dataset_fn(client_id: tf.Tensor) -> tf.data.Dataset:
+            position = tf.where(tf.equal(ids, client_id))[0, 0]
+            rows = ragged[position]
+            return tf.data.Dataset.from_tensor_slices(
+                {name: tf.gather(values, rows) for name, values in arrays.items()}
+            )
+
+        return dataset_fn
+
+
 def to_client_data(
     arrays: Mapping[str, np.ndarray],
     client_indices: Sequence[np.ndarray],
@@ -96,11 +219,4 @@ def to_client_data(
     Returns:
       A `ClientData` whose datasets yield dicts of the named features.
     """
-    if len(client_indices) != len(client_ids):
-        raise ValueError("client_indices and client_ids differ in length")
-    return tff.simulation.datasets.TestClientData(
-        {
-            cid: {name: values[idx] for name, values in arrays.items()}
-            for cid, idx in zip(client_ids, client_indices)
-        }
-    )
+    return ArrayClientData(arrays, client_indices, client_ids)

@@ -27,6 +27,7 @@ import types
 import weakref
 
 _PR_SET_PDEATHSIG = 1
+_STOP_TIMEOUT_SEC = 5.0
 _live_workers: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
 _install_lock = threading.Lock()
 _installed = False
@@ -57,8 +58,23 @@ class WorkerPopen(subprocess.Popen):
         super().__init__(args, **kwargs)
         _live_workers.add(self)
 
+    def wait(self, timeout=None):
+        """Waits for the worker; an unbounded wait gives up and kills it.
 
-def stop_workers(timeout: float = 5.0) -> None:
+        TFF's `ServiceManager.__del__` sends SIGINT and waits with no limit;
+        a worker still busy (seen after 50 rounds of 50 clients: minutes at
+        full CPU) would hang the launcher's exit.
+        """
+        if timeout is not None:
+            return super().wait(timeout=timeout)
+        try:
+            return super().wait(timeout=_STOP_TIMEOUT_SEC)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return super().wait()
+
+
+def stop_workers(timeout: float = _STOP_TIMEOUT_SEC) -> None:
     """Stops every worker process started through `WorkerPopen`."""
     workers = [w for w in list(_live_workers) if w.poll() is None]
     for worker in workers:

@@ -48,18 +48,45 @@ class RunResult:
     stopped_early: str | None = None
 
 
-def check_against_task(cfg: config_lib.RunConfig, task: Task) -> None:
-    """Checks the settings that depend on the built task.
+def fit_to_task(cfg: config_lib.RunConfig, task: Task) -> config_lib.RunConfig:
+    """Resolves and checks the settings that depend on the built task.
+
+    An unset `clients_per_round` becomes `DEFAULT_CLIENTS_PER_ROUND`, or every
+    training client when the task has fewer (cross-silo tasks).
 
     Raises:
       ConfigError: with a one-line reason.
     """
     num_train = len(task.train_data.client_ids)
-    if cfg.schedule.clients_per_round > num_train:
+    clients = cfg.schedule.clients_per_round
+    if clients is None:
+        clients = min(config_lib.DEFAULT_CLIENTS_PER_ROUND, num_train)
+        cfg = dataclasses.replace(
+            cfg, schedule=dataclasses.replace(cfg.schedule, clients_per_round=clients)
+        )
+    if clients > num_train:
         raise config_lib.ConfigError(
-            f"--clients_per_round={cfg.schedule.clients_per_round} is larger than the "
+            f"--clients_per_round={clients} is larger than the "
             f"{num_train} training clients of task {task.name!r}"
         )
+    return cfg
+
+
+def describe_run(cfg: config_lib.RunConfig, task: Task) -> str:
+    """The run's first line: clients, evaluation, rounds and output folder."""
+    num_eval = len(task.eval_data.client_ids)
+    kind = "held-out" if task.eval_split == "held_out_clients" else "test-split"
+    used = cfg.schedule.eval_clients
+    evaluation = (
+        f"evaluation on {used:,} of {num_eval:,} {kind} clients"
+        if used and used < num_eval
+        else f"{num_eval:,} {kind} evaluation clients"
+    )
+    return (
+        f"task {task.name}: {len(task.train_data.client_ids):,} training clients, "
+        f"{evaluation}; {cfg.schedule.rounds} rounds of {cfg.schedule.clients_per_round} "
+        f"clients; outputs in {cfg.output.run_dir}"
+    )
 
 
 def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
@@ -73,16 +100,27 @@ def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
 
 
 class _Evaluator:
-    """Federated evaluation of model weights on every held-out client."""
+    """Federated evaluation of model weights on the task's evaluation clients.
 
-    def __init__(self, task: Task, batch_size: int):
+    Uses the same seeded sample of at most `max_clients` clients every time,
+    so figures are comparable across rounds; datasets are built per call, so
+    nothing is held between evaluations.
+    """
+
+    def __init__(self, task: Task, batch_size: int, max_clients: int, seed: int):
+        self._task = task
+        self._batch_size = batch_size
+        ids = list(task.eval_data.client_ids)
+        if max_clients and max_clients < len(ids):
+            ids = sampling.sample_clients(ids, max_clients, seed=seed, round_num=0)
+        self.client_ids = ids
         self._process = builder.build_evaluation_process(task)
         self._state = self._process.initialize()
-        self._datasets = [task.eval_dataset(cid, batch_size) for cid in task.eval_data.client_ids]
 
     def __call__(self, model_weights) -> dict[str, float]:
         state = self._process.set_model_weights(self._state, model_weights)
-        output = self._process.next(state, self._datasets)
+        datasets = [self._task.eval_dataset(cid, self._batch_size) for cid in self.client_ids]
+        output = self._process.next(state, datasets)
         return metrics_lib.eval_metrics(output.metrics)
 
 
@@ -106,7 +144,7 @@ def run(
       ConfigError: settings that do not fit the task.
       ResumeError: checkpoints that exist but cannot be resumed from.
     """
-    check_against_task(cfg, task)
+    cfg = fit_to_task(cfg, task)
     processes.install_worker_reaper()
     schedule = cfg.schedule
     print_fn("building the federated learning and evaluation processes...")
@@ -163,7 +201,9 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
-    evaluator = _Evaluator(task, schedule.eval_batch_size)
+    evaluator = _Evaluator(
+        task, schedule.eval_batch_size, schedule.eval_clients, schedule.seed
+    )
     spec = _client_spec(cfg)
     final_eval: dict[str, float] = {}
     stopped_early = None

@@ -8,16 +8,7 @@ Parses flags into a frozen `RunConfig`, builds the task and hands both to
 """
 
 import os
-
-# Keep TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) out of
-# the user's terminal (TF 2.14 prints spurious "Unable to register cuDNN
-# factory" errors at import even without a GPU); set TF_CPP_MIN_LOG_LEVEL
-# yourself to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# gRPC (TFF's link to its worker) notes every fork while other threads use it.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-import sys  # pylint: disable=g-import-not-at-top
+import sys
 import tempfile
 
 from absl import app
@@ -29,17 +20,27 @@ from tffpipe import checkpoints
 from tffpipe import config as config_lib
 from tffpipe import processes
 from tffpipe import program
+from tffpipe import public_data
 from tffpipe import tasks
+from tffpipe.tasks import listing as task_listing
 
 # --- What to train -----------------------------------------------------------
 flags.DEFINE_string(
     "task", "digits",
-    "A registered task name or a factory path such as my_pkg.my_module:create_task.")
+    "A registered task name (see --list_tasks) or a factory path such as "
+    "my_pkg.my_module:create_task.")
+flags.DEFINE_bool("list_tasks", False, "Print the registered tasks and exit.")
+flags.DEFINE_string(
+    "data_dir", public_data.DEFAULT_DATA_DIR,
+    "Folder holding the public datasets' files (emnist_all.sqlite, ...); a "
+    "missing file is downloaded there (TFF's own cache folder by default).")
 # --- Schedule ----------------------------------------------------------------
 flags.DEFINE_integer("rounds", 50, "Number of federated training rounds.")
 flags.DEFINE_integer(
-    "clients_per_round", 10,
-    "Training clients sampled uniformly without replacement each round.")
+    "clients_per_round", None,
+    "Training clients sampled uniformly without replacement each round "
+    f"(default {config_lib.DEFAULT_CLIENTS_PER_ROUND}, or every training client "
+    "when the task has fewer).")
 flags.DEFINE_integer(
     "seed", 0, "Seeds the data partition, the initial model and client sampling.")
 flags.DEFINE_integer(
@@ -47,7 +48,11 @@ flags.DEFINE_integer(
     "Evaluate on the held-out clients every this many rounds (and after the "
     "last round); 0 evaluates only after the last round.")
 flags.DEFINE_integer(
-    "eval_batch_size", 64, "Batch size of the held-out evaluation clients.")
+    "eval_batch_size", 64, "Batch size of the evaluation clients.")
+flags.DEFINE_integer(
+    "eval_clients", 100,
+    "Evaluate on at most this many evaluation clients, the same seeded sample "
+    "each time; 0 evaluates on all of them.")
 flags.DEFINE_integer(
     "checkpoint_every", 5, "Save a checkpoint every this many rounds (and after the last).")
 flags.DEFINE_integer("keep_checkpoints", 3, "How many of the newest checkpoints to keep.")
@@ -155,20 +160,30 @@ _FLAG_DEFINERS = {
 
 
 def _define_task_flags() -> dict[str, dict[str, str]]:
-    """Defines `--<task>_<option>` for every option of every built-in task.
+    """Defines `--<task>_<option>` for every option of every registered task.
+
+    A plug-in whose module does not import gets no flags; `--list_tasks`
+    says why.
 
     Returns:
       task name -> {option name -> flag name}.
     """
     task_flags = {}
-    for name in tasks.builtin_tasks():
+    for name, entry in tasks.registered_tasks().items():
+        try:
+            options = tasks.factory_options(tasks.load_factory(entry.path))
+        except tasks.TaskError:
+            continue
         task_flags[name] = {}
-        for option, (default, help_text) in tasks.factory_options(tasks.load_factory(name)).items():
-            definer = _FLAG_DEFINERS.get(type(default))
-            if definer is None:
-                continue
+        for option, spec in options.items():
             flag_name = f"{name}_{option}"
-            definer(flag_name, default, f"[task {name}] {help_text}")
+            help_text = f"[task {name}] {spec.help}"
+            if spec.choices and all(isinstance(c, str) for c in spec.choices):
+                flags.DEFINE_enum(flag_name, spec.default, list(spec.choices), help_text)
+            elif type(spec.default) in _FLAG_DEFINERS:
+                _FLAG_DEFINERS[type(spec.default)](flag_name, spec.default, help_text)
+            else:
+                continue
             task_flags[name][option] = flag_name
     return task_flags
 
@@ -189,7 +204,7 @@ def _task_config() -> config_lib.TaskConfig:
         option: FLAGS[flag_name].value
         for option, flag_name in _TASK_FLAGS.get(FLAGS.task, {}).items()
     }
-    return config_lib.TaskConfig(name=FLAGS.task, options=options)
+    return config_lib.TaskConfig(name=FLAGS.task, options=options, data_dir=FLAGS.data_dir)
 
 
 def _optimizer_config(prefix: str) -> config_lib.OptimizerConfig:
@@ -259,6 +274,7 @@ def config_from_flags() -> config_lib.RunConfig:
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,
             eval_batch_size=FLAGS.eval_batch_size,
+            eval_clients=FLAGS.eval_clients,
         ),
         output=config_lib.OutputConfig(
             root_dir=FLAGS.root_dir, experiment_name=FLAGS.experiment_name
@@ -304,19 +320,19 @@ def main(argv: list[str]) -> None:
         # (every checkpoint write, SavedModel assets) drown them.
         logging.set_verbosity(logging.WARNING)
         tf.get_logger().setLevel("ERROR")
+    if FLAGS.list_tasks:
+        print(task_listing.task_table(), flush=True)
+        processes.exit_now(0)
     processes.install_worker_reaper(handle_sigterm=True)
     try:
         cfg = config_from_flags()
-        task = tasks.create_task(cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed)
-        program.check_against_task(cfg, task)
-        check_writable(cfg.output.run_dir)
-        print(
-            f"task {task.name}: {len(task.train_data.client_ids)} training clients, "
-            f"{len(task.eval_data.client_ids)} held-out evaluation clients; "
-            f"{cfg.schedule.rounds} rounds of {cfg.schedule.clients_per_round} clients; "
-            f"outputs in {cfg.output.run_dir}",
-            flush=True,
+        task = tasks.create_task(
+            cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed,
+            data_dir=cfg.task.data_dir,
         )
+        cfg = program.fit_to_task(cfg, task)
+        check_writable(cfg.output.run_dir)
+        print(program.describe_run(cfg, task), flush=True)
         result = program.run(cfg, task)
     except (config_lib.ConfigError, tasks.TaskError, checkpoints.ResumeError) as e:
         _fail(str(e))

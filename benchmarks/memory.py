@@ -1,0 +1,139 @@
+"""Peak memory of a training run does not grow with the number of clients or rounds.
+
+Writes a synthetic EMNIST-shaped dataset (28x28 images, 62 classes, the real
+`emnist_all.sqlite` format) once with 3,400 clients and once with 340, then
+runs `python -m tffpipe.train --task=emnist` on each for 50 rounds of 50
+clients, exactly as a user would. The resident memory of the launcher and its
+TFF worker process together is sampled every 0.2 s; the script prints the
+peak of each run, their ratio, and the memory after rounds 10 and 50 (growth
+across rounds).
+
+  uv run python benchmarks/memory.py
+  uv run python benchmarks/memory.py --rounds=20 --clients=3400,340
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from tffpipe import processes
+
+flags.DEFINE_integer("rounds", 50, "Training rounds per run.")
+flags.DEFINE_integer("clients_per_round", 50, "Clients sampled per round.")
+flags.DEFINE_list("clients", ["3400", "340"], "Total clients of each run.")
+flags.DEFINE_integer("examples_per_client", 20, "Training examples per synthetic client.")
+flags.DEFINE_string("model", "cnn_dropout", "--emnist_model of the runs.")
+FLAGS = flags.FLAGS
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and all its descendants (launcher + workers)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/statm") as f:
+                rss[int(entry)] = int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _write_data(num_clients: int) -> str:
+    from tasks import emnist  # pylint: disable=g-import-not-at-top
+
+    folder = tempfile.mkdtemp(prefix=f"tffpipe_memory_{num_clients}_")
+    start = time.monotonic()
+    emnist.write_synthetic_data(
+        folder, num_clients=num_clients, examples_per_client=FLAGS.examples_per_client
+    )
+    print(f"  wrote {num_clients} synthetic EMNIST clients in {time.monotonic() - start:.0f} s", flush=True)
+    return folder
+
+
+def _measure(num_clients: int) -> dict[str, float]:
+    data_dir = _write_data(num_clients)
+    args = [
+        sys.executable, "-m", "tffpipe.train", "--task=emnist", f"--emnist_model={FLAGS.model}",
+        f"--data_dir={data_dir}", f"--rounds={FLAGS.rounds}",
+        f"--clients_per_round={FLAGS.clients_per_round}", "--client_epochs=1",
+        "--eval_every=10", f"--root_dir={data_dir}/runs",
+    ]
+    launcher = subprocess.Popen(
+        args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append(_tree_rss_bytes(launcher.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    at_round: dict[int, int] = {}
+    tail = []
+    start = time.monotonic()
+    for line in launcher.stdout:
+        tail = (tail + [line.rstrip()])[-20:]
+        if line.startswith("round "):
+            round_num = int(line.split()[1].split("/")[0])
+            at_round[round_num] = _tree_rss_bytes(launcher.pid)
+            if round_num % 10 == 0:
+                print(f"  {line.strip()[:60]}  rss {at_round[round_num] / 2**20:.0f} MiB", flush=True)
+    code = launcher.wait()
+    done.set()
+    sampler.join()
+    if code != 0:
+        raise SystemExit(f"the run with {num_clients} clients failed:\n" + "\n".join(tail))
+    return {
+        "peak": max(samples) / 2**20,
+        "first": at_round[min(at_round)] / 2**20,
+        "r10": at_round.get(10, 0) / 2**20,
+        "last": at_round[max(at_round)] / 2**20,
+        "seconds": time.monotonic() - start,
+    }
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # TFF's SQLite writer logs every file
+    results = {}
+    for count in (int(c) for c in FLAGS.clients):
+        print(f"{count} clients, {FLAGS.rounds} rounds of {FLAGS.clients_per_round}:", flush=True)
+        results[count] = _measure(count)
+    print()
+    print(f"{'clients':>8} {'peak MiB':>9} {'round 1':>8} {'round 10':>9} {'round ' + str(FLAGS.rounds):>9} {'wall s':>7}")
+    for count, r in results.items():
+        print(f"{count:>8} {r['peak']:>9.0f} {r['first']:>8.0f} {r['r10']:>9.0f} {r['last']:>9.0f} {r['seconds']:>7.0f}")
+    counts = list(results)
+    if len(counts) >= 2:
+        a, b = results[counts[0]], results[counts[1]]
+        print(f"peak ratio {counts[0]} / {counts[1]} clients: {a['peak'] / b['peak']:.3f}")
+    processes.exit_now(0)
+
+
+if __name__ == "__main__":
+    app.run(main)

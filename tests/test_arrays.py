@@ -1,0 +1,138 @@
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, user_env
+from tffpipe import tasks
+
+
+def _mlp(features=4, outputs=3):
+    return lambda: tf.keras.Sequential(
+        [tf.keras.layers.InputLayer(input_shape=(features,)), tf.keras.layers.Dense(outputs)]
+    )
+
+
+def _arrays(n=300, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(size=(n, 4)) + y[:, None]
+    return x, y
+
+
+def _examples(data):
+    return {
+        cid: [e["y"].numpy().item() for e in data.create_tf_dataset_for_client(cid)]
+        for cid in data.client_ids
+    }
+
+
+@pytest.mark.parametrize("partition", tasks.PARTITIONS)
+def test_every_partition_covers_the_examples_and_holds_clients_out(partition):
+    x, y = _arrays()
+    task = tasks.from_arrays(
+        "toy", x, y, _mlp(), loss="SparseCategoricalCrossentropy", metrics=["accuracy"],
+        num_clients=10, partition=partition, seed=3,
+    )
+    train, held = _examples(task.train_data), _examples(task.eval_data)
+    assert len(train) == 8 and len(held) == 2  # eval_fraction 0.2
+    assert not set(train) & set(held)
+    labels = sorted(v for client in (*train.values(), *held.values()) for v in client)
+    assert labels == sorted(y.tolist())
+    x_spec, y_spec = task.input_spec
+    assert x_spec.dtype == tf.float32 and y_spec.dtype == tf.int32
+    again = tasks.from_arrays(
+        "toy", x, y, _mlp(), loss="SparseCategoricalCrossentropy", num_clients=10,
+        partition=partition, seed=3,
+    )
+    assert _examples(again.train_data) == train
+
+
+def test_label_partitions_skew_labels_and_iid_does_not():
+    x, y = _arrays(n=3000)
+
+    def top_share(partition, **kw):
+        task = tasks.from_arrays("toy", x, y, _mlp(), loss="mse", num_clients=10,
+                                 partition=partition, seed=0, **kw)
+        return np.mean([np.bincount(v, minlength=3).max() / len(v) for v in _examples(task.train_data).values()])
+
+    assert top_share("iid") < 0.4
+    assert top_share("dirichlet", alpha=0.1) > 0.7
+    assert top_share("shards") > 0.5
+
+
+def test_loss_and_metric_names_become_fresh_keras_objects():
+    x, y = _arrays()
+    task = tasks.from_arrays(
+        "toy", x, y, _mlp(), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy", "mae", tf.keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")],
+        num_clients=5,
+    )
+    first, second = task.loss_builder(), task.loss_builder()
+    assert first is not second and first.get_config()["from_logits"] is True
+    metrics = task.metrics_builder()
+    assert [type(m).__name__ for m in metrics] == [
+        "SparseCategoricalAccuracy", "MeanAbsoluteError", "SparseTopKCategoricalAccuracy"]
+    assert [m.name for m in metrics] == ["accuracy", "mae", "top2"]
+    assert metrics[2] is not task.metrics_builder()[2]
+    binary = tasks.from_arrays("b", x, (y > 0).astype(np.float32).reshape(-1, 1), _mlp(outputs=1),
+                               loss="binary_crossentropy", metrics=["accuracy"], num_clients=5,
+                               partition="iid")
+    assert type(binary.metrics_builder()[0]).__name__ == "BinaryAccuracy"
+    assert binary.loss_builder()(np.ones((2, 1)), np.full((2, 1), 0.9)).numpy() == pytest.approx(0.10536, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(partition="pathological"), "partition must be one of dirichlet, iid, shards, quantity, got 'pathological'"),
+        (dict(num_clients=1), "num_clients must be at least 2, got 1"),
+        (dict(eval_fraction=1.0), r"eval_fraction must be in \(0, 1\), got 1.0"),
+        (dict(num_clients=100), "300 examples cannot give 100 clients 5 examples each"),
+        (dict(y=np.linspace(0, 1, 300)), "partition='dirichlet' splits by class label and needs integer labels, but y is float32; use 'iid' or 'quantity'"),
+        (dict(y=np.zeros(299, int)), r"x and y must have one row per example, got shapes \(300, 4\) and \(299,\)"),
+        (dict(loss="no_such_loss"), "unknown Keras loss 'no_such_loss'"),
+        (dict(loss="mse", metrics=["accuracy"]), "'accuracy' needs a cross-entropy loss"),
+        (dict(model_fn=_mlp(features=7)), r"the model expects inputs of shape \(None, 7\) but the data's x has shape \(None, 4\)"),
+    ],
+)
+def test_bad_input_is_one_clear_error(kwargs, message):
+    x, y = _arrays()
+    args = dict(x=x, y=y, model_fn=_mlp(), loss="SparseCategoricalCrossentropy", num_clients=10)
+    args.update(kwargs)
+    with pytest.raises(tasks.TaskError, match=f"^task 'toy': {message}"):
+        tasks.from_arrays("toy", **args)
+
+
+def _readme_example():
+    """The README's 'Add your own task' file and its command."""
+    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    section = readme.split("## Add your own task", 1)[1].split("\n## ", 1)[0]
+    code, command = re.findall(r"```(?:python|bash)\n(.*?)```", section, re.S)[:2]
+    return code, command.strip()
+
+
+def test_readme_example_is_short_and_trains_two_rounds(tmp_path, marker_env):
+    code, command = _readme_example()
+    assert code.startswith("# my_task.py\n")
+    assert len(code.strip().splitlines()) <= 25
+    (tmp_path / "my_task.py").write_text(code)
+    prefix = "PYTHONPATH=. uv run python "
+    assert command.startswith(prefix) and "--rounds=2" in command
+    env, marker = marker_env
+    env["PYTHONPATH"] = "."
+    result = subprocess.run(
+        [sys.executable, *shlex.split(command[len(prefix):]), f"--root_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "task wine: 6 training clients, 2 held-out evaluation clients; 2 rounds of 6 clients" in result.stdout
+    done = [line for line in result.stdout.splitlines() if line.startswith("done: 2 rounds")]
+    accuracy = float(re.search(r"eval/accuracy ([0-9.]+)", done[0]).group(1))
+    assert 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "runs" / "default" / "export" / "saved_model.pb").exists()
