@@ -228,3 +228,12 @@ def test_python_m_tffpipe_tasks_lists_every_builtin_task():
     assert any(line.startswith("emnist") and "Federated EMNIST, handwritten characters partitioned by writer." in line for line in lines)
     assert "flags: --breast_cancer_num_sites --breast_cancer_model --breast_cancer_alpha" in result.stdout
     assert result.stderr.strip() == ""
+
+
+def test_client_data_that_cannot_be_traced_is_built_eagerly_every_time():
+    fine = lambda: tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+    task = _task_with_model(fine)  # datasets by a Python lookup of the client id
+    spec = tasks.ClientSpec(num_epochs=1, batch_size=4, shuffle_buffer_size=1)
+    for _ in range(2):
+        assert sum(int(x.shape[0]) for x, _ in task.client_dataset("a", spec, seed=0)) == 10
+    assert list(task._builders.values()) == ["eager"]

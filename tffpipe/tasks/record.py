@@ -24,6 +24,9 @@ ClientData = tff.simulation.datasets.ClientData
 EVAL_SPLITS = ("held_out_clients", "test_split")
 
 
+_EAGER = "eager"  # marks a pipeline whose client data cannot be traced
+
+
 class TaskError(ValueError):
     """A task cannot be found or built; the message is one line for the user."""
 
@@ -112,7 +115,8 @@ class Task:
         return self._features(_client_data_fn(self.eval_data, client_id)).batch(batch_size)
 
     @functools.cached_property
-    def _builders(self) -> dict[Any, Callable[..., tf.data.Dataset]]:
+    def _builders(self) -> dict[Any, Any]:
+        """Traced dataset builders by pipeline key (`_EAGER`: not traceable)."""
         return {}
 
     def _build(self, key, pipeline, *args) -> tf.data.Dataset:
@@ -134,14 +138,15 @@ class Task:
                 traced.get_concrete_function()
                 builder = traced
             except Exception as e:  # pylint: disable=broad-except
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 logging.warning(
                     "task %r: client datasets are built one by one (their dataset "
                     "function cannot be traced: %s); memory grows with every client "
-                    "dataset built", self.name, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                    "dataset built", self.name, reason,
                 )
-                builder = pipeline
+                builder = _EAGER
             self._builders[key] = builder
-        if builder is pipeline:
+        if builder is _EAGER:
             return pipeline(*args)
         return builder(*(tf.constant(a, tf.int64 if i else tf.string) for i, a in enumerate(args)))
 
