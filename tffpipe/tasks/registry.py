@@ -162,8 +162,9 @@ def create_task(
     factory = load_factory(name)
     kwargs = dict(options)
     parameters = inspect.signature(factory).parameters
+    known = factory_options(factory)
     for option, value in kwargs.items():
-        choices = factory_options(factory).get(option, TaskOption(None, "")).choices
+        choices = known[option].choices if option in known else None
         if choices and value not in choices:
             raise TaskError(
                 f"task {name!r}: {option} must be one of {', '.join(map(str, choices))}, "
