@@ -5,8 +5,8 @@ Writes a synthetic EMNIST-shaped dataset (28x28 images, 62 classes, the real
 runs `python -m tffpipe.train --task=emnist` on each for 50 rounds of 50
 clients, exactly as a user would. The resident memory of the launcher and its
 TFF worker process together is sampled every 0.2 s; the script prints the
-peak of each run, their ratio, and the memory after rounds 10 and 50 (growth
-across rounds).
+peak of each run, their ratio, and the memory after rounds 1, 10 and 50
+(growth across rounds), split between launcher and worker at the end.
 
   uv run python benchmarks/memory.py
   uv run python benchmarks/memory.py --rounds=20 --clients=3400,340
@@ -36,8 +36,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of `root` and all its descendants (launcher + workers)."""
+def _rss_bytes(root: int) -> tuple[int, int]:
+    """Resident memory of `root` and of all its descendants (the TFF workers)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -51,12 +51,12 @@ def _tree_rss_bytes(root: int) -> int:
         except (OSError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-    total, stack = 0, [root]
+    descendants, stack = 0, list(children.get(root, []))
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        descendants += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return rss.get(root, 0), descendants
 
 
 def _write_data(num_clients: int) -> str:
@@ -88,7 +88,7 @@ def _measure(num_clients: int) -> dict[str, float]:
 
     def sample():
         while not done.is_set():
-            samples.append(_tree_rss_bytes(launcher.pid))
+            samples.append(sum(_rss_bytes(launcher.pid)))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -100,19 +100,26 @@ def _measure(num_clients: int) -> dict[str, float]:
         tail = (tail + [line.rstrip()])[-20:]
         if line.startswith("round "):
             round_num = int(line.split()[1].split("/")[0])
-            at_round[round_num] = _tree_rss_bytes(launcher.pid)
+            at_round[round_num] = _rss_bytes(launcher.pid)
             if round_num % 10 == 0:
-                print(f"  {line.strip()[:60]}  rss {at_round[round_num] / 2**20:.0f} MiB", flush=True)
+                own, workers = (b / 2**20 for b in at_round[round_num])
+                print(
+                    f"  {line.strip()[:60]}  launcher {own:.0f} MiB, worker {workers:.0f} MiB",
+                    flush=True,
+                )
     code = launcher.wait()
     done.set()
     sampler.join()
     if code != 0:
         raise SystemExit(f"the run with {num_clients} clients failed:\n" + "\n".join(tail))
+    total = lambda r: sum(at_round.get(r, (0, 0))) / 2**20
     return {
         "peak": max(samples) / 2**20,
-        "first": at_round[min(at_round)] / 2**20,
-        "r10": at_round.get(10, 0) / 2**20,
-        "last": at_round[max(at_round)] / 2**20,
+        "first": total(min(at_round)),
+        "r10": total(10),
+        "last": total(max(at_round)),
+        "launcher_last": at_round[max(at_round)][0] / 2**20,
+        "worker_last": at_round[max(at_round)][1] / 2**20,
         "seconds": time.monotonic() - start,
     }
 
@@ -125,9 +132,15 @@ def main(argv):
         print(f"{count} clients, {FLAGS.rounds} rounds of {FLAGS.clients_per_round}:", flush=True)
         results[count] = _measure(count)
     print()
-    print(f"{'clients':>8} {'peak MiB':>9} {'round 1':>8} {'round 10':>9} {'round ' + str(FLAGS.rounds):>9} {'wall s':>7}")
+    last = f"round {FLAGS.rounds}"
+    print("resident MiB, launcher + worker (last round split as launcher / worker)")
+    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {last:>9} {'split':>12} {'wall s':>7}")
     for count, r in results.items():
-        print(f"{count:>8} {r['peak']:>9.0f} {r['first']:>8.0f} {r['r10']:>9.0f} {r['last']:>9.0f} {r['seconds']:>7.0f}")
+        split = f"{r['launcher_last']:.0f} / {r['worker_last']:.0f}"
+        print(
+            f"{count:>8} {r['peak']:>6.0f} {r['first']:>8.0f} {r['r10']:>9.0f} "
+            f"{r['last']:>9.0f} {split:>12} {r['seconds']:>7.0f}"
+        )
     counts = list(results)
     if len(counts) >= 2:
         a, b = results[counts[0]], results[counts[1]]

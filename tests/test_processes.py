@@ -80,3 +80,35 @@ def test_an_unbounded_wait_on_a_stuck_worker_kills_it():
     start = time.monotonic()
     assert stuck.wait() == -signal.SIGKILL
     assert time.monotonic() - start < processes._STOP_TIMEOUT_SEC + 3
+
+
+def _arena_setting_seen_by_worker(env=None) -> str:
+    from tffpipe import processes
+
+    worker = processes.WorkerPopen(
+        ["bash", "-c", 'echo "${MALLOC_ARENA_MAX:-unset}"'], stdout=subprocess.PIPE, text=True, env=env
+    )
+    out, _ = worker.communicate(timeout=10)
+    return out.strip()
+
+
+def test_workers_start_with_two_malloc_arenas(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert _arena_setting_seen_by_worker() == "2"
+    assert _arena_setting_seen_by_worker(env={"PATH": os.environ["PATH"]}) == "2"
+
+
+def test_a_users_malloc_arena_setting_is_kept(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
+    assert _arena_setting_seen_by_worker() == "6"
+    assert _arena_setting_seen_by_worker(env={"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "3"}) == "3"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_launcher_limits_its_own_arenas_unless_the_user_did(monkeypatch):
+    from tffpipe import memory
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory.limit_arenas_in_this_process() is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert memory.limit_arenas_in_this_process() is False

@@ -13,6 +13,8 @@ TFF offers no hook for this, so we wrap the `Popen` it uses:
   `ServiceManager.__del__` otherwise runs during interpreter teardown and
   prints "AttributeError: 'NoneType' object has no attribute 'Popen'");
 * optionally, SIGTERM is turned into a normal exit so the `atexit` hook runs.
+
+Workers also start with a bounded number of malloc arenas (`tffpipe.memory`).
 """
 
 import atexit
@@ -25,6 +27,8 @@ import sys
 import threading
 import types
 import weakref
+
+from tffpipe import memory
 
 _PR_SET_PDEATHSIG = 1
 _STOP_TIMEOUT_SEC = 5.0
@@ -55,6 +59,7 @@ class WorkerPopen(subprocess.Popen):
         if sys.platform.startswith("linux"):
             parent_pid = os.getpid()
             kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
+        kwargs["env"] = memory.worker_environment(kwargs.get("env"))
         super().__init__(args, **kwargs)
         _live_workers.add(self)
 

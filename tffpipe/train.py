@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tffpipe import checkpoints
 from tffpipe import config as config_lib
+from tffpipe import memory
 from tffpipe import processes
 from tffpipe import program
 from tffpipe import public_data
@@ -324,6 +325,7 @@ def main(argv: list[str]) -> None:
         print(task_listing.task_table(), flush=True)
         processes.exit_now(0)
     processes.install_worker_reaper(handle_sigterm=True)
+    memory.limit_arenas_in_this_process()
     try:
         cfg = config_from_flags()
         task = tasks.create_task(
