@@ -142,6 +142,9 @@ def test_resume_with_other_data_settings_is_refused(reference_run):
         ("--emnist_model=cnn", "error: --emnist_model applies to task 'emnist', not --task=digits"),
         ("--task=emnist --data_dir={dir}/data", "error: dataset file {dir}/data/emnist_all.sqlite is missing and downloading it failed (Connection refused); download http://127.0.0.1:9/emnist_all.sqlite.lzma, decompress it (unxz) into {dir}/data, or pass --data_dir=FOLDER holding emnist_all.sqlite"),
         ("--root_dir={file}/sub", "error: --root_dir: cannot write to {file}/sub/e: Not a directory"),
+        ("--runtime=inprocess --gpus=first", "error: --gpus must be 'all', 'none' or GPU indices like '0,1', got 'first'"),
+        ("--runtime=inprocess --gpus=1", "error: --gpus=1: no GPU 1; TensorFlow sees 0 GPU(s)"),
+        ("--parallel_clients=0", "error: --parallel_clients must be at least 1, got 0"),
     ],
 )
 def test_bad_flags_fail_in_one_line_before_training(flag, message, tmp_path):
@@ -184,6 +187,32 @@ def test_secure_dp_run_reports_its_stack_traffic_and_epsilon(marker_env, tmp_pat
     steps = scalar_steps(tmp_path / "dp" / "logdir")
     for tag in ("privacy/epsilon", "comm/upload_bytes_per_client", "comm/download_bytes_per_client"):
         assert sorted(steps[tag]) == [1, 2], tag
+    assert worker_processes(marker) == []
+
+
+@pytest.mark.slow
+def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(marker_env, tmp_path):
+    env, marker = marker_env
+    result = run_train(
+        ["--rounds=2", "--experiment_name=local", f"--root_dir={tmp_path}", "--eval_every=0",
+         "--runtime=inprocess", "--secure_aggregation"],
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert (
+        "runtime inprocess: learning process on 2 client slot(s) over /device:CPU:0; "
+        "secure sums use pairwise masking" in out
+    )
+    assert (
+        "learning process placement (client i of a round goes to slot i mod 2), first round: "
+        "/device:CPU:0 (slot 0): clients [0, 2, 4, 6, 8]; /device:CPU:0 (slot 1): clients [1, 3, 5, 7, 9]"
+        in out
+    )
+    assert "runtime inprocess: evaluation process on 2 client slot(s)" in out
+    assert "simulates the cryptographic protocol" not in out
+    assert "done: 2 rounds; held-out eval/accuracy" in out
+    assert [int(r["round"]) for r in _rows(tmp_path / "local")] == [1, 2]
     assert worker_processes(marker) == []
 
 

@@ -77,10 +77,25 @@ def build_learning_process(
         raise config_lib.ConfigError(f"TFF rejected the settings: {e}") from e
 
 
+def loop_implementation(runtime_cfg: config_lib.RuntimeConfig) -> tff.learning.LoopImplementation:
+    """How client training iterates over a dataset on the given runtime.
+
+    TFF's default, `DATASET_REDUCE`, runs each batch inside a `ReduceDataset`
+    op; run in-process that took 4.4x as long per client as `DATASET_ITERATOR`
+    (digits CNN: 0.95 vs 0.22 s for 10 clients), which is also the loop GPUs
+    need. The C++ runtime keeps TFF's default. Both loops compute the same
+    updates, so checkpoints move between runtimes.
+    """
+    if runtime_cfg.name == "inprocess":
+        return tff.learning.LoopImplementation.DATASET_ITERATOR
+    return tff.learning.LoopImplementation.DATASET_REDUCE
+
+
 def _build_learning_process(task, cfg, train_client_ids):
     model_aggregator, params = build_aggregator(cfg, train_client_ids)
     model_fn = build_model_fn(task)
     name = cfg.algorithm.name
+    loop = loop_implementation(cfg.runtime)
     weighting = (
         tff.learning.ClientWeighting.NUM_EXAMPLES
         if params.weighted
@@ -94,6 +109,7 @@ def _build_learning_process(task, cfg, train_client_ids):
             model_fn,
             server_optimizer_fn=build_optimizer(cfg.server_optimizer),
             model_aggregator=model_aggregator,
+            loop_implementation=loop,
         )
         return process, params
     client_optimizer = build_optimizer(cfg.client_optimizer)
@@ -113,6 +129,7 @@ def _build_learning_process(task, cfg, train_client_ids):
             server_optimizer=server_optimizer,
             model_aggregator=model_aggregator,
             full_gradient_aggregator=gradient_aggregator,
+            loop_implementation=loop,
             **kwargs,
         )
         return process, params
@@ -120,6 +137,7 @@ def _build_learning_process(task, cfg, train_client_ids):
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
         model_aggregator=model_aggregator,
+        loop_implementation=loop,
     )
     if params.weighted:
         common["client_weighting"] = weighting
@@ -142,9 +160,13 @@ def _build_learning_process(task, cfg, train_client_ids):
     return process, params
 
 
-def build_evaluation_process(task: Task) -> tff.learning.templates.LearningProcess:
+def build_evaluation_process(
+    task: Task, runtime_cfg: config_lib.RuntimeConfig = config_lib.RuntimeConfig()
+) -> tff.learning.templates.LearningProcess:
     """Federated evaluation of given model weights on held-out clients."""
-    return tff.learning.algorithms.build_fed_eval(build_model_fn(task))
+    return tff.learning.algorithms.build_fed_eval(
+        build_model_fn(task), loop_implementation=loop_implementation(runtime_cfg)
+    )
 
 
 def initial_model_weights(task: Task, seed: int) -> tff.learning.models.ModelWeights:

@@ -5,6 +5,7 @@ import functools
 import logging
 from typing import Iterator
 
+from absl import logging as absl_logging
 import tensorflow as tf
 
 
@@ -41,3 +42,14 @@ def quiet_tensorflow_errors() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def quiet_library_logs() -> None:
+    """Shows warnings and errors only, for commands whose output is for people.
+
+    TFF and TensorFlow log INFO lines for every checkpoint write, SavedModel
+    asset and MapReduceForm compilation; they drown progress lines. Commands
+    call this unless the user passed `--verbosity`.
+    """
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    tf.get_logger().setLevel("ERROR")

@@ -241,6 +241,38 @@ class OutputConfig:
         return os.path.join(self.root_dir, self.experiment_name)
 
 
+RUNTIMES = ("cpp", "inprocess")
+PREFETCH_CLIENTS = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where rounds execute. Not part of the fingerprint: either runtime
+    resumes the other's checkpoints.
+
+    Attributes:
+      name: "cpp" (TFF's C++ worker) or "inprocess" (the round's TensorFlow
+        parts in the launcher's process, on every device: `tffpipe.inprocess`).
+      gpus: inprocess: "all", "none" or GPU indices such as "0,1".
+      clients_per_gpu: inprocess: clients trained at once on each GPU (each
+        gets a logical GPU with its share of the memory).
+      parallel_clients: inprocess without GPUs: clients trained at once on
+        each CPU device.
+      cpu_devices: inprocess: split the CPU into this many logical devices.
+      prefetch_clients: inprocess: "on" reads each slot's next client into
+        memory while the current one trains, "off" does not, "auto" does it
+        when clients train on GPUs only (on the CPU, reading ahead competes
+        with training for the same cores).
+    """
+
+    name: str = "cpp"
+    gpus: str = "all"
+    clients_per_gpu: int = 1
+    parallel_clients: int = 2
+    cpu_devices: int = 1
+    prefetch_clients: str = "auto"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs."""
@@ -253,6 +285,7 @@ class RunConfig:
     aggregation: AggregationConfig = AggregationConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     output: OutputConfig = OutputConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def __post_init__(self):
         validate(self)
@@ -361,11 +394,25 @@ def validate(config: RunConfig) -> None:
         _validate_optimizer(prefix, opt)
     _validate_algorithm(config)
     _validate_aggregation(config)
+    _validate_runtime(config.runtime)
     _require(bool(config.output.experiment_name), "--experiment_name must not be empty")
     _require(
         os.sep not in config.output.experiment_name,
         f"--experiment_name must be a single folder name, got {config.output.experiment_name!r}",
     )
+
+
+def _validate_runtime(r: RuntimeConfig) -> None:
+    _one_of("--runtime", r.name, RUNTIMES)
+    _one_of("--prefetch_clients", r.prefetch_clients, PREFETCH_CLIENTS)
+    for flag, value in (
+        ("--clients_per_gpu", r.clients_per_gpu),
+        ("--parallel_clients", r.parallel_clients),
+        ("--cpu_devices", r.cpu_devices),
+    ):
+        _require(value >= 1, f"{flag} must be at least 1, got {value}")
+    gpus_ok = r.gpus in ("all", "none") or all(p.isdigit() for p in r.gpus.split(","))
+    _require(gpus_ok, f"--gpus must be 'all', 'none' or GPU indices like '0,1', got {r.gpus!r}")
 
 
 def _one_of(flag: str, value: str, choices: tuple[str, ...]) -> None:

@@ -16,7 +16,9 @@ from tffpipe import checkpoints
 from tffpipe import communication
 from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe import devices
 from tffpipe import files
+from tffpipe import inprocess
 from tffpipe import metrics as metrics_lib
 from tffpipe import outputs
 from tffpipe import privacy_tracking
@@ -107,14 +109,27 @@ class _Evaluator:
     nothing is held between evaluations.
     """
 
-    def __init__(self, task: Task, batch_size: int, max_clients: int, seed: int):
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int,
+        max_clients: int,
+        seed: int,
+        runtime_cfg: config_lib.RuntimeConfig,
+        print_fn: Callable[[str], None],
+    ):
         self._task = task
         self._batch_size = batch_size
         ids = list(task.eval_data.client_ids)
         if max_clients and max_clients < len(ids):
             ids = sampling.sample_clients(ids, max_clients, seed=seed, round_num=0)
         self.client_ids = ids
-        self._process = builder.build_evaluation_process(task)
+        self._process = builder.build_evaluation_process(task, runtime_cfg)
+        if runtime_cfg.name == "inprocess":
+            self._process = inprocess.build(
+                self._process, devices.client_slots(runtime_cfg), "evaluation process", print_fn,
+                prefetch_clients=runtime_cfg.prefetch_clients,
+            )
         self._state = self._process.initialize()
 
     def __call__(self, model_weights) -> dict[str, float]:
@@ -143,6 +158,7 @@ def run(
     Raises:
       ConfigError: settings that do not fit the task.
       ResumeError: checkpoints that exist but cannot be resumed from.
+      InProcessUnsupported: `--runtime=inprocess` with a process it cannot run.
     """
     cfg = fit_to_task(cfg, task)
     processes.install_worker_reaper()
@@ -165,8 +181,8 @@ def run(
             )
         for line in tracker.notes(schedule.rounds):
             print_fn(line)
-    with runtime.execution_context_for(process, print_fn):
-        return _train(cfg, task, process, tracker, traffic_metrics, print_fn)
+    with runtime.running(process, cfg.runtime, print_fn) as runner:
+        return _train(cfg, task, runner, tracker, traffic_metrics, print_fn)
 
 
 def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
@@ -202,7 +218,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
     evaluator = _Evaluator(
-        task, schedule.eval_batch_size, schedule.eval_clients, schedule.seed
+        task, schedule.eval_batch_size, schedule.eval_clients, schedule.seed, cfg.runtime,
+        print_fn,
     )
     spec = _client_spec(cfg)
     final_eval: dict[str, float] = {}

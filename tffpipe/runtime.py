@@ -1,4 +1,8 @@
-"""Chooses the TFF execution context a learning process needs.
+"""Chooses where a learning process's rounds run.
+
+`--runtime=cpp` runs them in TFF's C++ worker, in the execution context the
+process needs; `--runtime=inprocess` runs them in this process
+(`tffpipe.inprocess`).
 
 TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
 federated value"). Its test context replaces them with insecure bodies that
@@ -12,6 +16,10 @@ from typing import Callable, Iterator
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.compiler import tree_analysis
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+from tffpipe import config as config_lib
+from tffpipe import devices
+from tffpipe import inprocess
 
 SECURE_INTRINSICS = (
     "federated_secure_sum",
@@ -58,3 +66,31 @@ def test_runtime() -> Iterator[None]:
     context = tff.backends.test.create_sync_test_cpp_execution_context()
     with context_stack_impl.context_stack.install(context):
         yield
+
+
+@contextlib.contextmanager
+def running(
+    process: tff.learning.templates.LearningProcess,
+    runtime_cfg: config_lib.RuntimeConfig,
+    print_fn: Callable[[str], None],
+) -> Iterator[object]:
+    """Yields what runs `process`'s rounds on the configured runtime.
+
+    With "cpp" that is `process` itself, inside the TFF context it needs; with
+    "inprocess" an `inprocess.InProcessProcess` with the same interface.
+
+    Raises:
+      inprocess.InProcessUnsupported: the process cannot run in-process.
+    """
+    if runtime_cfg.name == "inprocess":
+        runner = inprocess.build(
+            process, devices.client_slots(runtime_cfg), print_fn=print_fn,
+            prefetch_clients=runtime_cfg.prefetch_clients,
+        )
+        try:
+            yield runner
+        finally:
+            runner.close()
+        return
+    with execution_context_for(process, print_fn):
+        yield process

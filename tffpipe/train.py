@@ -13,11 +13,12 @@ import tempfile
 
 from absl import app
 from absl import flags
-from absl import logging
-import tensorflow as tf
 
 from tffpipe import checkpoints
+from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe import devices
+from tffpipe import inprocess
 from tffpipe import memory
 from tffpipe import processes
 from tffpipe import program
@@ -142,6 +143,30 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "dp_distributed_bits", None,
     "--dp=distributed: bit width of the secure modular sum (1..22, default 20).")
+# --- Runtime -----------------------------------------------------------------
+flags.DEFINE_enum(
+    "runtime", "cpp", list(config_lib.RUNTIMES),
+    "Where rounds run: cpp (TFF's C++ worker process) or inprocess (the round "
+    "compiled to TFF's MapReduceForm and run in this process with TensorFlow, "
+    "on GPUs when there are any; secure sums use pairwise masking).")
+flags.DEFINE_string(
+    "gpus", "all", "--runtime=inprocess: GPUs to train clients on: all, none, or indices like 0,1.")
+flags.DEFINE_integer(
+    "clients_per_gpu", 1,
+    "--runtime=inprocess: clients trained at once on each GPU (each gets a logical "
+    "GPU with its share of the memory).")
+flags.DEFINE_integer(
+    "parallel_clients", 2,
+    "--runtime=inprocess without GPUs: clients trained at once on each CPU device.")
+flags.DEFINE_integer(
+    "cpu_devices", 1,
+    "--runtime=inprocess: split the CPU into this many logical devices (tests use it "
+    "to exercise the multi-GPU placement on a CPU).")
+flags.DEFINE_enum(
+    "prefetch_clients", "auto", list(config_lib.PREFETCH_CLIENTS),
+    "--runtime=inprocess: read each slot's next client into memory while the "
+    "current one trains: on, off, or auto (on when clients train on GPUs; on the "
+    "CPU it competes with training for the cores).")
 # --- Outputs -----------------------------------------------------------------
 flags.DEFINE_string(
     "root_dir", os.path.join(tempfile.gettempdir(), "tffpipe"),
@@ -280,6 +305,14 @@ def config_from_flags() -> config_lib.RunConfig:
         output=config_lib.OutputConfig(
             root_dir=FLAGS.root_dir, experiment_name=FLAGS.experiment_name
         ),
+        runtime=config_lib.RuntimeConfig(
+            name=FLAGS.runtime,
+            gpus=FLAGS.gpus,
+            clients_per_gpu=FLAGS.clients_per_gpu,
+            parallel_clients=FLAGS.parallel_clients,
+            cpu_devices=FLAGS.cpu_devices,
+            prefetch_clients=FLAGS.prefetch_clients,
+        ),
     )
 
 
@@ -317,10 +350,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
-        # Progress lines are the user's view of the run; library INFO logs
-        # (every checkpoint write, SavedModel assets) drown them.
-        logging.set_verbosity(logging.WARNING)
-        tf.get_logger().setLevel("ERROR")
+        compat.quiet_library_logs()
     if FLAGS.list_tasks:
         print(task_listing.task_table(), flush=True)
         processes.exit_now(0)
@@ -328,6 +358,8 @@ def main(argv: list[str]) -> None:
     memory.limit_arenas_in_this_process()
     try:
         cfg = config_from_flags()
+        if cfg.runtime.name == "inprocess":
+            devices.configure(cfg.runtime)  # before TensorFlow starts its devices
         task = tasks.create_task(
             cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed,
             data_dir=cfg.task.data_dir,
@@ -336,7 +368,13 @@ def main(argv: list[str]) -> None:
         check_writable(cfg.output.run_dir)
         print(program.describe_run(cfg, task), flush=True)
         result = program.run(cfg, task)
-    except (config_lib.ConfigError, tasks.TaskError, checkpoints.ResumeError) as e:
+    except (
+        config_lib.ConfigError,
+        tasks.TaskError,
+        checkpoints.ResumeError,
+        devices.DeviceError,
+        inprocess.InProcessUnsupported,
+    ) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)

@@ -1,0 +1,110 @@
+"""`python -m tffpipe.doctor`: its checks, and the command as a user runs it."""
+
+import importlib.metadata
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, processes_with_marker, user_env
+from tffpipe import doctor
+from tffpipe import public_data
+
+
+def test_python_outside_the_supported_range_fails():
+    assert doctor.check_python(">=3.11,<3.12").status == (
+        doctor.OK if sys.version_info[:2] == (3, 11) else doctor.FAIL
+    )
+    check = doctor.check_python(">=3.12")
+    assert check.status == doctor.FAIL
+    assert check.detail.endswith("but tffpipe needs >=3.12")
+
+
+def test_package_checks_compare_installed_versions_with_the_pins():
+    versions = {"tensorflow": "2.14.1", "absl-py": "2.1.0"}
+
+    def installed(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    checks = list(
+        doctor.check_packages(
+            ["tensorflow==2.14.1", "absl-py<2,>=1.4", "packaging>=22",
+             "nvidia-cudnn-cu11==8.7.0.84; extra == 'gpu'"],
+            installed,
+        )
+    )
+    assert [c.line() for c in checks] == [
+        "ok    tensorflow: 2.14.1",
+        "FAIL  absl-py: 2.1.0 installed, but tffpipe needs <2,>=1.4; run `uv sync`",
+        "FAIL  packaging: not installed (needs >=22); run `uv sync`",
+    ]
+
+
+def test_memory_check_compares_free_memory_with_the_estimate():
+    mib = 1 << 20
+    # EMNIST cnn_dropout, 50 clients: 1,536 MiB + 50 x 1,206,590 x 16 bytes.
+    needed = doctor.estimate_memory_bytes(1_206_590, 50)
+    assert round(needed / mib) == 1536 + round(50 * 1_206_590 * 16 / mib)
+    assert doctor.check_memory(needed, 10 * needed, "50 clients a round").status == doctor.OK
+    assert doctor.check_memory(needed, int(1.2 * needed), "x").status == doctor.WARN
+    low = doctor.check_memory(needed, needed // 2, "50 clients a round")
+    assert low.status == doctor.FAIL
+    assert low.detail.endswith("; lower --clients_per_round or free memory")
+
+
+def test_worker_binary_check(tmp_path):
+    missing = doctor.check_worker_binary(str(tmp_path / "worker_binary"))
+    assert missing.status == doctor.FAIL and "missing at" in missing.detail
+    plain = tmp_path / "worker_binary"
+    plain.write_text("")
+    assert doctor.check_worker_binary(str(plain)).status == doctor.FAIL
+    plain.chmod(0o755)
+    assert doctor.check_worker_binary(str(plain)).status == doctor.OK
+
+
+def test_gpus_the_driver_shows_but_tensorflow_cannot_use_get_the_fix():
+    hint = doctor.check_gpu_libraries(tensorflow_gpus=0, driver_gpus=2)
+    assert hint.status == doctor.WARN
+    assert hint.detail.startswith("nvidia-smi shows 2 GPU(s) but TensorFlow sees none")
+    assert "`uv sync --extra gpu`" in hint.detail
+    assert doctor.check_gpu_libraries(tensorflow_gpus=2, driver_gpus=2) is None
+    assert doctor.check_gpu_libraries(tensorflow_gpus=0, driver_gpus=0) is None
+
+
+def _doctor(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tffpipe.doctor", *args], cwd=REPO_ROOT, env=env or user_env(),
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_doctor_passes_here_and_smoke_tests_both_runtimes(marker_env):
+    env, marker = marker_env
+    result = _doctor(env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    names = [line[6:].split(":")[0] for line in lines[:-1]]
+    for name in ("python", "tensorflow-federated", "tensorflow", "tensorflow devices",
+                 "runtime cpp", "runtime inprocess", "worker binary", "task digits", "memory",
+                 "smoke round cpp", "smoke round inprocess"):
+        assert name in names, name
+    assert all(line.startswith(("ok ", "warn ")) for line in lines[:-1]), lines
+    assert "ok    runtime inprocess: 2 client slot(s) on /device:CPU:0" in lines
+    assert "ok    task digits: 40 training clients, model of 85,066 parameters" in lines
+    smoke = [line for line in lines if line.startswith("ok    smoke round")]
+    assert all(" 45 examples trained in " in line for line in smoke), smoke
+    assert lines[-1] == "all checks passed"
+    assert not [p for p in processes_with_marker(marker) if "worker_binary" in p[1]]
+
+
+def test_doctor_fails_on_a_task_it_cannot_load(tmp_path):
+    env = user_env()
+    env[public_data.MIRROR_ENV] = "http://127.0.0.1:9/"  # nothing listens
+    result = _doctor("--task=emnist", f"--data_dir={tmp_path}", "--runtime=cpp", "--nosmoke", env=env)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith(
+        f"FAIL  task emnist: dataset file {tmp_path}/emnist_all.sqlite is missing"
+    )
+    assert lines[-1] == "some checks failed: see the FAIL lines"
