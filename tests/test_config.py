@@ -22,10 +22,16 @@ def test_defaults_are_valid_and_frozen():
         (dict(client_optimizer=config.OptimizerConfig("rmsprop", 0.1)), "--client_optimizer='rmsprop' is not one of: sgd, sgdm, adam, yogi, adagrad"),
         (dict(server_optimizer=config.OptimizerConfig("sgd", 0.0)), "--server_learning_rate must be positive"),
         (dict(output=config.OutputConfig(experiment_name="a/b")), "--experiment_name must be a single folder name"),
-        (dict(runtime=config.RuntimeConfig(name="tpu")), "--runtime='tpu' is not one of: cpp, inprocess"),
+        (dict(runtime=config.RuntimeConfig(name="tpu")), "--runtime='tpu' is not one of: cpp, inprocess, remote"),
         (dict(runtime=config.RuntimeConfig(clients_per_gpu=0)), "--clients_per_gpu must be at least 1, got 0"),
         (dict(runtime=config.RuntimeConfig(cpu_devices=0)), "--cpu_devices must be at least 1, got 0"),
         (dict(runtime=config.RuntimeConfig(prefetch_clients="always")), "--prefetch_clients='always' is not one of: auto, on, off"),
+        (dict(runtime=config.RuntimeConfig(name="remote")), "--runtime=remote needs --workers=HOST:PORT,HOST:PORT,..."),
+        (dict(runtime=config.RuntimeConfig(workers=("a:1",))), "--workers applies to --runtime=remote, not --runtime=cpp"),
+        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:8000", "w1"))), "--workers: 'w1' is not HOST:PORT"),
+        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:70000",))), "--workers: 'w0:70000' is not HOST:PORT"),
+        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:1", "w0:1"))), "--workers lists a worker twice"),
+        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:1",), worker_wait_sec=-1)), "--worker_wait_sec must be at least 0, got -1"),
     ],
 )
 def test_invalid_settings_name_the_flag(kwargs, message):

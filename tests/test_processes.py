@@ -13,7 +13,10 @@ from conftest import REPO_ROOT, worker_processes
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # As in a terminal, even when the test runs where SIGINT is ignored
+    # (a shell's background job inherits an ignored SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     import tensorflow_federated as tff
     from tffpipe import processes

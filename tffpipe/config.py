@@ -8,6 +8,7 @@ record, never `FLAGS`. `RunConfig.to_dict()` is what `config.json` holds, and
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi", "adagrad")
@@ -241,8 +242,9 @@ class OutputConfig:
         return os.path.join(self.root_dir, self.experiment_name)
 
 
-RUNTIMES = ("cpp", "inprocess")
+RUNTIMES = ("cpp", "inprocess", "remote")
 PREFETCH_CLIENTS = ("auto", "on", "off")
+_WORKER_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +253,9 @@ class RuntimeConfig:
     resumes the other's checkpoints.
 
     Attributes:
-      name: "cpp" (TFF's C++ worker) or "inprocess" (the round's TensorFlow
-        parts in the launcher's process, on every device: `tffpipe.inprocess`).
+      name: "cpp" (TFF's C++ worker), "inprocess" (the round's TensorFlow
+        parts in the launcher's process, on every device: `tffpipe.inprocess`)
+        or "remote" (TFF worker services on other machines: `tffpipe.remote`).
       gpus: inprocess: "all", "none" or GPU indices such as "0,1".
       clients_per_gpu: inprocess: clients trained at once on each GPU (each
         gets a logical GPU with its share of the memory).
@@ -263,6 +266,9 @@ class RuntimeConfig:
         memory while the current one trains, "off" does not, "auto" does it
         when clients train on GPUs only (on the CPU, reading ahead competes
         with training for the same cores).
+      workers: remote: the worker services, "HOST:PORT" each.
+      worker_wait_sec: remote: how long a worker that stops answering is
+        waited for before its share of the clients moves to the others.
     """
 
     name: str = "cpp"
@@ -271,6 +277,8 @@ class RuntimeConfig:
     parallel_clients: int = 2
     cpu_devices: int = 1
     prefetch_clients: str = "auto"
+    workers: tuple[str, ...] = ()
+    worker_wait_sec: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +419,17 @@ def _validate_runtime(r: RuntimeConfig) -> None:
         ("--cpu_devices", r.cpu_devices),
     ):
         _require(value >= 1, f"{flag} must be at least 1, got {value}")
+    if r.name == "remote":
+        _require(r.workers, "--runtime=remote needs --workers=HOST:PORT,HOST:PORT,...")
+    else:
+        _require(not r.workers, f"--workers applies to --runtime=remote, not --runtime={r.name}")
+    for address in r.workers:
+        _require(
+            _WORKER_ADDRESS.match(address) is not None and 0 < int(address.rsplit(":", 1)[1]) < 65536,
+            f"--workers: {address!r} is not HOST:PORT",
+        )
+    _require(len(set(r.workers)) == len(r.workers), "--workers lists a worker twice")
+    _require(r.worker_wait_sec >= 0, f"--worker_wait_sec must be at least 0, got {r.worker_wait_sec:g}")
     gpus_ok = r.gpus in ("all", "none") or all(p.isdigit() for p in r.gpus.split(","))
     _require(gpus_ok, f"--gpus must be 'all', 'none' or GPU indices like '0,1', got {r.gpus!r}")
 

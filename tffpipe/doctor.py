@@ -36,8 +36,11 @@ flags.DEFINE_string("data_dir", public_data.DEFAULT_DATA_DIR, "Folder of the pub
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size to estimate memory for.")
 flags.DEFINE_enum(
     "runtime", "all", ["all", *config_lib.RUNTIMES],
-    "Runtime(s) to check and smoke-test: all, cpp or inprocess.")
+    "Runtime(s) to check and smoke-test: all, cpp, inprocess or remote (all "
+    "includes remote when --workers is given).")
 flags.DEFINE_string("gpus", "all", "--runtime=inprocess: GPUs to use (all, none, or indices like 0,1).")
+flags.DEFINE_list(
+    "workers", [], "--runtime=remote: the worker services to check, HOST:PORT,HOST:PORT,...")
 flags.DEFINE_bool("smoke", True, "Run one round on synthetic data on each checked runtime.")
 FLAGS = flags.FLAGS
 
@@ -201,6 +204,21 @@ def _synthetic_task():
     )
 
 
+def check_workers(addresses: list[str], timeout_sec: float = 5.0) -> Iterator[Check]:
+    """Whether each remote worker accepts connections."""
+    from tffpipe import remote  # pylint: disable=g-import-not-at-top
+
+    if not addresses:
+        yield Check(FAIL, "runtime remote", "no workers to check: pass --workers=HOST:PORT,...")
+        return
+    for address in addresses:
+        try:
+            remote.check_workers([address], timeout_sec)
+            yield Check(OK, f"worker {address}", "accepts connections")
+        except remote.WorkerUnavailable as e:
+            yield Check(FAIL, f"worker {address}", str(e).split(": ", 1)[1])
+
+
 def smoke_round(runtime_cfg: config_lib.RuntimeConfig) -> Check:
     """One FedAvg round of three synthetic clients on the given runtime."""
     from tffpipe import builder  # pylint: disable=g-import-not-at-top
@@ -261,10 +279,16 @@ def run_checks(
     yield from check_packages(requirements, importlib.metadata.version)
     yield from check_devices(runtimes, runtime_cfg)
     yield check_worker_binary(worker_binary_path())
+    if "remote" in runtimes:
+        worker_checks = list(check_workers(list(runtime_cfg.workers)))
+        yield from worker_checks
+        if any(c.status == FAIL for c in worker_checks):
+            runtimes = [r for r in runtimes if r != "remote"]
     yield from _task_checks(task_name, data_dir, clients_per_round)
     if smoke:
         for name in runtimes:
-            yield smoke_round(dataclasses.replace(runtime_cfg, name=name))
+            workers = runtime_cfg.workers if name == "remote" else ()
+            yield smoke_round(dataclasses.replace(runtime_cfg, name=name, workers=workers))
 
 
 def main(argv: list[str]) -> None:
@@ -275,8 +299,14 @@ def main(argv: list[str]) -> None:
         compat.quiet_library_logs()
     processes.install_worker_reaper(handle_sigterm=True)
     memory.limit_arenas_in_this_process()
-    runtimes = list(config_lib.RUNTIMES) if FLAGS.runtime == "all" else [FLAGS.runtime]
-    runtime_cfg = config_lib.RuntimeConfig(name="inprocess", gpus=FLAGS.gpus)
+    if FLAGS.runtime == "all":
+        runtimes = ["cpp", "inprocess"] + (["remote"] if FLAGS.workers else [])
+    else:
+        runtimes = [FLAGS.runtime]
+    # Every runtime's settings in one config; smoke rounds set the name.
+    runtime_cfg = config_lib.RuntimeConfig(
+        name="inprocess", gpus=FLAGS.gpus, workers=tuple(FLAGS.workers)
+    )
     failed = False
     try:
         if "inprocess" in runtimes:

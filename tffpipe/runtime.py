@@ -2,7 +2,8 @@
 
 `--runtime=cpp` runs them in TFF's C++ worker, in the execution context the
 process needs; `--runtime=inprocess` runs them in this process
-(`tffpipe.inprocess`).
+(`tffpipe.inprocess`); `--runtime=remote` on TFF workers elsewhere
+(`tffpipe.remote`).
 
 TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
 federated value"). Its test context replaces them with insecure bodies that
@@ -20,6 +21,7 @@ from tensorflow_federated.python.core.impl.context_stack import context_stack_im
 from tffpipe import config as config_lib
 from tffpipe import devices
 from tffpipe import inprocess
+from tffpipe import remote
 
 SECURE_INTRINSICS = (
     "federated_secure_sum",
@@ -32,6 +34,12 @@ SIMULATED_PROTOCOL_NOTE = (
     "secure aggregation: the process uses secure-sum intrinsics, so it runs in TFF's "
     "test runtime, which simulates the cryptographic protocol while its arithmetic "
     "(quantisation, modular wrap-around) is exact"
+)
+
+REMOTE_SECURE_NOTE = (
+    "secure aggregation: TFF's workers cannot run secure-sum intrinsics, so they run "
+    "their arithmetic (quantisation, modular wrap-around: exact) and the launcher "
+    "merges the workers' partial sums; the cryptographic protocol is simulated"
 )
 
 
@@ -79,8 +87,13 @@ def running(
     With "cpp" that is `process` itself, inside the TFF context it needs; with
     "inprocess" an `inprocess.InProcessProcess` with the same interface.
 
+    With "remote" it is `process` itself, with every TFF computation run
+    across the workers (evaluation included).
+
     Raises:
       inprocess.InProcessUnsupported: the process cannot run in-process.
+      remote.WorkerUnavailable: a worker does not answer.
+      remote.NotMergeable: the round cannot be split across workers.
     """
     if runtime_cfg.name == "inprocess":
         runner = inprocess.build(
@@ -91,6 +104,17 @@ def running(
             yield runner
         finally:
             runner.close()
+        return
+    if runtime_cfg.name == "remote":
+        remote.check_mergeable(process.next)
+        context = remote.FailoverContext(
+            runtime_cfg.workers, runtime_cfg.worker_wait_sec, print_fn
+        )
+        print_fn(remote.describe(runtime_cfg.workers, runtime_cfg.worker_wait_sec))
+        if uses_secure_sum(process.next):
+            print_fn(REMOTE_SECURE_NOTE)
+        with context_stack_impl.context_stack.install(context):
+            yield process
         return
     with execution_context_for(process, print_fn):
         yield process

@@ -23,6 +23,7 @@ from tffpipe import memory
 from tffpipe import processes
 from tffpipe import program
 from tffpipe import public_data
+from tffpipe import remote
 from tffpipe import tasks
 from tffpipe.tasks import listing as task_listing
 
@@ -146,9 +147,10 @@ flags.DEFINE_integer(
 # --- Runtime -----------------------------------------------------------------
 flags.DEFINE_enum(
     "runtime", "cpp", list(config_lib.RUNTIMES),
-    "Where rounds run: cpp (TFF's C++ worker process) or inprocess (the round "
+    "Where rounds run: cpp (TFF's C++ worker process), inprocess (the round "
     "compiled to TFF's MapReduceForm and run in this process with TensorFlow, "
-    "on GPUs when there are any; secure sums use pairwise masking).")
+    "on GPUs when there are any; secure sums use pairwise masking), or remote "
+    "(each round's clients split across the TFF workers in --workers).")
 flags.DEFINE_string(
     "gpus", "all", "--runtime=inprocess: GPUs to train clients on: all, none, or indices like 0,1.")
 flags.DEFINE_integer(
@@ -167,6 +169,14 @@ flags.DEFINE_enum(
     "--runtime=inprocess: read each slot's next client into memory while the "
     "current one trains: on, off, or auto (on when clients train on GPUs; on the "
     "CPU it competes with training for the cores).")
+flags.DEFINE_list(
+    "workers", [],
+    "--runtime=remote: TFF worker services (`python -m tffpipe.worker`) as "
+    "HOST:PORT,HOST:PORT,...")
+flags.DEFINE_float(
+    "worker_wait_sec", 30.0,
+    "--runtime=remote: seconds a worker is waited for: at the start (at least 1), "
+    "and when it stops answering, before its share runs again on the other workers.")
 # --- Outputs -----------------------------------------------------------------
 flags.DEFINE_string(
     "root_dir", os.path.join(tempfile.gettempdir(), "tffpipe"),
@@ -312,6 +322,8 @@ def config_from_flags() -> config_lib.RunConfig:
             parallel_clients=FLAGS.parallel_clients,
             cpu_devices=FLAGS.cpu_devices,
             prefetch_clients=FLAGS.prefetch_clients,
+            workers=tuple(FLAGS.workers),
+            worker_wait_sec=FLAGS.worker_wait_sec,
         ),
     )
 
@@ -360,6 +372,11 @@ def main(argv: list[str]) -> None:
         cfg = config_from_flags()
         if cfg.runtime.name == "inprocess":
             devices.configure(cfg.runtime)  # before TensorFlow starts its devices
+        if cfg.runtime.name == "remote":
+            # Before the data is loaded and the processes are built.
+            remote.check_workers(
+                cfg.runtime.workers, max(cfg.runtime.worker_wait_sec, remote.MIN_CONNECT_SEC)
+            )
         task = tasks.create_task(
             cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed,
             data_dir=cfg.task.data_dir,
@@ -374,6 +391,9 @@ def main(argv: list[str]) -> None:
         checkpoints.ResumeError,
         devices.DeviceError,
         inprocess.InProcessUnsupported,
+        remote.WorkerUnavailable,
+        remote.NoWorkersLeft,
+        remote.NotMergeable,
     ) as e:
         _fail(str(e))
     except KeyboardInterrupt:

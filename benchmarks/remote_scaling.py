@@ -1,0 +1,146 @@
+"""Rounds per second of `--runtime=remote` with 1 and with 2 local TFF workers.
+
+Starts two worker services on this machine (`tffpipe.worker`, loopback
+ports), builds a FedAvg process for `digits` with `--clients` clients a round
+(default 200, about 7 examples each), and times rounds split across one
+worker and across both, through the same `tffpipe.remote.FailoverContext`
+the launcher uses, twice: with the workers sharing the machine's cores, and
+with each worker pinned to a core of its own (as if each were a one-core
+machine; one TFF worker already trains several clients at once and keeps
+every core busy, so on a shared machine a second worker has nothing to
+add). TFF's own C++ runtime (`--runtime=cpp`, one local worker, no split) is
+timed alongside as the reference. Every figure is the fastest of `--repeats`
+timings of `--rounds` rounds, after a warm-up round; the repeats are
+interleaved (1, 2, cpp, 1, 2, cpp, ...).
+
+  uv run python benchmarks/remote_scaling.py
+  uv run python benchmarks/remote_scaling.py --clients=100 --rounds=3
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import contextlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+from tffpipe import builder
+from tffpipe import compat
+from tffpipe import config
+from tffpipe import processes
+from tffpipe import remote
+from tffpipe import sampling
+from tffpipe import worker
+from tffpipe.tasks import ClientSpec
+from tasks import digits
+
+flags.DEFINE_integer("clients", 200, "Clients per round.")
+flags.DEFINE_integer("rounds", 2, "Rounds per timing.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions after the warm-up; the fastest is reported.")
+FLAGS = flags.FLAGS
+
+_SPEC = ClientSpec(num_epochs=1, batch_size=20)
+
+
+def _round_data(task, round_num):
+    ids = sampling.sample_clients(
+        list(task.train_data.client_ids), FLAGS.clients, seed=0, round_num=round_num
+    )
+    return [
+        task.client_dataset(cid, _SPEC, seed=sampling.client_seed(0, round_num, i))
+        for i, cid in enumerate(ids)
+    ]
+
+
+def _rounds_per_sec(process, state, data) -> float:
+    start = time.perf_counter()
+    for round_data in data:
+        state = process.next(state, round_data).state
+    return len(data) / (time.perf_counter() - start)
+
+
+def _installed(context):
+    """Installs a TFF context for the body; None keeps TFF's default one."""
+    if context is None:
+        return contextlib.nullcontext()
+    return context_stack_impl.context_stack.install(context)
+
+
+def main(argv):
+    del argv
+    processes.install_worker_reaper()
+    compat.quiet_library_logs()
+    task = digits.create_task(num_clients=FLAGS.clients + 50, eval_clients=10, seed=0)
+    cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=FLAGS.clients))
+    with compat.quiet_tensorflow_errors():
+        process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+    data = [_round_data(task, r) for r in range(1, FLAGS.rounds + 1)]
+    examples = sum(sum(1 for _ in ds.unbatch()) for ds in data[0])
+    print(f"digits, {FLAGS.clients} clients a round ({examples:,} examples in round 1), "
+          f"{FLAGS.rounds} rounds a timing, fastest of {FLAGS.repeats}, {os.cpu_count()} cores",
+          flush=True)
+
+    services, addresses = [], []
+    for _ in range(2):
+        port = worker.free_port()
+        services.append(worker.start(port))
+        worker.wait_until_ready(services[-1], port, 60)
+        addresses.append(f"127.0.0.1:{port}")
+    all_cores = os.sched_getaffinity(0)
+    try:
+        shared = _measure(process, data, {
+            "1 worker": remote.FailoverContext(addresses[:1], 30, print),
+            "2 workers": remote.FailoverContext(addresses, 30, print),
+            "cpp": None,  # TFF's default local context: the reference
+        }, "shared cores")
+        pinned = None
+        if len(all_cores) >= 2:
+            # One core per worker, as if each were a one-core machine.
+            for service, core in zip(services, sorted(all_cores)):
+                _pin(service.pid, {core})
+            pinned = _measure(process, data, {
+                "1 worker": remote.FailoverContext(addresses[:1], 30, print),
+                "2 workers": remote.FailoverContext(addresses, 30, print),
+            }, "one core per worker")
+    finally:
+        for service in services:
+            worker.stop(service)
+
+    print(f"{'workers':40s} {'rounds/s':>9s} {'s/round':>8s}")
+    for label, best in (("sharing the machine's cores", shared), ("one core each", pinned)):
+        if best is None:
+            continue
+        for name in ("1 worker", "2 workers"):
+            print(f"{name + ', ' + label:40s} {best[name]:9.3f} {1 / best[name]:8.2f}")
+        print(f"  2 workers / 1 worker: {best['2 workers'] / best['1 worker']:.2f}")
+    print(f"{'cpp runtime (reference)':40s} {shared['cpp']:9.3f} {1 / shared['cpp']:8.2f}")
+
+
+def _pin(pid: int, cores: set[int]) -> None:
+    """Pins every thread of `pid` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cores)
+
+
+def _measure(process, data, contexts, label) -> dict[str, float]:
+    """The fastest rounds per second of each context over interleaved repeats."""
+    states, best = {}, {name: 0.0 for name in contexts}
+    for repeat in range(FLAGS.repeats + 1):
+        for name, context in contexts.items():
+            with _installed(context):
+                if name not in states:  # warm-up: compile, first round
+                    states[name] = process.initialize()
+                    process.next(states[name], data[0])
+                    continue
+                rate = _rounds_per_sec(process, states[name], data)
+            best[name] = max(best[name], rate)
+            print(f"  {label}, repeat {repeat}: {name} {rate:.3f} rounds/s", file=sys.stderr, flush=True)
+    return best
+
+if __name__ == "__main__":
+    app.run(main)

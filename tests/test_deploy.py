@@ -1,0 +1,125 @@
+"""deploy/: the Kubernetes manifests and image the launcher relies on.
+
+No container engine or cluster runs here, so these tests parse the files and
+check the fields that must agree with each other and with the code: names,
+ports, DNS names in --workers, the flags of both programs, the volume.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from tffpipe import worker
+
+K8S = os.path.join(REPO_ROOT, "deploy", "kubernetes")
+
+
+@pytest.fixture(scope="module")
+def objects():
+    with open(os.path.join(K8S, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    assert sorted(kustomization["resources"]) == sorted(
+        n for n in os.listdir(K8S) if n.endswith(".yaml") and n != "kustomization.yaml"
+    )
+    found = {}
+    for name in kustomization["resources"]:
+        with open(os.path.join(K8S, name)) as f:
+            for doc in yaml.safe_load_all(f):
+                found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+def _flag_value(args, name):
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    assert len(values) == 1, f"--{name} should be given once in {args}"
+    return values[0]
+
+
+def test_workers_get_stable_names_behind_a_headless_service(objects):
+    service = objects[("Service", "tffpipe-worker")]
+    sts = objects[("StatefulSet", "tffpipe-worker")]
+    assert service["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "tffpipe.worker"]
+    port = int(_flag_value(command[3:], "port"))
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port]
+    assert container["readinessProbe"]["tcpSocket"]["port"] == port
+    # Every flag the pod passes exists in the worker program.
+    for arg in command[3:]:
+        assert re.fullmatch(r"--\w+=\S+", arg) and arg[2:].split("=")[0] in worker.FLAGS, arg
+
+
+def test_the_launcher_lists_every_worker_pod_by_its_dns_name(objects):
+    service = objects[("Service", "tffpipe-worker")]
+    sts = objects[("StatefulSet", "tffpipe-worker")]
+    job = objects[("Job", "tffpipe-train")]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "tffpipe.train"]
+    args = container["args"]
+    assert _flag_value(args, "runtime") == "remote"
+    port = service["spec"]["ports"][0]["port"]
+    expected = [
+        f"{sts['metadata']['name']}-{i}.{service['metadata']['name']}:{port}"
+        for i in range(sts["spec"]["replicas"])
+    ]
+    assert _flag_value(args, "workers").split(",") == expected
+    assert container["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_the_run_lives_on_a_persistent_volume_and_resumes_on_restart(objects):
+    job = objects[("Job", "tffpipe-train")]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    root = _flag_value(container["args"], "root_dir")
+    (mount,) = [m for m in container["volumeMounts"] if root.startswith(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert ("PersistentVolumeClaim", claim) in objects
+    # A failed launcher is restarted and the same command resumes the run.
+    assert pod["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1
+
+
+def test_the_launcher_args_make_a_valid_run_config(objects):
+    job = objects[("Job", "tffpipe-train")]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    code = (
+        "import sys\n"
+        "from tffpipe import train\n"
+        "train.FLAGS(['train', *sys.argv[1:]])\n"
+        "cfg = train.config_from_flags()\n"
+        "print(cfg.runtime.name, ','.join(cfg.runtime.workers), cfg.runtime.worker_wait_sec)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    name, workers, wait = out.stdout.split()
+    assert name == "remote" and workers == _flag_value(args, "workers")
+    assert float(wait) == float(_flag_value(args, "worker_wait_sec"))
+
+
+def test_the_image_copies_what_the_package_needs():
+    with open(os.path.join(REPO_ROOT, "deploy", "Dockerfile")) as f:
+        dockerfile = f.read()
+    copied = [
+        path
+        for line in dockerfile.splitlines() if line.startswith("COPY ")
+        for path in line.split()[1:-1]
+    ]
+    for path in copied:
+        assert os.path.exists(os.path.join(REPO_ROOT, path)), path
+    # The packages pyproject.toml installs are all in the image.
+    assert {"tffpipe", "tasks", "pyproject.toml", "uv.lock"} <= set(copied)
+    assert "uv sync --locked --no-dev" in dockerfile
+    assert 'CMD ["python", "-m", "tffpipe.worker", "--port=8000"]' in dockerfile
