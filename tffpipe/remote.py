@@ -27,7 +27,7 @@ What we add to TFF, and why:
 import asyncio
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import grpc
 from tensorflow_federated.python.common_libs import async_utils
