@@ -18,6 +18,7 @@ import tensorflow_federated as tff
 from conftest import REPO_ROOT, processes_with_marker, run_train, worker_processes
 from tffpipe import config
 from tffpipe import doctor
+from tffpipe import processes
 from tffpipe import program
 from tffpipe import remote
 from tffpipe import runtime
@@ -131,7 +132,7 @@ def test_the_worker_module_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
-    assert os.access(worker.binary_path(), os.X_OK)
+    assert os.access(processes.binary_path(), os.X_OK)
 
 
 def test_a_computation_with_dependent_aggregations_cannot_be_split():

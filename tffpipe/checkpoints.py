@@ -19,6 +19,7 @@ from absl import logging
 import tensorflow_federated as tff
 
 from tffpipe import config as config_lib
+from tffpipe import errors
 from tffpipe import files
 
 _PREFIX = "program_state_"
@@ -96,7 +97,7 @@ class CheckpointManager:
                 # Any failure to read a version (truncated files, corrupt
                 # protobufs, a different state structure) is reported and
                 # the previous version is tried.
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = errors.first_line(e)
                 logging.warning("checkpoint of round %d is unreadable: %s", version, reason)
                 failures.append((version, reason))
                 continue

@@ -139,13 +139,6 @@ def check_devices(runtimes: list[str], runtime_cfg: config_lib.RuntimeConfig) ->
             yield Check(OK, "runtime inprocess", where)
 
 
-def worker_binary_path() -> str:
-    """Where TFF 0.87 keeps the C++ worker its default runtime starts."""
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-
-    return os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
-
-
 def check_worker_binary(path: str) -> Check:
     """TFF's worker binary exists and may be executed."""
     if not os.path.isfile(path):
@@ -278,7 +271,7 @@ def run_checks(
     yield check_python(metadata.get("Requires-Python"))
     yield from check_packages(requirements, importlib.metadata.version)
     yield from check_devices(runtimes, runtime_cfg)
-    yield check_worker_binary(worker_binary_path())
+    yield check_worker_binary(processes.binary_path())
     if "remote" in runtimes:
         worker_checks = list(check_workers(list(runtime_cfg.workers)))
         yield from worker_checks

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
+from tffpipe import errors
 from tffpipe import secure_masking
 from tffpipe import tf_parts
 
@@ -45,11 +46,6 @@ class InProcessUnsupported(ValueError):
     """The process cannot run on the in-process runtime."""
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def compile_round(computation: tff.Computation, what: str):
     """`computation` as a MapReduceForm.
 
@@ -63,7 +59,7 @@ def compile_round(computation: tff.Computation, what: str):
         # errors); all mean the same thing to the user.
         raise InProcessUnsupported(
             f"the {what} cannot run on --runtime=inprocess: TFF cannot compile its "
-            f"round to a MapReduceForm ({_first_line(e)}); use --runtime=cpp"
+            f"round to a MapReduceForm ({errors.first_line(e)}); use --runtime=cpp"
         ) from e
 
 
@@ -121,7 +117,7 @@ class InProcessProcess:
         except Exception as e:  # pylint: disable=broad-except
             raise InProcessUnsupported(
                 f"the {what}'s initialize cannot run on --runtime=inprocess "
-                f"({_first_line(e)}); use --runtime=cpp"
+                f"({errors.first_line(e)}); use --runtime=cpp"
             ) from e
         self._initialize = _import(init, what)
         self._prepare = _import(mrf.prepare, what)
@@ -191,16 +187,18 @@ class InProcessProcess:
         state_leaves = _tensors(tf_parts.flatten(state, self._next_type.parameter[0]))
         with tf.device("/CPU:0"):
             client_input = self._prepare(*state_leaves)
-        accumulators, secure_inputs = self._run_clients(client_input, list(client_data))
+        datasets = list(client_data)
+        moduli = self._moduli(len(datasets))
+        accumulators, secure_inputs = self._run_clients(client_input, datasets, moduli)
         aggregate = accumulators[0]
         for other in accumulators[1:]:
             aggregate = self._merge(*aggregate, *other)
         report = self._report(*aggregate)
-        secure_sums = self._secure_sums(secure_inputs)
+        secure_sums = self._secure_sums(secure_inputs, moduli)
         leaves = self._update(*state_leaves, *report, *secure_sums)
         return tf_parts.unflatten(leaves, self._next_type.result)
 
-    def _run_clients(self, client_input, datasets):
+    def _run_clients(self, client_input, datasets, moduli):
         """Runs `work` for every client on the slots; accumulates per slot.
 
         Client i goes to slot i mod (number of slots), and slots are merged in
@@ -226,7 +224,9 @@ class InProcessProcess:
                     outputs = slot.client_step(*accumulator, dataset, *client_input)
                     accumulator = outputs[: len(accumulator)]
                     if masks is not None:
-                        secure_inputs[index] = self._mask(masks, index, outputs[len(accumulator) :])
+                        secure_inputs[index] = self._mask(
+                            masks, moduli, index, outputs[len(accumulator) :]
+                        )
                 return accumulator
 
         futures = [self._pool.submit(run_slot, self._slots[k], ids) for k, ids in assignment.items()]
@@ -256,28 +256,35 @@ class InProcessProcess:
             return done
         return self._loader.submit(_read_into_memory, dataset)
 
-    def _mask(self, masks, client: int, values) -> list[np.ndarray]:
-        masked, leaf = [], 0
-        for kind, count, params in self._secure:
-            for bound in params:
-                modulus = secure_masking.exact_sum_modulus(kind, bound, masks.num_clients)
-                masked.append(masks.mask(client, leaf, values[leaf].numpy(), modulus))
-                leaf += 1
-        return masked
+    def _moduli(self, num_clients: int) -> list[int]:
+        """Per secure value: a modulus under which the round's sum is exact
+        (empty without secure sums)."""
+        return [
+            secure_masking.exact_sum_modulus(kind, bound, num_clients)
+            for kind, _, params in self._secure
+            for bound in params
+        ]
 
-    def _secure_sums(self, secure_inputs) -> list[tf.Tensor]:
+    @staticmethod
+    def _mask(masks, moduli, client: int, values) -> list[np.ndarray]:
+        return [
+            masks.mask(client, leaf, values[leaf].numpy(), modulus)
+            for leaf, modulus in enumerate(moduli)
+        ]
+
+    def _secure_sums(self, secure_inputs, moduli) -> list[tf.Tensor]:
         """The server's side: adds masked vectors; sees nothing else."""
-        if not self._secure:
+        if not moduli:
             return []
-        sums, leaf = [], 0
-        dtypes = self._update.input_dtypes[-len(secure_inputs[0]) :]
-        for kind, count, params in self._secure:
-            for bound in params:
-                modulus = secure_masking.exact_sum_modulus(kind, bound, len(secure_inputs))
-                total = secure_masking.masked_sum([c[leaf] for c in secure_inputs], modulus)
-                sums.append(tf.constant(total.astype(dtypes[leaf].as_numpy_dtype)))
-                leaf += 1
-        return sums
+        specs = self._update.input_specs[-len(moduli) :]
+        return [
+            tf.constant(
+                secure_masking.masked_sum([c[leaf] for c in secure_inputs], modulus).astype(
+                    specs[leaf].dtype.as_numpy_dtype
+                )
+            )
+            for leaf, modulus in enumerate(moduli)
+        ]
 
     def close(self) -> None:
         """Stops the client and loader threads."""

@@ -20,6 +20,7 @@ Workers also start with a bounded number of malloc arenas (`tffpipe.memory`).
 import atexit
 import ctypes
 import gc
+import importlib.util
 import os
 import signal
 import subprocess
@@ -77,6 +78,14 @@ class WorkerPopen(subprocess.Popen):
         except subprocess.TimeoutExpired:
             self.kill()
             return super().wait()
+
+
+def binary_path() -> str:
+    """Where TFF 0.87 keeps its C++ worker, found without importing TFF."""
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("tensorflow-federated is not installed (`uv sync`)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "worker_binary")
 
 
 def stop_workers(timeout: float = _STOP_TIMEOUT_SEC) -> None:

@@ -25,6 +25,7 @@ What we add to TFF, and why:
 """
 
 import asyncio
+import functools
 import threading
 import time
 from typing import Callable, Sequence
@@ -48,6 +49,8 @@ from tensorflow_federated.python.core.impl.executors import executors_errors
 from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 from tensorflow_federated.python.core.impl.types import placements
+
+from tffpipe import errors
 
 # The same limits TFF uses for its local worker: model weights of large
 # models exceed gRPC's default 4 MB message size.
@@ -135,6 +138,9 @@ def _compile_secure_sums_away(comp):
     return computation_impl.ConcreteComputation.with_type(lowered, comp.type_signature)
 
 
+# Cached: `check_mergeable` compiles the round before the run, and every
+# mergeable context (a new one after each lost worker) would compile it again.
+@functools.lru_cache(maxsize=None)
 def _to_mergeable_form(comp) -> mergeable.MergeableCompForm:
     return mergeable_comp_compiler.compile_to_mergeable_comp_form(
         _compile_secure_sums_away(comp)
@@ -150,9 +156,9 @@ def check_mergeable(comp, what: str = "round") -> None:
     try:
         _to_mergeable_form(comp)
     except (ValueError, TypeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NotMergeable(
-            f"the {what} cannot be split across workers (TFF's mergeable form: {reason[:200]}); "
+            f"the {what} cannot be split across workers (TFF's mergeable form: "
+            f"{errors.first_line(e)[:200]}); "
             "use --runtime=cpp"
         ) from e
 
@@ -219,16 +225,16 @@ def _is_connection_error(error: Exception) -> bool:
     if isinstance(error, executors_errors.RetryableError):
         return True
     code = error.code() if isinstance(error, grpc.Call) else None
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND) and (
-        code == grpc.StatusCode.UNAVAILABLE or "xecutor" in (error.details() or "")
-    )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.NOT_FOUND and "xecutor" in (error.details() or "")
 
 
 def _grpc_detail(error: Exception) -> str:
     cause = getattr(error, "grpc_error", None) or error.__cause__ or error
     if isinstance(cause, grpc.Call):
         return f"{cause.code().name}: {cause.details()}"
-    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return errors.first_line(cause)
 
 
 class FailoverContext(context_base.SyncContext):

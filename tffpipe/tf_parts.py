@@ -89,12 +89,13 @@ class ImportedComputation:
 
         wrapped = tf.compat.v1.wrap_function(import_graph, [])
         pruned = wrapped.prune(parts["feeds"], parts["fetches"])
+        self.input_specs = [tf.TensorSpec(t.shape, t.dtype) for t in parts["feeds"]]
         # Calling the pruned function directly costs about 20 ms per call in
         # TF 2.14: binding its inputs formats every argument tensor as text.
         # A tf.function with a fixed signature binds once, at tracing.
         self._body = tf.function(
             lambda *args: pruned(*args),
-            input_signature=[tf.TensorSpec(t.shape, t.dtype) for t in parts["feeds"]],
+            input_signature=self.input_specs,
             autograph=False,
         )
         # Traced here, once per instance: tracing on first call would make
@@ -105,8 +106,6 @@ class ImportedComputation:
         # control dependency on the outputs alone would not order the reads.
         self._init = wrapped.prune([], [parts["init"]]) if parts["init"] is not None else None
         self.num_inputs = len(parts["feeds"])
-        self.input_specs = [tf.TensorSpec(t.shape, t.dtype) for t in parts["feeds"]]
-        self.input_dtypes = [t.dtype for t in parts["feeds"]]
         self.num_outputs = len(parts["fetches"])
 
     def __call__(self, *flat_args) -> list[tf.Tensor]:

@@ -9,7 +9,6 @@ after a requested stop, 1 when the service could not start or died.
 Does not import TensorFlow, so it starts in a second.
 """
 
-import importlib.util
 import os
 import signal
 import socket
@@ -33,14 +32,6 @@ flags.DEFINE_float(
 FLAGS = flags.FLAGS
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def binary_path() -> str:
-    """Where TFF 0.87 keeps its C++ worker, found without importing TFF."""
-    spec = importlib.util.find_spec("tensorflow_federated")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("tensorflow-federated is not installed (`uv sync`)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "data", "worker_binary")
 
 
 def free_port() -> int:
@@ -79,7 +70,7 @@ def _accepts_connections(port: int) -> bool:
 
 def start(port: int, max_concurrent_computation_calls: int = -1) -> subprocess.Popen:
     """Starts TFF's worker service on `port`; it dies with this process."""
-    path = binary_path()
+    path = processes.binary_path()
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(f"TFF's worker binary is missing or not executable: {path}")
     return processes.WorkerPopen(
