@@ -20,12 +20,12 @@ import time
 from absl import app
 from absl import flags
 
-from tffpipe import builder
+from tffpipe.learning import builder
 from tffpipe import compat
 from tffpipe import config
-from tffpipe import processes
-from tffpipe import runtime
-from tffpipe import sampling
+from tffpipe.runtimes import processes
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.program import sampling
 from tffpipe import tasks
 
 flags.DEFINE_integer("rounds", 5, "Timed rounds per stack (after one warm-up round).")

@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from tffpipe import processes
+from tffpipe.runtimes import processes
 
 flags.DEFINE_integer("rounds", 50, "Training rounds per run.")
 flags.DEFINE_integer("clients_per_round", 50, "Clients sampled per round.")

@@ -4,7 +4,7 @@ Starts three worker services on this machine (`tffpipe.worker`, loopback
 ports: one for the 1-worker timings, two for the 2-worker ones), builds a
 FedAvg process for `digits` with `--clients` clients a round (default 200,
 about 7 examples each), and times rounds on one worker and split across
-two, through the same `tffpipe.remote.FailoverContext` the launcher uses.
+two, through the same `tffpipe.runtimes.remote.FailoverContext` the launcher uses.
 It does so twice: with the workers sharing the machine's cores, and with
 each worker pinned to a core of its own (as if each were a one-core
 machine; one TFF worker trains several clients at once and keeps every core
@@ -30,12 +30,12 @@ from absl import app
 from absl import flags
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
-from tffpipe import builder
+from tffpipe.learning import builder
 from tffpipe import compat
 from tffpipe import config
-from tffpipe import processes
-from tffpipe import remote
-from tffpipe import sampling
+from tffpipe.runtimes import processes
+from tffpipe.runtimes import remote
+from tffpipe.program import sampling
 from tffpipe import worker
 from tffpipe.tasks import ClientSpec
 from tasks import digits

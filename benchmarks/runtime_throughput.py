@@ -28,13 +28,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_federated.python.simulation.baselines.emnist import emnist_models
 
-from tffpipe import builder
+from tffpipe.learning import builder
 from tffpipe import compat
 from tffpipe import config
-from tffpipe import devices
-from tffpipe import inprocess
-from tffpipe import memory
-from tffpipe import processes
+from tffpipe.runtimes import devices
+from tffpipe.runtimes import inprocess
+from tffpipe.runtimes import memory
+from tffpipe.runtimes import processes
 from tffpipe import tasks as tasks_lib
 from tasks import digits
 

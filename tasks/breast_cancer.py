@@ -4,7 +4,7 @@ Data: the Wisconsin Diagnostic Breast Cancer records that ship inside
 scikit-learn (569 patients, 30 features of cell nuclei, 212 malignant), so
 nothing is downloaded. Records are split across `num_sites` hospitals with
 quantity skew (Dirichlet site sizes, same diagnosis mix; see
-`tffpipe.partition.quantity_skew`), and a fifth of the sites (at least one)
+`tffpipe.tasks.partition.quantity_skew`), and a fifth of the sites (at least one)
 is held out for evaluation. Features are standardised with statistics of all
 records (a simplification: a real federation would agree them with a secure
 sum first).

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.models import resnet_models
 
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 from tffpipe.tasks import Task
 
 FILENAME = "cifar100.sqlite"

@@ -4,7 +4,7 @@ Data: the diabetes records that ship inside scikit-learn (Efron et al. 2004:
 442 patients, 10 baseline features, and a quantitative measure of disease
 progression one year later), so nothing is downloaded. Records are split
 across `num_sites` sites with quantity skew (Dirichlet site sizes; see
-`tffpipe.partition.quantity_skew`) and a fifth of the sites (at least one)
+`tffpipe.tasks.partition.quantity_skew`) and a fifth of the sites (at least one)
 is held out for evaluation. The target is standardised (mean 0, variance 1
 over all records), so MSE reads as the share of variance left unexplained:
 1.0 is predicting the mean.

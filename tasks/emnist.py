@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.baselines.emnist import emnist_models
 
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 from tffpipe.tasks import Task
 
 FILENAME = "emnist_all.sqlite"

@@ -24,7 +24,7 @@ from tensorflow_federated.python.simulation.baselines import keras_metrics
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_models
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_preprocessing as preprocessing
 
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 from tffpipe.tasks import Task
 
 FILENAME = "shakespeare.sqlite"

@@ -26,8 +26,8 @@ from tensorflow_federated.python.simulation.baselines import keras_metrics
 from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_models
 from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_preprocessing as preprocessing
 
-from tffpipe import files
-from tffpipe import public_data
+from tffpipe.program import files
+from tffpipe.tasks import public_data
 from tffpipe.tasks import Task
 
 FILENAME = "stackoverflow.sqlite"

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tffpipe import processes
+from tffpipe.runtimes import processes
 
 # Workers started by in-process tests die with pytest, quietly.
 processes.install_worker_reaper()

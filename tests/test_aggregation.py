@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tffpipe import aggregation
-from tffpipe import builder
+from tffpipe.aggregation import stack as aggregation
+from tffpipe.learning import builder
 from tffpipe import config
-from tffpipe import runtime
+from tffpipe.runtimes import contexts as runtime
 from tffpipe import tasks
 
 from tasks import digits
@@ -124,7 +124,7 @@ def test_target_epsilon_solves_the_noise(monkeypatch):
     cfg = _cfg(10, mechanism="fixed", target_epsilon=3.0, delta=1e-5)
     _, params = aggregation.build_aggregator(cfg, CLIENT_IDS)
     assert params.noise_from_target
-    from tffpipe import privacy
+    from tffpipe.privacy import accounting as privacy
 
     spent = privacy.RunAccountant(
         "fixed", noise_multiplier=params.noise_multiplier, clients_per_round=10,

@@ -13,8 +13,8 @@ from dp_accounting import rdp
 import pytest
 
 from tffpipe import config
-from tffpipe import privacy
-from tffpipe import program
+from tffpipe.privacy import accounting as privacy
+from tffpipe.program import loop
 
 from tasks import digits
 
@@ -52,7 +52,7 @@ def _run(task, root, name, rounds=3, algorithm="fedavg", server=("sgd", 1.0), **
         output=config.OutputConfig(root_dir=str(root), experiment_name=name),
     )
     lines = []
-    result = program.run(cfg, task, print_fn=lines.append)
+    result = loop.run(cfg, task, print_fn=lines.append)
     with open(os.path.join(root, name, "results", "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     return result, rows, "\n".join(lines)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from sklearn import metrics as sklearn_metrics
 
 from tffpipe import config
-from tffpipe import program
+from tffpipe.program import loop
 from tffpipe import tasks
 
 from tasks import breast_cancer
@@ -42,7 +42,7 @@ def _train_two_rounds(tmp_path, name, options, data_dir=None, clients=2):
     )
     task = tasks.create_task(name, options, seed=0, data_dir=data_dir)
     lines = []
-    result = program.run(cfg, task, print_fn=lines.append)
+    result = loop.run(cfg, task, print_fn=lines.append)
     assert result.rounds_done == 2
     with open(tmp_path / name / "results" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -177,7 +177,7 @@ def test_only_sampled_clients_get_datasets(tmp_path, data_dir):
         schedule=config.ScheduleConfig(rounds=2, clients_per_round=3, eval_every=0, eval_clients=2),
         output=config.OutputConfig(root_dir=str(tmp_path)),
     )
-    program.run(cfg, task, print_fn=lambda line: None)
+    loop.run(cfg, task, print_fn=lambda line: None)
     assert len(built) == 6  # 2 rounds x 3 clients, of 12
     # Every client's dataset came from one traced builder (no per-client
     # functions piling up in TensorFlow's function library).

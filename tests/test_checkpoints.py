@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from tffpipe import checkpoints
+from tffpipe.program import checkpoints
 
 FP = {"task": "digits", "seed": 0}
 

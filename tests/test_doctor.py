@@ -6,7 +6,7 @@ import sys
 
 from conftest import REPO_ROOT, processes_with_marker, user_env
 from tffpipe import doctor
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 
 
 def test_python_outside_the_supported_range_fails():

@@ -11,12 +11,12 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from conftest import REPO_ROOT
-from tffpipe import builder
+from tffpipe.learning import builder
 from tffpipe import config
-from tffpipe import inprocess
-from tffpipe import program
-from tffpipe import runtime
-from tffpipe import sampling
+from tffpipe.runtimes import inprocess
+from tffpipe.program import loop
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.program import sampling
 from tffpipe.tasks import ClientSpec
 
 from tasks import digits
@@ -119,12 +119,12 @@ def test_three_rounds_match_tff_cpp_runtime(task, name):
 @pytest.mark.slow
 def test_checkpoints_move_between_runtimes(task, tmp_path):
     """Two rounds in-process, the third on TFF's runtime: the same as three on TFF's."""
-    straight = program.run(_config(tmp_path / "a", 3), task, print_fn=lambda line: None)
+    straight = loop.run(_config(tmp_path / "a", 3), task, print_fn=lambda line: None)
     lines = []
-    first = program.run(_config(tmp_path / "b", 2, "inprocess"), task, print_fn=lines.append)
+    first = loop.run(_config(tmp_path / "b", 2, "inprocess"), task, print_fn=lines.append)
     assert first.rounds_done == 2
     assert any(l.startswith("runtime inprocess: learning process on 2 client slot(s)") for l in lines)
-    resumed = program.run(_config(tmp_path / "b", 3), task, print_fn=lines.append)
+    resumed = loop.run(_config(tmp_path / "b", 3), task, print_fn=lines.append)
     assert resumed.resumed_from == 2 and resumed.rounds_done == 3
     for ours, theirs in zip(resumed.model_weights.trainable, straight.model_weights.trainable):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
@@ -220,7 +220,11 @@ def test_a_round_that_is_not_a_map_reduce_fails_with_one_line():
 PLACEMENT_SCRIPT = textwrap.dedent(
     """
     import numpy as np
-    from tffpipe import builder, config, devices, inprocess, processes
+    from tffpipe import config
+    from tffpipe.learning import builder
+    from tffpipe.runtimes import devices
+    from tffpipe.runtimes import inprocess
+    from tffpipe.runtimes import processes
     from tffpipe.tasks import ClientSpec
     from tasks import digits
 

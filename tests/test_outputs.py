@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tffpipe import outputs
+from tffpipe.program import outputs
 
 from conftest import scalar_steps
 

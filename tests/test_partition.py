@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tffpipe import partition
+from tffpipe.tasks import partition
 
 
 def _labels(n=1000, classes=10, seed=0):

@@ -4,7 +4,7 @@ import dp_accounting
 from dp_accounting import rdp
 import pytest
 
-from tffpipe import privacy
+from tffpipe.privacy import accounting as privacy
 
 
 def test_tff_tutorial_setting_gives_epsilon_about_two():

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     import tensorflow_federated as tff
-    from tffpipe import processes
+    from tffpipe.runtimes import processes
     processes.install_worker_reaper(handle_sigterm=True)
 
     @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
@@ -75,7 +75,7 @@ def test_worker_dies_with_its_parent(mode, end, marker_env, tmp_path):
 
 def test_an_unbounded_wait_on_a_stuck_worker_kills_it():
     """TFF's ServiceManager sends SIGINT and then waits with no limit."""
-    from tffpipe import processes
+    from tffpipe.runtimes import processes
 
     stuck = processes.WorkerPopen(["bash", "-c", "trap '' INT; while true; do sleep 0.1; done"])
     time.sleep(0.3)
@@ -86,7 +86,7 @@ def test_an_unbounded_wait_on_a_stuck_worker_kills_it():
 
 
 def _arena_setting_seen_by_worker(env=None) -> str:
-    from tffpipe import processes
+    from tffpipe.runtimes import processes
 
     worker = processes.WorkerPopen(
         ["bash", "-c", 'echo "${MALLOC_ARENA_MAX:-unset}"'], stdout=subprocess.PIPE, text=True, env=env
@@ -109,7 +109,7 @@ def test_a_users_malloc_arena_setting_is_kept(monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_launcher_limits_its_own_arenas_unless_the_user_did(monkeypatch):
-    from tffpipe import memory
+    from tffpipe.runtimes import memory
 
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     assert memory.limit_arenas_in_this_process() is True

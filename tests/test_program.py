@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from tffpipe import builder
+from tffpipe.learning import builder
 from tffpipe import config
-from tffpipe import program
+from tffpipe.program import loop
 
 from tasks import digits
 
@@ -42,7 +42,7 @@ def test_initial_weights_depend_only_on_the_seed(small_task):
 
 def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_path):
     lines = []
-    first = program.run(_config(tmp_path, 3, checkpoint_every=1), small_task, print_fn=lines.append)
+    first = loop.run(_config(tmp_path, 3, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (first.rounds_done, first.resumed_from) == (3, 0)
     assert 0 <= first.final_eval["eval/accuracy"] <= 1
     assert lines[0] == "building the federated learning and evaluation processes..."
@@ -51,7 +51,7 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
     saved_model.write_bytes(saved_model.read_bytes()[:100])
     lines.clear()
-    second = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
+    second = loop.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (second.rounds_done, second.resumed_from) == (4, 2)
     assert any(l.startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2") for l in lines)
     assert [l.split()[1] for l in lines if l.startswith("round ")] == ["3/4", "4/4"]
@@ -59,7 +59,7 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")
 
     lines.clear()
-    third = program.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
+    third = loop.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (third.rounds_done, third.resumed_from) == (4, 4)
     assert [l for l in lines if l.startswith(("resuming", str(tmp_path)))] == [
         f"resuming {tmp_path / 'p'} from the checkpoint of round 4",
@@ -71,7 +71,7 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
 def test_too_many_clients_per_round_is_a_config_error(small_task, tmp_path):
     cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=10))
     with pytest.raises(config.ConfigError, match=r"--clients_per_round=10 is larger than the 9 training clients"):
-        program.run(cfg, small_task)
+        loop.run(cfg, small_task)
 
 
 @pytest.mark.parametrize("client, server", [("sgdm", "adam"), ("adam", "sgdm")])
@@ -84,7 +84,7 @@ def test_every_optimizer_trains(small_task, tmp_path, client, server):
         schedule=config.ScheduleConfig(rounds=2, clients_per_round=3, eval_every=0),
         output=config.OutputConfig(root_dir=str(tmp_path), experiment_name="p"),
     )
-    result = program.run(cfg, small_task, print_fn=lambda line: None)
+    result = loop.run(cfg, small_task, print_fn=lambda line: None)
     assert np.isfinite(result.final_eval["eval/loss"])
     initial = builder.initial_model_weights(small_task, 0)
     moved = [np.abs(a - b).max() for a, b in zip(result.model_weights.trainable, initial.trainable)]
@@ -93,7 +93,7 @@ def test_every_optimizer_trains(small_task, tmp_path, client, server):
 
 
 def test_unset_clients_per_round_takes_every_client_of_a_small_task(small_task):
-    cfg = program.fit_to_task(config.RunConfig(), small_task)
+    cfg = loop.fit_to_task(config.RunConfig(), small_task)
     assert cfg.schedule.clients_per_round == 9
-    line = program.describe_run(cfg, small_task)
+    line = loop.describe_run(cfg, small_task)
     assert line.startswith("task digits: 9 training clients, 3 held-out evaluation clients; 50 rounds of 9 clients")

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 from tffpipe import tasks
 
 

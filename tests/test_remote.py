@@ -18,11 +18,11 @@ import tensorflow_federated as tff
 from conftest import REPO_ROOT, processes_with_marker, run_train, worker_processes
 from tffpipe import config
 from tffpipe import doctor
-from tffpipe import processes
-from tffpipe import program
-from tffpipe import remote
-from tffpipe import runtime
-from tffpipe import sampling
+from tffpipe.runtimes import processes
+from tffpipe.program import loop
+from tffpipe.runtimes import remote
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.program import sampling
 from tffpipe import worker
 
 from tasks import digits
@@ -246,12 +246,12 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
     task = digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
     aggregation = config.AggregationConfig(secure=secure)
     lines = []
-    remote_run = program.run(
+    remote_run = loop.run(
         _config(tmp_path / "remote", config.RuntimeConfig(name="remote", workers=tuple(addresses)),
                 aggregation=aggregation),
         task, print_fn=lines.append,
     )
-    local_run = program.run(
+    local_run = loop.run(
         _config(tmp_path / "cpp", config.RuntimeConfig(), aggregation=aggregation), task,
         print_fn=lambda line: None,
     )
@@ -271,7 +271,7 @@ def _examples_in_round(round_num, clients_per_round):
     task = digits.create_task()
     ids = sampling.sample_clients(
         list(task.train_data.client_ids), clients_per_round, seed=0, round_num=round_num)
-    spec = program._client_spec(cfg)  # pylint: disable=protected-access
+    spec = loop._client_spec(cfg)  # pylint: disable=protected-access
     return float(sum(
         int(tf.nest.flatten(batch)[0].shape[0])
         for i, cid in enumerate(ids)

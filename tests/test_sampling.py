@@ -1,6 +1,6 @@
 import pytest
 
-from tffpipe import sampling
+from tffpipe.program import sampling
 
 IDS = [f"c{i}" for i in range(40)]
 

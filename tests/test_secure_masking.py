@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tffpipe import secure_masking
+from tffpipe.runtimes import secure_masking
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tffpipe import partition
+from tffpipe.tasks import partition
 from tffpipe import tasks
 
 from tasks import digits

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tffpipe import public_data
+from tffpipe.tasks import public_data
 
 from conftest import REPO_ROOT, run_train, scalar_steps, user_env, worker_processes
 

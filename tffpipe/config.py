@@ -254,8 +254,8 @@ class RuntimeConfig:
 
     Attributes:
       name: "cpp" (TFF's C++ worker), "inprocess" (the round's TensorFlow
-        parts in the launcher's process, on every device: `tffpipe.inprocess`)
-        or "remote" (TFF worker services on other machines: `tffpipe.remote`).
+        parts in the launcher's process, on every device: `tffpipe.runtimes.inprocess`)
+        or "remote" (TFF worker services on other machines: `tffpipe.runtimes.remote`).
       gpus: inprocess: "all", "none" or GPU indices such as "0,1".
       clients_per_gpu: inprocess: clients trained at once on each GPU (each
         gets a logical GPU with its share of the memory).

@@ -26,10 +26,10 @@ from packaging.specifiers import SpecifierSet
 
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe import devices
-from tffpipe import memory
-from tffpipe import processes
-from tffpipe import public_data
+from tffpipe.runtimes import devices
+from tffpipe.runtimes import memory
+from tffpipe.runtimes import processes
+from tffpipe.tasks import public_data
 
 flags.DEFINE_string("task", "digits", "Task whose data and memory needs to check.")
 flags.DEFINE_string("data_dir", public_data.DEFAULT_DATA_DIR, "Folder of the public datasets' files.")
@@ -199,7 +199,7 @@ def _synthetic_task():
 
 def check_workers(addresses: list[str], timeout_sec: float = 5.0) -> Iterator[Check]:
     """Whether each remote worker accepts connections."""
-    from tffpipe import remote  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import remote  # pylint: disable=g-import-not-at-top
 
     if not addresses:
         yield Check(FAIL, "runtime remote", "no workers to check: pass --workers=HOST:PORT,...")
@@ -214,8 +214,8 @@ def check_workers(addresses: list[str], timeout_sec: float = 5.0) -> Iterator[Ch
 
 def smoke_round(runtime_cfg: config_lib.RuntimeConfig) -> Check:
     """One FedAvg round of three synthetic clients on the given runtime."""
-    from tffpipe import builder  # pylint: disable=g-import-not-at-top
-    from tffpipe import runtime  # pylint: disable=g-import-not-at-top
+    from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import contexts as runtime  # pylint: disable=g-import-not-at-top
     from tffpipe import tasks  # pylint: disable=g-import-not-at-top
 
     name = f"smoke round {runtime_cfg.name}"

@@ -1,7 +1,7 @@
 """`python -m tffpipe.train`: federated training from the command line.
 
 Parses flags into a frozen `RunConfig`, builds the task and hands both to
-`tffpipe.program.run`. Rerunning the same command resumes the run.
+`tffpipe.program.loop.run`. Rerunning the same command resumes the run.
 
   python -m tffpipe.train --task=digits --rounds=50 --root_dir=/tmp/tffpipe
   python -m tffpipe.train --flagfile=my_run.flags
@@ -14,16 +14,16 @@ import tempfile
 from absl import app
 from absl import flags
 
-from tffpipe import checkpoints
+from tffpipe.program import checkpoints
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe import devices
-from tffpipe import inprocess
-from tffpipe import memory
-from tffpipe import processes
-from tffpipe import program
-from tffpipe import public_data
-from tffpipe import remote
+from tffpipe.runtimes import devices
+from tffpipe.runtimes import inprocess
+from tffpipe.runtimes import memory
+from tffpipe.runtimes import processes
+from tffpipe.program import loop
+from tffpipe.tasks import public_data
+from tffpipe.runtimes import remote
 from tffpipe import tasks
 from tffpipe.tasks import listing as task_listing
 
@@ -381,10 +381,10 @@ def main(argv: list[str]) -> None:
             cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed,
             data_dir=cfg.task.data_dir,
         )
-        cfg = program.fit_to_task(cfg, task)
+        cfg = loop.fit_to_task(cfg, task)
         check_writable(cfg.output.run_dir)
-        print(program.describe_run(cfg, task), flush=True)
-        result = program.run(cfg, task)
+        print(loop.describe_run(cfg, task), flush=True)
+        result = loop.run(cfg, task)
     except (
         config_lib.ConfigError,
         tasks.TaskError,

@@ -20,7 +20,7 @@ import time
 from absl import app
 from absl import flags
 
-from tffpipe import processes
+from tffpipe.runtimes import processes
 
 flags.DEFINE_integer("port", 8000, "Port to serve on (all interfaces); 0 picks a free port.")
 flags.DEFINE_integer(

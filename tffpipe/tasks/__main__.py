@@ -1,6 +1,6 @@
 """`python -m tffpipe.tasks`: prints the registered tasks."""
 
-from tffpipe import processes
+from tffpipe.runtimes import processes
 from tffpipe.tasks.listing import task_table
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tffpipe import partition as partition_lib
+from tffpipe.tasks import partition as partition_lib
 from tffpipe.tasks.record import Task, TaskError
 
 PARTITIONS = ("dirichlet", "iid", "shards", "quantity")

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import config as config_lib
-from tffpipe.aggregation import AggregatorParams, build_aggregator  # re-exported
+from tffpipe.aggregation.stack import AggregatorParams, build_aggregator  # re-exported
 from tffpipe.tasks import Task
 
 _OPTIMIZER_BUILDERS = {

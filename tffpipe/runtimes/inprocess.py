@@ -31,8 +31,8 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
-from tffpipe import secure_masking
-from tffpipe import tf_parts
+from tffpipe.runtimes import secure_masking
+from tffpipe.runtimes import tf_parts
 
 _SECURE_KINDS = (
     # (MapReduceForm part giving the parameter, work output index, kind)

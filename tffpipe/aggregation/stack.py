@@ -29,8 +29,8 @@ from tensorflow_federated.python.aggregators import distributed_dp
 
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe import privacy
-from tffpipe import sampling
+from tffpipe.privacy import accounting as privacy
+from tffpipe.program import sampling
 
 AggregationFactory = tff.aggregators.AggregationFactory
 

@@ -14,7 +14,7 @@ TFF offers no hook for this, so we wrap the `Popen` it uses:
   prints "AttributeError: 'NoneType' object has no attribute 'Popen'");
 * optionally, SIGTERM is turned into a normal exit so the `atexit` hook runs.
 
-Workers also start with a bounded number of malloc arenas (`tffpipe.memory`).
+Workers also start with a bounded number of malloc arenas (`tffpipe.runtimes.memory`).
 """
 
 import atexit
@@ -29,7 +29,7 @@ import threading
 import types
 import weakref
 
-from tffpipe import memory
+from tffpipe.runtimes import memory
 
 _PR_SET_PDEATHSIG = 1
 _STOP_TIMEOUT_SEC = 5.0

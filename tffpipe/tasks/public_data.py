@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.datasets import download as tff_download
 
-from tffpipe import files
+from tffpipe.program import files
 from tffpipe.tasks.record import TaskError
 
 # TFF's own default cache folder, so files its loaders downloaded are found.

@@ -20,7 +20,7 @@ import tensorflow_federated as tff
 
 from tffpipe import config as config_lib
 from tffpipe import errors
-from tffpipe import files
+from tffpipe.program import files
 
 _PREFIX = "program_state_"
 _FINGERPRINT_FILE = "fingerprint.json"

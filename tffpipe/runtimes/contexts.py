@@ -2,8 +2,8 @@
 
 `--runtime=cpp` runs them in TFF's C++ worker, in the execution context the
 process needs; `--runtime=inprocess` runs them in this process
-(`tffpipe.inprocess`); `--runtime=remote` on TFF workers elsewhere
-(`tffpipe.remote`).
+(`tffpipe.runtimes.inprocess`); `--runtime=remote` on TFF workers elsewhere
+(`tffpipe.runtimes.remote`).
 
 TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
 federated value"). Its test context replaces them with insecure bodies that
@@ -19,9 +19,9 @@ from tensorflow_federated.python.core.impl.compiler import tree_analysis
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from tffpipe import config as config_lib
-from tffpipe import devices
-from tffpipe import inprocess
-from tffpipe import remote
+from tffpipe.runtimes import devices
+from tffpipe.runtimes import inprocess
+from tffpipe.runtimes import remote
 
 SECURE_INTRINSICS = (
     "federated_secure_sum",

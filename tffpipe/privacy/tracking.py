@@ -2,7 +2,7 @@
 
 Reads what the TFF aggregator reports (its DP event, its clipping norm, the
 distributed mechanism's quantisation figures) and turns it into
-`privacy/...` metrics with `tffpipe.privacy.RunAccountant`.
+`privacy/...` metrics with `tffpipe.privacy.accounting.RunAccountant`.
 """
 
 import collections
@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import dp_accounting
 
-from tffpipe import aggregation
+from tffpipe.aggregation import stack as aggregation
 from tffpipe import config as config_lib
-from tffpipe import privacy
+from tffpipe.privacy import accounting as privacy
 
 
 def _mappings_with(tree: Any, keys: Sequence[str]) -> list[Mapping[str, Any]]:

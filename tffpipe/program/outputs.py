@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorboard.plugins.hparams import api as hparams_api
 
-from tffpipe import files
+from tffpipe.program import files
 
 ROUND_KEY = "round"
 

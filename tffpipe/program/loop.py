@@ -11,21 +11,21 @@ from typing import Callable
 from absl import logging
 import tensorflow_federated as tff
 
-from tffpipe import builder
-from tffpipe import checkpoints
-from tffpipe import communication
+from tffpipe.learning import builder
+from tffpipe.program import checkpoints
+from tffpipe.program import communication
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe import devices
-from tffpipe import files
-from tffpipe import inprocess
-from tffpipe import metrics as metrics_lib
-from tffpipe import outputs
-from tffpipe import privacy_tracking
-from tffpipe import processes
-from tffpipe import progress
-from tffpipe import runtime
-from tffpipe import sampling
+from tffpipe.runtimes import devices
+from tffpipe.program import files
+from tffpipe.runtimes import inprocess
+from tffpipe.program import metrics as metrics_lib
+from tffpipe.program import outputs
+from tffpipe.privacy import tracking as privacy_tracking
+from tffpipe.runtimes import processes
+from tffpipe.program import progress
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.program import sampling
 from tffpipe.tasks import ClientSpec, Task
 
 

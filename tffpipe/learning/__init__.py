@@ -1,0 +1,1 @@
+"""Learning: the federated algorithms (one module each), their registry and the optimizers."""

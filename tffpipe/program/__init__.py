@@ -1,0 +1,1 @@
+"""The program: the round loop, client sampling, evaluation, checkpoints, outputs and progress."""
