@@ -32,23 +32,18 @@ flags.DEFINE_integer("rounds", 5, "Timed rounds per stack (after one warm-up rou
 flags.DEFINE_integer("clients_per_round", 10, "Clients per round.")
 FLAGS = flags.FLAGS
 
-_DP = dict(noise_multiplier=0.5, clip_norm=1.0)
+_DP = dict(dp_noise_multiplier=0.5, dp_clip_norm=1.0)
+# Each stack as the launcher's flags would set it.
 STACKS = {
-    "mean (no zeroing)": config.AggregationConfig(zeroing=False),
-    "zeroing -> mean (default)": config.AggregationConfig(),
-    "quantization 8 bits": config.AggregationConfig(compression="uniform_quantization"),
-    "DP fixed": config.AggregationConfig(dp=config.PrivacyConfig("fixed", **_DP)),
-    "DP adaptive": config.AggregationConfig(
-        dp=config.PrivacyConfig("adaptive", noise_multiplier=0.5)
-    ),
-    "DP tree (DP-FTRL)": config.AggregationConfig(dp=config.PrivacyConfig("tree", **_DP)),
-    "secure sum": config.AggregationConfig(secure=True),
-    "DP fixed + secure sum": config.AggregationConfig(
-        secure=True, dp=config.PrivacyConfig("fixed", **_DP)
-    ),
-    "DP distributed (secure)": config.AggregationConfig(
-        dp=config.PrivacyConfig("distributed", **_DP)
-    ),
+    "mean (no zeroing)": dict(zeroing=False),
+    "zeroing -> mean (default)": dict(),
+    "quantization 8 bits": dict(compression="uniform_quantization"),
+    "DP fixed": dict(dp="fixed", **_DP),
+    "DP adaptive": dict(dp="adaptive", dp_noise_multiplier=0.5),
+    "DP tree (DP-FTRL)": dict(dp="tree", **_DP),
+    "secure sum": dict(secure_aggregation=True),
+    "DP fixed + secure sum": dict(secure_aggregation=True, dp="fixed", **_DP),
+    "DP distributed (secure)": dict(dp="distributed", **_DP),
 }
 
 
@@ -63,11 +58,10 @@ def _time_rounds(process, state, datasets, rounds):
 
 
 def _measure(task, datasets, aggregation, rounds, force_test_runtime=False):
-    cfg = config.RunConfig(
-        aggregation=aggregation,
-        client=config.ClientConfig(epochs=1),
-        schedule=config.ScheduleConfig(rounds=rounds + 1, clients_per_round=FLAGS.clients_per_round),
-    )
+    cfg = config.from_values(dict(
+        aggregation, client_epochs=1, rounds=rounds + 1, clients_per_round=FLAGS.clients_per_round,
+        runtime="cpp",
+    ))
     with compat.quiet_tensorflow_errors():
         process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     secure = runtime.uses_secure_sum(process.next)

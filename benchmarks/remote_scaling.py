@@ -4,7 +4,7 @@ Starts three worker services on this machine (`tffpipe.worker`, loopback
 ports: one for the 1-worker timings, two for the 2-worker ones), builds a
 FedAvg process for `digits` with `--clients` clients a round (default 200,
 about 7 examples each), and times rounds on one worker and split across
-two, through the same `tffpipe.runtimes.remote.FailoverContext` the launcher uses.
+two, through the same `tffpipe.runtimes.remote_context.FailoverContext` the launcher uses.
 It does so twice: with the workers sharing the machine's cores, and with
 each worker pinned to a core of its own (as if each were a one-core
 machine; one TFF worker trains several clients at once and keeps every core
@@ -34,7 +34,7 @@ from tffpipe.learning import builder
 from tffpipe import compat
 from tffpipe import config
 from tffpipe.runtimes import processes
-from tffpipe.runtimes import remote
+from tffpipe.runtimes import remote_context as remote
 from tffpipe.program import sampling
 from tffpipe import worker
 from tffpipe.tasks import ClientSpec
@@ -77,7 +77,7 @@ def main(argv):
     processes.install_worker_reaper()
     compat.quiet_library_logs()
     task = digits.create_task(num_clients=FLAGS.clients + 50, eval_clients=10, seed=0)
-    cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=FLAGS.clients))
+    cfg = config.from_values(dict(clients_per_round=FLAGS.clients, runtime="cpp"))
     with compat.quiet_tensorflow_errors():
         process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     data = [_round_data(task, r) for r in range(1, FLAGS.rounds + 1)]

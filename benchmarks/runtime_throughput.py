@@ -32,7 +32,8 @@ from tffpipe.learning import builder
 from tffpipe import compat
 from tffpipe import config
 from tffpipe.runtimes import devices
-from tffpipe.runtimes import inprocess
+from tffpipe.runtimes import inprocess_process as inprocess
+from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.runtimes import memory
 from tffpipe.runtimes import processes
 from tffpipe import tasks as tasks_lib
@@ -102,14 +103,16 @@ def _keras_fit(task, x, y):
 
 
 def _round_fn(process, task, runtime_name):
-    cfg = config.RunConfig(
-        runtime=config.RuntimeConfig(name=runtime_name),
-        client=config.ClientConfig(epochs=1, batch_size=FLAGS.batch_size, shuffle_buffer=0),
-        client_optimizer=config.OptimizerConfig("sgd", _LEARNING_RATE),
-        aggregation=config.AggregationConfig(zeroing=False),
-    )
+    cfg = config.from_values(dict(
+        runtime=runtime_name, client_epochs=1, client_batch_size=FLAGS.batch_size,
+        client_shuffle_buffer=0, client_optimizer="sgd", client_learning_rate=_LEARNING_RATE,
+        zeroing=False,
+    ))
+    loop_implementation = runtime_registry.get(runtime_name).loop_implementation()
     with compat.quiet_tensorflow_errors():
-        learning, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+        learning, _ = builder.build_learning_process(
+            task, cfg, task.train_data.client_ids, loop_implementation
+        )
     runner = learning if process is None else process(learning)
     state = runner.initialize()
     spec = tasks_lib.ClientSpec(num_epochs=1, batch_size=FLAGS.batch_size)
@@ -137,7 +140,7 @@ def main(argv):
         fns["cpp"], _ = _round_fn(None, task, "cpp")
         runners = []
         for k in FLAGS.parallel_clients:
-            settings = config.RuntimeConfig(name="inprocess", parallel_clients=int(k))
+            settings = config.from_values(dict(runtime="inprocess", parallel_clients=int(k))).runtime.inprocess
             fns[k], runner = _round_fn(
                 lambda p, s=settings: inprocess.InProcessProcess(
                     p, devices.client_slots(s), prefetch=False

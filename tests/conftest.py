@@ -8,12 +8,21 @@ import uuid
 
 import pytest
 
+from tffpipe import config
 from tffpipe.runtimes import processes
 
 # Workers started by in-process tests die with pytest, quietly.
 processes.install_worker_reaper()
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(**values):
+    """A run config from flag-named settings, checked as the launcher checks flags.
+
+    `make_config(rounds=3, dp="fixed", dp_noise_multiplier=1.0, root_dir=tmp)`
+    """
+    return config.from_values(values)
 
 
 def user_env() -> dict[str, str]:

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sklearn_metrics
 
-from tffpipe import config
+from conftest import make_config
 from tffpipe.program import loop
 from tffpipe import tasks
 
@@ -32,13 +32,12 @@ def data_dir(tmp_path_factory):
 
 
 def _train_two_rounds(tmp_path, name, options, data_dir=None, clients=2):
-    cfg = config.RunConfig(
-        task=config.TaskConfig(name, options, data_dir),
-        client=config.ClientConfig(epochs=1, batch_size=4),
-        schedule=config.ScheduleConfig(
-            rounds=2, clients_per_round=clients, eval_every=0, eval_clients=3, checkpoint_every=2
-        ),
-        output=config.OutputConfig(root_dir=str(tmp_path), experiment_name=name),
+    cfg = make_config(
+        task=name, **{f"{name}_{k}": v for k, v in options.items()},
+        **({"data_dir": data_dir} if data_dir else {}),
+        client_epochs=1, client_batch_size=4, rounds=2, clients_per_round=clients, eval_every=0,
+        eval_clients=3, checkpoint_every=2, root_dir=str(tmp_path), experiment_name=name,
+        runtime="cpp",  # starts faster than the in-process runtime for two rounds
     )
     task = tasks.create_task(name, options, seed=0, data_dir=data_dir)
     lines = []
@@ -172,10 +171,9 @@ def test_only_sampled_clients_get_datasets(tmp_path, data_dir):
 
     base = tasks.create_task("emnist", {"only_digits": True, "model": "cnn"}, seed=0, data_dir=data_dir)
     task = CountingTask(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-    cfg = config.RunConfig(
-        client=config.ClientConfig(epochs=1, batch_size=4),
-        schedule=config.ScheduleConfig(rounds=2, clients_per_round=3, eval_every=0, eval_clients=2),
-        output=config.OutputConfig(root_dir=str(tmp_path)),
+    cfg = make_config(
+        client_epochs=1, client_batch_size=4, rounds=2, clients_per_round=3, eval_every=0,
+        eval_clients=2, root_dir=str(tmp_path), runtime="cpp",
     )
     loop.run(cfg, task, print_fn=lambda line: None)
     assert len(built) == 6  # 2 rounds x 3 clients, of 12

@@ -1,8 +1,16 @@
-import dataclasses
+"""Settings: declared once, checked with one-line reasons, flags generated from them."""
 
+import dataclasses
+import inspect
+import os
+
+from absl import flags
 import pytest
 
+from conftest import REPO_ROOT, make_config
+from tffpipe import cli
 from tffpipe import config
+from tffpipe import settings
 
 
 def test_defaults_are_valid_and_frozen():
@@ -10,136 +18,144 @@ def test_defaults_are_valid_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.schedule = config.ScheduleConfig(rounds=3)
     assert cfg.to_dict()["schedule"]["rounds"] == 50
+    assert cfg.runtime.name == "auto"
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "values, message",
     [
-        (dict(schedule=config.ScheduleConfig(rounds=-1)), "--rounds must be at least 1, got -1"),
-        (dict(schedule=config.ScheduleConfig(clients_per_round=0)), "--clients_per_round must be at least 1"),
-        (dict(schedule=config.ScheduleConfig(checkpoint_every=0)), "--checkpoint_every must be at least 1"),
-        (dict(client=config.ClientConfig(batch_size=0)), "--client_batch_size must be at least 1"),
-        (dict(client_optimizer=config.OptimizerConfig("rmsprop", 0.1)), "--client_optimizer='rmsprop' is not one of: sgd, sgdm, adam, yogi, adagrad"),
-        (dict(server_optimizer=config.OptimizerConfig("sgd", 0.0)), "--server_learning_rate must be positive"),
-        (dict(output=config.OutputConfig(experiment_name="a/b")), "--experiment_name must be a single folder name"),
-        (dict(runtime=config.RuntimeConfig(name="tpu")), "--runtime='tpu' is not one of: cpp, inprocess, remote"),
-        (dict(runtime=config.RuntimeConfig(clients_per_gpu=0)), "--clients_per_gpu must be at least 1, got 0"),
-        (dict(runtime=config.RuntimeConfig(cpu_devices=0)), "--cpu_devices must be at least 1, got 0"),
-        (dict(runtime=config.RuntimeConfig(prefetch_clients="always")), "--prefetch_clients='always' is not one of: auto, on, off"),
-        (dict(runtime=config.RuntimeConfig(name="remote")), "--runtime=remote needs --workers=HOST:PORT,HOST:PORT,..."),
-        (dict(runtime=config.RuntimeConfig(workers=("a:1",))), "--workers applies to --runtime=remote, not --runtime=cpp"),
-        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:8000", "w1"))), "--workers: 'w1' is not HOST:PORT"),
-        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:70000",))), "--workers: 'w0:70000' is not HOST:PORT"),
-        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:1", "w0:1"))), "--workers lists a worker twice"),
-        (dict(runtime=config.RuntimeConfig(name="remote", workers=("w0:1",), worker_wait_sec=-1)), "--worker_wait_sec must be at least 0, got -1"),
+        (dict(rounds=-1), "--rounds must be at least 1, got -1"),
+        (dict(clients_per_round=0), "--clients_per_round must be at least 1, got 0"),
+        (dict(checkpoint_every=0), "--checkpoint_every must be at least 1, got 0"),
+        (dict(client_batch_size=0), "--client_batch_size must be at least 1, got 0"),
+        (dict(client_optimizer="rmsprop"), "--client_optimizer='rmsprop' is not one of: sgd, sgdm, adam, yogi, adagrad"),
+        (dict(server_learning_rate=0.0), "--server_learning_rate must be positive, got 0"),
+        (dict(experiment_name="a/b"), "--experiment_name must be a single folder name, got 'a/b'"),
+        (dict(experiment_name="."), "--experiment_name must be a single folder name, got '.'"),
+        (dict(runtime="tpu"), "--runtime='tpu' is not one of: auto, cpp, inprocess, remote"),
+        (dict(clients_per_gpu=0), "--clients_per_gpu must be at least 1, got 0"),
+        (dict(cpu_devices=0), "--cpu_devices must be at least 1, got 0"),
+        (dict(prefetch_clients="always"), "--prefetch_clients='always' is not one of: auto, on, off"),
+        (dict(runtime="remote"), "--runtime=remote needs --workers=HOST:PORT,HOST:PORT,..."),
+        (dict(runtime="cpp", workers=["a:1"]), "--workers applies to --runtime=remote, not --runtime=cpp"),
+        (dict(runtime="remote", workers=["w0:8000", "w1"]), "--workers: 'w1' is not HOST:PORT"),
+        (dict(runtime="remote", workers=["w0:70000"]), "--workers: 'w0:70000' is not HOST:PORT"),
+        (dict(runtime="remote", workers=["w0:1", "w0:1"]), "--workers lists a worker twice"),
+        (dict(runtime="remote", workers=["w0:1"], worker_wait_sec=-1), "--worker_wait_sec must be at least 0, got -1"),
+        (dict(roundz=3), "unknown setting 'roundz' (did you mean 'rounds'?)"),
     ],
 )
-def test_invalid_settings_name_the_flag(kwargs, message):
+def test_invalid_settings_name_the_flag(values, message):
     with pytest.raises(config.ConfigError) as info:
-        config.RunConfig(**kwargs)
-    assert message in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_fingerprint_differences_name_the_setting():
-    a = config.RunConfig(task=config.TaskConfig("digits", {"alpha": 0.5}))
-    b = config.RunConfig(
-        task=config.TaskConfig("digits", {"alpha": 0.1}),
-        server_optimizer=config.OptimizerConfig("adam", 0.01),
-        schedule=config.ScheduleConfig(rounds=99),
-    )
-    diffs = config.fingerprint_differences(a.fingerprint(), b.fingerprint())
-    assert diffs == ["server_optimizer: 'sgd' -> 'adam'", "task_options.alpha: 0.5 -> 0.1"]
-    # Rounds and learning rates may change across a resume.
-    assert config.fingerprint_differences(a.fingerprint(), config.RunConfig(
-        task=config.TaskConfig("digits", {"alpha": 0.5}),
-        schedule=config.ScheduleConfig(rounds=7)).fingerprint()) == []
-
-
-def _dp(mechanism="fixed", **kwargs):
-    return config.PrivacyConfig(mechanism, **kwargs)
-
-
-def _agg(**kwargs):
-    return config.AggregationConfig(**kwargs)
+        make_config(**values)
+    assert str(info.value) == message
 
 
 # Each combination that makes no sense, and the reason the user is given.
 NONSENSE = [
-    (dict(aggregation=_agg(dp=config.PrivacyConfig(noise_multiplier=1.0))),
-     "--dp_noise_multiplier has no effect without differential privacy"),
-    (dict(aggregation=_agg(dp=config.PrivacyConfig(max_epsilon=3.0))),
-     "--dp_max_epsilon has no effect without differential privacy"),
-    (dict(aggregation=_agg(dp=_dp(noise_multiplier=1.0)),
-          algorithm=config.AlgorithmConfig(client_weighting="num_examples")),
-     "--dp=fixed needs --client_weighting=uniform"),
-    (dict(aggregation=_agg(dp=_dp())),
-     "--dp=fixed needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"),
-    (dict(aggregation=_agg(dp=_dp(noise_multiplier=1.0, target_epsilon=2.0))),
-     "needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"),
-    (dict(aggregation=_agg(compression="uniform_quantization", compression_bits=0)),
-     "--compression_bits=0 is outside 1..16"),
-    (dict(aggregation=_agg(compression="uniform_quantization", compression_bits=32)),
-     "--compression_bits=32 is outside 1..16"),
-    (dict(aggregation=_agg(compression_bits=8)),
-     "--compression_bits applies to --compression=uniform_quantization"),
-    (dict(aggregation=_agg(secure=True, compression="uniform_quantization")),
-     "--secure_aggregation cannot be combined with --compression"),
-    (dict(aggregation=_agg(secure=True, dp=_dp("adaptive", noise_multiplier=0.1))),
-     "--dp=adaptive cannot be combined with --secure_aggregation"),
-    (dict(aggregation=_agg(compression="uniform_quantization", dp=_dp(noise_multiplier=1.0))),
-     "--dp cannot be combined with --compression"),
-    (dict(aggregation=_agg(dp=_dp(noise_multiplier=1.0)),
-          algorithm=config.AlgorithmConfig("mime_lite")),
-     "--dp cannot be used with --algorithm=mime_lite"),
-    (dict(aggregation=_agg(dp=_dp("adaptive", noise_multiplier=1.0)),
-          schedule=config.ScheduleConfig(clients_per_round=10)),
-     "--dp=adaptive needs a noise multiplier below 0.1 x --clients_per_round = 1"),
-    (dict(aggregation=_agg(dp=_dp(noise_multiplier=1.0, target_quantile=0.5))),
-     "--dp_target_quantile applies to --dp=adaptive, not --dp=fixed"),
-    (dict(aggregation=_agg(dp=_dp("distributed", noise_multiplier=1.0, distributed_bits=3)),
-          schedule=config.ScheduleConfig(clients_per_round=10)),
-     "--dp_distributed_bits=3 is too small for 10 clients per round"),
-    (dict(aggregation=_agg(dp=_dp("distributed", noise_multiplier=1.0, distributed_bits=30))),
-     "--dp_distributed_bits must be in 1..22"),
-    (dict(aggregation=_agg(dp=_dp(noise_multiplier=1.0, delta=1.0))),
-     "--dp_delta must be in (0, 1)"),
-    (dict(algorithm=config.AlgorithmConfig("fedavg", proximal_strength=0.1)),
-     "--proximal_strength applies to --algorithm=fedprox, not fedavg"),
-    (dict(algorithm=config.AlgorithmConfig("fedprox", proximal_strength=-1.0)),
-     "--proximal_strength must be positive"),
-    (dict(server_optimizer=config.OptimizerConfig("sgd", 1.0, beta_1=0.9)),
-     "--server_beta_1 applies to --server_optimizer=adam|yogi, not sgd"),
-    (dict(server_optimizer=config.OptimizerConfig("adam", 0.01, momentum=0.9)),
-     "--server_momentum applies to --server_optimizer=sgdm, not adam"),
-    (dict(server_optimizer=config.OptimizerConfig("yogi", 0.01, beta_2=1.0)),
-     "--server_beta_2 must be in [0, 1)"),
-    (dict(algorithm=config.AlgorithmConfig("fedma")),
-     "--algorithm='fedma' is not one of: fedavg, fedprox, fedsgd, mime_lite"),
+    (dict(dp_noise_multiplier=1.0), "--dp_noise_multiplier applies to --dp=fixed|adaptive|tree|distributed, not --dp=none"),
+    (dict(dp_max_epsilon=3.0), "--dp_max_epsilon applies to --dp=fixed|adaptive|tree|distributed, not --dp=none"),
+    (dict(dp="fixed", dp_noise_multiplier=1.0, client_weighting="num_examples"), "--dp=fixed needs --client_weighting=uniform"),
+    (dict(dp="fixed"), "--dp=fixed needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"),
+    (dict(dp="fixed", dp_noise_multiplier=1.0, dp_target_epsilon=2.0), "needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"),
+    (dict(compression="uniform_quantization", compression_bits=0), "--compression_bits must be in 1..16 (TFF's uniform quantization rounds in float32"),
+    (dict(compression="uniform_quantization", compression_bits=32), "--compression_bits must be in 1..16"),
+    (dict(compression_bits=8), "--compression_bits applies to --compression=uniform_quantization, not --compression=none"),
+    (dict(secure_aggregation=True, compression="uniform_quantization"), "--secure_aggregation cannot be combined with --compression"),
+    (dict(secure_aggregation=True, dp="adaptive", dp_noise_multiplier=0.1), "--dp=adaptive cannot be combined with --secure_aggregation"),
+    (dict(compression="uniform_quantization", dp="fixed", dp_noise_multiplier=1.0), "--dp cannot be combined with --compression"),
+    (dict(dp="fixed", dp_noise_multiplier=1.0, algorithm="mime_lite"), "--dp cannot be used with --algorithm=mime_lite"),
+    (dict(dp="adaptive", dp_noise_multiplier=1.0, clients_per_round=10), "--dp=adaptive needs a noise multiplier below 0.1 x --clients_per_round = 1"),
+    (dict(dp="fixed", dp_noise_multiplier=1.0, dp_target_quantile=0.5), "--dp_target_quantile applies to --dp=adaptive, not --dp=fixed"),
+    (dict(dp="distributed", dp_noise_multiplier=1.0, dp_distributed_bits=3, clients_per_round=10), "--dp_distributed_bits=3 is too small for 10 clients per round"),
+    (dict(dp="distributed", dp_noise_multiplier=1.0, dp_distributed_bits=30), "--dp_distributed_bits must be in 1..22"),
+    (dict(dp="fixed", dp_noise_multiplier=1.0, dp_delta=1.0), "--dp_delta must be in (0, 1), got 1"),
+    (dict(proximal_strength=0.1), "--proximal_strength applies to --algorithm=fedprox, not --algorithm=fedavg"),
+    (dict(algorithm="fedprox", proximal_strength=-1.0), "--proximal_strength must be positive"),
+    (dict(server_beta_1=0.9), "--server_beta_1 applies to --server_optimizer=adam|yogi, not --server_optimizer=sgd"),
+    (dict(server_optimizer="adam", server_momentum=0.9), "--server_momentum applies to --server_optimizer=sgdm, not --server_optimizer=adam"),
+    (dict(server_optimizer="yogi", server_beta_2=1.0), "--server_beta_2 must be in [0, 1)"),
+    (dict(algorithm="fedma"), "--algorithm must be one of: fedavg, fedprox, fedsgd, mime_lite (or a builder path such as my_pkg.my_module:build), got 'fedma'"),
+    (dict(algorithm="fedsgd", client_optimizer="adam"), "--client_optimizer has no effect with --algorithm=fedsgd"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, message", NONSENSE)
-def test_nonsense_combinations_are_refused_with_the_reason(kwargs, message):
+@pytest.mark.parametrize("values, message", NONSENSE)
+def test_nonsense_combinations_are_refused_with_the_reason(values, message):
     with pytest.raises(config.ConfigError) as info:
-        config.RunConfig(**kwargs)
+        make_config(**values)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
-def test_dp_defaults_to_uniform_weighting_and_sensible_parameters():
-    cfg = config.RunConfig(aggregation=_agg(dp=_dp("adaptive", noise_multiplier=0.1)))
+def test_dp_defaults_to_uniform_weighting_and_the_mechanisms_clip():
+    cfg = make_config(dp="adaptive", dp_noise_multiplier=0.1)
     assert cfg.client_weighting == "uniform"
-    assert config.RunConfig().client_weighting == "num_examples"
-    dp = cfg.aggregation.dp
-    assert (dp.resolved_clip_norm, dp.resolved_delta, dp.resolved_target_quantile) == (0.1, 1e-5, 0.5)
-    assert _dp(noise_multiplier=1.0).resolved_clip_norm == 1.0
-    assert _agg(dp=_dp("distributed", noise_multiplier=1.0)).uses_secure_sum
+    assert make_config().client_weighting == "num_examples"
+    assert (cfg.fingerprint()["dp_clip_norm"], cfg.privacy.delta, cfg.aggregation.dp_adaptive.target_quantile) == (0.1, 1e-5, 0.5)
+    assert make_config(dp="fixed", dp_noise_multiplier=1.0).fingerprint()["dp_clip_norm"] == 1.0
+    assert make_config(dp="distributed", dp_noise_multiplier=1.0).fingerprint()["secure_aggregation"] is True
+
+
+def test_fingerprint_differences_name_the_setting():
+    a = make_config(digits_alpha=0.5)
+    b = make_config(digits_alpha=0.1, server_optimizer="adam", server_learning_rate=0.01, rounds=99)
+    assert config.fingerprint_differences(a.fingerprint(), b.fingerprint()) == [
+        "server_optimizer: 'sgd' -> 'adam'", "task_options.alpha: 0.5 -> 0.1"]
+    # Rounds and learning rates may change across a resume.
+    assert config.fingerprint_differences(a.fingerprint(), make_config(rounds=7).fingerprint()) == []
+
+
+def test_an_explicit_default_never_changes_the_fingerprint():
+    # A run started without a setting resumes with that setting's default given.
+    pairs = [
+        (dict(dp="fixed", dp_noise_multiplier=1.0), dict(dp="fixed", dp_noise_multiplier=1.0, dp_clip_norm=1.0)),
+        (dict(dp="adaptive", dp_noise_multiplier=0.1), dict(dp="adaptive", dp_noise_multiplier=0.1, dp_clip_norm=0.1)),
+        (dict(), dict(digits_alpha=0.5, digits_num_clients=50, zeroing=True, seed=0, dp="none")),
+        (dict(dp="distributed", dp_noise_multiplier=1.0), dict(dp="distributed", dp_noise_multiplier=1.0, secure_aggregation=True)),
+    ]
+    for omitted, explicit in pairs:
+        assert make_config(**omitted).fingerprint() == make_config(**explicit).fingerprint()
 
 
 def test_fingerprint_covers_the_aggregation_stack():
-    plain = config.RunConfig()
-    private = config.RunConfig(aggregation=_agg(dp=_dp(noise_multiplier=1.0)))
-    diffs = config.fingerprint_differences(plain.fingerprint(), private.fingerprint())
+    diffs = config.fingerprint_differences(
+        make_config().fingerprint(), make_config(dp="fixed", dp_noise_multiplier=1.0).fingerprint()
+    )
     assert "dp: 'none' -> 'fixed'" in diffs
     assert "dp_noise_multiplier: None -> 1.0" in diffs
+
+
+def test_every_setting_becomes_a_flag_with_its_default():
+    fv = flags.FlagValues()
+    cli.define_setting_flags(fv)
+    cfg = config.RunConfig()
+    for flag, item in settings.by_flag(config.RunConfig).items():
+        value = fv[flag].value
+        assert (tuple(value) if isinstance(value, list) else value) == settings.get(cfg, item.path), flag
+    # Parsing flags and building from keyword arguments give the same config.
+    argv = ["--rounds=7", "--dp=fixed", "--dp_noise_multiplier=0.5", "--digits_alpha=0.1", "--nozeroing"]
+    assert cli.parse(["train", *argv]) == make_config(
+        rounds=7, dp="fixed", dp_noise_multiplier=0.5, digits_alpha=0.1, zeroing=False)
+
+
+def test_every_flag_is_documented_in_the_readme():
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    missing = [flag for flag in settings.by_flag(config.RunConfig) if f"`--{flag}`" not in readme]
+    assert missing == []
+
+
+def test_optimizer_hyperparameters_follow_tffs_builder_signatures():
+    # config.py restates which optimizer takes which hyperparameter (to check
+    # flags before TFF loads); TFF's builders are the truth.
+    from tffpipe.learning import optimizers  # pylint: disable=g-import-not-at-top
+
+    table = settings.by_flag(config.RunConfig)
+    for field in ("momentum", "beta_1", "beta_2", "epsilon"):
+        _, allowed = table[f"client_{field}"].spec.applies_to()
+        takes = sorted(
+            name for name, build in optimizers.builders().items()
+            if name != "sgd" and field in inspect.signature(build).parameters
+        )
+        assert sorted(allowed) == takes, field

@@ -10,13 +10,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_config
 from tffpipe.learning import builder
-from tffpipe import config
-from tffpipe.runtimes import inprocess
 from tffpipe.program import loop
-from tffpipe.runtimes import contexts as runtime
 from tffpipe.program import sampling
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.runtimes import inprocess_process as inprocess
+from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec
 
 from tasks import digits
@@ -30,30 +30,26 @@ def task():
     return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
 
 
-def _config(root=".", rounds=3, runtime_name="cpp", **fields):
-    return config.RunConfig(
-        task=config.TaskConfig("digits", {"num_clients": 12, "eval_clients": 3, "alpha": 1.0}),
-        client=config.ClientConfig(epochs=1, batch_size=32),
-        schedule=config.ScheduleConfig(
-            rounds=rounds, clients_per_round=CLIENTS_PER_ROUND, eval_every=0, checkpoint_every=1
-        ),
-        output=config.OutputConfig(root_dir=str(root), experiment_name="p"),
-        runtime=config.RuntimeConfig(name=runtime_name),
-        **fields,
+def _config(root=".", rounds=3, runtime_name="cpp", **values):
+    return make_config(
+        digits_num_clients=12, digits_eval_clients=3, digits_alpha=1.0, client_epochs=1,
+        client_batch_size=32, rounds=rounds, clients_per_round=CLIENTS_PER_ROUND, eval_every=0,
+        checkpoint_every=1, root_dir=str(root), experiment_name="p", runtime=runtime_name, **values,
     )
+
+
+def _build(task, cfg):
+    """The learning process with the client loop the config's runtime uses."""
+    loop_implementation = runtime_registry.get(cfg.runtime.name).loop_implementation()
+    return builder.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
 
 
 ALGORITHMS = {
     "fedavg": {},
-    "fedprox": {"algorithm": config.AlgorithmConfig(name="fedprox")},
-    "fedadam": {"server_optimizer": config.OptimizerConfig(name="adam", learning_rate=0.01)},
-    "dp_fixed_noise_0": {
-        "aggregation": config.AggregationConfig(
-            zeroing=False,
-            dp=config.PrivacyConfig(mechanism="fixed", clip_norm=1.0, noise_multiplier=0.0),
-        )
-    },
-    "secure_fedavg": {"aggregation": config.AggregationConfig(secure=True)},
+    "fedprox": {"algorithm": "fedprox"},
+    "fedadam": {"server_optimizer": "adam", "server_learning_rate": 0.01},
+    "dp_fixed_noise_0": {"zeroing": False, "dp": "fixed", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.0},
+    "secure_fedavg": {"secure_aggregation": True},
 }
 
 
@@ -89,14 +85,14 @@ _SLOW_PARITY = {"fedprox", "fedadam", "dp_fixed_noise_0"}
 )
 def test_three_rounds_match_tff_cpp_runtime(task, name):
     cfg = _config(**ALGORITHMS[name])
-    process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+    process, _ = _build(task, cfg)
     initial = builder.initial_model_weights(task, 0)
     with runtime.execution_context_for(process, lambda line: None):
         cpp_weights, cpp_metrics = _three_rounds(process, task, initial)
     # Built for the in-process runtime: the same algorithm with TFF's
     # DATASET_ITERATOR client loop instead of DATASET_REDUCE.
     inprocess_cfg = _config(runtime_name="inprocess", **ALGORITHMS[name])
-    process, _ = builder.build_learning_process(task, inprocess_cfg, task.train_data.client_ids)
+    process, _ = _build(task, inprocess_cfg)
     local = inprocess.build(process, ["/CPU:0", "/CPU:0"])
     try:
         weights, metrics = _three_rounds(local, task, initial)
@@ -136,9 +132,7 @@ def test_checkpoints_move_between_runtimes(task, tmp_path):
 
 def test_next_clients_data_is_loaded_while_a_client_trains(task):
     """One slot, three clients: client k+1's data is read during client k's work, once."""
-    process, _ = builder.build_learning_process(
-        task, _config(runtime_name="inprocess"), task.train_data.client_ids
-    )
+    process, _ = _build(task, _config(runtime_name="inprocess"))
     initial = builder.initial_model_weights(task, 0)
     events = []
 
@@ -222,19 +216,19 @@ PLACEMENT_SCRIPT = textwrap.dedent(
     import numpy as np
     from tffpipe import config
     from tffpipe.learning import builder
+    from tffpipe import config
     from tffpipe.runtimes import devices
-    from tffpipe.runtimes import inprocess
+    from tffpipe.runtimes import inprocess_process as inprocess
     from tffpipe.runtimes import processes
     from tffpipe.tasks import ClientSpec
     from tasks import digits
 
     processes.install_worker_reaper()
-    runtime_cfg = config.RuntimeConfig(name="inprocess", cpu_devices=3, parallel_clients=1)
-    devices.configure(runtime_cfg)  # before TensorFlow starts
-    slots = devices.client_slots(runtime_cfg)
+    cfg = config.from_values({"runtime": "inprocess", "cpu_devices": 3, "parallel_clients": 1})
+    devices.configure(cfg.runtime.inprocess)  # before TensorFlow starts
+    slots = devices.client_slots(cfg.runtime.inprocess)
     print("slots", slots)
     task = digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
-    cfg = config.RunConfig(task=config.TaskConfig("digits", {}), runtime=runtime_cfg)
     process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     spec = ClientSpec(num_epochs=1, batch_size=32)
     data = [task.client_dataset(c, spec, seed=i) for i, c in enumerate(task.train_data.client_ids[:5])]

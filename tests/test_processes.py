@@ -47,29 +47,46 @@ def _wait_gone(marker, timeout=20.0):
     return worker_processes(marker)
 
 
-@pytest.mark.parametrize(
-    "mode, end", [("normal", None), ("exception", None), ("wait", "SIGINT"), ("wait", "SIGTERM"), ("wait", "SIGKILL")]
-)
-def test_worker_dies_with_its_parent(mode, end, marker_env, tmp_path):
-    env, marker = marker_env
-    script = tmp_path / "script.py"
+CASES = [("normal", None), ("exception", None), ("wait", "SIGINT"), ("wait", "SIGTERM"), ("wait", "SIGKILL")]
+
+
+@pytest.fixture(scope="module")
+def ready_scripts(tmp_path_factory):
+    """Every case's script, started at once (each imports TFF: about 15 s) and ready."""
+    from conftest import user_env  # pylint: disable=g-import-not-at-top
+    import uuid  # pylint: disable=g-import-not-at-top
+
+    script = tmp_path_factory.mktemp("hygiene") / "script.py"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), mode], cwd=REPO_ROOT, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    started = {}
+    for mode, end in CASES:
+        env = user_env()
+        marker = f"TFFPIPE_TEST_MARKER={uuid.uuid4().hex}"
+        env[marker.split("=")[0]] = marker.split("=")[1]
+        started[(mode, end)] = (subprocess.Popen(
+            [sys.executable, str(script), mode], cwd=REPO_ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        ), marker)
     try:
-        assert proc.stdout.readline().strip() == "ready"
-        assert worker_processes(marker), "the computation should have started a worker"
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        if end:
-            os.kill(proc.pid, getattr(signal, end))
-        # With a leftover worker holding the pipe, this read would never end.
-        proc.stdout.read()
-        proc.wait(timeout=60)
+        for proc, marker in started.values():
+            assert proc.stdout.readline().strip() == "ready"
+            assert worker_processes(marker), "the computation should have started a worker"
+        yield started
     finally:
-        proc.kill()
+        for proc, _ in started.values():
+            proc.kill()
+
+
+@pytest.mark.parametrize("mode, end", CASES)
+def test_worker_dies_with_its_parent(mode, end, ready_scripts):
+    proc, marker = ready_scripts[(mode, end)]
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    if end:
+        os.kill(proc.pid, getattr(signal, end))
+    # With a leftover worker holding the pipe, this read would never end.
+    proc.stdout.read()
+    proc.wait(timeout=60)
     assert _wait_gone(marker) == []
 
 

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from tffpipe.learning import builder
+from conftest import make_config
 from tffpipe import config
+from tffpipe.learning import builder
 from tffpipe.program import loop
 
 from tasks import digits
@@ -18,13 +19,17 @@ def small_task():
     return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
 
 
-def _config(root, rounds, **schedule):
-    return config.RunConfig(
-        task=config.TaskConfig("digits", {"num_clients": 12, "eval_clients": 3, "alpha": 1.0}),
-        client=config.ClientConfig(epochs=1, batch_size=32),
-        schedule=config.ScheduleConfig(rounds=rounds, clients_per_round=3, eval_every=2, **schedule),
-        output=config.OutputConfig(root_dir=str(root), experiment_name="p"),
-    )
+SMALL = {"digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0}
+
+
+def _config(root, rounds, **values):
+    return make_config(**{
+        **SMALL, "client_epochs": 1, "client_batch_size": 32, "rounds": rounds,
+        "clients_per_round": 3, "eval_every": 2, "root_dir": str(root), "experiment_name": "p",
+        # TFF's runtime starts faster than the in-process one, which short runs feel;
+        # the runtimes' parity is tests/test_inprocess.py's.
+        "runtime": "cpp", **values,
+    })
 
 
 def _rounds_in_csv(root):
@@ -69,20 +74,16 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
 
 
 def test_too_many_clients_per_round_is_a_config_error(small_task, tmp_path):
-    cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=10))
+    cfg = make_config(clients_per_round=10)
     with pytest.raises(config.ConfigError, match=r"--clients_per_round=10 is larger than the 9 training clients"):
         loop.run(cfg, small_task)
 
 
 @pytest.mark.parametrize("client, server", [("sgdm", "adam"), ("adam", "sgdm")])
 def test_every_optimizer_trains(small_task, tmp_path, client, server):
-    cfg = config.RunConfig(
-        task=config.TaskConfig("digits", {"num_clients": 12, "eval_clients": 3, "alpha": 1.0}),
-        client=config.ClientConfig(epochs=1, batch_size=32),
-        client_optimizer=config.OptimizerConfig(client, 0.02),
-        server_optimizer=config.OptimizerConfig(server, 0.05 if server == "adam" else 1.0),
-        schedule=config.ScheduleConfig(rounds=2, clients_per_round=3, eval_every=0),
-        output=config.OutputConfig(root_dir=str(tmp_path), experiment_name="p"),
+    cfg = _config(
+        tmp_path, 2, eval_every=0, client_optimizer=client, client_learning_rate=0.02,
+        server_optimizer=server, server_learning_rate=0.05 if server == "adam" else 1.0,
     )
     result = loop.run(cfg, small_task, print_fn=lambda line: None)
     assert np.isfinite(result.final_eval["eval/loss"])

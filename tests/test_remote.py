@@ -1,6 +1,7 @@
 """`--runtime=remote`: TFF worker services, rounds split across them, faults."""
 
 import csv
+import dataclasses
 import os
 import select
 import signal
@@ -15,15 +16,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from conftest import REPO_ROOT, processes_with_marker, run_train, worker_processes
-from tffpipe import config
+from conftest import REPO_ROOT, make_config, processes_with_marker, run_train, worker_processes
 from tffpipe import doctor
-from tffpipe.runtimes import processes
-from tffpipe.program import loop
-from tffpipe.runtimes import remote
-from tffpipe.runtimes import contexts as runtime
-from tffpipe.program import sampling
+from tffpipe import errors
 from tffpipe import worker
+from tffpipe.program import loop
+from tffpipe.program import sampling
+from tffpipe.runtimes import contexts as runtime
+from tffpipe.runtimes import processes
+from tffpipe.runtimes import remote_context as remote
 
 from tasks import digits
 
@@ -149,23 +150,24 @@ def test_a_computation_with_dependent_aggregations_cannot_be_split():
 
 
 def test_config_accepts_ipv6_and_dns_worker_addresses():
-    cfg = config.RuntimeConfig(
-        name="remote", workers=("[::1]:8000", "tffpipe-worker-0.tffpipe-worker:8000")
-    )
-    config.RunConfig(runtime=cfg)
+    workers = ("[::1]:8000", "tffpipe-worker-0.tffpipe-worker:8000")
+    assert make_config(runtime="remote", workers=workers).runtime.remote.workers == workers
 
 
 def test_doctor_checks_that_workers_answer(two_workers):
     _, addresses, _, _ = two_workers
     port = worker.free_port()
-    checks = list(doctor.check_workers([*addresses, f"127.0.0.1:{port}"], timeout_sec=1))
+    cfg = doctor.runtime_config("remote", workers=(*addresses, f"127.0.0.1:{port}"))
+    checks = doctor.check_runtime(dataclasses.replace(
+        cfg, runtime=dataclasses.replace(cfg.runtime, remote=dataclasses.replace(cfg.runtime.remote, worker_wait_sec=1.0))), 0)
     assert [c.line() for c in checks] == [
         f"ok    worker {addresses[0]}: accepts connections",
         f"ok    worker {addresses[1]}: accepts connections",
         f"FAIL  worker 127.0.0.1:{port}: no TFF worker answered within 1 s "
         f"(start one there with `python -m tffpipe.worker --port={port}`)",
     ]
-    assert [c.status for c in doctor.check_workers([])] == ["FAIL"]
+    with pytest.raises(errors.ConfigError, match="--runtime=remote needs --workers"):
+        doctor.runtime_config("remote")
 
 
 @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
@@ -224,16 +226,11 @@ def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(
             total(values)
 
 
-def _config(root, runtime_cfg, rounds=3, **fields):
-    return config.RunConfig(
-        task=config.TaskConfig("digits", {"num_clients": 14, "eval_clients": 4, "alpha": 1.0}),
-        client=config.ClientConfig(epochs=1, batch_size=32),
-        schedule=config.ScheduleConfig(
-            rounds=rounds, clients_per_round=5, eval_every=0, checkpoint_every=1
-        ),
-        output=config.OutputConfig(root_dir=str(root), experiment_name="r"),
-        runtime=runtime_cfg,
-        **fields,
+def _config(root, rounds=3, **values):
+    return make_config(
+        digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
+        client_batch_size=32, rounds=rounds, clients_per_round=5, eval_every=0, checkpoint_every=1,
+        root_dir=str(root), experiment_name="r", **values,
     )
 
 
@@ -244,15 +241,13 @@ def _config(root, runtime_cfg, rounds=3, **fields):
 def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, secure):
     _, addresses, _, _ = two_workers
     task = digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
-    aggregation = config.AggregationConfig(secure=secure)
     lines = []
     remote_run = loop.run(
-        _config(tmp_path / "remote", config.RuntimeConfig(name="remote", workers=tuple(addresses)),
-                aggregation=aggregation),
+        _config(tmp_path / "remote", runtime="remote", workers=addresses, secure_aggregation=secure),
         task, print_fn=lines.append,
     )
     local_run = loop.run(
-        _config(tmp_path / "cpp", config.RuntimeConfig(), aggregation=aggregation), task,
+        _config(tmp_path / "cpp", runtime="cpp", secure_aggregation=secure), task,
         print_fn=lambda line: None,
     )
     assert remote.describe(addresses, 30.0) in lines
@@ -267,7 +262,7 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
 
 def _examples_in_round(round_num, clients_per_round):
     """What the launcher's default digits run trains on in `round_num`."""
-    cfg = config.RunConfig(schedule=config.ScheduleConfig(clients_per_round=clients_per_round))
+    cfg = make_config(clients_per_round=clients_per_round)
     task = digits.create_task()
     ids = sampling.sample_clients(
         list(task.train_data.client_ids), clients_per_round, seed=0, round_num=round_num)

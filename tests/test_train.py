@@ -1,6 +1,7 @@
 """End-to-end tests of `python -m tffpipe.train`, run as a user runs it."""
 
 import csv
+import functools
 import json
 import os
 import signal
@@ -8,10 +9,16 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tffpipe
+from tffpipe import api
+from tffpipe import cli
+from tffpipe import errors
+from tffpipe.tasks import listing
 from tffpipe.tasks import public_data
 
 from conftest import REPO_ROOT, run_train, scalar_steps, user_env, worker_processes
@@ -60,7 +67,7 @@ def test_six_rounds_write_every_output(reference_run):
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["settings"]["schedule"]["rounds"] == 6
-    assert config["settings"]["schedule"]["checkpoint_every"] == 1
+    assert config["settings"]["output"]["checkpoint_every"] == 1
     assert config["settings"]["task"]["options"] == {"alpha": 0.5, "eval_clients": 10, "num_clients": 50}
     assert sorted(os.listdir(run_dir / "checkpoints")) == [
         "fingerprint.json", "program_state_4", "program_state_5", "program_state_6"]
@@ -69,6 +76,8 @@ def test_six_rounds_write_every_output(reference_run):
     assert [l.split()[1] for l in lines] == [f"{r}/6" for r in range(1, 7)]
     assert all(" loss " in l and " accuracy " in l and " ETA " in l for l in lines)
     assert "done: 6 rounds; held-out eval/accuracy" in result.stdout
+    # The default runtime is auto, which chose the in-process runtime and says why.
+    assert "runtime: inprocess (--runtime=auto: the round compiles to TFF's MapReduceForm" in result.stdout
 
 
 def test_export_loads_and_predicts_without_tffpipe(reference_run):
@@ -131,63 +140,132 @@ def test_resume_with_other_data_settings_is_refused(reference_run):
     ]
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [
-        ("--rounds=abc", "error: flag --rounds=abc: invalid literal for int() with base 10: 'abc'"),
-        ("--clients_per_round=41", "error: --clients_per_round=41 is larger than the 40 training clients of task 'digits'"),
-        ("--dp_noise_multiplier=1", "error: --dp_noise_multiplier has no effect without differential privacy: set --dp=fixed|adaptive|tree|distributed"),
-        ("--algorithm=fedsgd --client_learning_rate=0.5", "error: --client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
-        ("--task=mnist", "error: unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp (or a factory path such as my_pkg.my_module:create_task)"),
-        ("--emnist_model=cnn", "error: --emnist_model applies to task 'emnist', not --task=digits"),
-        ("--task=emnist --data_dir={dir}/data", "error: dataset file {dir}/data/emnist_all.sqlite is missing and downloading it failed (Connection refused); download http://127.0.0.1:9/emnist_all.sqlite.lzma, decompress it (unxz) into {dir}/data, or pass --data_dir=FOLDER holding emnist_all.sqlite"),
-        ("--root_dir={file}/sub", "error: --root_dir: cannot write to {file}/sub/e: Not a directory"),
-        ("--runtime=inprocess --gpus=first", "error: --gpus must be 'all', 'none' or GPU indices like '0,1', got 'first'"),
-        ("--runtime=inprocess --gpus=1", "error: --gpus=1: no GPU 1; TensorFlow sees 0 GPU(s)"),
-        ("--parallel_clients=0", "error: --parallel_clients must be at least 1, got 0"),
-    ],
-)
-def test_bad_flags_fail_in_one_line_before_training(flag, message, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
+def test_resume_with_explicit_defaults_is_accepted(reference_run):
+    run_dir, _ = reference_run
+    # --digits_alpha=0.5, --zeroing, --seed=0 and --dp=none are the defaults the run used.
+    result = run_train([*SIX_ROUNDS, f"--root_dir={run_dir.parent}", "--digits_alpha=0.5",
+                        "--zeroing", "--seed=0", "--dp=none"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{run_dir} already holds 6 rounds (--rounds=6)" in result.stdout
+
+
+def test_a_flag_error_is_one_line_before_tensorflow_loads():
+    result = run_train(["--rounds=-1"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --rounds must be at least 1, got -1"]
+
+
+def test_an_error_building_the_task_is_one_line(tmp_path):
     env = user_env()
     env[public_data.MIRROR_ENV] = "http://127.0.0.1:9/"  # nothing listens: refused at once
-    result = run_train(
-        ["--experiment_name=e", f"--root_dir={tmp_path}",
-         *flag.format(file=blocker, dir=tmp_path).split()],
-        env=env,
-    )
+    result = run_train(["--task=emnist", f"--data_dir={tmp_path}/data", f"--root_dir={tmp_path}"], env=env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [message.format(file=blocker, dir=tmp_path)]
-    assert "round" not in result.stdout
-    assert not os.path.exists(tmp_path / "e")
+    assert result.stderr.strip().splitlines() == [
+        f"error: dataset file {tmp_path}/data/emnist_all.sqlite is missing and downloading it failed "
+        f"(Connection refused); download http://127.0.0.1:9/emnist_all.sqlite.lzma, decompress it "
+        f"(unxz) into {tmp_path}/data, or pass --data_dir=FOLDER holding emnist_all.sqlite"
+    ]
+    assert not os.path.exists(tmp_path / "default")
 
 
-def test_secure_dp_run_reports_its_stack_traffic_and_epsilon(marker_env, tmp_path):
-    env, marker = marker_env
-    result = run_train(
-        ["--rounds=2", "--experiment_name=dp", f"--root_dir={tmp_path}", "--eval_every=0",
-         "--dp=fixed", "--dp_noise_multiplier=1.0", "--secure_aggregation"],
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("--rounds=abc", "flag --rounds=abc: invalid literal for int() with base 10: 'abc'"),
+        ("--dp_noise_multiplier=1", "--dp_noise_multiplier applies to --dp=fixed|adaptive|tree|distributed, not --dp=none"),
+        ("--algorithm=fedsgd --client_learning_rate=0.5", "--client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
+        ("--task=mnist", "unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp (or a factory path such as my_pkg.my_module:create_task)"),
+        ("--emnist_model=cnn", "--emnist_model applies to task 'emnist', not --task=digits"),
+        ("--runtime=inprocess --gpus=first", "--gpus must be 'all', 'none' or GPU indices like '0,1', got 'first'"),
+        ("--parallel_clients=0", "--parallel_clients must be at least 1, got 0"),
+        ("--experiment_name=..", "--experiment_name must be a single folder name, got '..'"),
+        ("--workers=a:1", "--workers applies to --runtime=remote, not --runtime=auto"),
+        ("--algorithm=examples.decaying_fedavg:decaying_fedavg --decaying_fedavg_decay=x", "flag --decaying_fedavg_decay=x: could not convert string to float: 'x'"),
+    ],
+)
+def test_bad_flags_fail_in_one_line(argv, message):
+    with pytest.raises((flags.Error, errors.UserError)) as info:
+        cli.parse(["train", *argv.split()])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("--clients_per_round=41", "--clients_per_round=41 is larger than the 40 training clients of task 'digits'"),
+        ("--root_dir={file}/sub", "--root_dir: cannot write to {file}/sub/default: Not a directory"),
+        ("--runtime=inprocess --gpus=1", "--gpus=1: no GPU 1; TensorFlow sees 0 GPU(s)"),
+    ],
+)
+def test_settings_that_fail_once_the_task_or_devices_are_known(argv, message, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cfg = cli.parse(["train", f"--root_dir={tmp_path}", *argv.format(file=blocker).split()])
+    printed = []
+    with pytest.raises(errors.UserError) as info:
+        api.train(cfg, printed.append)
+    assert str(info.value) == message.format(file=blocker)
+    assert not any(line.startswith("round") for line in printed)
+
+
+def test_help_groups_the_common_flags_in_under_60_lines():
+    text = cli.short_help("python -m tffpipe.train")
+    lines = text.splitlines()
+    assert len(lines) < 60
+    headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
+    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Runtime", "Outputs"]
+    assert any(line.startswith("  --dp ") and "none|fixed|adaptive|tree|distributed" in line for line in lines)
+
+
+def _readme_block(starting_with):
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    (block,) = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if b.startswith(starting_with)]
+    return block
+
+
+def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model(
+    tmp_path, capsys, monkeypatch
+):
+    # Exactly the README's notebook code, with the run folder under tmp_path.
+    monkeypatch.setattr(api, "run", functools.partial(api.run, root_dir=str(tmp_path)))
+    namespace = {}
+    exec(_readme_block("import tffpipe\n"), namespace)  # pylint: disable=exec-used
+    result = namespace["result"]
+    out = capsys.readouterr().out
     assert "aggregation stack (outermost first):" in out
     for layer in ("zeroing", "└ clipping", "└ DP", "└ secure sum", "└ mean"):
         assert layer in out, layer
     assert "each client downloads 332.3 KiB and uploads 332.3 KiB per round" in out
-    assert out.count("simulates the cryptographic protocol") == 1
-    assert "privacy: noise multiplier 1; 2 rounds spend epsilon" in out
-    assert "privacy: (epsilon " in out and "after 2 rounds (replace-one client)" in out
-    # TensorFlow's "Object was never used" noise from tracing secure sums is gone.
-    assert "never used" not in result.stderr and "Traceback" not in result.stderr
-    rows = _rows(tmp_path / "dp")
-    epsilons = [float(r["privacy/epsilon"]) for r in rows]
-    assert 0 < epsilons[0] < epsilons[1]
-    steps = scalar_steps(tmp_path / "dp" / "logdir")
+    assert "secure sums use pairwise masking" in out or "runtime: inprocess" in out
+    assert "privacy: noise multiplier 1; 3 rounds spend epsilon" in out
+    assert "privacy: (epsilon " in out and "after 3 rounds (replace-one client)" in out
+    rows = result.metrics.to_dict("records") if hasattr(result.metrics, "to_dict") else result.metrics
+    assert [row["round"] for row in rows] == [1, 2, 3]
+    epsilons = [row["privacy/epsilon"] for row in rows]
+    assert 0 < epsilons[0] < epsilons[1] < epsilons[2] == result.epsilon
+    run_dir = tmp_path / "notebook"
+    assert rows == [
+        {k: (int(v) if k == "round" else float(v)) for k, v in r.items() if v} for r in _rows(run_dir)
+    ]
+    steps = scalar_steps(run_dir / "logdir")
     for tag in ("privacy/epsilon", "comm/upload_bytes_per_client", "comm/download_bytes_per_client"):
-        assert sorted(steps[tag]) == [1, 2], tag
-    assert worker_processes(marker) == []
+        assert sorted(steps[tag]) == [1, 2, 3], tag
+    # The returned model is the exported one.
+    for ours, exported in zip(result.model.get_weights(), _export_weights(run_dir)):
+        np.testing.assert_array_equal(ours, exported)
+    with pytest.raises(errors.ConfigError, match="unknown setting 'roundz' \\(did you mean 'rounds'\\?\\)"):
+        tffpipe.run(roundz=3)
+
+
+def test_a_user_algorithm_given_by_path_trains(tmp_path, capsys):
+    result = tffpipe.run(
+        algorithm="examples.decaying_fedavg:decaying_fedavg", decaying_fedavg_decay=0.5,
+        rounds=2, eval_every=0, root_dir=str(tmp_path), quiet=True,
+    )
+    assert result.rounds_done == 2 and np.isfinite(result.final_eval["eval/loss"])
+    settings = json.loads((tmp_path / "default" / "config.json").read_text())["settings"]
+    assert settings["algorithm"]["options"] == {"initial_rate": 0.1, "decay": 0.5}
 
 
 @pytest.mark.slow
@@ -216,7 +294,7 @@ def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(mark
     assert worker_processes(marker) == []
 
 
-def test_plugin_tasks_get_generated_flags_and_are_listed(tmp_path):
+def test_plugin_tasks_get_generated_flags_and_are_listed(tmp_path, monkeypatch):
     (tmp_path / "wine_tasks.py").write_text(
         '"""`wine`: Wine cultivars from an installed plug-in."""\n'
         "from typing import Literal\n"
@@ -227,14 +305,11 @@ def test_plugin_tasks_get_generated_flags_and_are_listed(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wine-pkg\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[tffpipe.tasks]\nwine = wine_tasks:create_task\n")
-    env = user_env()
-    env["PYTHONPATH"] = str(tmp_path)
-    listed = run_train(["--list_tasks"], env=env)
-    assert listed.returncode == 0, listed.stderr
-    assert "wine               Wine cultivars from an installed plug-in." in listed.stdout
-    assert "flags: --wine_size" in listed.stdout and "flags: --emnist_model --emnist_only_digits" in listed.stdout
-    bad = run_train(["--task=wine", "--wine_size=huge", f"--root_dir={tmp_path}"], env=env)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
-        "error: flag --wine_size=huge: value should be one of <small|large>"
-    ]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = listing.task_table()
+    assert "wine               Wine cultivars from an installed plug-in." in table
+    assert "flags: --wine_size" in table and "flags: --emnist_model --emnist_only_digits" in table
+    assert cli.parse(["train", "--task=wine", "--wine_size=large"]).task.options == {"size": "large"}
+    with pytest.raises(flags.Error) as info:
+        cli.parse(["train", "--task=wine", "--wine_size=huge"])
+    assert str(info.value) == "flag --wine_size=huge: value should be one of <small|large>"

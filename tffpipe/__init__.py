@@ -20,3 +20,12 @@ warnings.filterwarnings(
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `tffpipe.run` loads TensorFlow; importing `tffpipe` (or `tffpipe.worker`) does not.
+    if name in ("run", "Result"):
+        from tffpipe import api  # pylint: disable=g-import-not-at-top
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tffpipe' has no attribute {name!r}")

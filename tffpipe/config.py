@@ -1,299 +1,335 @@
-"""Frozen settings of one training run.
+"""Frozen settings of one training run, each declared once.
 
-The launcher turns flags into a `RunConfig`; library code only ever sees this
-record, never `FLAGS`. `RunConfig.to_dict()` is what `config.json` holds, and
-`RunConfig.fingerprint()` is the subset that must not change across a resume.
+Every setting is a field declared with `settings.setting(...)`: its flag name,
+default, help, choices and checks live there, and the launcher's flags and
+`tffpipe.run`'s keyword arguments are generated from it. Settings of one
+aggregation layer, algorithm or runtime are declared in that extension's
+module and gathered here from the registries. Library code only ever sees a
+`RunConfig`, never `FLAGS`.
+
+`RunConfig.to_dict()` is what `config.json` holds; `RunConfig.fingerprint()`
+holds the effective values of the settings that must match on resume.
+This module imports no TensorFlow.
 """
 
 import dataclasses
 import json
 import os
-import re
+import tempfile
 from typing import Any, Mapping
+
+from tffpipe import plugins
+from tffpipe import settings
+from tffpipe.aggregation import plugin as aggregation_plugin
+from tffpipe.aggregation import registry as aggregation_registry
+from tffpipe.errors import ConfigError, TaskError
+from tffpipe.learning import plugin as algorithm_plugin
+from tffpipe.learning import registry as algorithm_registry
+from tffpipe.runtimes import registry as runtime_registry
+from tffpipe.settings import MUST_MATCH, NOT_APPLICABLE, group, setting
+
+__all__ = ["ConfigError", "RunConfig", "from_values"]
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi", "adagrad")
 # Clients a round when --clients_per_round is not given (fewer if the task has fewer).
 DEFAULT_CLIENTS_PER_ROUND = 10
-ALGORITHMS = ("fedavg", "fedprox", "fedsgd", "mime_lite")
-CLIENT_WEIGHTINGS = ("num_examples", "uniform")
-DP_MECHANISMS = ("none", "fixed", "adaptive", "tree", "distributed")
-COMPRESSIONS = ("none", "uniform_quantization")
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message is one line meant for the user."""
+CLIENT_WEIGHTINGS = ("auto", "num_examples", "uniform")
+# TFF's own default cache folder, so files its loaders downloaded are found.
+DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".tff")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """Which task to build and the keyword options of its factory.
+    """Which task to build, the keyword options of its factory, and where its data is."""
 
-    Attributes:
-      name: a registered task name, or `package.module:factory`.
-      options: keyword arguments for the task factory (task-specific flags).
-      data_dir: where public datasets are kept (None: the task's default).
-        Not part of the fingerprint: moving the files does not change a run.
-    """
-
-    name: str = "digits"
+    name: str = setting(
+        "digits", "A registered task name (see --list_tasks) or a factory path such as "
+        "my_pkg.my_module:create_task.",
+        flag="task", group="run", resume=MUST_MATCH, short=True,
+    )
+    # Keyword options of the task factory, from its generated --<task>_<option> flags.
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    data_dir: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientConfig:
-    """How each client iterates over its local data during training.
-
-    Attributes:
-      epochs: passes over the local data per round.
-      batch_size: local batch size.
-      max_elements: cap on local examples per round; None for all of them.
-      shuffle_buffer: shuffle buffer size; 0 or 1 disables shuffling.
-    """
-
-    epochs: int = 2
-    batch_size: int = 20
-    max_elements: int | None = None
-    shuffle_buffer: int = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """A `tff.learning.optimizers` optimizer and its hyperparameters.
-
-    Hyperparameters left at None take TFF's default for that optimizer; a
-    value set for an optimizer that has no such hyperparameter is an error.
-
-    Attributes:
-      name: one of `OPTIMIZERS`.
-      learning_rate: the learning rate.
-      momentum: sgdm only (None: 0.9).
-      beta_1: adam and yogi only.
-      beta_2: adam and yogi only.
-      epsilon: adam, yogi and adagrad (Reddi et al. 2021's tau).
-    """
-
-    name: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float | None = None
-    beta_1: float | None = None
-    beta_2: float | None = None
-    epsilon: float | None = None
-
-
-# Which optimizer takes which hyperparameter (the `tff.learning.optimizers`
-# builders' keyword arguments).
-OPTIMIZER_HYPERPARAMETERS = {
-    "momentum": ("sgdm",),
-    "beta_1": ("adam", "yogi"),
-    "beta_2": ("adam", "yogi"),
-    "epsilon": ("adam", "yogi", "adagrad"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgorithmConfig:
-    """The federated algorithm.
-
-    Attributes:
-      name: one of `ALGORITHMS`.
-      client_weighting: how client updates are averaged: by their number of
-        examples or uniformly. None picks uniform under DP, num_examples
-        otherwise.
-      proximal_strength: FedProx's mu (None: 0.01); only for fedprox.
-    """
-
-    name: str = "fedavg"
-    client_weighting: str | None = None
-    proximal_strength: float | None = None
-
-    @property
-    def resolved_proximal_strength(self) -> float:
-        return 0.01 if self.proximal_strength is None else self.proximal_strength
-
-
-@dataclasses.dataclass(frozen=True)
-class PrivacyConfig:
-    """Client-level differential privacy of the model aggregation.
-
-    Options left at None are unset; setting one that the mechanism does not
-    use is an error.
-
-    Attributes:
-      mechanism: one of `DP_MECHANISMS`.
-      clip_norm: L2 clipping norm of each client update (the initial norm
-        under adaptive clipping). None: 0.1 for adaptive, 1.0 otherwise.
-      noise_multiplier: noise standard deviation / clipping norm.
-      target_epsilon: solve for the noise multiplier that spends this epsilon
-        after all rounds (instead of `noise_multiplier`).
-      max_epsilon: stop before the round that would exceed this epsilon.
-      delta: the delta of the reported (epsilon, delta); None: 1e-5.
-      target_quantile: adaptive clipping's target unclipped quantile (None: 0.5).
-      clip_learning_rate: adaptive clipping's learning rate (None: 0.2).
-      distributed_bits: bit width of the secure sum under distributed DP
-        (None: 20).
-    """
-
-    mechanism: str = "none"
-    clip_norm: float | None = None
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    max_epsilon: float | None = None
-    delta: float | None = None
-    target_quantile: float | None = None
-    clip_learning_rate: float | None = None
-    distributed_bits: int | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.mechanism != "none"
-
-    @property
-    def resolved_clip_norm(self) -> float:
-        if self.clip_norm is not None:
-            return self.clip_norm
-        return 0.1 if self.mechanism == "adaptive" else 1.0
-
-    @property
-    def resolved_delta(self) -> float:
-        return 1e-5 if self.delta is None else self.delta
-
-    @property
-    def resolved_target_quantile(self) -> float:
-        return 0.5 if self.target_quantile is None else self.target_quantile
-
-    @property
-    def resolved_clip_learning_rate(self) -> float:
-        return 0.2 if self.clip_learning_rate is None else self.clip_learning_rate
-
-    @property
-    def resolved_distributed_bits(self) -> int:
-        return 20 if self.distributed_bits is None else self.distributed_bits
-
-
-@dataclasses.dataclass(frozen=True)
-class AggregationConfig:
-    """How client updates are combined on the server.
-
-    Attributes:
-      zeroing: zero out client updates whose norm is far above the others'.
-      secure: sum updates with secure aggregation.
-      compression: one of `COMPRESSIONS`.
-      compression_bits: bits per value under uniform quantization (None: 8).
-      compression_min_elements: tensors with fewer elements are sent as is.
-      dp: the differential privacy mechanism.
-    """
-
-    zeroing: bool = True
-    secure: bool = False
-    compression: str = "none"
-    compression_bits: int | None = None
-    compression_min_elements: int = 20000
-    dp: PrivacyConfig = PrivacyConfig()
-
-    @property
-    def resolved_compression_bits(self) -> int:
-        return 8 if self.compression_bits is None else self.compression_bits
-
-    @property
-    def uses_secure_sum(self) -> bool:
-        return self.secure or self.dp.mechanism == "distributed"
+    data_dir: str = setting(
+        DEFAULT_DATA_DIR, "Folder holding the public datasets' files (emnist_all.sqlite, ...); "
+        "a missing file is downloaded there (TFF's own cache folder by default).",
+        flag="data_dir", group="run", resume=NOT_APPLICABLE,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """Rounds, client sampling, evaluation and checkpoint cadence.
+    """Rounds, client sampling, the seed and evaluation cadence."""
 
-    Attributes:
-      rounds: total number of training rounds.
-      clients_per_round: clients sampled uniformly without replacement a round;
-        None: `DEFAULT_CLIENTS_PER_ROUND`, or every training client when the
-        task has fewer (resolved by `program.fit_to_task`).
-      seed: seeds the data partition, the initial model and client sampling.
-      eval_every: federated evaluation every this many rounds (and at the end);
-        0 evaluates only at the end.
-      checkpoint_every: save program state every this many rounds (and at the
-        end).
-      keep_checkpoints: how many of the latest checkpoints to keep.
-      eval_batch_size: batch size for evaluation clients.
-      eval_clients: evaluate on at most this many evaluation clients, the
-        same seeded sample every time; 0 evaluates on all of them.
+    rounds: int = setting(
+        50, "Number of federated training rounds.", flag="rounds", group="run",
+        check=settings.at_least(1), short=True,
+    )
+    clients_per_round: int | None = setting(
+        None, "Training clients sampled uniformly without replacement each round.",
+        flag="clients_per_round", group="run", check=settings.at_least(1), short=True,
+        default_text=f"{DEFAULT_CLIENTS_PER_ROUND}, or every training client when the task has fewer",
+    )
+    seed: int = setting(
+        0, "Seeds the data partition, the initial model and client sampling.",
+        flag="seed", group="run", resume=MUST_MATCH, short=True,
+    )
+    eval_every: int = setting(
+        10, "Evaluate on the held-out clients every this many rounds (and after the last); "
+        "0 evaluates only after the last round.",
+        flag="eval_every", group="run", check=settings.at_least(0), short=True,
+    )
+    eval_batch_size: int = setting(
+        64, "Batch size of the evaluation clients.", flag="eval_batch_size", group="run",
+        check=settings.at_least(1),
+    )
+    eval_clients: int = setting(
+        100, "Evaluate on at most this many evaluation clients, the same seeded sample each "
+        "time; 0 evaluates on all of them.",
+        flag="eval_clients", group="run", check=settings.at_least(0),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """How each client iterates over its local data during training."""
+
+    epochs: int = setting(
+        2, "Local passes over each client's data per round.", flag="client_epochs",
+        group="clients", check=settings.at_least(1), short=True,
+    )
+    batch_size: int = setting(
+        20, "Local batch size.", flag="client_batch_size", group="clients",
+        check=settings.at_least(1), short=True,
+    )
+    max_elements: int = setting(
+        0, "Use at most this many local examples per round; 0 uses all of them.",
+        flag="client_max_elements", group="clients", check=settings.at_least(0),
+    )
+    shuffle_buffer: int = setting(
+        100, "Local shuffle buffer size; 0 disables shuffling.", flag="client_shuffle_buffer",
+        group="clients", check=settings.at_least(0),
+    )
+
+
+def _optimizer_group(prefix: str, learning_rate: float, help_text: str) -> type:
+    """The settings of the client or the server optimizer (`--<prefix>_...`).
+
+    Which optimizer takes which hyperparameter is the `tff.learning.optimizers`
+    builders' signatures (`test_config` checks this table against them); it is
+    restated here because importing TFF to read them would cost seconds before
+    a flag error could be reported.
+    """
+    selector = f"{prefix}_optimizer"
+    who = prefix.capitalize()
+    fields = [
+        ("name", str, setting(
+            "sgd", f"{help_text} One of: {', '.join(OPTIMIZERS)}.", flag=selector,
+            group="algorithm", choices=OPTIMIZERS, resume=MUST_MATCH, short=True)),
+        ("learning_rate", float, setting(
+            learning_rate, f"{who} learning rate.", flag=f"{prefix}_learning_rate",
+            group="algorithm", check=settings.positive, short=True)),
+        ("momentum", float, setting(
+            0.9, f"{who} optimizer: momentum of sgdm.", flag=f"{prefix}_momentum",
+            group="algorithm", check=settings.in_range(0, 1, closed_high=False),
+            applies=(selector, ("sgdm",)))),
+        ("beta_1", float | None, setting(
+            None, f"{who} optimizer: first-moment decay of adam and yogi.", flag=f"{prefix}_beta_1",
+            group="algorithm", check=settings.in_range(0, 1, closed_high=False),
+            applies=(selector, ("adam", "yogi")), default_text="TFF's, 0.9")),
+        ("beta_2", float | None, setting(
+            None, f"{who} optimizer: second-moment decay of adam and yogi (Reddi et al. use 0.99).",
+            flag=f"{prefix}_beta_2", group="algorithm",
+            check=settings.in_range(0, 1, closed_high=False),
+            applies=(selector, ("adam", "yogi")), default_text="TFF's, 0.999")),
+        ("epsilon", float | None, setting(
+            None, f"{who} optimizer: adaptivity tau of adam, yogi and adagrad.",
+            flag=f"{prefix}_epsilon", group="algorithm", check=settings.positive,
+            applies=(selector, ("adam", "yogi", "adagrad")),
+            default_text="TFF's: adam 1e-7, yogi 1e-3, adagrad 1e-7")),
+    ]
+    cls = dataclasses.make_dataclass(f"{who}OptimizerConfig", fields, frozen=True)
+    cls.__doc__ = f"The {prefix} optimizer (`tff.learning.optimizers`) and its hyperparameters."
+    cls.__module__ = __name__
+    return cls
+
+
+ClientOptimizerConfig = _optimizer_group(
+    "client", 0.1, "Client optimizer (Mime-lite's base optimizer; unused by fedsgd).")
+ServerOptimizerConfig = _optimizer_group(
+    "server", 1.0, "Server optimizer; adam, yogi and adagrad give Reddi et al.'s adaptive "
+    "federated optimizers, and sgd at learning rate 1.0 is plain FedAvg.")
+
+
+def _check_algorithm(name: str) -> str | None:
+    if algorithm_registry.is_known(name):
+        return None
+    return (
+        f"must be one of: {', '.join(algorithm_registry.ALGORITHMS)} (or a builder path such "
+        "as my_pkg.my_module:build)"
+    )
+
+
+def _algorithm_group() -> type:
+    fields = [
+        ("name", str, setting(
+            "fedavg", "Federated algorithm: fedavg (McMahan et al. 2017; with --server_optimizer="
+            "adam|yogi|adagrad it is FedAdam/FedYogi/FedAdagrad, Reddi et al. 2021), fedprox "
+            "(Li et al. 2020), fedsgd, mime_lite (Karimireddy et al. 2021), or your own builder "
+            "as my_pkg.my_module:build.",
+            flag="algorithm", group="algorithm", check=_check_algorithm, resume=MUST_MATCH,
+            short=True)),
+        ("client_weighting", str, setting(
+            "auto", "Average client updates weighted by num_examples or uniformly; auto: "
+            "uniform under --dp (required there), num_examples otherwise.",
+            flag="client_weighting", group="algorithm", choices=CLIENT_WEIGHTINGS)),
+        *[(key, cls, group(cls)) for key, cls in algorithm_registry.settings_groups()],
+        # Keyword options of a user's builder, from its generated flags.
+        ("options", Mapping[str, Any], dataclasses.field(default_factory=dict)),
+    ]
+    cls = dataclasses.make_dataclass("AlgorithmConfig", fields, frozen=True)
+    cls.__doc__ = "The federated algorithm and the settings of each built-in algorithm."
+    cls.__module__ = __name__
+    return cls
+
+
+AlgorithmConfig = _algorithm_group()
+
+_DP_ON = ("dp", lambda: aggregation_registry.dp_mechanisms()[1:])
+
+
+def _effective_clip_norm(cfg: "RunConfig", value: float | None) -> float | None:
+    layer = aggregation_registry.dp_layer(cfg)
+    if layer is None:
+        return None
+    return value if value is not None else layer.default_clip_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy: the mechanism and the settings all mechanisms share.
+
+    The mechanisms are aggregation layers (`tffpipe/aggregation/dp_*.py`);
+    settings of one mechanism only are declared in its module.
     """
 
-    rounds: int = 50
-    clients_per_round: int | None = None
-    seed: int = 0
-    eval_every: int = 10
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-    eval_batch_size: int = 64
-    eval_clients: int = 100
+    mechanism: str = setting(
+        "none", "Client-level differential privacy: fixed (Gaussian, fixed clipping; McMahan "
+        "et al. 2018), adaptive (clipping to a quantile; Andrew et al. 2021), tree (DP-FTRL "
+        "tree aggregation; Kairouz et al. 2021), distributed (distributed discrete Gaussian "
+        "with secure aggregation; Kairouz et al. 2021).",
+        flag="dp", group="privacy", choices=aggregation_registry.dp_mechanisms,
+        resume=MUST_MATCH, short=True,
+    )
+    clip_norm: float | None = setting(
+        None, "L2 clipping norm of each client update (initial norm under --dp=adaptive).",
+        flag="dp_clip_norm", group="privacy", check=settings.positive, applies=_DP_ON,
+        resume=MUST_MATCH, effective=_effective_clip_norm, default_text="1.0; 0.1 under --dp=adaptive",
+        short=True,
+    )
+    noise_multiplier: float | None = setting(
+        None, "Noise stddev divided by the clipping norm; give this or --dp_target_epsilon.",
+        flag="dp_noise_multiplier", group="privacy", check=settings.at_least(0), applies=_DP_ON,
+        resume=MUST_MATCH, short=True,
+    )
+    target_epsilon: float | None = setting(
+        None, "Solve for the noise multiplier that spends this epsilon after --rounds rounds.",
+        flag="dp_target_epsilon", group="privacy", check=settings.positive, applies=_DP_ON,
+        resume=MUST_MATCH, short=True,
+    )
+    max_epsilon: float | None = setting(
+        None, "Stop cleanly before the round that would bring epsilon above this.",
+        flag="dp_max_epsilon", group="privacy", check=settings.positive, applies=_DP_ON,
+    )
+    delta: float = setting(
+        1e-5, "Delta of the reported (epsilon, delta).", flag="dp_delta", group="privacy",
+        check=settings.open_interval(0, 1), applies=_DP_ON,
+    )
+
+
+def _aggregation_group() -> type:
+    fields = [(key, cls, group(cls)) for key, cls in aggregation_registry.settings_groups()]
+    cls = dataclasses.make_dataclass("AggregationConfig", fields, frozen=True)
+    cls.__doc__ = "How client updates are combined: the settings of each aggregation layer, by layer."
+    cls.__module__ = __name__
+    return cls
+
+
+AggregationConfig = _aggregation_group()
+
+
+def _runtime_group() -> type:
+    fields = [
+        ("name", str, setting(
+            "auto", "Where rounds run: auto (inprocess when the round compiles to TFF's "
+            "MapReduceForm, else cpp), cpp (TFF's C++ worker process), inprocess (the round in "
+            "this process with TensorFlow, on GPUs when there are any; secure sums use pairwise "
+            "masking), or remote (each round's clients split across the TFF workers in --workers).",
+            flag="runtime", group="runtime", choices=runtime_registry.RUNTIMES,
+            resume=NOT_APPLICABLE, short=True)),
+        *[(key, cls, group(cls)) for key, cls in runtime_registry.settings_groups()],
+    ]
+    cls = dataclasses.make_dataclass("RuntimeConfig", fields, frozen=True)
+    cls.__doc__ = (
+        "Where rounds execute, and each runtime's settings. Not part of the fingerprint: "
+        "every runtime resumes the others' checkpoints."
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+RuntimeConfig = _runtime_group()
+
+
+def _experiment_name_check(name: str) -> str | None:
+    if not name:
+        return "must not be empty"
+    if os.sep in name or name in (".", ".."):
+        return "must be a single folder name"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-    """Where a run writes: `root_dir/experiment_name/`."""
+    """Where a run writes (`root_dir/experiment_name/`) and how often it checkpoints."""
 
-    root_dir: str = "/tmp/tffpipe"
-    experiment_name: str = "default"
+    root_dir: str = setting(
+        os.path.join(tempfile.gettempdir(), "tffpipe"),
+        "Folder holding experiments; a run writes to ROOT_DIR/EXPERIMENT_NAME.",
+        flag="root_dir", group="outputs", resume=NOT_APPLICABLE, short=True,
+    )
+    experiment_name: str = setting(
+        "default", "Name of this run's folder; rerunning with the same name resumes it.",
+        flag="experiment_name", group="outputs", check=_experiment_name_check,
+        resume=NOT_APPLICABLE, short=True,
+    )
+    checkpoint_every: int = setting(
+        5, "Save a checkpoint every this many rounds (and after the last).",
+        flag="checkpoint_every", group="outputs", check=settings.at_least(1),
+    )
+    keep_checkpoints: int = setting(
+        3, "How many of the newest checkpoints to keep.", flag="keep_checkpoints",
+        group="outputs", check=settings.at_least(1),
+    )
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.root_dir, self.experiment_name)
 
 
-RUNTIMES = ("cpp", "inprocess", "remote")
-PREFETCH_CLIENTS = ("auto", "on", "off")
-_WORKER_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeConfig:
-    """Where rounds execute. Not part of the fingerprint: either runtime
-    resumes the other's checkpoints.
-
-    Attributes:
-      name: "cpp" (TFF's C++ worker), "inprocess" (the round's TensorFlow
-        parts in the launcher's process, on every device: `tffpipe.runtimes.inprocess`)
-        or "remote" (TFF worker services on other machines: `tffpipe.runtimes.remote`).
-      gpus: inprocess: "all", "none" or GPU indices such as "0,1".
-      clients_per_gpu: inprocess: clients trained at once on each GPU (each
-        gets a logical GPU with its share of the memory).
-      parallel_clients: inprocess without GPUs: clients trained at once on
-        each CPU device.
-      cpu_devices: inprocess: split the CPU into this many logical devices.
-      prefetch_clients: inprocess: "on" reads each slot's next client into
-        memory while the current one trains, "off" does not, "auto" does it
-        when clients train on GPUs only (on the CPU, reading ahead competes
-        with training for the same cores).
-      workers: remote: the worker services, "HOST:PORT" each.
-      worker_wait_sec: remote: how long a worker that stops answering is
-        waited for before its share of the clients moves to the others.
-    """
-
-    name: str = "cpp"
-    gpus: str = "all"
-    clients_per_gpu: int = 1
-    parallel_clients: int = 2
-    cpu_devices: int = 1
-    prefetch_clients: str = "auto"
-    workers: tuple[str, ...] = ()
-    worker_wait_sec: float = 30.0
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs."""
 
-    task: TaskConfig = TaskConfig()
-    client: ClientConfig = ClientConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    client_optimizer: OptimizerConfig = OptimizerConfig("sgd", 0.1)
-    server_optimizer: OptimizerConfig = OptimizerConfig("sgd", 1.0)
-    aggregation: AggregationConfig = AggregationConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    output: OutputConfig = OutputConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    task: TaskConfig = group(TaskConfig)
+    schedule: ScheduleConfig = group(ScheduleConfig)
+    client: ClientConfig = group(ClientConfig)
+    algorithm: AlgorithmConfig = group(AlgorithmConfig)
+    client_optimizer: ClientOptimizerConfig = group(ClientOptimizerConfig)
+    server_optimizer: ServerOptimizerConfig = group(ServerOptimizerConfig)
+    privacy: PrivacyConfig = group(PrivacyConfig)
+    aggregation: AggregationConfig = group(AggregationConfig)
+    runtime: RuntimeConfig = group(RuntimeConfig)
+    output: OutputConfig = group(OutputConfig)
 
     def __post_init__(self):
         validate(self)
@@ -303,42 +339,136 @@ class RunConfig:
 
     @property
     def client_weighting(self) -> str:
-        """The algorithm's client weighting, resolved: uniform under DP."""
-        if self.algorithm.client_weighting is not None:
-            return self.algorithm.client_weighting
-        return "uniform" if self.aggregation.dp.enabled else "num_examples"
+        """The client weighting in effect: uniform under DP unless set."""
+        from tffpipe.aggregation import stack  # pylint: disable=g-import-not-at-top
+
+        return stack.client_weighting(self)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that shape the model, the data and the saved state.
+        """The effective values of the settings that must match on resume.
 
-        A checkpoint written under one fingerprint is refused under another.
+        A checkpoint written under one fingerprint is refused under another;
+        an explicit default is the same value as an omitted one.
         """
-        return {
-            "task": self.task.name,
-            "task_options": dict(sorted(self.task.options.items())),
-            "seed": self.schedule.seed,
-            "algorithm": self.algorithm.name,
-            "client_optimizer": self.client_optimizer.name,
-            "server_optimizer": self.server_optimizer.name,
-            # The aggregator's state structure, and the privacy spent so far,
-            # depend on these.
-            "zeroing": self.aggregation.zeroing,
-            "secure_aggregation": self.aggregation.uses_secure_sum,
-            "compression": self.aggregation.compression,
-            "dp": self.aggregation.dp.mechanism,
-            "dp_clip_norm": self.aggregation.dp.clip_norm,
-            "dp_noise_multiplier": self.aggregation.dp.noise_multiplier,
-            "dp_target_epsilon": self.aggregation.dp.target_epsilon,
+        found = {
+            item.spec.flag: settings.effective(self, item)
+            for item in settings.declared(RunConfig)
+            if item.spec.resume == MUST_MATCH
         }
+        found["task_options"] = dict(sorted(self.task.options.items()))
+        if self.aggregation.plugin.path:
+            found["aggregator_options"] = dict(sorted(self.aggregation.plugin.options.items()))
+        if self.algorithm.options:
+            found["algorithm_options"] = dict(sorted(self.algorithm.options.items()))
+        return found
+
+
+def validate(config: RunConfig) -> None:
+    """Checks every setting and combination that can be checked without the task.
+
+    Raises:
+      ConfigError: with a one-line reason naming the flag.
+    """
+    settings.check_values(config)
+    for layer in aggregation_registry.layers():
+        layer.check(config)
+    algorithm_registry.get(config.algorithm.name).check(config)
+    for runtime in runtime_registry.runtimes():
+        runtime.check(config)
+
+
+# --- Plug-in options: --<task>_<option>, --<aggregator>_<option>, ... ---------
+PROGRAM_ARGUMENTS = {
+    "task": ("seed", "data_dir"),
+    "aggregator": (),
+    "algorithm": algorithm_plugin.PROGRAM_ARGUMENTS,
+}
+
+
+def plugin_path(kind: str, name: str) -> str | None:
+    """The `module:function` behind a plug-in flag value, or None for built-ins."""
+    from tffpipe.tasks import registry as task_registry  # pylint: disable=g-import-not-at-top
+
+    if kind == "task":
+        return task_registry.factory_path(name)
+    if kind == "aggregator":
+        return aggregation_plugin.function_path(name) if name else None
+    return algorithm_plugin.builder_path(name)
+
+
+def plugin_options(kind: str, name: str) -> dict[str, plugins.Option]:
+    """The options of the plug-in a `--task`, `--aggregator` or `--algorithm` value names."""
+    path = plugin_path(kind, name)
+    if path is None:
+        return {}
+    error = TaskError if kind == "task" else ConfigError
+    return plugins.options(path, PROGRAM_ARGUMENTS[kind], error, kind)
+
+
+def from_values(values: Mapping[str, Any]) -> RunConfig:
+    """A config from flag-named values, checked as the launcher checks flags.
+
+    Args:
+      values: `{"rounds": 20, "dp": "fixed", "digits_alpha": 0.1, ...}`: any
+        declared setting by its flag name, and the options of the chosen task,
+        aggregator and algorithm as `<name>_<option>`. Absent ones take their
+        defaults.
+
+    Raises:
+      ConfigError, TaskError: with a one-line reason naming the flag.
+    """
+    values = dict(values)
+    table = settings.by_flag(RunConfig)
+    options = {}
+    for kind, path in (("task", ("task", "name")), ("aggregator", ("aggregation", "plugin", "path")),
+                       ("algorithm", ("algorithm", "name"))):
+        name = values.get(kind, table[kind].default)
+        known = plugin_options(kind, name) if (kind != "algorithm" or name not in algorithm_registry.ALGORITHMS) else {}
+        prefix = plugins.flag_prefix(name)
+        options[kind] = {}
+        for option, spec in known.items():
+            key = f"{prefix}_{option}"
+            if key in table:
+                continue  # a built-in setting of that name wins
+            # Every option is recorded, given or not, so that config.json and
+            # the fingerprint hold the values in effect.
+            value = values.pop(key, spec.default)
+            if spec.choices and value not in spec.choices:
+                raise ConfigError(f"--{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
+            options[kind][option] = value
+    _refuse_other_tasks_options(values, table, values.get("task", table["task"].default))
+    config = settings.build(RunConfig, values)
+    config = dataclasses.replace(
+        config,
+        task=dataclasses.replace(config.task, options=options["task"]),
+        aggregation=dataclasses.replace(
+            config.aggregation,
+            plugin=dataclasses.replace(config.aggregation.plugin, options=options["aggregator"]),
+        ),
+        algorithm=dataclasses.replace(config.algorithm, options=options["algorithm"]),
+    )
+    given = frozenset(values)
+    settings.check_applies(config, given)
+    algorithm_registry.get(config.algorithm.name).check(config, given)
+    return config
+
+
+def _refuse_other_tasks_options(values, table, task: str) -> None:
+    from tffpipe.tasks import registry as task_registry  # pylint: disable=g-import-not-at-top
+
+    for key in values:
+        if key in table:
+            continue
+        for other in task_registry.registered_tasks():
+            if key.startswith(other + "_") and other != task:
+                raise ConfigError(f"--{key} applies to task {other!r}, not --task={task}")
 
 
 def fingerprint_to_json(fingerprint: Mapping[str, Any]) -> str:
     return json.dumps(fingerprint, sort_keys=True)
 
 
-def fingerprint_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any]
-) -> list[str]:
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Lists `name: saved -> current` for every differing fingerprint entry."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
@@ -350,271 +480,3 @@ def fingerprint_differences(
         elif old != new:
             diffs.append(f"{key}: {old!r} -> {new!r}")
     return diffs
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def validate(config: RunConfig) -> None:
-    """Checks every setting that can be checked without building the task.
-
-    Raises:
-      ConfigError: with a one-line reason naming the flag.
-    """
-    s, c = config.schedule, config.client
-    _require(s.rounds >= 1, f"--rounds must be at least 1, got {s.rounds}")
-    _require(
-        s.clients_per_round is None or s.clients_per_round >= 1,
-        f"--clients_per_round must be at least 1, got {s.clients_per_round}",
-    )
-    _require(s.eval_clients >= 0, f"--eval_clients must be >= 0, got {s.eval_clients}")
-    _require(s.eval_every >= 0, f"--eval_every must be >= 0, got {s.eval_every}")
-    _require(
-        s.checkpoint_every >= 1,
-        f"--checkpoint_every must be at least 1, got {s.checkpoint_every}",
-    )
-    _require(
-        s.keep_checkpoints >= 1,
-        f"--keep_checkpoints must be at least 1, got {s.keep_checkpoints}",
-    )
-    _require(
-        s.eval_batch_size >= 1,
-        f"--eval_batch_size must be at least 1, got {s.eval_batch_size}",
-    )
-    _require(c.epochs >= 1, f"--client_epochs must be at least 1, got {c.epochs}")
-    _require(
-        c.batch_size >= 1, f"--client_batch_size must be at least 1, got {c.batch_size}"
-    )
-    _require(
-        c.max_elements is None or c.max_elements >= 1,
-        f"--client_max_elements must be at least 1, got {c.max_elements}",
-    )
-    _require(
-        c.shuffle_buffer >= 0,
-        f"--client_shuffle_buffer must be >= 0, got {c.shuffle_buffer}",
-    )
-    for prefix, opt in (
-        ("client", config.client_optimizer),
-        ("server", config.server_optimizer),
-    ):
-        _validate_optimizer(prefix, opt)
-    _validate_algorithm(config)
-    _validate_aggregation(config)
-    _validate_runtime(config.runtime)
-    _require(bool(config.output.experiment_name), "--experiment_name must not be empty")
-    _require(
-        os.sep not in config.output.experiment_name,
-        f"--experiment_name must be a single folder name, got {config.output.experiment_name!r}",
-    )
-
-
-def _validate_runtime(r: RuntimeConfig) -> None:
-    _one_of("--runtime", r.name, RUNTIMES)
-    _one_of("--prefetch_clients", r.prefetch_clients, PREFETCH_CLIENTS)
-    for flag, value in (
-        ("--clients_per_gpu", r.clients_per_gpu),
-        ("--parallel_clients", r.parallel_clients),
-        ("--cpu_devices", r.cpu_devices),
-    ):
-        _require(value >= 1, f"{flag} must be at least 1, got {value}")
-    if r.name == "remote":
-        _require(r.workers, "--runtime=remote needs --workers=HOST:PORT,HOST:PORT,...")
-    else:
-        _require(not r.workers, f"--workers applies to --runtime=remote, not --runtime={r.name}")
-    for address in r.workers:
-        _require(
-            _WORKER_ADDRESS.match(address) is not None and 0 < int(address.rsplit(":", 1)[1]) < 65536,
-            f"--workers: {address!r} is not HOST:PORT",
-        )
-    _require(len(set(r.workers)) == len(r.workers), "--workers lists a worker twice")
-    _require(r.worker_wait_sec >= 0, f"--worker_wait_sec must be at least 0, got {r.worker_wait_sec:g}")
-    gpus_ok = r.gpus in ("all", "none") or all(p.isdigit() for p in r.gpus.split(","))
-    _require(gpus_ok, f"--gpus must be 'all', 'none' or GPU indices like '0,1', got {r.gpus!r}")
-
-
-def _one_of(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{flag}={value!r} is not one of: {', '.join(choices)}")
-
-
-def _validate_optimizer(prefix: str, opt: OptimizerConfig) -> None:
-    _one_of(f"--{prefix}_optimizer", opt.name, OPTIMIZERS)
-    _require(
-        opt.learning_rate > 0,
-        f"--{prefix}_learning_rate must be positive, got {opt.learning_rate}",
-    )
-    for field, optimizers in OPTIMIZER_HYPERPARAMETERS.items():
-        value = getattr(opt, field)
-        if value is None:
-            continue
-        _require(
-            opt.name in optimizers,
-            f"--{prefix}_{field} applies to --{prefix}_optimizer="
-            f"{'|'.join(optimizers)}, not {opt.name}",
-        )
-    for field in ("momentum", "beta_1", "beta_2"):
-        value = getattr(opt, field)
-        _require(
-            value is None or 0 <= value < 1,
-            f"--{prefix}_{field} must be in [0, 1), got {value}",
-        )
-    _require(
-        opt.epsilon is None or opt.epsilon > 0,
-        f"--{prefix}_epsilon must be positive, got {opt.epsilon}",
-    )
-
-
-def _validate_algorithm(config: RunConfig) -> None:
-    algorithm = config.algorithm
-    _one_of("--algorithm", algorithm.name, ALGORITHMS)
-    if algorithm.client_weighting is not None:
-        _one_of("--client_weighting", algorithm.client_weighting, CLIENT_WEIGHTINGS)
-    if algorithm.proximal_strength is not None:
-        _require(
-            algorithm.name == "fedprox",
-            f"--proximal_strength applies to --algorithm=fedprox, not {algorithm.name}",
-        )
-        _require(
-            algorithm.proximal_strength > 0,
-            f"--proximal_strength must be positive, got {algorithm.proximal_strength}",
-        )
-
-
-def _validate_aggregation(config: RunConfig) -> None:
-    agg = config.aggregation
-    dp = agg.dp
-    _one_of("--compression", agg.compression, COMPRESSIONS)
-    _one_of("--dp", dp.mechanism, DP_MECHANISMS)
-    if agg.compression == "none":
-        _require(
-            agg.compression_bits is None,
-            "--compression_bits applies to --compression=uniform_quantization",
-        )
-    bits = agg.resolved_compression_bits
-    _require(
-        1 <= bits <= 16,
-        f"--compression_bits={bits} is outside 1..16: TFF's uniform quantization "
-        "rounds in float32, which holds at most 16-bit levels exactly "
-        "(and 32 bits would not compress)",
-    )
-    _require(
-        agg.compression_min_elements >= 0,
-        f"--compression_min_elements must be >= 0, got {agg.compression_min_elements}",
-    )
-    _require(
-        not (agg.secure and agg.compression != "none"),
-        "--secure_aggregation cannot be combined with --compression: secure sums "
-        "need integers in a fixed range, and uniform quantization scales each "
-        "client's values by its own min and max (secure aggregation already "
-        "sends quantised integers)",
-    )
-    if not dp.enabled:
-        for field in (
-            "clip_norm", "noise_multiplier", "target_epsilon", "max_epsilon",
-            "delta", "target_quantile", "clip_learning_rate", "distributed_bits",
-        ):
-            _require(
-                getattr(dp, field) is None,
-                f"--dp_{field} has no effect without differential privacy: "
-                "set --dp=fixed|adaptive|tree|distributed",
-            )
-        return
-    _validate_privacy(config)
-
-
-def _validate_privacy(config: RunConfig) -> None:
-    agg, dp, clients = config.aggregation, config.aggregation.dp, config.schedule.clients_per_round
-    mechanism = dp.mechanism
-    _require(
-        (dp.noise_multiplier is None) != (dp.target_epsilon is None),
-        f"--dp={mechanism} needs exactly one of --dp_noise_multiplier and "
-        "--dp_target_epsilon",
-    )
-    _require(
-        config.client_weighting == "uniform",
-        f"--dp={mechanism} needs --client_weighting=uniform: DP bounds each "
-        "client's contribution, and weighting by number of examples lets a "
-        "client with many examples exceed that bound",
-    )
-    _require(
-        config.algorithm.name != "mime_lite",
-        "--dp cannot be used with --algorithm=mime_lite: Mime-lite clients also "
-        "upload full-batch gradients, which the DP aggregator does not protect",
-    )
-    _require(
-        agg.compression == "none",
-        "--dp cannot be combined with --compression: quantising a clipped update "
-        "can raise its norm above the clip, which voids the DP guarantee "
-        "(--dp=distributed quantises with a privacy analysis)",
-    )
-    _require(dp.resolved_clip_norm > 0, f"--dp_clip_norm must be positive, got {dp.clip_norm}")
-    _require(
-        dp.noise_multiplier is None or dp.noise_multiplier >= 0,
-        f"--dp_noise_multiplier must be >= 0, got {dp.noise_multiplier}",
-    )
-    for field in ("target_epsilon", "max_epsilon"):
-        value = getattr(dp, field)
-        _require(value is None or value > 0, f"--dp_{field} must be positive, got {value}")
-    _require(
-        0 < dp.resolved_delta < 1, f"--dp_delta must be in (0, 1), got {dp.delta}"
-    )
-    if mechanism != "adaptive":
-        for field in ("target_quantile", "clip_learning_rate"):
-            _require(
-                getattr(dp, field) is None,
-                f"--dp_{field} applies to --dp=adaptive, not --dp={mechanism}",
-            )
-    else:
-        _require(
-            0 <= dp.resolved_target_quantile <= 1,
-            f"--dp_target_quantile must be in [0, 1], got {dp.target_quantile}",
-        )
-        _require(
-            dp.resolved_clip_learning_rate > 0,
-            f"--dp_clip_learning_rate must be positive, got {dp.clip_learning_rate}",
-        )
-        _require(
-            not agg.secure,
-            "--dp=adaptive cannot be combined with --secure_aggregation: the "
-            "clipping norm changes every round, so the secure sum has no fixed "
-            "integer range; use --dp=fixed or --dp=distributed",
-        )
-        if dp.noise_multiplier is not None and clients is not None:
-            check_adaptive_noise(dp.noise_multiplier, clients)
-    if mechanism != "distributed":
-        _require(
-            dp.distributed_bits is None,
-            f"--dp_distributed_bits applies to --dp=distributed, not --dp={mechanism}",
-        )
-    else:
-        bits = dp.resolved_distributed_bits
-        _require(
-            1 <= bits <= 22,
-            f"--dp_distributed_bits must be in 1..22 (TFF's limit: float32 holds "
-            f"integers up to 2^24 exactly), got {bits}",
-        )
-        _require(
-            clients is None or 2**bits >= clients,
-            f"--dp_distributed_bits={bits} is too small for {clients} clients per "
-            "round: the secure sum of their values would wrap around",
-        )
-
-
-def check_adaptive_noise(noise_multiplier: float, clients_per_round: int) -> None:
-    """Adaptive clipping spends part of the noise on the clipped count.
-
-    TFF noises the count of clipped clients with stddev 0.05 x clients per
-    round, which only fits in the total budget when the noise multiplier is
-    below 0.1 x clients per round.
-
-    Raises:
-      ConfigError: the noise multiplier is too large for the cohort.
-    """
-    _require(
-        noise_multiplier < 0.1 * clients_per_round,
-        f"--dp=adaptive needs a noise multiplier below 0.1 x --clients_per_round "
-        f"= {0.1 * clients_per_round:g} (adaptive clipping also noises the count "
-        f"of clipped clients, with stddev 0.05 x clients per round), got "
-        f"{noise_multiplier:g}: sample more clients per round or use --dp=fixed",
-    )

@@ -26,18 +26,19 @@ from packaging.specifiers import SpecifierSet
 
 from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe import settings
 from tffpipe.runtimes import devices
 from tffpipe.runtimes import memory
 from tffpipe.runtimes import processes
-from tffpipe.tasks import public_data
+from tffpipe.runtimes import registry as runtime_registry
 
 flags.DEFINE_string("task", "digits", "Task whose data and memory needs to check.")
-flags.DEFINE_string("data_dir", public_data.DEFAULT_DATA_DIR, "Folder of the public datasets' files.")
+flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Folder of the public datasets' files.")
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size to estimate memory for.")
 flags.DEFINE_enum(
-    "runtime", "all", ["all", *config_lib.RUNTIMES],
-    "Runtime(s) to check and smoke-test: all, cpp, inprocess or remote (all "
-    "includes remote when --workers is given).")
+    "runtime", "all", ["all", *runtime_registry.RUNTIMES],
+    "Runtime(s) to check and smoke-test: all (cpp and inprocess, and remote when "
+    "--workers is given) or one of " + ", ".join(runtime_registry.RUNTIMES) + ".")
 flags.DEFINE_string("gpus", "all", "--runtime=inprocess: GPUs to use (all, none, or indices like 0,1).")
 flags.DEFINE_list(
     "workers", [], "--runtime=remote: the worker services to check, HOST:PORT,HOST:PORT,...")
@@ -110,33 +111,34 @@ def check_gpu_libraries(tensorflow_gpus: int, driver_gpus: int) -> Check | None:
     return None
 
 
-def check_devices(runtimes: list[str], runtime_cfg: config_lib.RuntimeConfig) -> Iterator[Check]:
-    """What TensorFlow sees, and where each runtime will train clients."""
+def runtime_config(name: str, gpus: str = "all", workers: tuple[str, ...] = ()) -> config_lib.RunConfig:
+    """A default run config on runtime `name`, with the doctor's settings that apply to it."""
+    table = settings.by_flag(config_lib.RunConfig)
+    values = {"runtime": name}
+    for flag, value in (("gpus", gpus), ("workers", tuple(workers))):
+        selector, allowed = table[flag].spec.applies_to()
+        if name in allowed:
+            values[flag] = value
+    return config_lib.from_values(values)
+
+
+def check_devices() -> tuple[int, list[Check]]:
+    """What TensorFlow sees: (number of GPUs, the checks)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     gpus = tf.config.list_physical_devices("GPU")
     built = "built with CUDA" if tf.test.is_built_with_cuda() else "built without CUDA"
-    yield Check(OK, "tensorflow devices", f"{len(gpus)} GPU(s) seen; TensorFlow {tf.__version__} {built}")
+    checks = [Check(OK, "tensorflow devices", f"{len(gpus)} GPU(s) seen; TensorFlow {tf.__version__} {built}")]
     libraries = check_gpu_libraries(len(gpus), len(devices.gpu_memory_mb()))
     if libraries is not None:
-        yield libraries
-    if "cpp" in runtimes:
-        if gpus:
-            yield Check(
-                WARN, "runtime cpp",
-                "clients train on the CPU: TFF's worker_binary is built without CUDA; "
-                "use --runtime=inprocess to train on the GPU(s)",
-            )
-        else:
-            yield Check(OK, "runtime cpp", "clients train on the CPU in TFF's worker")
-    if "inprocess" in runtimes:
-        slots = devices.client_slots(runtime_cfg)
-        used = sorted(set(slots))
-        where = f"{len(slots)} client slot(s) on {', '.join(used)}"
-        if gpus and not any("GPU" in name for name in used):
-            yield Check(WARN, "runtime inprocess", f"{where}; GPUs present but not used (--gpus={runtime_cfg.gpus})")
-        else:
-            yield Check(OK, "runtime inprocess", where)
+        checks.append(libraries)
+    return len(gpus), checks
+
+
+def check_runtime(cfg: config_lib.RunConfig, gpus_seen: int) -> list[Check]:
+    """Where the config's runtime will train clients (and whether its workers answer)."""
+    runtime = runtime_registry.get(cfg.runtime.name)
+    return [Check(*found) for found in runtime.doctor_checks(cfg, gpus_seen)]
 
 
 def check_worker_binary(path: str) -> Check:
@@ -197,37 +199,23 @@ def _synthetic_task():
     )
 
 
-def check_workers(addresses: list[str], timeout_sec: float = 5.0) -> Iterator[Check]:
-    """Whether each remote worker accepts connections."""
-    from tffpipe.runtimes import remote  # pylint: disable=g-import-not-at-top
-
-    if not addresses:
-        yield Check(FAIL, "runtime remote", "no workers to check: pass --workers=HOST:PORT,...")
-        return
-    for address in addresses:
-        try:
-            remote.check_workers([address], timeout_sec)
-            yield Check(OK, f"worker {address}", "accepts connections")
-        except remote.WorkerUnavailable as e:
-            yield Check(FAIL, f"worker {address}", str(e).split(": ", 1)[1])
-
-
-def smoke_round(runtime_cfg: config_lib.RuntimeConfig) -> Check:
-    """One FedAvg round of three synthetic clients on the given runtime."""
+def smoke_round(cfg: config_lib.RunConfig) -> Check:
+    """One FedAvg round of three synthetic clients on the config's runtime."""
     from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import contexts as runtime  # pylint: disable=g-import-not-at-top
     from tffpipe import tasks  # pylint: disable=g-import-not-at-top
 
-    name = f"smoke round {runtime_cfg.name}"
+    runtime = runtime_registry.get(cfg.runtime.name)
+    name = f"smoke round {cfg.runtime.name}"
     start = time.perf_counter()
     try:
         task = _synthetic_task()
-        cfg = config_lib.RunConfig(runtime=runtime_cfg)
         with compat.quiet_tensorflow_errors():
-            process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+            process, _ = builder.build_learning_process(
+                task, cfg, task.train_data.client_ids, runtime.loop_implementation()
+            )
         spec = tasks.ClientSpec(num_epochs=1, batch_size=5)
         data = [task.client_dataset(c, spec, seed=i) for i, c in enumerate(task.train_data.client_ids)]
-        with runtime.running(process, runtime_cfg, print_fn=lambda line: None) as runner:
+        with runtime.running(process, cfg, print_fn=lambda line: None) as runner:
             output = runner.next(runner.initialize(), data)
         examples = int(output.metrics["client_work"]["train"]["num_examples"])
     except Exception as e:  # pylint: disable=broad-except
@@ -258,10 +246,14 @@ def _task_checks(task_name: str, data_dir: str, clients_per_round: int) -> Itera
 
 
 def run_checks(
-    task_name: str, data_dir: str, clients_per_round: int, runtimes: list[str],
-    runtime_cfg: config_lib.RuntimeConfig, smoke: bool,
+    task_name: str, data_dir: str, clients_per_round: int,
+    configs: dict[str, config_lib.RunConfig], smoke: bool,
 ) -> Iterator[Check]:
-    """All checks, in the order a user would fix them."""
+    """All checks, in the order a user would fix them.
+
+    Args:
+      configs: runtime name -> a run config on it, for each runtime to check.
+    """
     try:
         metadata = importlib.metadata.metadata("tffpipe")
         requirements = importlib.metadata.requires("tffpipe") or []
@@ -270,18 +262,19 @@ def run_checks(
         return
     yield check_python(metadata.get("Requires-Python"))
     yield from check_packages(requirements, importlib.metadata.version)
-    yield from check_devices(runtimes, runtime_cfg)
+    gpus_seen, device_checks = check_devices()
+    yield from device_checks
+    runnable = []
+    for cfg in configs.values():
+        checks = check_runtime(cfg, gpus_seen)
+        yield from checks
+        if all(check.status != FAIL for check in checks):
+            runnable.append(cfg)  # a runtime whose devices or workers fail gets no smoke round
     yield check_worker_binary(processes.binary_path())
-    if "remote" in runtimes:
-        worker_checks = list(check_workers(list(runtime_cfg.workers)))
-        yield from worker_checks
-        if any(c.status == FAIL for c in worker_checks):
-            runtimes = [r for r in runtimes if r != "remote"]
     yield from _task_checks(task_name, data_dir, clients_per_round)
     if smoke:
-        for name in runtimes:
-            workers = runtime_cfg.workers if name == "remote" else ()
-            yield smoke_round(dataclasses.replace(runtime_cfg, name=name, workers=workers))
+        for cfg in runnable:
+            yield smoke_round(cfg)
 
 
 def main(argv: list[str]) -> None:
@@ -292,24 +285,26 @@ def main(argv: list[str]) -> None:
         compat.quiet_library_logs()
     processes.install_worker_reaper(handle_sigterm=True)
     memory.limit_arenas_in_this_process()
-    if FLAGS.runtime == "all":
-        runtimes = ["cpp", "inprocess"] + (["remote"] if FLAGS.workers else [])
-    else:
-        runtimes = [FLAGS.runtime]
-    # Every runtime's settings in one config; smoke rounds set the name.
-    runtime_cfg = config_lib.RuntimeConfig(
-        name="inprocess", gpus=FLAGS.gpus, workers=tuple(FLAGS.workers)
-    )
     failed = False
     try:
-        if "inprocess" in runtimes:
-            devices.configure(runtime_cfg)  # before TensorFlow starts its devices
-    except devices.DeviceError as e:
+        if FLAGS.runtime == "all":
+            # Every runtime that can run with the given flags (remote needs --workers).
+            configs = {}
+            for runtime in runtime_registry.runtimes():
+                if runtime.chooses_another:
+                    continue
+                try:
+                    configs[runtime.key] = runtime_config(runtime.key, FLAGS.gpus, tuple(FLAGS.workers))
+                except config_lib.ConfigError:
+                    continue
+        else:
+            configs = {FLAGS.runtime: runtime_config(FLAGS.runtime, FLAGS.gpus, tuple(FLAGS.workers))}
+        for cfg in configs.values():
+            runtime_registry.get(cfg.runtime.name).configure_devices(cfg)  # before TensorFlow starts them
+    except (config_lib.ConfigError, devices.DeviceError) as e:
         print(Check(FAIL, "devices", str(e)).line(), flush=True)
-        failed = True
-    for check in run_checks(
-        FLAGS.task, FLAGS.data_dir, FLAGS.clients_per_round, runtimes, runtime_cfg, FLAGS.smoke
-    ):
+        processes.exit_now(1)
+    for check in run_checks(FLAGS.task, FLAGS.data_dir, FLAGS.clients_per_round, configs, FLAGS.smoke):
         print(check.line(), flush=True)
         failed = failed or check.status == FAIL
     print("some checks failed: see the FAIL lines" if failed else "all checks passed", flush=True)

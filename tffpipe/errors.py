@@ -1,4 +1,20 @@
-"""How an exception is named in a one-line message."""
+"""Errors meant for the user, and how an exception is named in one line.
+
+Every error the launcher reports as `error: <one line>` derives from
+`UserError`; anything else is a defect and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """An error whose message is one line meant for the user."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting, or a combination of settings, is invalid."""
+
+
+class TaskError(UserError, ValueError):
+    """A task cannot be found or built."""
 
 
 def first_line(error: BaseException) -> str:

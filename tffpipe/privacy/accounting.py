@@ -201,15 +201,23 @@ class RunAccountant:
 
     def __init__(
         self,
-        mechanism: str,
         *,
         noise_multiplier: float,
         clients_per_round: int,
         num_clients: int,
         delta: float,
-        participation: Sequence[Sequence[int]] = (),
+        participation: Sequence[Sequence[int]] | None = None,
     ):
-        self.mechanism = mechanism
+        """Args:
+          noise_multiplier: the run's noise multiplier.
+          clients_per_round: the cohort size.
+          num_clients: the training clients.
+          delta: the reported delta.
+          participation: for a mechanism not amplified by sampling (tree
+            aggregation), the rounds each client takes part in; None for
+            sampled mechanisms.
+        """
+        self.by_participation = participation is not None
         self.noise_multiplier = noise_multiplier
         self.clients_per_round = clients_per_round
         self.num_clients = num_clients
@@ -219,7 +227,7 @@ class RunAccountant:
     @property
     def relation(self) -> str:
         """The neighbouring relation the reported epsilon holds for."""
-        if self.mechanism == "tree":
+        if self.by_participation:
             return "add-or-remove-one client"
         return "replace-one client"
 
@@ -237,7 +245,7 @@ class RunAccountant:
         """
         if rounds == 0:
             return 0.0
-        if self.mechanism == "tree":
+        if self.by_participation:
             sensitivity = tree_sensitivity(self._participation, rounds)
             if sensitivity == 0:
                 return 0.0
@@ -285,17 +293,21 @@ def _epsilon_of(event: dp_accounting.DpEvent, sampling: Sampling, delta: float) 
 
 
 def noise_for_run(
-    mechanism: str,
     target_epsilon: float,
     rounds: int,
     *,
     clients_per_round: int,
     num_clients: int,
     delta: float,
-    participation: Sequence[Sequence[int]] = (),
+    participation: Sequence[Sequence[int]] | None = None,
 ) -> float:
-    """The noise multiplier that spends `target_epsilon` after `rounds` rounds."""
-    if mechanism == "tree":
+    """The noise multiplier that spends `target_epsilon` after `rounds` rounds.
+
+    With `participation` (tree aggregation) the epsilon comes from the
+    clients' participation and no sampling; otherwise from fixed-size
+    sampling without replacement.
+    """
+    if participation is not None:
         sensitivity = tree_sensitivity(participation, rounds)
         return sensitivity * gaussian_noise_for_target_epsilon(target_epsilon, delta)
     return noise_for_target_epsilon(

@@ -6,32 +6,13 @@ distributed mechanism's quantisation figures) and turns it into
 """
 
 import collections
-import math
 from typing import Any, Mapping, Sequence
 
 import dp_accounting
 
-from tffpipe.aggregation import stack as aggregation
-from tffpipe import config as config_lib
+from tffpipe.aggregation import base
 from tffpipe.privacy import accounting as privacy
-
-
-def _mappings_with(tree: Any, keys: Sequence[str]) -> list[Mapping[str, Any]]:
-    """Every mapping (or named tuple) in a nested structure holding all `keys`.
-
-    Depth first, in order; a match is not searched further.
-    """
-    if hasattr(tree, "_asdict"):
-        tree = tree._asdict()
-    if isinstance(tree, Mapping):
-        if all(k in tree for k in keys):
-            return [tree]
-        values = tree.values()
-    elif isinstance(tree, (list, tuple)):
-        values = tree
-    else:
-        return []
-    return [found for value in values for found in _mappings_with(value, keys)]
+from tffpipe.privacy import calibration
 
 
 def dp_event_from_state(learning_state: Any) -> dp_accounting.DpEvent | None:
@@ -41,7 +22,7 @@ def dp_event_from_state(learning_state: Any) -> dp_accounting.DpEvent | None:
     event (or an unsupported one, as tree aggregation and distributed DP do).
     """
     # `DifferentiallyPrivateFactory` states carry their round's DP event.
-    states = _mappings_with(
+    states = base.find_mappings(
         getattr(learning_state, "aggregator", learning_state), ("dp_event", "is_init_state")
     )
     if len(states) != 1 or bool(states[0]["is_init_state"]):
@@ -75,37 +56,30 @@ def _text(value: Any) -> str:
 
 
 class PrivacyTracker:
-    """Epsilon after every round, the budget guard and the aggregator's DP figures."""
+    """Epsilon after every round, the budget guard and the mechanism's DP figures."""
 
-    def __init__(
-        self,
-        cfg: config_lib.RunConfig,
-        params: aggregation.AggregatorParams,
-        train_client_ids: Sequence[str],
-    ):
-        dp = cfg.aggregation.dp
-        self.mechanism = dp.mechanism
-        self.delta = dp.resolved_delta
+    def __init__(self, cfg: Any, stack: Any, train_client_ids: Sequence[str]):
+        dp = cfg.privacy
+        self.layer = stack.dp_layer
+        self.delta = dp.delta
         self.max_epsilon = dp.max_epsilon
-        self.target_quantile = dp.resolved_target_quantile
-        self.clip_learning_rate = dp.resolved_clip_learning_rate
         self.num_clients = len(train_client_ids)
         self.clients_per_round = cfg.schedule.clients_per_round
-        self.noise_multiplier = params.noise_multiplier
+        self.noise_multiplier = stack.noise_multiplier
         self.accountant = privacy.RunAccountant(
-            dp.mechanism,
-            noise_multiplier=params.noise_multiplier,
+            noise_multiplier=stack.noise_multiplier,
             clients_per_round=cfg.schedule.clients_per_round,
             num_clients=self.num_clients,
             delta=self.delta,
             participation=(
-                aggregation.participation(cfg, train_client_ids) if dp.mechanism == "tree" else ()
+                None if self.layer.amplified_by_sampling
+                else calibration.participation(cfg, train_client_ids)
             ),
         )
         self._round_event: dp_accounting.DpEvent | None = None
-        self._clip: float | None = params.clip_norm
+        settings = self.layer.Settings and self.layer.settings(cfg)
+        self._memo: dict = {"settings": settings, "clip": stack.clip_norm}
         self.epsilon = 0.0
-
     def notes(self, rounds: int) -> list[str]:
         """Lines to print at start: the budget of the whole run, and warnings."""
         lines = []
@@ -115,7 +89,7 @@ class PrivacyTracker:
             f"epsilon {planned:.3g} at delta {self.delta:g} ({self.accountant.relation}; "
             + (
                 "no sampling amplification"
-                if self.mechanism == "tree"
+                if self.accountant.by_participation
                 else f"{self.clients_per_round} of {self.num_clients} clients sampled "
                 "without replacement each round"
             )
@@ -137,7 +111,7 @@ class PrivacyTracker:
     def restore(self, rounds_done: int, learning_state: Any) -> None:
         """Picks up the last round's event from a restored state."""
         self._round_event = dp_event_from_state(learning_state)
-        self._clip = None  # the restored state's clip is unknown until a round runs
+        self._memo["clip"] = None  # the restored state's clip is unknown until a round runs
         self.epsilon = self.accountant.epsilon(rounds_done, self._round_event)
 
     def stop_reason(self, next_round: int) -> str | None:
@@ -157,38 +131,16 @@ class PrivacyTracker:
         self, round_num: int, learning_state: Any, aggregator_metrics: Mapping[str, Any]
     ) -> dict[str, float]:
         """Epsilon after this round and the aggregator's privacy figures."""
-        metrics: dict[str, float] = {}
         event = dp_event_from_state(learning_state)
-        if self.mechanism == "distributed":
-            found = _mappings_with(
-                aggregator_metrics, ("l2_clip", "scale_factor", "scaled_inflated_l2")
-            )
-            if found:
-                quantisation = found[0]
-                # Rounding inflates the sensitivity slightly; the noise is
-                # relative to the clip before it.
-                inflation = float(quantisation["scaled_inflated_l2"]) / (
-                    float(quantisation["l2_clip"]) * float(quantisation["scale_factor"])
-                )
-                metrics["privacy/sensitivity_inflation"] = inflation
-                event = dp_accounting.GaussianDpEvent(self.noise_multiplier / inflation)
+        metrics, better_event = self.layer.privacy_figures(
+            aggregator_metrics, self.noise_multiplier, self._memo
+        )
+        event = better_event or event
         if event is not None:
             self._round_event = event
         self.epsilon = self.accountant.epsilon(round_num, self._round_event)
         metrics["privacy/epsilon"] = self.epsilon
         metrics["privacy/noise_multiplier"] = float(self.noise_multiplier)
-        if self.mechanism == "adaptive":
-            found = _mappings_with(aggregator_metrics, ("clip",))
-            if found:
-                new_clip = float(found[0]["clip"])
-                metrics["privacy/clip_norm"] = new_clip
-                if self._clip:
-                    # Inverts TF Privacy's geometric update of the clip,
-                    # clip' = clip * exp(-lr * (unclipped - target)): the
-                    # noised fraction of unclipped clients, itself private.
-                    unclipped = self.target_quantile - math.log(new_clip / self._clip) / self.clip_learning_rate
-                    metrics["privacy/clipped_fraction"] = 1.0 - min(1.0, max(0.0, unclipped))
-                self._clip = new_clip
         return metrics
 
     def summary(self, rounds_done: int) -> str:

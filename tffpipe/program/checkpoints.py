@@ -27,7 +27,7 @@ _FINGERPRINT_FILE = "fingerprint.json"
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(errors.UserError, RuntimeError):
     """Resuming is impossible; the message is one line for the user."""
 
 

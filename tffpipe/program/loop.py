@@ -11,21 +11,19 @@ from typing import Callable
 from absl import logging
 import tensorflow_federated as tff
 
-from tffpipe.learning import builder
-from tffpipe.program import checkpoints
-from tffpipe.program import communication
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe.runtimes import devices
+from tffpipe.learning import builder
+from tffpipe.privacy import tracking as privacy_tracking
+from tffpipe.program import checkpoints
+from tffpipe.program import communication
 from tffpipe.program import files
-from tffpipe.runtimes import inprocess
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
-from tffpipe.privacy import tracking as privacy_tracking
-from tffpipe.runtimes import processes
 from tffpipe.program import progress
-from tffpipe.runtimes import contexts as runtime
 from tffpipe.program import sampling
+from tffpipe.runtimes import processes
+from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec, Task
 
 
@@ -96,7 +94,7 @@ def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
     return ClientSpec(
         num_epochs=c.epochs,
         batch_size=c.batch_size,
-        max_elements=c.max_elements,
+        max_elements=c.max_elements or None,
         shuffle_buffer_size=c.shuffle_buffer,
     )
 
@@ -112,24 +110,20 @@ class _Evaluator:
     def __init__(
         self,
         task: Task,
-        batch_size: int,
-        max_clients: int,
-        seed: int,
-        runtime_cfg: config_lib.RuntimeConfig,
+        cfg: config_lib.RunConfig,
         print_fn: Callable[[str], None],
     ):
+        schedule = cfg.schedule
         self._task = task
-        self._batch_size = batch_size
+        self._batch_size = schedule.eval_batch_size
         ids = list(task.eval_data.client_ids)
-        if max_clients and max_clients < len(ids):
-            ids = sampling.sample_clients(ids, max_clients, seed=seed, round_num=0)
+        if schedule.eval_clients and schedule.eval_clients < len(ids):
+            ids = sampling.sample_clients(ids, schedule.eval_clients, seed=schedule.seed, round_num=0)
         self.client_ids = ids
-        self._process = builder.build_evaluation_process(task, runtime_cfg)
-        if runtime_cfg.name == "inprocess":
-            self._process = inprocess.build(
-                self._process, devices.client_slots(runtime_cfg), "evaluation process", print_fn,
-                prefetch_clients=runtime_cfg.prefetch_clients,
-            )
+        runtime = runtime_registry.get(cfg.runtime.name)
+        self._process = runtime.evaluation(
+            builder.build_evaluation_process(task, runtime.loop_implementation()), cfg, print_fn
+        )
         self._state = self._process.initialize()
 
     def __call__(self, model_weights) -> dict[str, float]:
@@ -156,32 +150,35 @@ def run(
       The run's final round count, starting round, held-out metrics and weights.
 
     Raises:
-      ConfigError: settings that do not fit the task.
-      ResumeError: checkpoints that exist but cannot be resumed from.
-      InProcessUnsupported: `--runtime=inprocess` with a process it cannot run.
+      UserError: settings that do not fit the task, checkpoints that exist but
+        cannot be resumed from, a process the runtime cannot run, workers that
+        do not answer.
     """
     cfg = fit_to_task(cfg, task)
     processes.install_worker_reaper()
     schedule = cfg.schedule
     print_fn("building the federated learning and evaluation processes...")
     client_ids = list(task.train_data.client_ids)
+    runtime = runtime_registry.get(cfg.runtime.name)
     with compat.quiet_tensorflow_errors():
-        process, agg_params = builder.build_learning_process(task, cfg, client_ids)
+        process, stack = builder.build_learning_process(
+            task, cfg, client_ids, runtime.loop_implementation()
+        )
     print_fn(f"algorithm {cfg.algorithm.name}, client weighting {cfg.client_weighting}")
-    print_fn(agg_params.describe())
+    print_fn(stack.describe())
     traffic_metrics = _traffic_metrics(process, print_fn)
     tracker = None
-    if cfg.aggregation.dp.enabled:
-        tracker = privacy_tracking.PrivacyTracker(cfg, agg_params, client_ids)
-        if agg_params.noise_from_target:
+    if stack.dp_layer is not None:
+        tracker = privacy_tracking.PrivacyTracker(cfg, stack, client_ids)
+        if stack.noise_from_target:
             print_fn(
-                f"privacy: noise multiplier {agg_params.noise_multiplier:.4f} solved for "
-                f"--dp_target_epsilon={cfg.aggregation.dp.target_epsilon:g} after "
+                f"privacy: noise multiplier {stack.noise_multiplier:.4f} solved for "
+                f"--dp_target_epsilon={cfg.privacy.target_epsilon:g} after "
                 f"{schedule.rounds} rounds"
             )
         for line in tracker.notes(schedule.rounds):
             print_fn(line)
-    with runtime.running(process, cfg.runtime, print_fn) as runner:
+    with runtime.running(process, cfg, print_fn) as runner:
         return _train(cfg, task, runner, tracker, traffic_metrics, print_fn)
 
 
@@ -194,7 +191,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
         process.initialize(), builder.initial_model_weights(task, schedule.seed)
     )
     ckpt = checkpoints.CheckpointManager(
-        paths.checkpoints, keep=schedule.keep_checkpoints, fingerprint=cfg.fingerprint()
+        paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint()
     )
     restored = ckpt.restore(state)
     start_round = 0
@@ -217,10 +214,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
-    evaluator = _Evaluator(
-        task, schedule.eval_batch_size, schedule.eval_clients, schedule.seed, cfg.runtime,
-        print_fn,
-    )
+    evaluator = _Evaluator(task, cfg, print_fn)
     spec = _client_spec(cfg)
     final_eval: dict[str, float] = {}
     stopped_early = None
@@ -260,7 +254,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
             evaluated_round = round_num
             round_metrics.update(final_eval)
         log.release(round_metrics, round_num)
-        if is_last or round_num % schedule.checkpoint_every == 0:
+        if is_last or round_num % cfg.output.checkpoint_every == 0:
             ckpt.save(checkpoints.ProgramState(round_num, state))
             last_saved = round_num
         done = round_num - start_round

@@ -1,9 +1,4 @@
-"""Chooses where a learning process's rounds run.
-
-`--runtime=cpp` runs them in TFF's C++ worker, in the execution context the
-process needs; `--runtime=inprocess` runs them in this process
-(`tffpipe.runtimes.inprocess`); `--runtime=remote` on TFF workers elsewhere
-(`tffpipe.runtimes.remote`).
+"""TFF execution contexts the runtimes share: which one a process needs, and the test context.
 
 TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
 federated value"). Its test context replaces them with insecure bodies that
@@ -18,10 +13,6 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.compiler import tree_analysis
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
-from tffpipe import config as config_lib
-from tffpipe.runtimes import devices
-from tffpipe.runtimes import inprocess
-from tffpipe.runtimes import remote
 
 SECURE_INTRINSICS = (
     "federated_secure_sum",
@@ -74,47 +65,3 @@ def test_runtime() -> Iterator[None]:
     context = tff.backends.test.create_sync_test_cpp_execution_context()
     with context_stack_impl.context_stack.install(context):
         yield
-
-
-@contextlib.contextmanager
-def running(
-    process: tff.learning.templates.LearningProcess,
-    runtime_cfg: config_lib.RuntimeConfig,
-    print_fn: Callable[[str], None],
-) -> Iterator[object]:
-    """Yields what runs `process`'s rounds on the configured runtime.
-
-    With "cpp" that is `process` itself, inside the TFF context it needs; with
-    "inprocess" an `inprocess.InProcessProcess` with the same interface.
-
-    With "remote" it is `process` itself, with every TFF computation run
-    across the workers (evaluation included).
-
-    Raises:
-      inprocess.InProcessUnsupported: the process cannot run in-process.
-      remote.WorkerUnavailable: a worker does not answer.
-      remote.NotMergeable: the round cannot be split across workers.
-    """
-    if runtime_cfg.name == "inprocess":
-        runner = inprocess.build(
-            process, devices.client_slots(runtime_cfg), print_fn=print_fn,
-            prefetch_clients=runtime_cfg.prefetch_clients,
-        )
-        try:
-            yield runner
-        finally:
-            runner.close()
-        return
-    if runtime_cfg.name == "remote":
-        remote.check_mergeable(process.next)
-        context = remote.FailoverContext(
-            runtime_cfg.workers, runtime_cfg.worker_wait_sec, print_fn
-        )
-        print_fn(remote.describe(runtime_cfg.workers, runtime_cfg.worker_wait_sec))
-        if uses_secure_sum(process.next):
-            print_fn(REMOTE_SECURE_NOTE)
-        with context_stack_impl.context_stack.install(context):
-            yield process
-        return
-    with execution_context_for(process, print_fn):
-        yield process

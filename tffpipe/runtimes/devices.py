@@ -16,12 +16,12 @@ import subprocess
 from absl import logging
 import tensorflow as tf
 
-from tffpipe import config as config_lib
+from tffpipe import errors
 
 _DEFAULT_GPU_MEMORY_MB = 4096
 
 
-class DeviceError(ValueError):
+class DeviceError(errors.UserError, ValueError):
     """Device settings that cannot be applied."""
 
 
@@ -56,7 +56,7 @@ def gpu_memory_mb() -> list[int]:
         return []
 
 
-def configure(settings: config_lib.RuntimeConfig) -> None:
+def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
     """Makes the chosen GPUs visible and splits devices into logical ones.
 
     Raises:
@@ -87,7 +87,7 @@ def configure(settings: config_lib.RuntimeConfig) -> None:
         raise DeviceError(f"devices can only be configured before TensorFlow starts: {e}") from e
 
 
-def client_slots(settings: config_lib.RuntimeConfig) -> list[str]:
+def client_slots(settings: "tffpipe.runtimes.inprocess.Settings") -> list[str]:
     """One device name per concurrent client: every logical GPU if any, else the CPU.
 
     On the CPU, each logical CPU device gets `parallel_clients` slots.

@@ -1,347 +1,108 @@
-"""The in-process runtime: a learning process's round as TensorFlow functions.
+"""`--runtime=inprocess`: the round compiled to TFF's MapReduceForm and run in this process.
 
-`process.next` is compiled to TFF's `MapReduceForm` (TFF's own compiler), and
-its TensorFlow parts run here, in the launcher's process, on TensorFlow
-devices of our choosing:
-
-  prepare(server state)                         -> client input (broadcast)
-  work(client dataset, client input)            -> client update, per client
-  zero / accumulate / merge / report            -> the aggregate
-  secure-sum parts                              -> pairwise-masked sums
-  update(server state, aggregates)              -> new state and metrics
-
-Each part is imported once (`tf_parts.ImportedComputation`); `work` and
-`accumulate` once per concurrent client slot, each slot on its device. The
-object looks like a TFF `LearningProcess` to the program loop (`initialize`,
-`next`, `get_model_weights`, `set_model_weights`), returns the same Python
-structures as TFF's runtime, so checkpoints are interchangeable.
-
-TFF 0.87 has no Python executor any more, which is why this is written here.
+Clients train in TensorFlow on every chosen device (`devices.py`), several
+at once; secure sums use pairwise masking (`secure_masking.py`). The engine
+is `inprocess_process.InProcessProcess`.
 """
 
-import concurrent.futures
+import contextlib
 import dataclasses
-import threading
-from typing import Any, Callable, Sequence
 
-from absl import logging
-import numpy as np
-import tensorflow as tf
-import tensorflow_federated as tff
-from tensorflow_federated.python.core.backends.mapreduce import forms
+from tffpipe import settings
+from tffpipe.runtimes import base
 
-from tffpipe import errors
-from tffpipe.runtimes import secure_masking
-from tffpipe.runtimes import tf_parts
-
-_SECURE_KINDS = (
-    # (MapReduceForm part giving the parameter, work output index, kind)
-    ("secure_sum_bitwidth", forms.WORK_SECAGG_BITWIDTH_INDEX, "bitwidth"),
-    ("secure_sum_max_input", forms.WORK_SECAGG_MAX_INPUT_INDEX, "max_input"),
-    ("secure_modular_sum_modulus", forms.WORK_SECAGG_MODULUS_INDEX, "modular"),
-)
+PREFETCH_CLIENTS = ("auto", "on", "off")
+# The settings apply to this runtime and to `auto`, which may choose it.
+_APPLIES = ("runtime", ("auto", "inprocess"))
 
 
-class InProcessUnsupported(ValueError):
-    """The process cannot run on the in-process runtime."""
+def _gpus_check(value: str) -> str | None:
+    if value in ("all", "none") or all(part.isdigit() for part in value.split(",")):
+        return None
+    return "must be 'all', 'none' or GPU indices like '0,1'"
 
 
-def compile_round(computation: tff.Computation, what: str):
-    """`computation` as a MapReduceForm.
-
-    Raises:
-      InProcessUnsupported: with TFF's reason and the way out.
-    """
-    try:
-        return tff.backends.mapreduce.get_map_reduce_form_for_computation(computation)
-    except Exception as e:  # pylint: disable=broad-except
-        # TFF's compiler raises many types (ValueError, TypeError, compiler
-        # errors); all mean the same thing to the user.
-        raise InProcessUnsupported(
-            f"the {what} cannot run on --runtime=inprocess: TFF cannot compile its "
-            f"round to a MapReduceForm ({errors.first_line(e)}); use --runtime=cpp"
-        ) from e
-
-
-def _import(comp: tff.Computation, what: str) -> tf_parts.ImportedComputation:
-    try:
-        return tf_parts.ImportedComputation(comp)
-    except tf_parts.NotTensorFlowError as e:
-        raise InProcessUnsupported(
-            f"the {what} cannot run on --runtime=inprocess ({e}); use --runtime=cpp"
-        ) from e
-
-
-@dataclasses.dataclass
-class _Slot:
-    """One concurrent client: a device and its own copies of the client parts."""
-
-    device: str
-    # work, then accumulate: (*accumulator, dataset, *client input) ->
-    # (*accumulator, *secure-sum inputs).
-    client_step: Callable[..., list[tf.Tensor]]
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    gpus: str = settings.setting(
+        "all", "GPUs to train clients on: all, none, or indices like 0,1.",
+        flag="gpus", group="runtime", check=_gpus_check, applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    clients_per_gpu: int = settings.setting(
+        1, "Clients trained at once on each GPU (each gets a logical GPU with its share of the memory).",
+        flag="clients_per_gpu", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    parallel_clients: int = settings.setting(
+        2, "Without GPUs: clients trained at once on each CPU device.",
+        flag="parallel_clients", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    cpu_devices: int = settings.setting(
+        1, "Split the CPU into this many logical devices (tests use it to exercise the multi-GPU placement on a CPU).",
+        flag="cpu_devices", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    prefetch_clients: str = settings.setting(
+        "auto", "Read each slot's next client into memory while the current one trains: on, off, "
+        "or auto (on when clients train on GPUs; on the CPU it competes with training for the cores).",
+        flag="prefetch_clients", group="runtime", choices=PREFETCH_CLIENTS, applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
 
 
-class InProcessProcess:
-    """A TFF learning (or evaluation) process run in this process.
+class InProcessRuntime(base.Runtime):
+    key = "inprocess"
+    Settings = Settings
+    summary = "the round in this process, on every core and GPU"
 
-    Args:
-      process: a `tff.learning.templates.LearningProcess`.
-      slot_devices: one TensorFlow device name per concurrent client.
-      what: how errors name the process ("learning process").
-      prefetch: whether each slot loads its next client's data (into memory,
-        on a loader thread) while the current client trains.
-      print_fn: where to say which device got which clients in the first
-        round (later rounds log it at INFO level).
-    """
+    def configure_devices(self, cfg):
+        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
 
-    def __init__(
-        self,
-        process: tff.learning.templates.LearningProcess,
-        slot_devices: Sequence[str],
-        what: str = "learning process",
-        prefetch: bool = True,
-        print_fn: Callable[[str], None] | None = None,
-    ):
-        if not slot_devices:
-            raise ValueError("at least one client slot is needed")
-        self.process = process
-        self._next_type = process.next.type_signature
-        self._prefetch = prefetch
-        self._what = what
-        self._print_first_placement = print_fn
-        mrf = compile_round(process.next, what)
+        devices.configure(self.settings(cfg))
+
+    def loop_implementation(self):
+        # TFF's default, DATASET_REDUCE, runs each batch inside a ReduceDataset
+        # op; run in-process that took 4.4x as long per client as
+        # DATASET_ITERATOR (digits CNN: 0.95 vs 0.22 s for 10 clients), which is
+        # also the loop GPUs need. Both loops compute the same updates, so
+        # checkpoints move between runtimes.
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.LoopImplementation.DATASET_ITERATOR
+
+    def wrap(self, process, cfg, print_fn, what="learning process"):
+        """`process` on this runtime (`InProcessUnsupported` if it cannot run here)."""
+        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
+
+        s = self.settings(cfg)
+        return inprocess_process.build(
+            process, devices.client_slots(s), what, print_fn, prefetch_clients=s.prefetch_clients
+        )
+
+    @contextlib.contextmanager
+    def running(self, process, cfg, print_fn):
+        runner = self.wrap(process, cfg, print_fn)
         try:
-            init = tff.backends.mapreduce.get_state_initialization_computation(process.initialize)
-        except Exception as e:  # pylint: disable=broad-except
-            raise InProcessUnsupported(
-                f"the {what}'s initialize cannot run on --runtime=inprocess "
-                f"({errors.first_line(e)}); use --runtime=cpp"
-            ) from e
-        self._initialize = _import(init, what)
-        self._prepare = _import(mrf.prepare, what)
-        self._zero = _import(mrf.zero, what)
-        self._merge = _import(mrf.merge, what)
-        self._report = _import(mrf.report, what)
-        self._update = _import(mrf.update, what)
-        self._get_weights = _import(process.get_model_weights, what)
-        self._set_weights = _import(process.set_model_weights, what)
-        work_result = mrf.work.type_signature.result
-        self._num_update = tf_parts.num_leaves(work_result[forms.WORK_UPDATE_INDEX])
-        self._slots = []
-        for device in slot_devices:
-            with tf.device(device):
-                step = tf_parts.chain_work_and_accumulate(
-                    _import(mrf.work, what), _import(mrf.accumulate, what), self._num_update
-                )
-            self._slots.append(_Slot(device, step))
-        # Secure-sum parameters are constants of the computation: read once.
-        self._secure: list[tuple[str, int, list[int]]] = []
-        for part, index, kind in _SECURE_KINDS:
-            count = tf_parts.num_leaves(work_result[index])
-            if not count:
-                continue
-            params = [int(np.asarray(p)) for p in _import(getattr(mrf, part), what)()]
-            if len(params) == 1 and count > 1:
-                params = params * count
-            self._secure.append((kind, count, params))
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._slots), thread_name_prefix="tffpipe-client"
-        )
-        self._loader = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._slots), thread_name_prefix="tffpipe-prefetch"
-        )
-        self.last_assignment: dict[str, list[int]] = {}
+            yield runner
+        finally:
+            runner.close()
 
-    @property
-    def uses_secure_sum(self) -> bool:
-        """Whether rounds aggregate some values with (masked) secure sums."""
-        return bool(self._secure)
+    def evaluation(self, process, cfg, print_fn):
+        return self.wrap(process, cfg, print_fn, "evaluation process")
 
-    @property
-    def slot_devices(self) -> list[str]:
-        """The device of every concurrent client slot."""
-        return [s.device for s in self._slots]
+    def doctor_checks(self, cfg, gpus_seen):
+        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
 
-    # The LearningProcess interface used by the program loop.
-
-    def initialize(self):
-        """The initial server state, as TFF's runtime would return it."""
-        return tf_parts.unflatten(self._initialize(), self.process.initialize.type_signature.result)
-
-    def get_model_weights(self, state):
-        """The model weights held in `state`."""
-        comp_type = self.process.get_model_weights.type_signature
-        leaves = self._get_weights(*_tensors(tf_parts.flatten(state, comp_type.parameter)))
-        return tf_parts.unflatten(leaves, comp_type.result)
-
-    def set_model_weights(self, state, weights):
-        """`state` with its model weights replaced by `weights`."""
-        comp_type = self.process.set_model_weights.type_signature
-        args = tf_parts.flatten([state, weights], comp_type.parameter)
-        return tf_parts.unflatten(self._set_weights(*_tensors(args)), comp_type.result)
-
-    def next(self, state, client_data: Sequence[tf.data.Dataset]):
-        """One round on `client_data` (one dataset per client)."""
-        state_leaves = _tensors(tf_parts.flatten(state, self._next_type.parameter[0]))
-        with tf.device("/CPU:0"):
-            client_input = self._prepare(*state_leaves)
-        datasets = list(client_data)
-        moduli = self._moduli(len(datasets))
-        accumulators, secure_inputs = self._run_clients(client_input, datasets, moduli)
-        aggregate = accumulators[0]
-        for other in accumulators[1:]:
-            aggregate = self._merge(*aggregate, *other)
-        report = self._report(*aggregate)
-        secure_sums = self._secure_sums(secure_inputs, moduli)
-        leaves = self._update(*state_leaves, *report, *secure_sums)
-        return tf_parts.unflatten(leaves, self._next_type.result)
-
-    def _run_clients(self, client_input, datasets, moduli):
-        """Runs `work` for every client on the slots; accumulates per slot.
-
-        Client i goes to slot i mod (number of slots), and slots are merged in
-        order, so a round's result does not depend on thread timing (runs are
-        reproducible and resumable to the same weights). Secure-sum inputs are
-        masked by each client before they leave its slot.
-        """
-        masks = secure_masking.PairwiseMasks(len(datasets)) if self._secure else None
-        secure_inputs: list[list[np.ndarray]] = [[] for _ in datasets]
-        num_slots = len(self._slots)
-        assignment = {
-            k: list(range(k, len(datasets), num_slots)) for k in range(min(num_slots, len(datasets)))
-        }
-
-        def run_slot(slot: _Slot, clients: list[int]):
-            with slot.lock, tf.device(slot.device):
-                accumulator = self._zero()
-                pending = self._load(datasets[clients[0]])
-                for n, index in enumerate(clients):
-                    dataset = pending.result()
-                    if n + 1 < len(clients):
-                        pending = self._load(datasets[clients[n + 1]])
-                    outputs = slot.client_step(*accumulator, dataset, *client_input)
-                    accumulator = outputs[: len(accumulator)]
-                    if masks is not None:
-                        secure_inputs[index] = self._mask(
-                            masks, moduli, index, outputs[len(accumulator) :]
-                        )
-                return accumulator
-
-        futures = [self._pool.submit(run_slot, self._slots[k], ids) for k, ids in assignment.items()]
-        accumulators = [f.result() for f in futures]
-        self.last_assignment = {
-            f"{self._slots[k].device} (slot {k})": ids for k, ids in assignment.items()
-        }
-        placement = "; ".join(f"{where}: clients {ids}" for where, ids in self.last_assignment.items())
-        if self._print_first_placement is not None:
-            self._print_first_placement(
-                f"{self._what} placement (client i of a round goes to slot i mod "
-                f"{num_slots}), first round: {placement}"
-            )
-            self._print_first_placement = None
-        logging.info("in-process %s round: %s", self._what, placement)
-        return accumulators, secure_inputs
-
-    def _load(self, dataset: tf.data.Dataset) -> concurrent.futures.Future:
-        """The client's dataset, read into memory on a loader thread.
-
-        The work reads the cached elements, which are exactly those the
-        dataset's first pass produced, so training sees the same data.
-        """
-        if not self._prefetch:
-            done = concurrent.futures.Future()
-            done.set_result(dataset)
-            return done
-        return self._loader.submit(_read_into_memory, dataset)
-
-    def _moduli(self, num_clients: int) -> list[int]:
-        """Per secure value: a modulus under which the round's sum is exact
-        (empty without secure sums)."""
-        return [
-            secure_masking.exact_sum_modulus(kind, bound, num_clients)
-            for kind, _, params in self._secure
-            for bound in params
-        ]
-
-    @staticmethod
-    def _mask(masks, moduli, client: int, values) -> list[np.ndarray]:
-        return [
-            masks.mask(client, leaf, values[leaf].numpy(), modulus)
-            for leaf, modulus in enumerate(moduli)
-        ]
-
-    def _secure_sums(self, secure_inputs, moduli) -> list[tf.Tensor]:
-        """The server's side: adds masked vectors; sees nothing else."""
-        if not moduli:
-            return []
-        specs = self._update.input_specs[-len(moduli) :]
-        return [
-            tf.constant(
-                secure_masking.masked_sum([c[leaf] for c in secure_inputs], modulus).astype(
-                    specs[leaf].dtype.as_numpy_dtype
-                )
-            )
-            for leaf, modulus in enumerate(moduli)
-        ]
-
-    def close(self) -> None:
-        """Stops the client and loader threads."""
-        self._pool.shutdown(wait=True)
-        self._loader.shutdown(wait=True)
+        slots = devices.client_slots(self.settings(cfg))
+        used = sorted(set(slots))
+        where = f"{len(slots)} client slot(s) on {', '.join(used)}"
+        if gpus_seen and not any("GPU" in name for name in used):
+            yield ("warn", "runtime inprocess", f"{where}; GPUs present but not used (--gpus={self.settings(cfg).gpus})")
+        else:
+            yield ("ok", "runtime inprocess", where)
 
 
-def _read_into_memory(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    # One pass fills the in-memory cache that later iterators of `cached`
-    # (the client's work) replay. An eager loop: a tf.function taking the
-    # dataset cost 17 ms a call here against 5 ms.
-    with tf.device("/CPU:0"):
-        cached = dataset.cache()
-        for _ in cached:
-            pass
-    return cached
-
-
-def _tensors(leaves: Sequence[Any]) -> list[tf.Tensor]:
-    return [tf.convert_to_tensor(leaf) for leaf in leaves]
-
-
-def reads_ahead(prefetch_clients: str, slot_devices: Sequence[str]) -> bool:
-    """Whether slots read their next client while one trains.
-
-    "auto" does it on GPUs only: on the CPU the loader competes with training
-    for the same cores (digits, 2 cores: 5,000 against 6,170 examples/s).
-    """
-    if prefetch_clients == "auto":
-        return any(":GPU:" in device.upper() for device in slot_devices)
-    return prefetch_clients == "on"
-
-
-def build(
-    process: tff.learning.templates.LearningProcess,
-    slot_devices: Sequence[str],
-    what: str = "learning process",
-    print_fn: Callable[[str], None] | None = None,
-    prefetch_clients: str = "auto",
-) -> InProcessProcess:
-    """`process` on the in-process runtime, with a line about placement.
-
-    Args:
-      process: the TFF process.
-      slot_devices: one TensorFlow device name per concurrent client.
-      what: how messages name the process.
-      print_fn: where the placement lines go (None: nowhere).
-      prefetch_clients: "on", "off", or "auto": on when a slot is a GPU.
-    """
-    prefetch = reads_ahead(prefetch_clients, slot_devices)
-    runtime = InProcessProcess(process, slot_devices, what, prefetch=prefetch, print_fn=print_fn)
-    if print_fn is not None:
-        devices = sorted(set(slot_devices))
-        print_fn(
-            f"runtime inprocess: {what} on {len(slot_devices)} client slot(s) over "
-            f"{', '.join(devices)}"
-            + ("; next clients read ahead" if prefetch else "")
-            + ("; secure sums use pairwise masking" if runtime.uses_secure_sum else "")
-        )
-    return runtime
+RUNTIME = InProcessRuntime()

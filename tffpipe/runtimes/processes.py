@@ -48,6 +48,16 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _has_fileno(stream) -> bool:
+    if stream is None or isinstance(stream, int):
+        return True
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+
+
 class WorkerPopen(subprocess.Popen):
     """`subprocess.Popen` for TFF workers: tied to this process's lifetime.
 
@@ -61,6 +71,12 @@ class WorkerPopen(subprocess.Popen):
             parent_pid = os.getpid()
             kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
         kwargs["env"] = memory.worker_environment(kwargs.get("env"))
+        for stream in ("stdout", "stderr"):
+            # TFF hands the worker `sys.stdout`/`sys.stderr`; in a notebook or
+            # under output capture those have no file descriptor and Popen
+            # fails ("fileno"). The worker then writes to the real ones.
+            if not _has_fileno(kwargs.get(stream)):
+                kwargs[stream] = getattr(sys, f"__{stream}__", None) or subprocess.DEVNULL
         super().__init__(args, **kwargs)
         _live_workers.add(self)
 
@@ -119,6 +135,8 @@ def exit_now(code: int) -> None:
 
 def _release_tff_contexts() -> None:
     """Lets TFF's contexts (and their worker managers) go while Python is whole."""
+    if "tensorflow_federated" not in sys.modules:
+        return  # nothing of TFF's was started (e.g. a flag error), nothing to import
     try:
         from tensorflow_federated.python.core.impl.context_stack import (  # pylint: disable=g-import-not-at-top
             context_stack_impl,

@@ -1,6 +1,6 @@
 """The table of registered tasks that `python -m tffpipe.tasks` prints."""
 
-from tffpipe.tasks.record import TaskError
+from tffpipe.errors import TaskError
 from tffpipe.tasks.registry import describe, factory_options, load_factory, registered_tasks
 
 

@@ -23,11 +23,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.datasets import download as tff_download
 
+from tffpipe.config import DEFAULT_DATA_DIR  # re-exported: the tasks' default
+from tffpipe.errors import TaskError
 from tffpipe.program import files
-from tffpipe.tasks.record import TaskError
 
-# TFF's own default cache folder, so files its loaders downloaded are found.
-DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".tff")
 BASE_URL = "https://storage.googleapis.com/tff-datasets-public/"
 # Set to fetch the same files from a mirror (a folder URL ending in "/").
 MIRROR_ENV = "TFFPIPE_DATASET_MIRROR"

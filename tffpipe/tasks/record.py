@@ -13,6 +13,8 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tffpipe.errors import TaskError  # re-exported
+
 ClientSpec = tff.simulation.baselines.ClientSpec
 ClientData = tff.simulation.datasets.ClientData
 
@@ -27,8 +29,6 @@ EVAL_SPLITS = ("held_out_clients", "test_split")
 _EAGER = "eager"  # marks a pipeline whose client data cannot be traced
 
 
-class TaskError(ValueError):
-    """A task cannot be found or built; the message is one line for the user."""
 
 
 @dataclasses.dataclass(frozen=True)

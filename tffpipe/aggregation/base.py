@@ -1,0 +1,149 @@
+"""What an aggregation layer is, and what it is given when the stack is built.
+
+A layer is one module in this folder with a `LAYER` object and an entry in
+`registry.LAYERS`. It knows its own settings (a frozen `Settings` dataclass,
+whose fields become flags), its checks, the TFF factory it builds around the
+inner one, its lines in the printed stack, and, for DP, its privacy figures.
+Nothing outside its module branches on its name.
+
+Roles, from the outside in:
+* `wrapper`: takes the factory built so far and wraps it (zeroing, a user's
+  layer);
+* `mean`: turns the value sum into the mean; exactly one is used, the first
+  active one in registry order (DP mechanisms are means: they normalise the
+  noisy sum; the plain mean comes last and is always active);
+* `sum`: how values are summed under the mean (secure sum, quantization);
+  at most one.
+
+Layer modules import TensorFlow Federated inside `build`, never at import:
+the launcher reads the layers' settings to define its flags, and flag errors
+are reported before TensorFlow loads.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One line of the printed stack: a short name and what it does."""
+
+    name: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What the layers of one stack share.
+
+    Attributes:
+      config: the run's settings.
+      weighted: whether the mean is weighted by number of examples.
+      secure: whether any layer of the stack sums with secure aggregation,
+        so that the others estimate their norms and counts securely too.
+      clients_per_round: the cohort size.
+      noise_multiplier: the DP noise multiplier (solved from a target
+        epsilon when one was given); None without DP.
+      clip_norm: the DP clipping norm in effect; None without DP.
+      record_bound: the fixed coordinate-wise bound of the values reaching
+        the sum (the DP clip of a mean that clips records), else None.
+    """
+
+    config: Any
+    weighted: bool
+    secure: bool
+    clients_per_round: int
+    noise_multiplier: float | None = None
+    clip_norm: float | None = None
+    record_bound: float | None = None
+
+
+class Layer:
+    """Base class of an aggregation layer; subclasses override what they need."""
+
+    key: str = ""  # registry key; also the `cfg.aggregation` field of its Settings
+    Settings: type | None = None
+    role: str = "wrapper"  # "wrapper", "mean" or "sum"
+    secure_sum: bool = False  # the layer calls secure-sum intrinsics when active
+
+    # Means only.
+    own_sum: bool = False  # sums values itself: no sum layer below it
+    clips_records: bool = False  # bounds every value to [-clip, clip] before the sum
+
+    # DP mechanisms only (mean layers that add noise).
+    dp_mechanism: str | None = None  # the --dp value that selects it
+    needs_uniform_weighting: bool = False
+    default_clip_norm: float = 1.0
+    amplified_by_sampling: bool = True  # False: accounted by participation (tree)
+
+    def settings(self, cfg: Any) -> Any:
+        """This layer's settings in `cfg`."""
+        return getattr(cfg.aggregation, self.key)
+
+    def active(self, cfg: Any) -> bool:
+        """Whether the run's settings put this layer in the stack."""
+        raise NotImplementedError
+
+    def check(self, cfg: Any) -> None:
+        """Refuses settings that do not combine with this layer (`ConfigError`)."""
+
+    def check_noise(self, noise_multiplier: float, clients_per_round: int) -> None:
+        """DP: refuses a noise multiplier the mechanism cannot use."""
+
+    def build(self, inner: Any, ctx: Context) -> Any:
+        """The TFF aggregation factory of this layer around `inner`.
+
+        For a `sum`, `inner` is None; for a `mean`, the sum factory (or None
+        for TFF's plain sum); for a `wrapper`, the stack built so far.
+        """
+        raise NotImplementedError
+
+    def around_mean(self, mean_factory: Any, ctx: Context) -> Any:
+        """`sum` layers: what the layer needs around the mean (e.g. a clip)."""
+        return mean_factory
+
+    def lines(self, ctx: Context) -> list[Line]:
+        """Its lines in the printed stack (`mean`s: those above the sum)."""
+        return []
+
+    def lines_below_sum(self, ctx: Context) -> list[Line]:
+        """`mean`s: lines printed below the sum's (the normalisation)."""
+        return []
+
+    def lines_around_mean(self, ctx: Context) -> list[Line]:
+        """`sum`s: lines of `around_mean`, printed above the mean's."""
+        return []
+
+    def privacy_figures(
+        self, aggregator_metrics: Mapping[str, Any], noise_multiplier: float, memo: dict
+    ) -> tuple[dict[str, float], Any]:
+        """DP: per-round figures from the aggregator's metrics.
+
+        Args:
+          aggregator_metrics: what the aggregator reported this round.
+          noise_multiplier: the run's noise multiplier.
+          memo: a dict kept across the run's rounds for this layer.
+
+        Returns:
+          (`privacy/...` metrics, the round's DP event if the layer knows it
+          better than the aggregator's state, else None).
+        """
+        return {}, None
+
+
+def find_mappings(tree: Any, keys: tuple[str, ...]) -> list[Mapping[str, Any]]:
+    """Every mapping (or named tuple) in a nested structure holding all `keys`.
+
+    Depth first, in order; a match is not searched further.
+    """
+    if hasattr(tree, "_asdict"):
+        tree = tree._asdict()
+    if isinstance(tree, Mapping):
+        if all(k in tree for k in keys):
+            return [tree]
+        values = tree.values()
+    elif isinstance(tree, (list, tuple)):
+        values = tree
+    else:
+        return []
+    return [found for value in values for found in find_mappings(value, keys)]

@@ -1,0 +1,76 @@
+"""Compression of client uploads by uniform quantization (`EncodedSumFactory`, Suresh et al. 2017).
+
+`tff.learning.compression_aggregator` hard-codes 8 bits; this is its stack
+with the bit width and size threshold from the settings.
+"""
+
+import dataclasses
+
+from tffpipe import settings
+from tffpipe.aggregation import base
+from tffpipe.errors import ConfigError
+
+METHODS = ("none", "uniform_quantization")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    method: str = settings.setting(
+        "none", "Compress client uploads: uniform_quantization (EncodedSumFactory).",
+        flag="compression", group="aggregation", choices=METHODS, resume=settings.MUST_MATCH,
+        short=True,
+    )
+    bits: int = settings.setting(
+        8, "Bits per value under --compression.",
+        flag="compression_bits", group="aggregation",
+        check=settings.integer_range(
+            1, 16, " (TFF's uniform quantization rounds in float32, which holds at most "
+            "16-bit levels exactly, and 32 bits would not compress)"),
+        applies=("compression", ("uniform_quantization",)),
+    )
+    min_elements: int = settings.setting(
+        20000, "Under --compression, tensors with fewer elements are sent unquantised.",
+        flag="compression_min_elements", group="aggregation", check=settings.at_least(0),
+        applies=("compression", ("uniform_quantization",)),
+    )
+
+
+class Quantization(base.Layer):
+    key = "quantization"
+    Settings = Settings
+    role = "sum"
+
+    def active(self, cfg) -> bool:
+        return self.settings(cfg).method != "none"
+
+    def check(self, cfg) -> None:
+        if not self.active(cfg):
+            return
+        if cfg.aggregation.secure.enabled:
+            raise ConfigError(
+                "--secure_aggregation cannot be combined with --compression: secure sums "
+                "need integers in a fixed range, and uniform quantization scales each "
+                "client's values by its own min and max (secure aggregation already "
+                "sends quantised integers)"
+            )
+        if cfg.privacy.mechanism != "none":
+            raise ConfigError(
+                "--dp cannot be combined with --compression: quantising a clipped update "
+                "can raise its norm above the clip, which voids the DP guarantee "
+                "(--dp=distributed quantises with a privacy analysis)"
+            )
+
+    def build(self, inner, ctx):
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        s = self.settings(ctx.config)
+        return tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+            quantization_bits=s.bits, threshold=s.min_elements
+        )
+
+    def lines(self, ctx):
+        s = self.settings(ctx.config)
+        return [base.Line("quantization", f"uniform, {s.bits} bits per value, tensors over {s.min_elements} elements")]
+
+
+LAYER = Quantization()

@@ -1,0 +1,133 @@
+"""Training from Python: `tffpipe.run(task="digits", rounds=20, dp="fixed", ...)`.
+
+The keyword arguments are the launcher's flags by name, checked the same
+way; the run writes the same folder as `python -m tffpipe.train` (and resumes
+it when called again with the same settings). `train` is the sequence both
+share.
+"""
+
+import csv
+import dataclasses
+import os
+import tempfile
+from typing import Any, Callable
+
+from tffpipe import config as config_lib
+from tffpipe.errors import ConfigError
+from tffpipe.runtimes import registry as runtime_registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What `run` returns.
+
+    Attributes:
+      metrics: one dict per finished round (`round`, `train/loss`,
+        `eval/accuracy`, ...), read back from `results/metrics.csv`; a pandas
+        DataFrame when pandas is installed.
+      model: the final global model as a Keras model.
+      final_eval: the held-out metrics of the final model.
+      run_dir: the run's folder.
+      rounds_done: rounds in the final state.
+      epsilon: the privacy spent (DP runs), else None.
+    """
+
+    metrics: Any
+    model: Any
+    final_eval: dict[str, float]
+    run_dir: str
+    rounds_done: int
+    epsilon: float | None = None
+
+
+def check_writable(directory: str) -> None:
+    """Creates `directory` and proves a file can be written there.
+
+    Raises:
+      ConfigError: the folder cannot be created or written.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--root_dir: cannot write to {directory}: {e.strerror or e}") from e
+
+
+def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[Any, Any]:
+    """Sets up the runtime, builds the task and trains (or resumes) the run.
+
+    Returns:
+      (the `program.loop.RunResult`, the task).
+
+    Raises:
+      UserError: anything the user can fix, in one line.
+    """
+    runtime = runtime_registry.get(cfg.runtime.name)
+    runtime.configure_devices(cfg)  # before TensorFlow starts its devices
+    runtime.preflight(cfg, print_fn)  # before the data loads
+    from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
+
+    task = tasks.create_task(
+        cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir
+    )
+    cfg = loop.fit_to_task(cfg, task)
+    check_writable(cfg.output.run_dir)
+    print_fn(loop.describe_run(cfg, task))
+    return loop.run(cfg, task, print_fn=print_fn), task
+
+
+def run(*, quiet: bool = False, **settings: Any) -> Result:
+    """Trains (or resumes) a run from Python, e.g. in a notebook.
+
+    Args:
+      quiet: print nothing (the progress lines are printed otherwise).
+      **settings: the launcher's flags by name (`rounds=20`, `dp="fixed"`,
+        `digits_alpha=0.1`, ...); absent ones take their defaults.
+
+    Returns:
+      The per-round metrics, the final Keras model and the held-out metrics.
+
+    Raises:
+      UserError: a bad setting (`ConfigError`), task (`TaskError`) or
+        checkpoint, in one line.
+    """
+    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+
+    cfg = config_lib.from_values(settings)
+    processes.install_worker_reaper()
+    print_fn = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    result, task = train(cfg, print_fn)
+    model = task.model_builder()
+    result.model_weights.assign_weights_to(model)
+    run_dir = cfg.output.run_dir
+    return Result(
+        metrics=_read_metrics(os.path.join(run_dir, "results", "metrics.csv")),
+        model=model,
+        final_eval=result.final_eval,
+        run_dir=run_dir,
+        rounds_done=result.rounds_done,
+        epsilon=result.epsilon,
+    )
+
+
+def _read_metrics(path: str) -> Any:
+    rows = []
+    if os.path.exists(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                rows.append({k: _number(v) for k, v in row.items() if v not in ("", None)})
+    try:
+        import pandas  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -1,0 +1,67 @@
+"""What a federated algorithm is: one module in this folder with an `ALGORITHM`.
+
+An algorithm knows its own settings (a frozen `Settings` dataclass whose
+fields become flags), its checks, and how to build a TFF learning process
+from the model function, the optimizers and the aggregator. Modules import
+TensorFlow Federated inside `build`, never at import (flags are checked
+before TensorFlow loads).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What every algorithm is built from.
+
+    Attributes:
+      model_fn: returns a fresh `tff.learning` model of the task.
+      client_optimizer: a `tff.learning.optimizers` optimizer (None for
+        algorithms that train no client optimizer).
+      server_optimizer: likewise, for the server.
+      model_aggregator: the aggregation factory of the stack.
+      make_aggregator: builds another, independent copy of the stack (for
+        algorithms that aggregate a second value, like Mime-lite).
+      weighted: whether the aggregator is weighted by number of examples.
+      loop_implementation: how clients iterate over their data (the runtime
+        chooses it).
+      config: the run's settings.
+    """
+
+    model_fn: Callable[[], Any]
+    client_optimizer: Any
+    server_optimizer: Any
+    model_aggregator: Any
+    make_aggregator: Callable[[], Any]
+    weighted: bool
+    loop_implementation: Any
+    config: Any
+
+
+class Algorithm:
+    """Base class of a federated algorithm."""
+
+    key: str = ""
+    Settings: type | None = None
+    uses_client_optimizer: bool = True
+
+    def settings(self, cfg: Any) -> Any:
+        return getattr(cfg.algorithm, self.key)
+
+    def check(self, cfg: Any, given: frozenset[str] = frozenset()) -> None:
+        """Refuses settings that do not combine with the algorithm (`ConfigError`).
+
+        Args:
+          cfg: the run's settings.
+          given: the flags set explicitly (empty when a config is built directly).
+        """
+
+    def build(self, parts: Parts) -> Any:
+        """The `tff.learning.templates.LearningProcess`."""
+        raise NotImplementedError
+
+    def client_weighting(self, parts: Parts) -> Any:
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.ClientWeighting.NUM_EXAMPLES if parts.weighted else tff.learning.ClientWeighting.UNIFORM

@@ -1,0 +1,29 @@
+"""FedAvg (McMahan et al. 2017); with an adaptive server optimizer FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021)."""
+
+from tffpipe.learning import base
+
+
+class FedAvg(base.Algorithm):
+    key = "fedavg"
+
+    def build(self, parts):
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        if parts.weighted:
+            return tff.learning.algorithms.build_weighted_fed_avg(
+                parts.model_fn, client_weighting=self.client_weighting(parts), **common_arguments(parts)
+            )
+        return tff.learning.algorithms.build_unweighted_fed_avg(parts.model_fn, **common_arguments(parts))
+
+
+def common_arguments(parts: base.Parts) -> dict:
+    """The keyword arguments FedAvg and FedProx builders share."""
+    return dict(
+        client_optimizer_fn=parts.client_optimizer,
+        server_optimizer_fn=parts.server_optimizer,
+        model_aggregator=parts.model_aggregator,
+        loop_implementation=parts.loop_implementation,
+    )
+
+
+ALGORITHM = FedAvg()

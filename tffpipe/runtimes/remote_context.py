@@ -1,0 +1,346 @@
+"""Runs rounds on TFF worker services on other machines (`--runtime=remote`).
+
+Each worker (`python -m tffpipe.worker`, TFF's `worker_binary`) gets one
+asynchronous TFF execution context; TFF's mergeable-computation context splits
+every computation's clients across them and merges their partial aggregates
+(`tff.backends.native.create_mergeable_comp_execution_context` does the same;
+we build the context ourselves for the two things below).
+
+What we add to TFF, and why:
+
+* A bounded wait for a lost worker. TFF's asynchronous context retries a
+  call on an unreachable worker forever, so one dead machine would hang the
+  run. `_WorkerContext` retries for `wait_sec` (the worker may come back,
+  e.g. a restarted pod) and then gives up on it.
+* Failover. `FailoverContext` runs each computation on the live workers; when
+  one is given up on, it logs the event and runs the whole computation again
+  on the remaining workers from the same arguments. TFF computations are
+  functions of their arguments, so a retried round starts from the state the
+  failed attempt started from and is counted once. Lost workers that answer
+  again are taken back at the start of a later computation.
+* Secure sums. TFF's worker cannot execute secure-sum intrinsics; as in TFF's
+  test runtime they are replaced by TensorFlow bodies with the same
+  arithmetic (quantisation and modular wrap-around are exact) before the
+  computation is split across workers.
+"""
+
+import asyncio
+import functools
+import threading
+import time
+from typing import Callable, Sequence
+
+import grpc
+from tensorflow_federated.python.common_libs import async_utils
+from tensorflow_federated.python.core.backends.native import compiler as native_compiler
+from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.backends.test import compiler as test_compiler
+from tensorflow_federated.python.core.environments.tensorflow_frontend import (
+    tensorflow_computation,
+)
+from tensorflow_federated.python.core.impl.computation import computation_impl
+from tensorflow_federated.python.core.impl.context_stack import context_base
+from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+from tensorflow_federated.python.core.impl.execution_contexts import (
+    mergeable_comp_execution_context as mergeable,
+)
+from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+from tensorflow_federated.python.core.impl.executors import executors_errors
+from tensorflow_federated.python.core.impl.executors import remote_executor
+from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+from tensorflow_federated.python.core.impl.types import placements
+
+from tffpipe import errors
+
+# The same limits TFF uses for its local worker: model weights of large
+# models exceed gRPC's default 4 MB message size.
+_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_CHANNEL_OPTIONS = [
+    ("grpc.max_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+]
+# At the start every worker gets at least this long to accept a connection.
+MIN_CONNECT_SEC = 1.0
+_RETRY_FIRST_SEC = 0.25
+_RETRY_MAX_SEC = 5.0
+# How often lost workers are probed, and how long a probe waits.
+_REJOIN_EVERY_SEC = 30.0
+_PROBE_SEC = 0.5
+# TFF's un-retried invoke: `AsyncExecutionContext.invoke` is wrapped in an
+# endless retry on gRPC UNAVAILABLE (functools.wraps keeps the original).
+_INVOKE_ONCE = async_execution_context.AsyncExecutionContext.invoke.__wrapped__
+
+
+class WorkerUnavailable(errors.UserError, RuntimeError):
+    """A worker did not answer within the wait allowed for it."""
+
+    def __init__(self, address: str, detail: str):
+        super().__init__(f"worker {address} is unreachable: {detail}")
+        self.address = address
+
+
+class NoWorkersLeft(errors.UserError, RuntimeError):
+    """Every worker was lost."""
+
+
+class NotMergeable(errors.UserError, ValueError):
+    """The computation cannot be split into per-worker parts and a merge."""
+
+
+def _channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, _CHANNEL_OPTIONS)
+
+
+def is_reachable(address: str, timeout_sec: float) -> bool:
+    """Whether a gRPC connection to `address` becomes ready in time."""
+    channel = _channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_sec)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def check_workers(addresses: Sequence[str], timeout_sec: float) -> None:
+    """Waits up to `timeout_sec` for every worker to accept a connection.
+
+    Raises:
+      WorkerUnavailable: naming the first worker that did not.
+    """
+    channels = {address: _channel(address) for address in addresses}
+    futures = {a: grpc.channel_ready_future(c) for a, c in channels.items()}
+    deadline = time.monotonic() + timeout_sec
+    try:
+        for address, future in futures.items():
+            try:
+                future.result(timeout=max(deadline - time.monotonic(), 0.01))
+            except grpc.FutureTimeoutError:
+                raise WorkerUnavailable(
+                    address,
+                    f"no TFF worker answered within {timeout_sec:g} s (start one there with "
+                    f"`python -m tffpipe.worker --port={address.rsplit(':', 1)[1]}`)",
+                ) from None
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def _compile_secure_sums_away(comp):
+    """Replaces secure-sum intrinsics by their arithmetic (TFF's test lowering).
+
+    The result keeps the original type signature, Python containers included,
+    so results come back as e.g. `LearningProcessOutput`, not plain dicts.
+    """
+    lowered = test_compiler.replace_secure_intrinsics_with_bodies(comp)
+    return computation_impl.ConcreteComputation.with_type(lowered, comp.type_signature)
+
+
+# Cached: `check_mergeable` compiles the round before the run, and every
+# mergeable context (a new one after each lost worker) would compile it again.
+@functools.lru_cache(maxsize=None)
+def _to_mergeable_form(comp) -> mergeable.MergeableCompForm:
+    return mergeable_comp_compiler.compile_to_mergeable_comp_form(
+        _compile_secure_sums_away(comp)
+    )
+
+
+def check_mergeable(comp, what: str = "round") -> None:
+    """Compiles `comp` for splitting across workers, as each run will.
+
+    Raises:
+      NotMergeable: one line naming TFF's reason, suggesting --runtime=cpp.
+    """
+    try:
+        _to_mergeable_form(comp)
+    except (ValueError, TypeError) as e:
+        raise NotMergeable(
+            f"the {what} cannot be split across workers (TFF's mergeable form: "
+            f"{errors.first_line(e)[:200]}); "
+            "use --runtime=cpp"
+        ) from e
+
+
+class _WorkerContext(async_execution_context.AsyncExecutionContext):
+    """TFF's asynchronous context on one worker, with a bounded retry."""
+
+    def __init__(self, address: str, wait_sec: float):
+        stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(_channel(address))
+
+        def executor_for(cardinalities):
+            # As TFF's local factory does: computations without clients
+            # still need a CLIENTS cardinality.
+            cardinalities.setdefault(placements.CLIENTS, 0)
+            executor = remote_executor.RemoteExecutor(stub)
+            executor.set_cardinalities(cardinalities)
+            return executor
+
+        super().__init__(
+            executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
+                executor_stack_fn=executor_for
+            ),
+            compiler_fn=native_compiler.desugar_and_transform_to_native,
+            transform_args=tensorflow_computation.transform_args,
+            transform_result=tensorflow_computation.transform_result,
+        )
+        self.address = address
+        self._wait_sec = wait_sec
+        # TFF's RemoteExecutor makes blocking gRPC calls inside its
+        # coroutines, so on one shared event loop the workers' shares ran one
+        # after the other (two workers took as long as one). Each worker's
+        # calls run on an event loop in a thread of its own.
+        self._own_thread = async_utils.AsyncThreadRunner()
+
+    async def invoke(self, comp, arg):
+        """Runs `comp` on this worker, waiting at most `wait_sec` for it to answer."""
+        gave_up_at = None
+        pause = _RETRY_FIRST_SEC
+        while True:
+            try:
+                return await self._own_thread.await_coro_and_return_result(
+                    _INVOKE_ONCE(self, comp, arg)
+                )
+            except (executors_errors.RetryableError, grpc.RpcError) as e:
+                if not _is_connection_error(e):
+                    raise
+                now = time.monotonic()
+                gave_up_at = gave_up_at or now + self._wait_sec
+                if now >= gave_up_at:
+                    raise WorkerUnavailable(
+                        self.address, f"no answer for {self._wait_sec:g} s ({_grpc_detail(e)})"
+                    ) from e
+                await asyncio.sleep(min(pause, gave_up_at - now))
+                pause = min(pause * 2, _RETRY_MAX_SEC)
+
+
+def _is_connection_error(error: Exception) -> bool:
+    """Whether the worker went away (as opposed to the computation failing).
+
+    A worker that restarted no longer knows the executors and values it held
+    before, and answers NOT_FOUND for them: the call is then run again from
+    scratch like after a lost connection.
+    """
+    if isinstance(error, executors_errors.RetryableError):
+        return True
+    code = error.code() if isinstance(error, grpc.Call) else None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.NOT_FOUND and "xecutor" in (error.details() or "")
+
+
+def _grpc_detail(error: Exception) -> str:
+    cause = getattr(error, "grpc_error", None) or error.__cause__ or error
+    if isinstance(cause, grpc.Call):
+        return f"{cause.code().name}: {cause.details()}"
+    return errors.first_line(cause)
+
+
+class FailoverContext(context_base.SyncContext):
+    """Runs every TFF computation across the live workers, retrying on loss.
+
+    Install it with `context_stack.install(...)`; the program loop then runs
+    exactly as on one machine.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        wait_sec: float,
+        print_fn: Callable[[str], None],
+    ):
+        """Connects to the workers.
+
+        Args:
+          addresses: the workers, "HOST:PORT" each.
+          wait_sec: how long a worker gets to answer, at the start and after
+            it stopped answering.
+          print_fn: receives a line for every worker lost or taken back.
+
+        Raises:
+          WorkerUnavailable: a worker does not answer within wait_sec.
+        """
+        check_workers(addresses, max(wait_sec, MIN_CONNECT_SEC))
+        self._addresses = list(addresses)
+        self._lost: dict[str, float] = {}
+        self._wait_sec = wait_sec
+        self._print = print_fn
+        self._lock = threading.Lock()
+        self._mergeable = None
+        self._last_probe = time.monotonic()
+        self.workers_lost = 0
+
+    @property
+    def live_addresses(self) -> list[str]:
+        return [a for a in self._addresses if a not in self._lost]
+
+    def _context(self) -> mergeable.MergeableCompExecutionContext:
+        # Fresh per-worker contexts with every new set of workers: the old
+        # ones may still hold executors of the attempt that failed.
+        if self._mergeable is None:
+            self._mergeable = mergeable.MergeableCompExecutionContext(
+                async_contexts=[_WorkerContext(a, self._wait_sec) for a in self.live_addresses],
+                compiler_fn=_to_mergeable_form,
+            )
+        return self._mergeable
+
+    def _take_back_answering_workers(self) -> None:
+        now = time.monotonic()
+        if not self._lost or now - self._last_probe < _REJOIN_EVERY_SEC:
+            return
+        self._last_probe = now
+        for address in list(self._lost):
+            if is_reachable(address, _PROBE_SEC):
+                del self._lost[address]
+                self._retire_context()
+                self._print(f"worker {address} answers again; using it from now on")
+
+    def _retire_context(self) -> None:
+        """Stops what the current context still runs and forgets it."""
+        if self._mergeable is None:
+            return
+        # The failed attempt's other subrounds would keep the surviving
+        # workers busy; TFF has no API to stop them, so cancel the tasks on
+        # the context's event loop.
+        loop = self._mergeable._async_runner._event_loop  # pylint: disable=protected-access
+
+        def cancel_all():
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+
+        loop.call_soon_threadsafe(cancel_all)
+        self._mergeable = None
+
+    def invoke(self, comp, arg):
+        with self._lock:
+            while True:
+                self._take_back_answering_workers()
+                try:
+                    return self._context().invoke(comp, arg)
+                except WorkerUnavailable as e:
+                    self._drop(e)
+
+    def _drop(self, error: WorkerUnavailable) -> None:
+        self._lost.setdefault(error.address, time.monotonic())
+        self.workers_lost += 1
+        self._retire_context()
+        live = self.live_addresses
+        if not live:
+            raise NoWorkersLeft(
+                f"{error}; no workers left (start them again and rerun the same command "
+                "to resume from the last checkpoint)"
+            ) from error
+        self._print(
+            f"{error}; running the computation again on the remaining "
+            f"{len(live)} worker(s): {', '.join(live)}"
+        )
+
+
+def describe(addresses: Sequence[str], wait_sec: float) -> str:
+    """The run's runtime line for `--runtime=remote`."""
+    return (
+        f"remote runtime: each round's clients split across {len(addresses)} worker(s) "
+        f"({', '.join(addresses)}); a lost worker is waited for {wait_sec:g} s, then its "
+        "share runs on the others"
+    )
