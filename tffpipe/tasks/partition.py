@@ -143,73 +143,18 @@ def _check_sizes(num_examples: int, parts: int, min_examples: int, what="clients
         )
 
 
-class ArrayClientData(tff.simulation.datasets.ClientData):
-    """In-memory client data: shared arrays plus each client's example indices.
-
-    Unlike `tff.simulation.datasets.TestClientData`, whose traceable dataset
-    function bakes every client's data into each dataset it makes, the
-    traceable function here gathers only the requested client's rows, so a
-    dataset built from a client id tensor (see `Task.client_dataset`) holds
-    that client's examples alone.
-    """
-
-    def __init__(
-        self,
-        arrays: Mapping[str, np.ndarray],
-        client_indices: Sequence[np.ndarray],
-        client_ids: Sequence[str],
-    ):
-        if len(client_indices) != len(client_ids):
-            raise ValueError("client_indices and client_ids differ in length")
-        self._arrays = {name: np.asarray(values) for name, values in arrays.items()}
-        self._indices = dict(zip(client_ids, (np.asarray(i, np.int64) for i in client_indices)))
-        self._ids = list(client_ids)
-        self._element_spec = {
-            name: tf.TensorSpec(values.shape[1:], tf.as_dtype(values.dtype))
-            for name, values in self._arrays.items()
-        }
-
-    @property
-    def client_ids(self) -> list[str]:
-        return list(self._ids)
-
-    @property
-    def element_type_structure(self):
-        return self._element_spec
-
-    def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
-        if client_id not in self._indices:
-            raise ValueError(f"no client {client_id!r}")
-        rows = self._indices[client_id]
-        return tf.data.Dataset.from_tensor_slices(
-            {name: values[rows] for name, values in self._arrays.items()}
-        )
-
-    @property
-    def serializable_dataset_fn(self):
-        ids = tf.constant(self._ids)
-        ragged = tf.RaggedTensor.from_row_lengths(
-            np.concatenate([self._indices[c] for c in self._ids]),
-            [len(self._indices[c]) for c in self._ids],
-        )
-        arrays = {name: tf.constant(values) for name, values in self._arrays.items()}
-
-        def dataset_fn(client_id: tf.Tensor) -> tf.data.Dataset:
-            position = tf.where(tf.equal(ids, client_id))[0, 0]
-            rows = ragged[position]
-            return tf.data.Dataset.from_tensor_slices(
-                {name: tf.gather(values, rows) for name, values in arrays.items()}
-            )
-
-        return dataset_fn
-
-
 def to_client_data(
     arrays: Mapping[str, np.ndarray],
     client_indices: Sequence[np.ndarray],
     client_ids: Sequence[str],
 ) -> tff.simulation.datasets.ClientData:
     """Builds in-memory `ClientData` from per-client example indices.
+
+    It is TFF's `ClientData.from_clients_and_tf_fn` with a dataset function
+    that gathers only the requested client's rows: a dataset built from a
+    client id tensor (see `Task.client_dataset`) holds that client's examples
+    alone, unlike `tff.simulation.datasets.TestClientData`, whose traceable
+    function bakes every client's data into each dataset it makes.
 
     Args:
       arrays: feature name -> array whose first axis indexes examples.
@@ -219,4 +164,19 @@ def to_client_data(
     Returns:
       A `ClientData` whose datasets yield dicts of the named features.
     """
-    return ArrayClientData(arrays, client_indices, client_ids)
+    if len(client_indices) != len(client_ids):
+        raise ValueError("client_indices and client_ids differ in length")
+    values = {name: np.asarray(array) for name, array in arrays.items()}
+    ids = tf.constant(list(client_ids))
+    rows_of = tf.RaggedTensor.from_row_lengths(
+        np.concatenate([np.asarray(i, np.int64) for i in client_indices]),
+        [len(i) for i in client_indices],
+    )
+
+    def dataset_fn(client_id: tf.Tensor) -> tf.data.Dataset:
+        rows = rows_of[tf.where(tf.equal(ids, client_id))[0, 0]]
+        return tf.data.Dataset.from_tensor_slices(
+            {name: tf.gather(array, rows) for name, array in values.items()}
+        )
+
+    return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(list(client_ids), dataset_fn)
