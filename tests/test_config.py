@@ -3,6 +3,8 @@
 import dataclasses
 import inspect
 import os
+import subprocess
+import sys
 
 from absl import flags
 import pytest
@@ -118,6 +120,17 @@ def test_an_explicit_default_never_changes_the_fingerprint():
         assert make_config(**omitted).fingerprint() == make_config(**explicit).fingerprint()
 
 
+def test_a_setting_added_after_a_checkpoint_is_equal_at_its_default():
+    current = make_config().fingerprint()
+    older = {k: v for k, v in current.items() if k != "aggregator"}
+    assert config.fingerprint_differences(older, current) == []
+    changed = make_config(aggregator="examples.norm_bound:norm_bound").fingerprint()
+    assert config.fingerprint_differences(older, changed) == [
+        "aggregator: None -> 'examples.norm_bound:norm_bound'",
+        "aggregator_options: None -> {'max_norm': 1.0}",
+    ]
+
+
 def test_fingerprint_covers_the_aggregation_stack():
     diffs = config.fingerprint_differences(
         make_config().fingerprint(), make_config(dp="fixed", dp_noise_multiplier=1.0).fingerprint()
@@ -159,3 +172,21 @@ def test_optimizer_hyperparameters_follow_tffs_builder_signatures():
             if name != "sgd" and field in inspect.signature(build).parameters
         )
         assert sorted(allowed) == takes, field
+
+
+def test_settings_flags_and_registries_load_without_tensorflow():
+    # What a flag error and `tffpipe.worker` need must not import TensorFlow
+    # (8 s here): every layer, algorithm and runtime module is read for its
+    # settings when the flags are defined.
+    code = (
+        "import sys\n"
+        "import tffpipe.worker, tffpipe.cli, tffpipe.config\n"
+        "from tffpipe.aggregation import registry as a; a.layers()\n"
+        "from tffpipe.learning import registry as l; l.algorithms()\n"
+        "from tffpipe.runtimes import registry as r; r.runtimes()\n"
+        "tffpipe.cli.parse(['train', '--dp=fixed', '--dp_noise_multiplier=1'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -423,7 +423,7 @@ def from_values(values: Mapping[str, Any]) -> RunConfig:
     for kind, path in (("task", ("task", "name")), ("aggregator", ("aggregation", "plugin", "path")),
                        ("algorithm", ("algorithm", "name"))):
         name = values.get(kind, table[kind].default)
-        known = plugin_options(kind, name) if (kind != "algorithm" or name not in algorithm_registry.ALGORITHMS) else {}
+        known = plugin_options(kind, name)
         prefix = plugins.flag_prefix(name)
         options[kind] = {}
         for option, spec in known.items():
@@ -469,10 +469,18 @@ def fingerprint_to_json(fingerprint: Mapping[str, Any]) -> str:
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lists `name: saved -> current` for every differing fingerprint entry."""
+    """Lists `name: saved -> current` for every differing fingerprint entry.
+
+    A setting the saved fingerprint does not have (added to tffpipe after the
+    checkpoint was written) counts as equal when it has its default now: a
+    new setting at its default keeps the old behaviour.
+    """
+    defaults = RunConfig().fingerprint()
     diffs = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
+        if key not in saved and key in defaults and new == defaults[key]:
+            continue
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             for sub in sorted(set(old) | set(new)):
                 if old.get(sub) != new.get(sub):
