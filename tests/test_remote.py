@@ -236,7 +236,10 @@ def _config(root, rounds=3, **values):
 
 @pytest.mark.parametrize(
     "secure",
-    [pytest.param(False, id="plain"), pytest.param(True, marks=pytest.mark.slow, id="secure")],
+    # Both in the slow step (70 s of two TFF workers and two runs); the failover
+    # tests below run the same context in the default suite.
+    [pytest.param(False, marks=pytest.mark.slow, id="plain"),
+     pytest.param(True, marks=pytest.mark.slow, id="secure")],
 )
 def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, secure):
     _, addresses, _, _ = two_workers
