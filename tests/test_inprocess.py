@@ -226,6 +226,7 @@ PLACEMENT_SCRIPT = textwrap.dedent(
     processes.install_worker_reaper()
     cfg = config.from_values({"runtime": "inprocess", "cpu_devices": 3, "parallel_clients": 1})
     devices.configure(cfg.runtime.inprocess)  # before TensorFlow starts
+    devices.configure(cfg.runtime.inprocess)  # a second run in the same process: a no-op
     slots = devices.client_slots(cfg.runtime.inprocess)
     print("slots", slots)
     task = digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)

@@ -19,6 +19,8 @@ import tensorflow as tf
 from tffpipe import errors
 
 _DEFAULT_GPU_MEMORY_MB = 4096
+# The (gpus, clients_per_gpu, cpu_devices) applied in this process, if any.
+_configured: tuple | None = None
 
 
 class DeviceError(errors.UserError, ValueError):
@@ -62,6 +64,10 @@ def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
     Raises:
       DeviceError: unknown GPUs, bad counts, or TensorFlow already initialized.
     """
+    global _configured
+    wanted = (settings.gpus, settings.clients_per_gpu, settings.cpu_devices)
+    if _configured == wanted:
+        return  # a second run in the same process (a notebook): already in place
     physical = tf.config.list_physical_devices("GPU")
     chosen = _chosen_gpus(settings.gpus, physical)
     try:
@@ -85,6 +91,7 @@ def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
             )
     except RuntimeError as e:  # "cannot be modified after being initialized"
         raise DeviceError(f"devices can only be configured before TensorFlow starts: {e}") from e
+    _configured = wanted
 
 
 def client_slots(settings: "tffpipe.runtimes.inprocess.Settings") -> list[str]:
