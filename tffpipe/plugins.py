@@ -22,6 +22,8 @@ import re
 import typing
 from typing import Any, Callable, Mapping
 
+from tffpipe import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -88,8 +90,9 @@ def load(path: str, error: type[Exception], kind: str) -> Callable[..., Any]:
     except Exception as e:  # pylint: disable=broad-except
         # A user's module can fail to import in any way (SyntaxError, a
         # missing dependency, an exception at import): all are one line.
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise error(f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {detail}") from e
+        raise error(
+            f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {errors.first_line(e)}"
+        ) from e
     function = getattr(module, attr, None)
     if not callable(function):
         raise error(f"module {module_name!r} has no callable {attr!r}")

@@ -21,7 +21,6 @@ from tffpipe.tasks.registry import (
     factory_options,
     load_factory,
     registered_tasks,
-    task_options,
 )
 
 _LAZY = {
@@ -56,5 +55,4 @@ __all__ = [
     "from_arrays",
     "load_factory",
     "registered_tasks",
-    "task_options",
 ]

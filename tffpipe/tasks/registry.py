@@ -66,11 +66,6 @@ def factory_options(factory: Callable[..., Any]) -> dict[str, TaskOption]:
     return plugins.options_of(factory, PROGRAM_ARGUMENTS)
 
 
-def task_options(name: str) -> dict[str, TaskOption]:
-    """The options of a registered task or factory path, read without importing it."""
-    return plugins.options(factory_path(name), PROGRAM_ARGUMENTS, TaskError, "task")
-
-
 def create_task(
     name: str, options: dict[str, Any], *, seed: int, data_dir: str | None = None
 ) -> Any:
