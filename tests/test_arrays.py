@@ -109,6 +109,36 @@ def test_bad_input_is_one_clear_error(kwargs, message):
         tasks.from_arrays("toy", **args)
 
 
+def _with_nonfinite(rows, column=0, value=np.nan):
+    x, y = _arrays()
+    x[rows, column] = value
+    return x, y
+
+
+def test_nonfinite_features_are_refused_with_the_count_and_the_first_row():
+    x, y = _with_nonfinite([17, 40, 41])
+    x[50, 2] = np.inf
+    with pytest.raises(tasks.TaskError, match=(
+            r"^task 'toy': 4 of 300 examples hold NaN or infinite values \(the first is row 17\); "
+            "clean them, or pass drop_nonfinite=True to from_arrays to drop them$")):
+        tasks.from_arrays("toy", x, y, _mlp(), loss="mse", num_clients=10, partition="iid")
+
+
+def test_nonfinite_examples_can_be_dropped_explicitly():
+    x, y = _with_nonfinite([3, 4])
+    y = y.astype(np.float32)
+    y[5] = np.nan  # a target counts too
+    task = tasks.from_arrays("toy", x, y, _mlp(), loss="mse", num_clients=10, partition="iid",
+                             drop_nonfinite=True)
+    kept = [e["x"].numpy() for data in (task.train_data, task.eval_data)
+            for cid in data.client_ids for e in data.create_tf_dataset_for_client(cid)]
+    assert len(kept) == 297
+    assert np.isfinite(np.stack(kept)).all()
+    with pytest.raises(tasks.TaskError, match=r"300 of 300 examples .*: no example is left$"):
+        tasks.from_arrays("toy", np.full((300, 4), np.nan), y, _mlp(), loss="mse", num_clients=10,
+                          partition="iid", drop_nonfinite=True)
+
+
 def _readme_example():
     """The README's 'Add your own task' file and its command."""
     readme = open(os.path.join(REPO_ROOT, "README.md")).read()

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -82,3 +83,17 @@ def test_stale_temporary_folders_are_removed(tmp_path):
     manager = _manager(tmp_path)
     assert manager.versions() == []
     assert not os.path.exists(tmp_path / "ckpt" / "program_state_4_temp1234")
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe\x00"])
+def test_an_unreadable_fingerprint_file_is_rewritten_from_the_checkpoint(tmp_path, garbage):
+    _manager(tmp_path).save(checkpoints.ProgramState(2, _state(2)))
+    path = tmp_path / "ckpt" / "fingerprint.json"
+    path.write_bytes(garbage)
+    restored = _manager(tmp_path).restore(_state(0))
+    assert restored.round_num == 2
+    assert json.loads(path.read_text()) == {"task": "digits", "seed": 0}
+    # And a changed setting is still refused, by the checkpoint's own copy.
+    path.write_bytes(garbage)
+    with pytest.raises(checkpoints.ResumeError, match=r"seed: 0 -> 5"):
+        _manager(tmp_path, fingerprint={"task": "digits", "seed": 5}).restore(_state(0))

@@ -89,6 +89,7 @@ def test_three_rounds_match_tff_cpp_runtime(task, name):
     initial = builder.initial_model_weights(task, 0)
     with runtime.execution_context_for(process, lambda line: None):
         cpp_weights, cpp_metrics = _three_rounds(process, task, initial)
+        cpp_hparams = process.get_hparams(process.initialize())
     # Built for the in-process runtime: the same algorithm with TFF's
     # DATASET_ITERATOR client loop instead of DATASET_REDUCE.
     inprocess_cfg = _config(runtime_name="inprocess", **ALGORITHMS[name])
@@ -96,6 +97,14 @@ def test_three_rounds_match_tff_cpp_runtime(task, name):
     local = inprocess.build(process, ["/CPU:0", "/CPU:0"])
     try:
         weights, metrics = _three_rounds(local, task, initial)
+        # Hyperparameters (read and replaced on resume) as TFF's runtime has them.
+        state = local.initialize()
+        hparams = local.get_hparams(state)
+        tf.nest.map_structure(np.testing.assert_allclose, hparams, cpp_hparams)
+        doubled = tf.nest.map_structure(lambda x: np.float32(x) * 2, hparams)
+        tf.nest.map_structure(
+            np.testing.assert_allclose, local.get_hparams(local.set_hparams(state, doubled)), doubled
+        )
     finally:
         local.close()
     assert local.uses_secure_sum == (name == "secure_fedavg")

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe.program import outputs
+from tffpipe.program import records
 
 from conftest import scalar_steps
 
@@ -33,33 +34,110 @@ def test_metrics_log_writes_csv_rows_and_flushed_scalars(tmp_path):
     log.close()
 
 
-def test_truncation_drops_rounds_after_the_checkpoint(tmp_path):
-    paths = outputs.RunPaths(str(tmp_path))
+def _log_rounds(paths, rounds, **extra):
     log = outputs.MetricsLog(paths)
-    for r in range(1, 6):
-        log.release({"train/loss": float(r)}, r)
+    for r in rounds:
+        log.release({"train/loss": float(r), **extra}, r)
     log.close()
-    assert outputs.truncate_csv(paths.metrics_csv, 3) == 2
-    assert outputs.truncate_event_files(paths.logdir, 3) == 2
+
+
+def _csv_rounds(paths):
     with open(paths.metrics_csv) as f:
-        assert [row["round"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+        return [int(row["round"]) for row in csv.DictReader(f)]
+
+
+def test_reconcile_drops_rounds_after_the_checkpoint(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    _log_rounds(paths, range(1, 6))
+    result = records.reconcile(paths, 3)
+    assert result.dropped == 4  # rounds 4 and 5, in the CSV and in TensorBoard
+    assert result.notes == []
+    assert _csv_rounds(paths) == [1, 2, 3]
     assert sorted(scalar_steps(paths.logdir)["train/loss"]) == [1, 2, 3]
     # Nothing left to drop: a no-op.
-    assert outputs.truncate_csv(paths.metrics_csv, 3) == 0
-    assert outputs.truncate_event_files(paths.logdir, 3) == 0
+    assert records.reconcile(paths, 3).dropped == 0
 
 
-def test_truncation_survives_a_partial_last_record(tmp_path):
+def test_reconcile_survives_a_partial_last_record(tmp_path):
     paths = outputs.RunPaths(str(tmp_path))
-    log = outputs.MetricsLog(paths)
-    for r in range(1, 4):
-        log.release({"train/loss": float(r)}, r)
-    log.close()
+    _log_rounds(paths, range(1, 4))
     (path,) = glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*"))
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 5)
-    outputs.truncate_event_files(paths.logdir, 10)
+    records.truncate_event_files(paths.logdir, 10)
     assert sorted(scalar_steps(paths.logdir)["train/loss"]) == [1, 2]
+
+
+def test_a_missing_metrics_csv_is_rebuilt_from_tensorboard(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    _log_rounds(paths, range(1, 5), **{"eval/accuracy": 0.5})
+    os.remove(paths.metrics_csv)
+    result = records.reconcile(paths, 3)
+    assert result.notes == ["metrics.csv: rebuilt rounds 1-3 from the TensorBoard logs"]
+    with open(paths.metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    assert [float(r["train/loss"]) for r in rows] == [1.0, 2.0, 3.0]
+    assert float(rows[0]["eval/accuracy"]) == 0.5
+    # The release manager carries on from the rebuilt file.
+    _log_rounds(paths, [4])
+    assert _csv_rounds(paths) == [1, 2, 3, 4]
+
+
+def test_an_unreadable_metrics_csv_is_moved_aside_and_rebuilt(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    _log_rounds(paths, range(1, 4))
+    with open(paths.metrics_csv, "w") as f:
+        f.write("garbage,more\n\x00\x01,2\n")
+    result = records.reconcile(paths, 3)
+    assert result.notes[0].startswith("metrics.csv is unreadable (no 'round' column); moved to ")
+    assert result.notes[1] == "metrics.csv: rebuilt rounds 1-3 from the TensorBoard logs"
+    assert _csv_rounds(paths) == [1, 2, 3]
+    with open(paths.metrics_csv + records.UNREADABLE_SUFFIX) as f:
+        assert f.read().startswith("garbage")
+
+
+def test_missing_tensorboard_logs_are_rebuilt_from_the_csv(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    _log_rounds(paths, range(1, 4))
+    for path in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")):
+        os.remove(path)
+    result = records.reconcile(paths, 3)
+    assert result.notes == ["TensorBoard logs: rebuilt rounds 1-3 from metrics.csv"]
+    assert sorted(scalar_steps(paths.logdir)["train/loss"]) == [1, 2, 3]
+    assert records.read_scalars(paths.logdir)[2]["train/loss"] == 2.0
+
+
+def test_rounds_missing_from_both_records_are_named(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    _log_rounds(paths, [1, 4])
+    result = records.reconcile(paths, 4)
+    assert len(result.notes) == 1
+    assert result.notes[0].startswith("warning: no record of rounds 2-3 survives")
+
+
+def test_a_repeated_round_is_kept_once(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    os.makedirs(os.path.dirname(paths.metrics_csv))
+    with open(paths.metrics_csv, "w") as f:
+        f.write("round,train/loss\n1,0.5\n1,0.25\n2,0.1\n")
+    fieldnames, rows = records.read_metrics_csv(paths.metrics_csv)
+    assert fieldnames == ["round", "train/loss"]
+    assert {r: row["train/loss"] for r, row in rows.items()} == {1: "0.25", 2: "0.1"}
+
+
+def test_leftover_temporaries_are_removed(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    os.makedirs(str(tmp_path / ".tmp_exportabc123" / "variables"))
+    os.makedirs(os.path.dirname(paths.metrics_csv))
+    open(paths.metrics_csv + "_temp1234", "w").close()
+    open(str(tmp_path / "results" / ".tmp_xyzmetrics.csv"), "w").close()
+    open(paths.metrics_csv, "w").close()
+    assert outputs.remove_leftover_temporaries(paths) == [
+        ".tmp_exportabc123", "results/.tmp_xyzmetrics.csv", "results/metrics.csv_temp1234"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["results"]
+    assert os.listdir(tmp_path / "results") == ["metrics.csv"]
 
 
 def test_hparams_summary_is_written(tmp_path):

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import tensorflow_federated as tff
     from tffpipe.runtimes import processes
-    processes.install_worker_reaper(handle_sigterm=True)
+    processes.raise_on_sigterm()
+    processes.install_worker_reaper()
 
     @tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
     def total(x):

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from tffpipe import config as config_lib
 from tffpipe.errors import ConfigError
+from tffpipe.program import run_lock
 from tffpipe.runtimes import registry as runtime_registry
 
 
@@ -61,21 +62,24 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
       (the `program.loop.RunResult`, the task).
 
     Raises:
-      UserError: anything the user can fix, in one line.
+      UserError: anything the user can fix, in one line (`RunInUse` when
+        another launcher holds the run folder).
     """
     runtime = runtime_registry.get(cfg.runtime.name)
     runtime.configure_devices(cfg)  # before TensorFlow starts its devices
-    runtime.preflight(cfg, print_fn)  # before the data loads
-    from tffpipe import tasks  # pylint: disable=g-import-not-at-top
-    from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
+    # Held from before the data loads, so a second launcher stops at once.
+    with run_lock.hold(cfg.output.run_dir):
+        runtime.preflight(cfg, print_fn)  # before the data loads
+        check_writable(cfg.output.run_dir)
+        from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+        from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
 
-    task = tasks.create_task(
-        cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir
-    )
-    cfg = loop.fit_to_task(cfg, task)
-    check_writable(cfg.output.run_dir)
-    print_fn(loop.describe_run(cfg, task))
-    return loop.run(cfg, task, print_fn=print_fn), task
+        task = tasks.create_task(
+            cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir
+        )
+        cfg = loop.fit_to_task(cfg, task)
+        print_fn(loop.describe_run(cfg, task))
+        return loop.run(cfg, task, print_fn=print_fn), task
 
 
 def run(*, quiet: bool = False, **settings: Any) -> Result:

@@ -181,7 +181,9 @@ def _algorithm_group() -> type:
         ("client_weighting", str, setting(
             "auto", "Average client updates weighted by num_examples or uniformly; auto: "
             "uniform under --dp (required there), num_examples otherwise.",
-            flag="client_weighting", group="algorithm", choices=CLIENT_WEIGHTINGS)),
+            flag="client_weighting", group="algorithm", choices=CLIENT_WEIGHTINGS,
+            # The weighted and unweighted means keep differently shaped states.
+            resume=MUST_MATCH, effective=lambda cfg, value: cfg.client_weighting)),
         *[(key, cls, group(cls)) for key, cls in algorithm_registry.settings_groups()],
         # Keyword options of a user's builder, from its generated flags.
         ("options", Mapping[str, Any], dataclasses.field(default_factory=dict)),
@@ -355,6 +357,9 @@ class RunConfig:
             for item in settings.declared(RunConfig)
             if item.spec.resume == MUST_MATCH
         }
+        for layer in aggregation_registry.layers():
+            if layer.active(self):
+                found.update(layer.resume_fingerprint(self))
         found["task_options"] = dict(sorted(self.task.options.items()))
         if self.aggregation.plugin.path:
             found["aggregator_options"] = dict(sorted(self.aggregation.plugin.options.items()))
@@ -473,13 +478,15 @@ def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]
 
     A setting the saved fingerprint does not have (added to tffpipe after the
     checkpoint was written) counts as equal when it has its default now: a
-    new setting at its default keeps the old behaviour.
+    new setting at its default keeps the old behaviour. An entry only some
+    settings add (a DP layer's cohort size) cannot be compared with a
+    checkpoint written before tffpipe recorded it, and is not.
     """
     defaults = RunConfig().fingerprint()
     diffs = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
-        if key not in saved and key in defaults and new == defaults[key]:
+        if key not in saved and (key not in defaults or new == defaults[key]):
             continue
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             for sub in sorted(set(old) | set(new)):

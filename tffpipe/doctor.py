@@ -26,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 
 from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe import errors
 from tffpipe import settings
 from tffpipe.runtimes import devices
 from tffpipe.runtimes import memory
@@ -283,7 +284,8 @@ def main(argv: list[str]) -> None:
         processes.exit_now(2)
     if not FLAGS["verbosity"].present:
         compat.quiet_library_logs()
-    processes.install_worker_reaper(handle_sigterm=True)
+    processes.raise_on_sigterm()
+    processes.install_worker_reaper()
     memory.limit_arenas_in_this_process()
     failed = False
     try:
@@ -304,9 +306,13 @@ def main(argv: list[str]) -> None:
     except (config_lib.ConfigError, devices.DeviceError) as e:
         print(Check(FAIL, "devices", str(e)).line(), flush=True)
         processes.exit_now(1)
-    for check in run_checks(FLAGS.task, FLAGS.data_dir, FLAGS.clients_per_round, configs, FLAGS.smoke):
-        print(check.line(), flush=True)
-        failed = failed or check.status == FAIL
+    try:
+        for check in run_checks(FLAGS.task, FLAGS.data_dir, FLAGS.clients_per_round, configs, FLAGS.smoke):
+            print(check.line(), flush=True)
+            failed = failed or check.status == FAIL
+    except errors.Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        processes.exit_now(143)
     print("some checks failed: see the FAIL lines" if failed else "all checks passed", flush=True)
     processes.exit_now(1 if failed else 0)
 

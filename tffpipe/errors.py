@@ -17,6 +17,11 @@ class TaskError(UserError, ValueError):
     """A task cannot be found or built."""
 
 
+class Terminated(BaseException):
+    """The process got SIGTERM (a `BaseException`, like `KeyboardInterrupt`,
+    so that no `except Exception` on the way swallows it)."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of `error`'s message, or its type's name if it has none.
 

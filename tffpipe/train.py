@@ -11,6 +11,7 @@ a bad one is reported in a fraction of a second.
 
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -18,16 +19,24 @@ from absl import logging
 
 from tffpipe import cli
 from tffpipe import errors
+from tffpipe.program import run_lock
 from tffpipe.runtimes import processes
 
 flags.DEFINE_bool("list_tasks", False, "Print the registered tasks and their flags, and exit.")
+flags.DEFINE_bool("verbose", False, "On an error, print the traceback of its cause above the one-line message.")
 cli.define_setting_flags()
 cli.define_task_flags()
 
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str, code: int = 2) -> None:
+RESUME_HINT = "rerun the same command to resume from the last checkpoint"
+
+
+def _fail(message: str, code: int = 2, error: BaseException | None = None) -> None:
+    if error is not None and FLAGS.is_parsed() and FLAGS.verbose:
+        cause = error.__cause__ or error
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
     print(f"error: {message}", file=sys.stderr, flush=True)
     processes.exit_now(code)
 
@@ -40,7 +49,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         cli.define_chosen_plugin_flags(argv)
         return FLAGS(argv)
     except flags.Error as e:
-        _fail(str(e))
+        _fail(str(e).removeprefix("ERROR:: "))
     return []
 
 
@@ -55,21 +64,28 @@ def main(argv: list[str]) -> None:
     try:
         cfg = cli.config_from_flags()
     except errors.UserError as e:
-        _fail(str(e))
-    processes.install_worker_reaper(handle_sigterm=True)
+        _fail(str(e), error=e)
+    # First, so that SIGTERM or Ctrl-C at any later moment (TensorFlow's
+    # import included) ends in one line.
+    processes.raise_on_sigterm()
     try:
-        from tffpipe import api  # pylint: disable=g-import-not-at-top
-        from tffpipe import compat  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import memory  # pylint: disable=g-import-not-at-top
+        # Before TensorFlow loads: a second launcher on this folder stops at once.
+        with run_lock.hold(cfg.output.run_dir):
+            processes.install_worker_reaper()
+            from tffpipe import api  # pylint: disable=g-import-not-at-top
+            from tffpipe import compat  # pylint: disable=g-import-not-at-top
+            from tffpipe.runtimes import memory  # pylint: disable=g-import-not-at-top
 
-        if not FLAGS["verbosity"].present:
-            compat.quiet_library_logs()
-        memory.limit_arenas_in_this_process()
-        result, _ = api.train(cfg, lambda line: print(line, flush=True))
+            if not FLAGS["verbosity"].present:
+                compat.quiet_library_logs()
+            memory.limit_arenas_in_this_process()
+            result, _ = api.train(cfg, lambda line: print(line, flush=True))
     except errors.UserError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+        _fail(f"interrupted; {RESUME_HINT}", 130)
+    except errors.Terminated:
+        _fail(f"terminated (SIGTERM); {RESUME_HINT}", 143)
     summary = ", ".join(
         f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k
     )

@@ -87,6 +87,14 @@ class Layer:
     def check(self, cfg: Any) -> None:
         """Refuses settings that do not combine with this layer (`ConfigError`)."""
 
+    def resume_fingerprint(self, cfg: Any) -> dict[str, Any]:
+        """Settings that may change on resume elsewhere but must match under this layer.
+
+        Returns:
+          {flag name: value}, added to the checkpoint fingerprint when active.
+        """
+        return {}
+
     def check_noise(self, noise_multiplier: float, clients_per_round: int) -> None:
         """DP: refuses a noise multiplier the mechanism cannot use."""
 

@@ -35,6 +35,15 @@ class DpLayer(base.Layer):
                 "client with many examples exceed that bound"
             )
 
+    def resume_fingerprint(self, cfg) -> dict:
+        # The epsilon of the rounds already run was accounted at their cohort
+        # size; a noise solved for --dp_target_epsilon, and accounting by
+        # participation, also depend on the planned rounds.
+        found = {"clients_per_round": cfg.schedule.clients_per_round}
+        if cfg.privacy.target_epsilon is not None or not self.amplified_by_sampling:
+            found["rounds"] = cfg.schedule.rounds
+        return found
+
     def noise_detail(self, ctx: base.Context) -> str:
         return f"Gaussian, stddev {ctx.noise_multiplier:.4g} x clip on the sum"
 

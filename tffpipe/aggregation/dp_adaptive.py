@@ -15,11 +15,13 @@ class Settings:
         0.5, "Quantile of update norms the clip adapts to.",
         flag="dp_target_quantile", group="privacy", check=settings.in_range(0, 1),
         applies=("dp", ("adaptive",)),
+        resume=settings.MUST_MATCH,
     )
     clip_learning_rate: float = settings.setting(
         0.2, "Learning rate of the clip.",
         flag="dp_clip_learning_rate", group="privacy", check=settings.positive,
         applies=("dp", ("adaptive",)),
+        resume=settings.MUST_MATCH,
     )
 
 

@@ -15,6 +15,7 @@ class Settings:
         flag="dp_distributed_bits", group="privacy",
         check=settings.integer_range(1, 22, " (TFF's limit: float32 holds integers up to 2^24 exactly)"),
         applies=("dp", ("distributed",)),
+        resume=settings.MUST_MATCH,
     )
 
 

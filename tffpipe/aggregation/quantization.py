@@ -27,11 +27,13 @@ class Settings:
             1, 16, " (TFF's uniform quantization rounds in float32, which holds at most "
             "16-bit levels exactly, and 32 bits would not compress)"),
         applies=("compression", ("uniform_quantization",)),
+        resume=settings.MUST_MATCH,
     )
     min_elements: int = settings.setting(
         20000, "Under --compression, tensors with fewer elements are sent unquantised.",
         flag="compression_min_elements", group="aggregation", check=settings.at_least(0),
         applies=("compression", ("uniform_quantization",)),
+        resume=settings.MUST_MATCH,
     )
 
 

@@ -31,6 +31,16 @@ class ResumeError(errors.UserError, RuntimeError):
     """Resuming is impossible; the message is one line for the user."""
 
 
+def newest_round(directory: str) -> int | None:
+    """The round of the newest complete checkpoint in `directory`, read from its listing."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    rounds = [int(n[len(_PREFIX):]) for n in names if n.startswith(_PREFIX) and n[len(_PREFIX):].isdigit()]
+    return max(rounds, default=None)
+
+
 @dataclasses.dataclass(frozen=True)
 class ProgramState:
     """What a checkpoint holds: the learning state after `round_num` rounds."""
@@ -86,8 +96,16 @@ class CheckpointManager:
         if versions and os.path.exists(fingerprint_path):
             # Checked before loading: settings that change the state's
             # structure would otherwise surface as unreadable checkpoints.
-            with open(fingerprint_path) as f:
-                self._check_fingerprint(f.read(), versions[-1])
+            # Each checkpoint holds the fingerprint too, so an unreadable copy
+            # here is only rewritten.
+            try:
+                with open(fingerprint_path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as e:
+                logging.warning("%s is unreadable (%s); rewriting it from the checkpoint", fingerprint_path, e)
+                os.remove(fingerprint_path)
+            else:
+                self._check_fingerprint(saved, versions[-1])
         template = {"round_num": 0, "fingerprint": "", "learning_state": structure}
         failures = []
         for version in reversed(versions):
@@ -102,21 +120,28 @@ class CheckpointManager:
                 failures.append((version, reason))
                 continue
             self._check_fingerprint(value["fingerprint"], version)
+            if not os.path.exists(fingerprint_path):
+                files.write_json_atomic(fingerprint_path, self._fingerprint)
             for bad_version, reason in failures:
                 self._move_aside(bad_version, reason)
             return ProgramState(int(value["round_num"]), value["learning_state"])
         if failures:
             version, reason = failures[0]
+            hint = (
+                "; if settings that shape the saved state changed, use the original ones"
+                if "structure" in reason else ""
+            )
             raise ResumeError(
                 f"no readable checkpoint in {self._directory} (newest, round {version}: "
-                f"{reason}); delete the folder to start from scratch"
+                f"{reason}){hint}; delete the folder to start from scratch"
             )
         return None
 
-    def _check_fingerprint(self, saved_json: Any, version: int) -> None:
-        if isinstance(saved_json, bytes):
-            saved_json = saved_json.decode()
-        saved = json.loads(str(saved_json))
+    def _check_fingerprint(self, saved: Any, version: int) -> None:
+        if isinstance(saved, bytes):
+            saved = saved.decode()
+        if isinstance(saved, str):
+            saved = json.loads(saved)
         diffs = config_lib.fingerprint_differences(saved, self._fingerprint)
         if diffs:
             raise ResumeError(

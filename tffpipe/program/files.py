@@ -1,5 +1,6 @@
 """Atomic file writes: a reader never sees a half-written file."""
 
+import errno
 import json
 import os
 import shutil
@@ -69,3 +70,24 @@ def produce_file_atomic(path: str, produce: Callable[[str], None]) -> None:
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) is a full disk or an exhausted quota.
+
+    TensorFlow reports one as a `ResourceExhaustedError` (or another
+    `OpError`) whose message holds the OS's text; Python as an `OSError`.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(error) for text in _DISK_FULL_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

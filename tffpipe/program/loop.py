@@ -9,9 +9,11 @@ import time
 from typing import Callable
 
 from absl import logging
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import compat
+from tffpipe import errors
 from tffpipe import config as config_lib
 from tffpipe.learning import builder
 from tffpipe.privacy import tracking as privacy_tracking
@@ -21,6 +23,8 @@ from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
 from tffpipe.program import progress
+from tffpipe.program import records
+from tffpipe.program import resume
 from tffpipe.program import sampling
 from tffpipe.runtimes import processes
 from tffpipe.runtimes import registry as runtime_registry
@@ -179,7 +183,29 @@ def run(
         for line in tracker.notes(schedule.rounds):
             print_fn(line)
     with runtime.running(process, cfg, print_fn) as runner:
-        return _train(cfg, task, runner, tracker, traffic_metrics, print_fn)
+        try:
+            return _train(cfg, task, runner, tracker, traffic_metrics, print_fn)
+        except (OSError, tf.errors.OpError) as e:
+            if not files.is_disk_full(e):
+                raise
+            raise DiskFull(_disk_full_message(cfg.output.run_dir, e)) from e
+
+
+class DiskFull(errors.UserError, OSError):
+    """The disk holding the run folder is full; what was saved stays whole."""
+
+
+def _disk_full_message(run_dir: str, error: BaseException) -> str:
+    where = getattr(error, "filename", None) or run_dir
+    newest = checkpoints.newest_round(outputs.RunPaths(run_dir).checkpoints)
+    intact = (
+        f"the checkpoint of round {newest} is intact" if newest is not None
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"no space left on the device holding {where}; {intact}: free space and rerun the "
+        "same command to resume"
+    )
 
 
 def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
@@ -193,20 +219,29 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
     ckpt = checkpoints.CheckpointManager(
         paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint()
     )
+    removed = outputs.remove_leftover_temporaries(paths)
+    if removed:
+        logging.info("removed what interrupted writes left: %s", ", ".join(removed))
     restored = ckpt.restore(state)
     start_round = 0
     if restored is not None:
-        start_round, state = restored.round_num, restored.learning_state
+        start_round = restored.round_num
+        state = resume.with_current_hparams(process, state, restored.learning_state)
         if tracker is not None:
             tracker.restore(start_round, state)
-        dropped = outputs.truncate_csv(paths.metrics_csv, start_round)
-        dropped += outputs.truncate_event_files(paths.logdir, start_round)
+        reconciled = records.reconcile(paths, start_round)
         print_fn(
             f"resuming {paths.run_dir} from the checkpoint of round {start_round}"
-            + (f" (dropped {dropped} records written after it)" if dropped else "")
+            + (f" (dropped {reconciled.dropped} records written after it)" if reconciled.dropped else "")
         )
+        for note in reconciled.notes:
+            print_fn(note)
+        changes = resume.changed_settings(resume.read_previous_settings(paths.config), cfg)
+        if changes and start_round < schedule.rounds:
+            print_fn(f"changed since the last invocation, in effect from round {start_round + 1}: "
+                     + ", ".join(changes))
     else:
-        outputs.reset_logs(paths)
+        records.reset(paths)
     files.write_json_atomic(
         paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
     )

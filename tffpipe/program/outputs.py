@@ -9,13 +9,11 @@ Layout under `root_dir/experiment_name/`:
 """
 
 import asyncio
-import csv
 import glob
-import io
 import os
+import shutil
 from typing import Any, Mapping
 
-from absl import logging
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorboard.plugins.hparams import api as hparams_api
@@ -91,66 +89,24 @@ def flatten_settings(value: Mapping[str, Any], prefix: str = "") -> dict[str, An
     return flat
 
 
-def truncate_csv(path: str, last_round: int) -> int:
-    """Drops rows with a round above `last_round`; returns how many it dropped."""
-    if not os.path.exists(path):
-        return 0
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fieldnames = list(reader.fieldnames or [ROUND_KEY])
-        rows = list(reader)
-    kept = [row for row in rows if int(row[ROUND_KEY]) <= last_round]
-    if len(kept) == len(rows):
-        return 0
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(kept)
-    files.write_text_atomic(path, out.getvalue())
-    return len(rows) - len(kept)
+def remove_leftover_temporaries(paths: RunPaths) -> list[str]:
+    """Removes what writes killed mid-way left behind; returns the removed names.
 
-
-def truncate_event_files(logdir: str, last_round: int) -> int:
-    """Drops TensorBoard events with a step above `last_round`.
-
-    TFF's `TensorBoardReleaseManager` never removes events, and TensorBoard
-    only purges orphaned steps when a file marks a restart, which TF2 summary
-    writers do not do. So after a crash the events the killed run wrote past its
-    last checkpoint are removed here, each file rewritten atomically. A record
-    cut short by the kill ends that file's readable part.
-
-    Returns:
-      The number of events dropped.
+    `files.replace_dir_atomic` (the export) leaves `.tmp_export*` folders,
+    atomic file writes `.tmp_*` files, TFF's CSV writer `metrics.csv_temp*`.
+    Called while holding the run lock, so no live writer owns them.
     """
-    dropped = 0
-    for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True)):
-        kept, removed = [], 0
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                if event.step <= last_round:
-                    kept.append(record.numpy())
-                else:
-                    removed += 1
-        except tf.errors.DataLossError:
-            removed += 1
-            logging.warning("%s ends in a partial record; it was dropped", path)
-        if removed:
-            temp_path = path + ".tmp"
-            with tf.io.TFRecordWriter(temp_path) as writer:
-                for record in kept:
-                    writer.write(record)
-            os.replace(temp_path, path)
-            dropped += removed
-    return dropped
-
-
-def reset_logs(paths: RunPaths) -> None:
-    """Removes metrics and event files of an earlier run that left no checkpoint."""
-    for path in glob.glob(os.path.join(paths.logdir, "**", "events.out.tfevents.*"), recursive=True):
-        os.remove(path)
-    if os.path.exists(paths.metrics_csv):
-        os.remove(paths.metrics_csv)
+    found = glob.glob(os.path.join(paths.run_dir, ".tmp_*"))
+    found += glob.glob(os.path.join(paths.run_dir, ".write_test_*"))
+    results = os.path.dirname(paths.metrics_csv)
+    found += glob.glob(os.path.join(results, ".tmp_*"))
+    found += glob.glob(paths.metrics_csv + "_temp*")
+    for path in found:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return sorted(os.path.relpath(p, paths.run_dir) for p in found)
 
 
 def export_keras_model(

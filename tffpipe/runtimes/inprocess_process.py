@@ -172,15 +172,36 @@ class InProcessProcess:
 
     def get_model_weights(self, state):
         """The model weights held in `state`."""
-        comp_type = self.process.get_model_weights.type_signature
-        leaves = self._get_weights(*_tensors(tf_parts.flatten(state, comp_type.parameter)))
-        return tf_parts.unflatten(leaves, comp_type.result)
+        return self._call(self._get_weights, self.process.get_model_weights, [state])
 
     def set_model_weights(self, state, weights):
         """`state` with its model weights replaced by `weights`."""
-        comp_type = self.process.set_model_weights.type_signature
-        args = tf_parts.flatten([state, weights], comp_type.parameter)
-        return tf_parts.unflatten(self._set_weights(*_tensors(args)), comp_type.result)
+        return self._call(self._set_weights, self.process.set_model_weights, [state, weights])
+
+    def get_hparams(self, state):
+        """The hyperparameters held in `state` (learning rates, ...).
+
+        Only called on resume, so imported then rather than at start.
+        """
+        return self._call(_import(self.process.get_hparams, self._what), self.process.get_hparams, [state])
+
+    def set_hparams(self, state, hparams):
+        """`state` with its hyperparameters replaced by `hparams`."""
+        return self._call(
+            _import(self.process.set_hparams, self._what), self.process.set_hparams, [state, hparams]
+        )
+
+    def _call(self, imported, comp, args):
+        comp_type = comp.type_signature
+        value = args[0] if len(args) == 1 else args
+        # Values may come from Python (a float learning rate): cast each to its declared dtype.
+        args = [
+            tf.convert_to_tensor(leaf, dtype=leaf_type.dtype)
+            for leaf, leaf_type in zip(
+                tf_parts.flatten(value, comp_type.parameter), tf_parts.leaf_types(comp_type.parameter)
+            )
+        ]
+        return tf_parts.unflatten(imported(*args), comp_type.result)
 
     def next(self, state, client_data: Sequence[tf.data.Dataset]):
         """One round on `client_data` (one dataset per client)."""

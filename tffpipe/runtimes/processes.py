@@ -12,7 +12,8 @@ TFF offers no hook for this, so we wrap the `Popen` it uses:
   and drops TFF's execution contexts while modules are still intact (TFF's
   `ServiceManager.__del__` otherwise runs during interpreter teardown and
   prints "AttributeError: 'NoneType' object has no attribute 'Popen'");
-* optionally, SIGTERM is turned into a normal exit so the `atexit` hook runs.
+* programs turn SIGTERM into an exception (`raise_on_sigterm`), so the
+  `atexit` hook runs.
 
 Workers also start with a bounded number of malloc arenas (`tffpipe.runtimes.memory`).
 """
@@ -156,22 +157,31 @@ def _at_exit() -> None:
     stop_workers()
 
 
-def _exit_on_sigterm(signum, frame):
+def _raise_terminated(signum, frame):
     del signum, frame
-    raise SystemExit(128 + signal.SIGTERM)
+    from tffpipe import errors  # pylint: disable=g-import-not-at-top
+
+    raise errors.Terminated()
 
 
-def install_worker_reaper(*, handle_sigterm: bool = False) -> None:
+def raise_on_sigterm() -> None:
+    """Turns SIGTERM into `errors.Terminated` in the main thread.
+
+    Programs call this first (it imports nothing), so a SIGTERM at any moment,
+    TensorFlow's import included, unwinds through `finally` blocks and the
+    `atexit` hook that stops the workers. Only if no handler is set yet.
+    """
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def install_worker_reaper() -> None:
     """Ties TFF worker processes started from now on to this process.
 
     Safe to call more than once. Must be called before the first federated
     computation runs (importing TFF does not start a worker; the first
     computation does).
-
-    Args:
-      handle_sigterm: turn SIGTERM into `SystemExit` (if no handler is set yet,
-        and only from the main thread), so the workers are stopped gracefully.
-        Programs set this; libraries leave signal handling to their caller.
     """
     global _installed
     with _install_lock:
@@ -189,6 +199,3 @@ def install_worker_reaper(*, handle_sigterm: bool = False) -> None:
         executor_factory.subprocess = shim
         atexit.register(_at_exit)
         _installed = True
-    if handle_sigterm and threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -26,6 +26,7 @@ What we add to TFF, and why:
 
 import asyncio
 import functools
+import socket
 import threading
 import time
 from typing import Callable, Sequence
@@ -108,8 +109,15 @@ def check_workers(addresses: Sequence[str], timeout_sec: float) -> None:
     """Waits up to `timeout_sec` for every worker to accept a connection.
 
     Raises:
-      WorkerUnavailable: naming the first worker that did not.
+      WorkerUnavailable: naming the first worker whose host does not resolve,
+        or that did not answer.
     """
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port))
+        except (socket.gaierror, UnicodeError) as e:
+            raise WorkerUnavailable(address, f"cannot resolve host {host!r} ({e.strerror or e})") from e
     channels = {address: _channel(address) for address in addresses}
     futures = {a: grpc.channel_ready_future(c) for a, c in channels.items()}
     deadline = time.monotonic() + timeout_sec

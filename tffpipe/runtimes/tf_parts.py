@@ -252,6 +252,15 @@ def num_leaves(value_type: computation_types.Type) -> int:
     return 1
 
 
+def leaf_types(value_type: computation_types.Type) -> list[computation_types.Type]:
+    """The types of `flatten`'s leaves, in its order."""
+    if isinstance(value_type, computation_types.FederatedType):
+        value_type = value_type.member
+    if isinstance(value_type, computation_types.StructType):
+        return [t for _, child in structure.iter_elements(value_type) for t in leaf_types(child)]
+    return [value_type]
+
+
 def unflatten(leaves: Sequence[Any], value_type: computation_types.Type):
     """Nested Python containers of numpy values, as TFF's runtimes return them."""
     if isinstance(value_type, computation_types.FederatedType):

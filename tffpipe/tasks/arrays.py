@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +28,7 @@ def from_arrays(
     eval_fraction: float = 0.2,
     seed: int = 0,
     description: str | None = None,
+    drop_nonfinite: bool = False,
 ) -> Task:
     """Federates centralized arrays: splits them across clients, holds some out.
 
@@ -50,6 +52,9 @@ def from_arrays(
         one); they never train.
       seed: seeds the partition and which clients are held out.
       description: one line for logs; by default it names the partition.
+      drop_nonfinite: drop the examples whose features or target hold NaN or
+        an infinity (with a warning naming how many); by default such data is
+        refused, as it would train to a NaN or silently skewed model.
 
     Returns:
       A `Task` whose raw examples are `{"x": ..., "y": ...}`.
@@ -58,6 +63,7 @@ def from_arrays(
       TaskError: on inconsistent arrays or arguments, with a one-line reason.
     """
     x, y = _check_arrays(name, x, y)
+    x, y = _finite_rows(name, x, y, drop_nonfinite)
     if partition not in PARTITIONS:
         raise TaskError(
             f"task {name!r}: partition must be one of {', '.join(PARTITIONS)}, got {partition!r}"
@@ -110,6 +116,28 @@ def _check_arrays(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
         raise TaskError(f"task {name!r}: x must be numeric, got {x.dtype}")
     y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
     return x.astype(np.float32), y
+
+
+def _finite_rows(name: str, x: np.ndarray, y: np.ndarray, drop: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`x`, `y` without rows holding NaN or infinities (only if `drop`).
+
+    Raises:
+      TaskError: there are such rows and `drop` is False, or no row is left.
+    """
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) | ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+    count = int(bad.sum())
+    if not count:
+        return x, y
+    first = int(np.flatnonzero(bad)[0])
+    what = f"{count:,} of {len(x):,} examples hold NaN or infinite values (the first is row {first})"
+    if not drop:
+        raise TaskError(
+            f"task {name!r}: {what}; clean them, or pass drop_nonfinite=True to from_arrays to drop them"
+        )
+    if count == len(x):
+        raise TaskError(f"task {name!r}: {what}: no example is left")
+    logging.warning("task %r: dropped %s", name, what)
+    return x[~bad], y[~bad]
 
 
 def _partition(kind, y, num_clients, alpha, seed) -> list[np.ndarray]:

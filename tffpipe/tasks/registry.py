@@ -13,6 +13,7 @@ group `tffpipe.tasks`, for example in their pyproject.toml:
 import inspect
 from typing import Any, Callable
 
+from tffpipe import errors
 from tffpipe import plugins
 from tffpipe.errors import TaskError
 
@@ -103,7 +104,15 @@ def create_task(
     except TaskError:
         raise
     except (TypeError, ValueError) as e:
-        raise TaskError(f"task {name!r}: {e}") from e
+        raise TaskError(f"task {name!r}: {errors.first_line(e)}") from e
+    except SystemExit as e:
+        raise TaskError(f"task factory {name!r} called sys.exit({e.code!r})") from e
+    except Exception as e:  # pylint: disable=broad-except
+        # User code may raise anything; name it in one line (the launcher's
+        # --verbose prints the traceback).
+        raise TaskError(
+            f"task factory {name!r} raised {type(e).__name__}: {errors.first_line(e)}"
+        ) from e
     if not isinstance(task, Task):
         raise TaskError(
             f"task factory {name!r} returned {type(task).__name__}, not tffpipe.tasks.Task"
