@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, make_config, run_train, user_env
+from conftest import REPO_ROOT, make_config, run_train, user_env, worker_processes
 from tffpipe import api
 from tffpipe import errors
 from tffpipe.program import run_lock
@@ -105,3 +105,103 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(tmp_path):
     done, _ = api.train(cfg, printed.append)
     assert done.resumed_from == saved and done.rounds_done == 6
     assert _rounds_in(out / "e") == [1, 2, 3, 4, 5, 6]
+
+
+def _start(args, **kwargs):
+    """A launcher whose SIGINT acts as in a terminal (a background job inherits an ignored one)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tffpipe.train", *args], cwd=REPO_ROOT, env=user_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def _wait_for_lock(proc, run_dir, timeout=60):
+    lock = run_lock.lock_path(str(run_dir))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(lock) and f'"pid": {proc.pid}' in open(lock).read():
+            return
+        time.sleep(0.02)
+    raise AssertionError("the launcher never took its run lock")
+
+
+@pytest.mark.parametrize("sig, code, line", [
+    (signal.SIGINT, 130, "error: interrupted; rerun the same command to resume from the last checkpoint"),
+    (signal.SIGTERM, 143, "error: terminated (SIGTERM); rerun the same command to resume from the last checkpoint"),
+])
+def test_a_signal_while_tensorflow_imports_is_one_line(tmp_path, sig, code, line):
+    proc = _start(["--experiment_name=e", f"--root_dir={tmp_path}"])
+    _wait_for_lock(proc, tmp_path / "e")  # taken just before TensorFlow's import starts
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    assert stderr.strip().splitlines() == [line]
+
+
+def test_a_missing_flagfile_is_one_plain_line():
+    result = run_train(["--flagfile=/no/such.flags"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Unable to open flagfile: [Errno 2] No such file or directory: '/no/such.flags'"]
+
+
+FAILING_TASKS = {
+    "raises.py": "def create_task(size: int = 3):\n    raise RuntimeError('database offline\\nsecond line')\n",
+    "exits.py": "import sys\ndef create_task():\n    sys.exit(3)\n",
+    "broken.py": "def create_task(:\n",
+    "returns.py": "def create_task():\n    return 42\n",
+}
+
+
+@pytest.mark.parametrize("module, message", [
+    ("raises", "task factory 'raises:create_task' raised RuntimeError: database offline"),
+    ("exits", "task factory 'exits:create_task' called sys.exit(3)"),
+    ("broken", "cannot import task module 'broken': SyntaxError: invalid syntax (broken.py, line 1)"),
+    ("returns", "task factory 'returns:create_task' returned int, not tffpipe.tasks.Task"),
+])
+def test_a_failing_user_task_is_one_line(tmp_path, monkeypatch, module, message):
+    for name, source in FAILING_TASKS.items():
+        (tmp_path / name).write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(errors.UserError) as info:
+        api.train(make_config(task=f"{module}:create_task", root_dir=str(tmp_path), runtime="cpp"),
+                  lambda line: None)
+    assert str(info.value) == message
+
+
+def test_verbose_prints_the_cause_of_a_one_line_error(tmp_path):
+    (tmp_path / "raises.py").write_text(FAILING_TASKS["raises.py"])
+    env = user_env()
+    env["PYTHONPATH"] = str(tmp_path)
+    result = run_train(["--task=raises:create_task", f"--root_dir={tmp_path}", "--verbose"], env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: task factory 'raises:create_task' raised RuntimeError: database offline"
+    assert "Traceback (most recent call last):" in lines
+    assert f'  File "{tmp_path}/raises.py", line 2, in create_task' in lines
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_is_one_line_and_resumable(tmp_path, marker_env):
+    env, marker = marker_env
+    args = ["--rounds=6", "--experiment_name=e", f"--root_dir={tmp_path}", "--checkpoint_every=2",
+            "--runtime=cpp"]
+    proc = subprocess.Popen([sys.executable, "-m", "tffpipe.train", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("round 3/6"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert stderr.strip().splitlines() == [
+        "error: terminated (SIGTERM); rerun the same command to resume from the last checkpoint"]
+    assert worker_processes(marker) == []
+    assert _rounds_in(tmp_path / "e")[:3] == [1, 2, 3]
+
+    printed = []
+    done, _ = api.train(make_config(rounds=6, experiment_name="e", root_dir=str(tmp_path),
+                                    checkpoint_every=2, runtime="cpp"), printed.append)
+    assert done.resumed_from in (2, 4) and done.rounds_done == 6
+    assert _rounds_in(tmp_path / "e") == [1, 2, 3, 4, 5, 6]

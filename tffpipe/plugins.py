@@ -141,8 +141,13 @@ def options(
         raise error(f"cannot import {kind} module {module_name!r}: No module named {module_name!r}")
     source_file = getattr(spec, "origin", None)
     if source_file and source_file.endswith(".py"):
-        with open(source_file, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), source_file)
+        try:
+            with open(source_file, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), source_file)
+        except (SyntaxError, UnicodeDecodeError, OSError) as e:
+            raise error(
+                f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {errors.first_line(e)}"
+            ) from e
         constants = _module_constants(tree)
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name == attr:
