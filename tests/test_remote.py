@@ -230,6 +230,38 @@ def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(
             total(values)
 
 
+def _service_of(worker_proc, marker):
+    """The pid of the TFF service (`worker_binary`) that `python -m tffpipe.worker` started."""
+    for pid, _ in worker_processes(marker):
+        with open(f"/proc/{pid}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) == worker_proc.pid:
+                return pid
+    raise AssertionError("no TFF service under that worker")
+
+
+def test_a_hung_worker_is_dropped_after_the_wait(two_workers):
+    workers, addresses, _, marker = two_workers
+    lines = []
+    context = remote.FailoverContext(addresses, 2.0, lines.append)
+    values = [1.0, 2.0, 3.0, 4.0]
+    with tff.framework.get_context_stack().install(context):
+        assert total(values) == 10.0
+        # Stopped, its connections stay open: TFF's calls alone would wait forever.
+        service = _service_of(workers[1], marker)
+        os.kill(service, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert total(values) == 10.0
+            took = time.monotonic() - started
+        finally:
+            os.kill(service, signal.SIGCONT)
+    assert context.live_addresses == addresses[:1]
+    assert lines[-1].startswith(
+        f"worker {addresses[1]} is unreachable: no answer for 2 s while it held a call (stopped or hung); "
+        f"running the computation again on the remaining 1 worker(s)")
+    assert 2 <= took < 30
+
+
 def _config(root, rounds=3, **values):
     return make_config(
         digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,

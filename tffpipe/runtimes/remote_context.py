@@ -12,6 +12,14 @@ What we add to TFF, and why:
   call on an unreachable worker forever, so one dead machine would hang the
   run. `_WorkerContext` retries for `wait_sec` (the worker may come back,
   e.g. a restarted pod) and then gives up on it.
+* A bounded wait for a hung worker. A worker that stops answering without
+  dropping its connection (a stopped process, a wedged machine) leaves TFF's
+  calls, which have no deadline, waiting forever. A round's `Compute` call
+  can legitimately take minutes, so one deadline per call cannot tell slow
+  from hung; instead, while a call runs, the worker is probed every second
+  with a call of its own deadline (an unknown method, which a live gRPC
+  server answers at once with UNIMPLEMENTED, busy or not). A worker that
+  answers no probe for `wait_sec` is treated as lost.
 * Failover. `FailoverContext` runs each computation on the live workers; when
   one is given up on, it logs the event and runs the whole computation again
   on the remaining workers from the same arguments. TFF computations are
@@ -68,6 +76,10 @@ _RETRY_MAX_SEC = 5.0
 # How often lost workers are probed, and how long a probe waits.
 _REJOIN_EVERY_SEC = 30.0
 _PROBE_SEC = 0.5
+# While a call runs: how often its worker is probed, and the longest a probe waits.
+_LIVENESS_EVERY_SEC = 1.0
+_LIVENESS_MAX_WAIT_SEC = 5.0
+_LIVENESS_METHOD = "/tffpipe.Liveness/Probe"  # no server has it: UNIMPLEMENTED means alive
 # TFF's un-retried invoke: `AsyncExecutionContext.invoke` is wrapped in an
 # endless retry on gRPC UNAVAILABLE (functools.wraps keeps the original).
 _INVOKE_ONCE = async_execution_context.AsyncExecutionContext.invoke.__wrapped__
@@ -175,7 +187,10 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
     """TFF's asynchronous context on one worker, with a bounded retry."""
 
     def __init__(self, address: str, wait_sec: float):
-        stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(_channel(address))
+        self._channel = _channel(address)
+        stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
+        self._probe_channel = _channel(address)
+        self._probe = self._probe_channel.unary_unary(_LIVENESS_METHOD)
 
         def executor_for(cardinalities):
             # As TFF's local factory does: computations without clients
@@ -207,8 +222,8 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
         pause = _RETRY_FIRST_SEC
         while True:
             try:
-                return await self._own_thread.await_coro_and_return_result(
-                    _INVOKE_ONCE(self, comp, arg)
+                return await self._watched(
+                    self._own_thread.await_coro_and_return_result(_INVOKE_ONCE(self, comp, arg))
                 )
             except (executors_errors.RetryableError, grpc.RpcError) as e:
                 if not _is_connection_error(e):
@@ -221,6 +236,38 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
                     ) from e
                 await asyncio.sleep(min(pause, gave_up_at - now))
                 pause = min(pause * 2, _RETRY_MAX_SEC)
+
+
+    async def _watched(self, call):
+        """Awaits `call`, probing the worker meanwhile; gives up after `wait_sec` of silence."""
+        task = asyncio.ensure_future(call)
+        silent_since = None
+        loop = asyncio.get_running_loop()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_LIVENESS_EVERY_SEC)
+            if done:
+                return task.result()
+            if await loop.run_in_executor(None, self._answers):
+                silent_since = None
+                continue
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since >= self._wait_sec:
+                task.cancel()
+                # Unblocks the call waiting in the worker's thread.
+                self._channel.close()
+                raise WorkerUnavailable(
+                    self.address,
+                    f"no answer for {self._wait_sec:g} s while it held a call (stopped or hung)",
+                )
+
+    def _answers(self) -> bool:
+        """Whether the worker's gRPC server answers a call right now."""
+        try:
+            self._probe(b"", timeout=min(max(self._wait_sec / 2, _PROBE_SEC), _LIVENESS_MAX_WAIT_SEC))
+        except grpc.RpcError as e:
+            return e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        return True
 
 
 def _is_connection_error(error: Exception) -> bool:
