@@ -107,6 +107,7 @@ def test_fedsgd_with_tree_aggregation_meets_the_target_epsilon(task, tmp_path):
     assert result.epsilon == pytest.approx(8.0, rel=1e-3)
 
 
+@pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_mime_lite_with_secure_aggregation(task, tmp_path):
     result, rows, out = _run(
         task, tmp_path, "mime", algorithm="mime_lite", secure_aggregation=True
@@ -118,6 +119,7 @@ def test_mime_lite_with_secure_aggregation(task, tmp_path):
     assert up == pytest.approx(2 * down, rel=0.01)
 
 
+@pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedadam_with_compression_uploads_less(task, tmp_path):
     result, rows, out = _run(
         task, tmp_path, "adam", server_optimizer="adam", server_learning_rate=0.01,
@@ -133,6 +135,7 @@ def test_fedadam_with_compression_uploads_less(task, tmp_path):
     assert "4 bits per value" in out
 
 
+@pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedyogi_with_distributed_dp(task, tmp_path):
     result, rows, out = _run(
         task, tmp_path, "ddp", server_optimizer="yogi", server_learning_rate=0.01, dp="distributed",
@@ -145,6 +148,7 @@ def test_fedyogi_with_distributed_dp(task, tmp_path):
     assert "secure sum" in out and "20-bit" in out
 
 
+@pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedadagrad_with_secure_fixed_dp(task, tmp_path):
     result, rows, out = _run(
         task, tmp_path, "securedp", server_optimizer="adagrad", server_learning_rate=0.01,

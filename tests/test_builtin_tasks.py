@@ -72,12 +72,11 @@ def test_emnist_reads_tffs_format_and_trains(tmp_path, data_dir, only_digits, cl
         assert float(rows[1]["train/num_examples"]) > 0
 
 
-def test_shakespeare_sequences_and_masked_accuracy(tmp_path, data_dir):
-    task, result, _ = _train_two_rounds(tmp_path, "shakespeare", {"sequence_length": 80}, data_dir)
+def test_shakespeare_sequences_and_masked_accuracy(data_dir):
+    task = tasks.create_task("shakespeare", {"sequence_length": 80}, seed=0, data_dir=data_dir)
     x, y = _first_batch(task)
     assert x.shape[1:] == (80,) and y.shape[1:] == (80,)
     assert np.array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])  # targets are inputs shifted by one
-    assert 0 <= result.final_eval["eval/accuracy"] <= 1
     # Accuracy leaves out padding and out-of-vocabulary targets.
     accuracy = task.metrics_builder()[0]
     targets = np.array([[shakespeare.PAD, shakespeare.OOV, 5, 6]])
@@ -89,9 +88,9 @@ def test_shakespeare_sequences_and_masked_accuracy(tmp_path, data_dir):
     assert float(accuracy.result()) == pytest.approx(0.5)
 
 
-def test_stackoverflow_vocab_special_tokens_and_training(tmp_path, data_dir):
+def test_stackoverflow_vocab_and_special_tokens(data_dir):
     options = {"vocab_size": 10, "sequence_length": 20}
-    task, result, _ = _train_two_rounds(tmp_path, "stackoverflow_nwp", options, data_dir)
+    task = tasks.create_task("stackoverflow_nwp", options, seed=0, data_dir=data_dir)
     assert stackoverflow_nwp.load_vocab(data_dir, 10) == [f"w{i}" for i in range(10)]
     assert task.model_builder().output_shape == (None, None, 14)  # 10 words + pad, oov, bos, eos
     x, y = _first_batch(task)
@@ -99,7 +98,16 @@ def test_stackoverflow_vocab_special_tokens_and_training(tmp_path, data_dir):
     bos, oov = 12, 11
     assert set(x.numpy()[:, 0].tolist()) == {bos}
     assert oov in y.numpy()  # words w10..w59 are out of vocabulary
-    assert "eval/accuracy" in result.final_eval
+
+
+@pytest.mark.slow  # LSTMs traced by TFF: about 35 s each
+@pytest.mark.parametrize("name, options", [
+    ("shakespeare", {"sequence_length": 80}),
+    ("stackoverflow_nwp", {"vocab_size": 10, "sequence_length": 20}),
+])
+def test_text_tasks_train_two_rounds(tmp_path, data_dir, name, options):
+    _, result, _ = _train_two_rounds(tmp_path, name, options, data_dir)
+    assert 0 <= result.final_eval["eval/accuracy"] <= 1
 
 
 def test_cifar100_reads_tffs_format_into_resnet18_groupnorm(data_dir):
@@ -121,7 +129,7 @@ def test_cifar100_trains_two_rounds(tmp_path, data_dir):
     assert "eval/accuracy" in result.final_eval
 
 
-@pytest.mark.parametrize("model", ["logistic", "mlp"])
+@pytest.mark.parametrize("model", ["logistic", pytest.param("mlp", marks=pytest.mark.slow)])
 def test_breast_cancer_sites_and_metrics(tmp_path, model):
     options = {"num_sites": 6, "model": model, "alpha": 1.0}
     task, result, _ = _train_two_rounds(tmp_path, "breast_cancer", options, clients=5)

@@ -4,6 +4,8 @@ import importlib.metadata
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT, processes_with_marker, user_env
 from tffpipe import doctor
 from tffpipe.tasks import public_data
@@ -77,6 +79,7 @@ def _lines(checks):
     return lines + ["some checks failed: see the FAIL lines" if failed else "all checks passed"]
 
 
+@pytest.mark.slow  # smoke rounds on both runtimes (35 s)
 def test_doctor_passes_here_and_smoke_tests_both_runtimes():
     configs = {name: doctor.runtime_config(name) for name in ("cpp", "inprocess")}
     lines = _lines(list(doctor.run_checks("digits", public_data.DEFAULT_DATA_DIR, 10, configs, smoke=True)))

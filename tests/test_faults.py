@@ -171,15 +171,16 @@ def test_a_failing_user_task_is_one_line(tmp_path, monkeypatch, module, message)
 
 
 def test_verbose_prints_the_cause_of_a_one_line_error(tmp_path):
-    (tmp_path / "raises.py").write_text(FAILING_TASKS["raises.py"])
+    (tmp_path / "broken.py").write_text(FAILING_TASKS["broken.py"])
     env = user_env()
     env["PYTHONPATH"] = str(tmp_path)
-    result = run_train(["--task=raises:create_task", f"--root_dir={tmp_path}", "--verbose"], env=env)
+    result = run_train(["--task=broken:create_task", f"--root_dir={tmp_path}", "--verbose"], env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1] == "error: task factory 'raises:create_task' raised RuntimeError: database offline"
-    assert "Traceback (most recent call last):" in lines
-    assert f'  File "{tmp_path}/raises.py", line 2, in create_task' in lines
+    assert lines[-1] == "error: cannot import task module 'broken': SyntaxError: invalid syntax (broken.py, line 1)"
+    assert f'  File "{tmp_path}/broken.py", line 1' in lines
+    quiet = run_train(["--task=broken:create_task", f"--root_dir={tmp_path}"], env=env)
+    assert quiet.stderr.strip().splitlines() == lines[-1:]
 
 
 @pytest.mark.slow

@@ -71,9 +71,9 @@ def _three_rounds(runner, task, initial):
     return runner.get_model_weights(state), output.metrics
 
 
-# FedAvg and secure FedAvg run by default; the other algorithms share their
-# code path in the runtime and run in the slow step.
-_SLOW_PARITY = {"fedprox", "fedadam", "dp_fixed_noise_0"}
+# FedAvg runs by default; the others share its code path in the runtime and
+# run in the slow step (secure sums' masking is also tests/test_secure_masking.py's).
+_SLOW_PARITY = {"fedprox", "fedadam", "dp_fixed_noise_0", "secure_fedavg"}
 
 
 @pytest.mark.parametrize(
@@ -256,6 +256,7 @@ PLACEMENT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess with 4 logical devices (40 s)
 def test_clients_are_spread_over_logical_devices():
     """The GPU code path on a CPU split into three logical devices."""
     out = subprocess.run(

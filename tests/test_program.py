@@ -55,10 +55,13 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
 
     saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
     saved_model.write_bytes(saved_model.read_bytes()[:100])
+    # And the CSV lost: rebuilt from TensorBoard, and said.
+    os.remove(tmp_path / "p" / "results" / "metrics.csv")
     lines.clear()
     second = loop.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (second.rounds_done, second.resumed_from) == (4, 2)
     assert any(l.startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2") for l in lines)
+    assert "metrics.csv: rebuilt rounds 1-2 from the TensorBoard logs" in lines
     assert [l.split()[1] for l in lines if l.startswith("round ")] == ["3/4", "4/4"]
     assert _rounds_in_csv(tmp_path) == [1, 2, 3, 4]
     assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")

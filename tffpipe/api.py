@@ -70,7 +70,6 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
     # Held from before the data loads, so a second launcher stops at once.
     with run_lock.hold(cfg.output.run_dir):
         runtime.preflight(cfg, print_fn)  # before the data loads
-        check_writable(cfg.output.run_dir)
         from tffpipe import tasks  # pylint: disable=g-import-not-at-top
         from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
 
@@ -78,6 +77,7 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
             cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir
         )
         cfg = loop.fit_to_task(cfg, task)
+        check_writable(cfg.output.run_dir)  # only now: a run that fails to start leaves no folder
         print_fn(loop.describe_run(cfg, task))
         return loop.run(cfg, task, print_fn=print_fn), task
 
