@@ -271,22 +271,25 @@ def _config(root, rounds=3, **values):
 
 
 @pytest.mark.parametrize(
-    "secure",
-    # Both in the slow step (70 s of two TFF workers and two runs); the failover
-    # tests below run the same context in the default suite.
-    [pytest.param(False, marks=pytest.mark.slow, id="plain"),
-     pytest.param(True, marks=pytest.mark.slow, id="secure")],
+    "flags",
+    # All in the slow step (70 s of two TFF workers and two runs each); the
+    # failover tests below run the same context in the default suite.
+    [pytest.param({}, marks=pytest.mark.slow, id="plain"),
+     pytest.param({"secure_aggregation": True}, marks=pytest.mark.slow, id="secure"),
+     # Each worker gathers its share of the updates; the reservoirs merge.
+     pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust")],
 )
-def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, secure):
+def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, flags):
     _, addresses, _, _ = two_workers
+    secure = bool(flags.get("secure_aggregation"))
     task = digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
     lines = []
     remote_run = loop.run(
-        _config(tmp_path / "remote", runtime="remote", workers=addresses, secure_aggregation=secure),
+        _config(tmp_path / "remote", runtime="remote", workers=addresses, **flags),
         task, print_fn=lines.append,
     )
     local_run = loop.run(
-        _config(tmp_path / "cpp", runtime="cpp", secure_aggregation=secure), task,
+        _config(tmp_path / "cpp", runtime="cpp", **flags), task,
         print_fn=lambda line: None,
     )
     assert remote.describe(addresses, 30.0) in lines

@@ -12,10 +12,12 @@ from tffpipe.aggregation import base
 LAYERS = (
     "plugin",
     "zeroing",
+    "norm_bound",
     "dp_fixed",
     "dp_adaptive",
     "dp_tree",
     "dp_distributed",
+    "robust",
     "mean",
     "secure",
     "quantization",
