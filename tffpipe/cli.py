@@ -36,6 +36,7 @@ _GROUP_TITLES = {
     "algorithm": "Algorithm",
     "aggregation": "Aggregation",
     "privacy": "Privacy",
+    "attacks": "Attacks",
     "runtime": "Runtime",
     "outputs": "Outputs",
 }

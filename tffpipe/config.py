@@ -22,6 +22,7 @@ from tffpipe import plugins
 from tffpipe import settings
 from tffpipe.aggregation import plugin as aggregation_plugin
 from tffpipe.aggregation import registry as aggregation_registry
+from tffpipe.attacks import registry as attack_registry
 from tffpipe.errors import ConfigError, TaskError
 from tffpipe.learning import plugin as algorithm_plugin
 from tffpipe.learning import registry as algorithm_registry
@@ -259,6 +260,33 @@ def _aggregation_group() -> type:
 AggregationConfig = _aggregation_group()
 
 
+def _attack_group() -> type:
+    attacks = attack_registry.ATTACKS
+    fields = [
+        ("name", str, setting(
+            "none", "Simulate malicious clients: label_flip (labels y -> y + 1 mod C) or backdoor "
+            "(a trigger stamped on their examples, relabelled to --attack_target).",
+            flag="attack", group="attacks", choices=("none",) + attacks, resume=MUST_MATCH, short=True)),
+        ("fraction", float, setting(
+            0.2, "Share of the training clients that attack, chosen once from --seed (a round's "
+            "number of attackers varies with the clients it samples).",
+            flag="attack_fraction", group="attacks", check=settings.open_interval(0, 1),
+            applies=("attack", attacks), resume=MUST_MATCH, short=True)),
+        ("target", int, setting(
+            0, "The class a backdoor's triggered examples are relabelled to.",
+            flag="attack_target", group="attacks", check=settings.at_least(0),
+            applies=("attack", ("backdoor",)), resume=MUST_MATCH)),
+        *[(key, cls, group(cls)) for key, cls in attack_registry.settings_groups()],
+    ]
+    cls = dataclasses.make_dataclass("AttackConfig", fields, frozen=True)
+    cls.__doc__ = "Simulated malicious clients: the attack, who attacks, and each attack's settings."
+    cls.__module__ = __name__
+    return cls
+
+
+AttackConfig = _attack_group()
+
+
 def _runtime_group() -> type:
     fields = [
         ("name", str, setting(
@@ -330,6 +358,7 @@ class RunConfig:
     server_optimizer: ServerOptimizerConfig = group(ServerOptimizerConfig)
     privacy: PrivacyConfig = group(PrivacyConfig)
     aggregation: AggregationConfig = group(AggregationConfig)
+    attack: AttackConfig = group(AttackConfig)
     runtime: RuntimeConfig = group(RuntimeConfig)
     output: OutputConfig = group(OutputConfig)
 

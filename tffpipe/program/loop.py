@@ -6,15 +6,16 @@ config continues from the newest readable checkpoint.
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import compat
-from tffpipe import errors
 from tffpipe import config as config_lib
+from tffpipe import errors
+from tffpipe.attacks import simulation as attack_simulation
 from tffpipe.learning import builder
 from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
@@ -116,8 +117,10 @@ class _Evaluator:
         task: Task,
         cfg: config_lib.RunConfig,
         print_fn: Callable[[str], None],
+        triggered: Callable[[Any], Any] | None = None,
     ):
         schedule = cfg.schedule
+        self._triggered = triggered
         self._task = task
         self._batch_size = schedule.eval_batch_size
         ids = list(task.eval_data.client_ids)
@@ -134,7 +137,14 @@ class _Evaluator:
         state = self._process.set_model_weights(self._state, model_weights)
         datasets = [self._task.eval_dataset(cid, self._batch_size) for cid in self.client_ids]
         output = self._process.next(state, datasets)
-        return metrics_lib.eval_metrics(output.metrics)
+        found = metrics_lib.eval_metrics(output.metrics)
+        if self._triggered is not None:
+            # The same clients' examples of other classes, carrying the
+            # backdoor's trigger and labelled with its target: their accuracy
+            # is the share the backdoor turns.
+            output = self._process.next(state, [self._triggered(ds) for ds in datasets])
+            found["eval/backdoor_success"] = metrics_lib.eval_metrics(output.metrics)["eval/accuracy"]
+        return found
 
 
 def run(
@@ -170,6 +180,10 @@ def run(
         )
     print_fn(f"algorithm {cfg.algorithm.name}, client weighting {cfg.client_weighting}")
     print_fn(stack.describe())
+    simulation = None
+    if cfg.attack.name != "none":
+        simulation = attack_simulation.Simulation(cfg, task)
+        print_fn(simulation.describe())
     traffic_metrics = _traffic_metrics(process, print_fn)
     tracker = None
     if stack.dp_layer is not None:
@@ -184,7 +198,7 @@ def run(
             print_fn(line)
     with runtime.running(process, cfg, print_fn) as runner:
         try:
-            return _train(cfg, task, runner, tracker, traffic_metrics, print_fn)
+            return _train(cfg, task, runner, tracker, traffic_metrics, simulation, print_fn)
         except (OSError, tf.errors.OpError) as e:
             if not files.is_disk_full(e):
                 raise
@@ -208,7 +222,7 @@ def _disk_full_message(run_dir: str, error: BaseException) -> str:
     )
 
 
-def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
+def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -> RunResult:
     """The rounds, from the newest checkpoint on, in the current TFF context."""
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
@@ -242,14 +256,15 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
                      + ", ".join(changes))
     else:
         records.reset(paths)
-    files.write_json_atomic(
-        paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
-    )
+    recorded = {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
+    if simulation is not None:
+        recorded["attackers"] = simulation.attackers
+    files.write_json_atomic(paths.config, recorded)
     log = outputs.MetricsLog(paths)
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
-    evaluator = _Evaluator(task, cfg, print_fn)
+    evaluator = _Evaluator(task, cfg, print_fn, simulation.triggered_eval() if simulation else None)
     spec = _client_spec(cfg)
     final_eval: dict[str, float] = {}
     stopped_early = None
@@ -269,6 +284,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
             task.client_dataset(cid, spec, seed=sampling.client_seed(schedule.seed, round_num, i))
             for i, cid in enumerate(sampled)
         ]
+        if simulation is not None:
+            datasets = [simulation.dataset(cid, ds) for cid, ds in zip(sampled, datasets)]
         round_start = time.monotonic()
         output = process.next(state, datasets)
         round_seconds = time.monotonic() - round_start
@@ -279,6 +296,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, print_fn) -> RunResult:
         round_metrics["round_time_sec"] = round_seconds
         round_metrics["examples_per_sec"] = num_examples / max(round_seconds, 1e-9)
         round_metrics.update(traffic_metrics)
+        if simulation is not None:
+            round_metrics.update(simulation.round_metrics(sampled))
         if tracker is not None:
             round_metrics.update(
                 tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))

@@ -1,0 +1,68 @@
+"""Applying the chosen attack in a run: who attacks, their poisoned data, the attack's metrics."""
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+
+from tffpipe.attacks import base
+from tffpipe.attacks import registry
+from tffpipe.attacks import selection
+
+
+class Simulation:
+    """The run's malicious clients and what they do.
+
+    Args:
+      cfg: the run's settings (`cfg.attack.name` is not "none").
+      task: the task (its labels decide whether label attacks can run).
+
+    Raises:
+      ConfigError: the attack cannot run on this task.
+    """
+
+    def __init__(self, cfg: Any, task: Any):
+        self._cfg = cfg
+        self.attack = registry.get(cfg.attack.name)
+        self.labels = label_info(task)
+        self.attack.check(cfg)
+        self.attack.check_task(cfg, self.labels)
+        ids = list(task.train_data.client_ids)
+        self.attackers = selection.attackers(ids, cfg.attack.fraction, cfg.schedule.seed)
+        self._attackers = frozenset(self.attackers)
+        self._num_train = len(ids)
+        # One traced function for every attacker dataset (a new one per
+        # dataset would grow TensorFlow's function library every round).
+        self._poison = tf.function(lambda x, y: self.attack.poison(x, y, cfg, self.labels))
+
+    def describe(self) -> str:
+        return (
+            f"attack: {self.attack.describe(self._cfg)}; {len(self.attackers)} of "
+            f"{self._num_train} training clients attack ({self._cfg.attack.fraction:.0%}, chosen by --seed)"
+        )
+
+    def dataset(self, client_id: str, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """The dataset `client_id` trains on: poisoned if it attacks."""
+        if client_id not in self._attackers:
+            return dataset
+        return dataset.map(self._poison)
+
+    def round_metrics(self, sampled: Sequence[str]) -> dict[str, float]:
+        return {"attack/attackers_in_round": float(sum(cid in self._attackers for cid in sampled))}
+
+    def triggered_eval(self) -> Callable[[tf.data.Dataset], tf.data.Dataset] | None:
+        """Maps a held-out dataset to the one whose accuracy is the backdoor's success, if any."""
+        transform = getattr(self.attack, "triggered_eval", None)
+        if transform is None:
+            return None
+        fn = tf.function(lambda x, y: transform(x, y, self._cfg))
+        return lambda dataset: dataset.map(fn)
+
+
+def label_info(task: Any) -> base.LabelInfo:
+    """Whether the task's labels are class indices, and how many classes its model has."""
+    _, y = task.sample_batch_dataset(1).element_spec
+    integer = y.dtype.is_integer
+    width = task.model_builder().output_shape[-1] if integer else 0
+    return base.LabelInfo(integer=integer, num_classes=int(width or 0), task=task.name)
+
+
