@@ -42,6 +42,14 @@ def test_package_checks_compare_installed_versions_with_the_pins():
     ]
 
 
+def test_robust_server_memory_is_cohort_times_model_size():
+    from tffpipe.aggregation import robust  # pylint: disable=g-import-not-at-top
+
+    assert robust.server_memory_bytes(50, 1_206_590) == 50 * 1_206_590 * 4  # EMNIST cnn_dropout: 241 MB
+    check = doctor.check_memory(300 * 2**20, 200 * 2**20, "--robust", name="memory under --robust")
+    assert check.status == doctor.FAIL and check.name == "memory under --robust"
+
+
 def test_memory_check_compares_free_memory_with_the_estimate():
     mib = 1 << 20
     # EMNIST cnn_dropout, 50 clients: 1,536 MiB + 50 x 1,206,590 x 16 bytes.
@@ -91,6 +99,9 @@ def test_doctor_passes_here_and_smoke_tests_both_runtimes():
     assert all(line.startswith(("ok ", "warn ")) for line in lines[:-1]), lines
     assert "ok    runtime inprocess: 2 client slot(s) on /device:CPU:0" in lines
     assert "ok    task digits: 40 training clients, model of 85,066 parameters" in lines
+    # --robust gathers the cohort's updates at the server: 10 x 85,066 x 4 bytes.
+    assert any(line.startswith("ok    memory under --robust: ") and "(the server holds all 10 updates, 3.2 MiB more)" in line
+               for line in lines), lines
     smoke = [line for line in lines if line.startswith("ok    smoke round")]
     assert len(smoke) == 2 and all(" 45 examples trained in " in line for line in smoke), smoke
     assert lines[-1] == "all checks passed"

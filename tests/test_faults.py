@@ -107,12 +107,20 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(tmp_path):
     assert _rounds_in(out / "e") == [1, 2, 3, 4, 5, 6]
 
 
+# `python -m tffpipe.train` with SIGINT acting as in a terminal: a background
+# job (CI) inherits an ignored SIGINT, which Python then leaves ignored. (Not
+# `preexec_fn`: forking a process that runs TensorFlow's threads and then
+# running Python in the child can crash it.)
+_WITH_DEFAULT_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('tffpipe.train', run_name='__main__', alter_sys=True)"
+)
+
+
 def _start(args, **kwargs):
-    """A launcher whose SIGINT acts as in a terminal (a background job inherits an ignored one)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.train", *args], cwd=REPO_ROOT, env=user_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+        [sys.executable, "-c", _WITH_DEFAULT_SIGINT, *args], cwd=REPO_ROOT, env=user_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def _wait_for_lock(proc, run_dir, timeout=60):

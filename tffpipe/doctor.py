@@ -28,6 +28,7 @@ from tffpipe import compat
 from tffpipe import config as config_lib
 from tffpipe import errors
 from tffpipe import settings
+from tffpipe.aggregation import robust
 from tffpipe.runtimes import devices
 from tffpipe.runtimes import memory
 from tffpipe.runtimes import processes
@@ -173,16 +174,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def check_memory(needed: int, available: int | None, what: str) -> Check:
+def check_memory(needed: int, available: int | None, what: str, name: str = "memory") -> Check:
     """Free memory against the estimate."""
     if available is None:
-        return Check(WARN, "memory", f"cannot read free memory; {what} needs about {needed / _MIB:,.0f} MiB")
+        return Check(WARN, name, f"cannot read free memory; {what} needs about {needed / _MIB:,.0f} MiB")
     detail = f"{available / _MIB:,.0f} MiB free; {what} needs about {needed / _MIB:,.0f} MiB"
     if available < needed:
-        return Check(FAIL, "memory", detail + "; lower --clients_per_round or free memory")
+        return Check(FAIL, name, detail + "; lower --clients_per_round or free memory")
     if available < 1.5 * needed:
-        return Check(WARN, "memory", detail + " (little headroom)")
-    return Check(OK, "memory", detail)
+        return Check(WARN, name, detail + " (little headroom)")
+    return Check(OK, name, detail)
 
 
 def _synthetic_task():
@@ -240,9 +241,13 @@ def _task_checks(task_name: str, data_dir: str, clients_per_round: int) -> Itera
         OK, f"task {task_name}",
         f"{len(task.train_data.client_ids):,} training clients, model of {params:,} parameters",
     )
+    needed = estimate_memory_bytes(params, cohort)
+    yield check_memory(needed, available_memory_bytes(), f"{cohort} clients a round")
+    gathered = robust.server_memory_bytes(cohort, params)
     yield check_memory(
-        estimate_memory_bytes(params, cohort), available_memory_bytes(),
-        f"{cohort} clients a round",
+        needed + gathered, available_memory_bytes(),
+        f"--robust (the server holds all {cohort} updates, {gathered / _MIB:,.1f} MiB more)",
+        name="memory under --robust",
     )
 
 

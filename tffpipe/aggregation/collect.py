@@ -79,8 +79,3 @@ class CollectAndReduceFactory(tff.aggregators.UnweightedAggregationFactory):
 
         return tff.templates.AggregationProcess(init_fn, next_fn)
 
-
-def memory_bytes(cohort: int, num_parameters: int) -> int:
-    """The server memory the gathered updates take (float32), for the doctor and the README."""
-    return cohort * num_parameters * 4
-

@@ -51,6 +51,11 @@ class Settings:
     )
 
 
+def server_memory_bytes(cohort: int, num_parameters: int) -> int:
+    """What the gathered updates take at the server (float32): the doctor checks it."""
+    return cohort * num_parameters * 4
+
+
 def minimum_cohort(defence: str, f: int) -> int:
     """The fewest updates a round needs for the rule's guarantee."""
     if defence == "bulyan":
