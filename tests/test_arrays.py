@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, user_env
+from conftest import REPO_ROOT
 from tffpipe import tasks
 
 

@@ -7,8 +7,6 @@ ports, DNS names in --workers, the flags of both programs, the volume.
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml

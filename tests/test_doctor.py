@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, processes_with_marker, user_env
+from conftest import REPO_ROOT, processes_with_marker
 from tffpipe import doctor
 from tffpipe.tasks import public_data
 
