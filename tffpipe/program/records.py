@@ -76,23 +76,35 @@ def event_files(logdir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
 
 
+def _read_events(path: str) -> tuple[list[tuple[bytes, Any]], bool]:
+    """The (record, event) pairs of one event file, and whether it ends in a partial record.
+
+    A record cut short by a kill ends the file's readable part.
+    """
+    events = []
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            data = record.numpy()
+            events.append((data, tf.compat.v1.Event.FromString(data)))
+    except tf.errors.DataLossError:
+        return events, True
+    return events, False
+
+
 def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
     """The scalars of every step in the TensorBoard logs (partial records end a file)."""
     found: dict[int, dict[str, float]] = {}
     for path in event_files(logdir):
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                for value in event.summary.value:
-                    if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
-                        continue
-                    scalar = (
-                        tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
-                    )
-                    if np.ndim(scalar) == 0:
-                        found.setdefault(event.step, {})[value.tag] = float(scalar)
-        except tf.errors.DataLossError:
+        events, partial = _read_events(path)
+        if partial:
             logging.warning("%s ends in a partial record", path)
+        for _, event in events:
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
+                    continue
+                scalar = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                if np.ndim(scalar) == 0:
+                    found.setdefault(event.step, {})[value.tag] = float(scalar)
     return found
 
 
@@ -109,16 +121,10 @@ def truncate_event_files(logdir: str, last_round: int) -> int:
     """
     dropped = 0
     for path in event_files(logdir):
-        kept, removed = [], 0
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                if event.step <= last_round:
-                    kept.append(record.numpy())
-                else:
-                    removed += 1
-        except tf.errors.DataLossError:
-            removed += 1
+        events, partial = _read_events(path)
+        kept = [record for record, event in events if event.step <= last_round]
+        removed = len(events) - len(kept) + int(partial)
+        if partial:
             logging.warning("%s ends in a partial record; it was dropped", path)
         if removed:
             temp_path = path + ".tmp"
