@@ -33,6 +33,7 @@ flags.DEFINE_integer("clients_per_round", 10, "Clients per round.")
 FLAGS = flags.FLAGS
 
 _DP = dict(dp_noise_multiplier=0.5, dp_clip_norm=1.0)
+_UNIFORM = dict(zeroing=False, client_weighting="uniform")
 # Each stack as the launcher's flags would set it.
 STACKS = {
     "mean (no zeroing)": dict(zeroing=False),
@@ -44,6 +45,15 @@ STACKS = {
     "secure sum": dict(secure_aggregation=True),
     "DP fixed + secure sum": dict(secure_aggregation=True, dp="fixed", **_DP),
     "DP distributed (secure)": dict(dp="distributed", **_DP),
+    # Robust rules treat clients alike: compare them with the uniform mean.
+    "mean, uniform weighting": dict(_UNIFORM),
+    "robust median": dict(_UNIFORM, robust="median"),
+    "robust trimmed mean": dict(_UNIFORM, robust="trimmed_mean"),
+    "robust krum (f=2)": dict(_UNIFORM, robust="krum", robust_num_byzantine=2),
+    "robust multi_krum (f=2)": dict(_UNIFORM, robust="multi_krum", robust_num_byzantine=2),
+    "robust bulyan (f=1)": dict(_UNIFORM, robust="bulyan", robust_num_byzantine=1),
+    "robust geometric median": dict(_UNIFORM, robust="geometric_median"),
+    "norm bound 1.0 -> mean": dict(_UNIFORM, robust_norm_bound=1.0),
 }
 
 

@@ -9,13 +9,18 @@ under --root_dir as the launcher would.
 
   uv run python benchmarks/robustness.py                       # the README's table
   uv run python benchmarks/robustness.py --rounds=3 --seeds=1 --defences=none,median --attacks=none,backdoor
+
+A rerun with the same --root_dir skips the cells it finished (each run
+leaves `benchmark_final_eval.json` in its folder), so an interrupted table
+carries on where it stopped.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import statistics  # pylint: disable=g-import-not-at-top
+import json  # pylint: disable=g-import-not-at-top
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +32,7 @@ from tffpipe import compat
 from tffpipe import config
 from tffpipe.aggregation import robust
 from tffpipe.attacks import registry as attack_registry
+from tffpipe.program import files
 from tffpipe.program import loop
 from tffpipe.runtimes import processes
 
@@ -62,6 +68,19 @@ def _flags(defence: str, attack: str, seed: int) -> dict:
     return values
 
 
+def _finished_path(cfg) -> str:
+    return os.path.join(cfg.output.run_dir, "benchmark_final_eval.json")
+
+
+def _finished(cfg) -> dict | None:
+    """The held-out metrics of a run this benchmark finished before (a rerun skips it)."""
+    try:
+        with open(_finished_path(cfg)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def main(argv):
     del argv
     processes.install_worker_reaper()
@@ -74,12 +93,15 @@ def main(argv):
             for attack in FLAGS.attacks:
                 cfg = config.from_values(_flags(defence, attack, seed))
                 run_start = time.monotonic()
-                result = loop.run(cfg, task, print_fn=lambda line: None)
-                cells.setdefault((defence, attack), []).append(result.final_eval)
+                final_eval = _finished(cfg)
+                if final_eval is None:
+                    final_eval = loop.run(cfg, task, print_fn=lambda line: None).final_eval
+                    files.write_json_atomic(_finished_path(cfg), final_eval)
+                cells.setdefault((defence, attack), []).append(final_eval)
                 print(f"seed {seed} {defence:>16} x {attack:<10} accuracy "
-                      f"{result.final_eval['eval/accuracy']:.3f}"
-                      + (f", backdoor {result.final_eval['eval/backdoor_success']:.3f}"
-                         if "eval/backdoor_success" in result.final_eval else "")
+                      f"{final_eval['eval/accuracy']:.3f}"
+                      + (f", backdoor {final_eval['eval/backdoor_success']:.3f}"
+                         if "eval/backdoor_success" in final_eval else "")
                       + f"  ({time.monotonic() - run_start:.0f} s)", file=sys.stderr, flush=True)
 
     print(f"\nheld-out accuracy after {FLAGS.rounds} rounds, {FLAGS.clients_per_round} clients a "

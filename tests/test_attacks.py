@@ -46,17 +46,17 @@ def test_label_flip_shifts_every_attacker_label_and_leaves_honest_clients_alone(
     x, y = _batch(12)
     attacker, honest = sim.attackers[0], next(c for c in small_task.train_data.client_ids if c not in sim.attackers)
     ds = tf.data.Dataset.from_tensors((x, y))
-    (px, py), = list(sim.dataset(attacker, ds))
+    (px, py), = list(sim.client_data(attacker, ds, 7))
     np.testing.assert_array_equal(py.numpy(), (y.numpy() + 1) % 10)
     np.testing.assert_array_equal(px.numpy(), x.numpy())
-    assert sim.dataset(honest, ds) is ds
+    assert sim.client_data(honest, ds, 7) is ds
 
 
 def test_backdoor_stamps_the_trigger_on_a_share_of_each_batch_and_relabels_it(small_task):
     cfg = make_config(attack="backdoor", attack_target=7, attack_poison_fraction=0.25)
     sim = simulation.Simulation(cfg, small_task)
     x, y = _batch(8)
-    (px, py), = list(sim.dataset(sim.attackers[0], tf.data.Dataset.from_tensors((x, y))))
+    (px, py), = list(sim.client_data(sim.attackers[0], tf.data.Dataset.from_tensors((x, y)), 7))
     px, py = px.numpy(), py.numpy()
     # ceil(0.25 x 8) = 2 examples: the 3 x 3 bottom-right patch is 1.0, the label 7.
     assert (px[:2, 5:, 5:, :] == 1.0).all() and (py[:2] == 7).all()
@@ -78,7 +78,7 @@ def test_tabular_trigger_sets_the_first_features():
 @pytest.mark.parametrize("flags, message", [
     (dict(attack="label_flip", attack_target=3), "--attack_target applies to --attack=backdoor, not --attack=label_flip"),
     (dict(attack="backdoor", attack_fraction=1.0), "--attack_fraction must be in (0, 1), got 1"),
-    (dict(attack_fraction=0.3), "--attack_fraction applies to --attack=label_flip|backdoor, not --attack=none"),
+    (dict(attack_fraction=0.3), "--attack_fraction applies to --attack=label_flip|backdoor|sign_flip|scale|gaussian|alie, not --attack=none"),
 ])
 def test_attack_settings_are_checked_with_the_flags(flags, message):
     with pytest.raises(errors.ConfigError) as info:

@@ -279,7 +279,9 @@ def _config(root, rounds=3, **values):
     [pytest.param({}, marks=pytest.mark.slow, id="plain"),
      pytest.param({"secure_aggregation": True}, marks=pytest.mark.slow, id="secure"),
      # Each worker gathers its share of the updates; the reservoirs merge.
-     pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust")],
+     pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust"),
+     # Attackers' tokens travel with their data; ALIE's statistics in the state.
+     pytest.param({"attack": "alie", "client_weighting": "uniform"}, marks=pytest.mark.slow, id="alie")],
 )
 def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, flags):
     _, addresses, _, _ = two_workers

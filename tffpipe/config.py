@@ -264,8 +264,10 @@ def _attack_group() -> type:
     attacks = attack_registry.ATTACKS
     fields = [
         ("name", str, setting(
-            "none", "Simulate malicious clients: label_flip (labels y -> y + 1 mod C) or backdoor "
-            "(a trigger stamped on their examples, relabelled to --attack_target).",
+            "none", "Simulate malicious clients. Data poisoning: label_flip (labels y -> y + 1 mod C), "
+            "backdoor (a trigger stamped on their examples, relabelled to --attack_target). Update "
+            "poisoning: sign_flip (update x -k), scale (update x k), gaussian (noise of the update's "
+            "norm), alie (benign mean - z x std; Baruch et al. 2019).",
             flag="attack", group="attacks", choices=("none",) + attacks, resume=MUST_MATCH, short=True)),
         ("fraction", float, setting(
             0.2, "Share of the training clients that attack, chosen once from --seed (a round's "
@@ -276,6 +278,10 @@ def _attack_group() -> type:
             0, "The class a backdoor's triggered examples are relabelled to.",
             flag="attack_target", group="attacks", check=settings.at_least(0),
             applies=("attack", ("backdoor",)), resume=MUST_MATCH)),
+        ("scale", float, setting(
+            10.0, "k of the update attacks: sign_flip sends the update times -k, scale times k.",
+            flag="attack_scale", group="attacks", check=settings.positive,
+            applies=("attack", ("sign_flip", "scale")), resume=MUST_MATCH)),
         *[(key, cls, group(cls)) for key, cls in attack_registry.settings_groups()],
     ]
     cls = dataclasses.make_dataclass("AttackConfig", fields, frozen=True)
@@ -407,6 +413,8 @@ def validate(config: RunConfig) -> None:
     for layer in aggregation_registry.layers():
         layer.check(config)
     algorithm_registry.get(config.algorithm.name).check(config)
+    if config.attack.name != "none":
+        attack_registry.get(config.attack.name).check(config)
     for runtime in runtime_registry.runtimes():
         runtime.check(config)
 

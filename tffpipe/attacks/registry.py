@@ -7,7 +7,7 @@ Adding an attack: a module in this folder with an `ATTACK` (see
 import functools
 import importlib
 
-ATTACKS = ("label_flip", "backdoor")
+ATTACKS = ("label_flip", "backdoor", "sign_flip", "scale", "gaussian", "alie")
 
 
 @functools.cache

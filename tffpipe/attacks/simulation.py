@@ -40,11 +40,19 @@ class Simulation:
             f"{self._num_train} training clients attack ({self._cfg.attack.fraction:.0%}, chosen by --seed)"
         )
 
-    def dataset(self, client_id: str, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """The dataset `client_id` trains on: poisoned if it attacks."""
-        if client_id not in self._attackers:
-            return dataset
-        return dataset.map(self._poison)
+    def client_data(self, client_id: str, dataset: tf.data.Dataset, client_seed: int) -> Any:
+        """What `client_id` contributes to a round's process, given its honest dataset.
+
+        Data attacks: the dataset, poisoned if the client attacks. Update
+        attacks: the dataset with the client's attacker token (0 if honest,
+        else a nonzero seed from `client_seed` for the attack's draws).
+        """
+        attacker = client_id in self._attackers
+        if self.attack.poisons_updates:
+            from tffpipe.attacks import client_work  # pylint: disable=g-import-not-at-top
+
+            return client_work.client_data(dataset, 1 + client_seed % (2**62) if attacker else 0)
+        return dataset.map(self._poison) if attacker else dataset
 
     def round_metrics(self, sampled: Sequence[str]) -> dict[str, float]:
         return {"attack/attackers_in_round": float(sum(cid in self._attackers for cid in sampled))}

@@ -45,6 +45,9 @@ class Algorithm:
     key: str = ""
     Settings: type | None = None
     uses_client_optimizer: bool = True
+    # Whether `client_work` gives the client work alone (clients send a model
+    # delta): update-poisoning attacks wrap it (`attacks/client_work.py`).
+    sends_model_delta: bool = False
 
     def settings(self, cfg: Any) -> Any:
         return getattr(cfg.algorithm, self.key)
@@ -60,6 +63,15 @@ class Algorithm:
     def build(self, parts: Parts) -> Any:
         """The `tff.learning.templates.LearningProcess`."""
         raise NotImplementedError
+
+    def client_work(self, parts: Parts) -> Any:
+        """The `tff.learning.templates.ClientWorkProcess` alone, for algorithms that send a model delta.
+
+        `compose.learning_process` composes it with TFF's broadcast, the
+        aggregation stack and TFF's optimizer finalizer, as TFF's FedAvg
+        builder does.
+        """
+        raise NotImplementedError(f"--algorithm={self.key} does not expose its client work")
 
     def client_weighting(self, parts: Parts) -> Any:
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top

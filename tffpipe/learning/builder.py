@@ -10,8 +10,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe.aggregation import stack as stack_lib
+from tffpipe.attacks import registry as attack_registry
 from tffpipe.errors import ConfigError
 from tffpipe.learning import base
+from tffpipe.learning import compose
 from tffpipe.learning import optimizers
 from tffpipe.learning import registry
 from tffpipe.tasks import Task
@@ -63,6 +65,12 @@ def build_learning_process(
         config=cfg,
     )
     try:
+        attack = attack_registry.get(cfg.attack.name) if cfg.attack.name != "none" else None
+        if attack is not None and attack.poisons_updates:
+            from tffpipe.attacks import client_work  # pylint: disable=g-import-not-at-top
+
+            wrapped = client_work.wrap(algorithm.client_work(parts), attack, attack.options(cfg))
+            return compose.learning_process(parts, wrapped), stack
         return algorithm.build(parts), stack
     except ConfigError:
         raise

@@ -5,6 +5,7 @@ from tffpipe.learning import base
 
 class FedAvg(base.Algorithm):
     key = "fedavg"
+    sends_model_delta = True
 
     def build(self, parts):
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
@@ -14,6 +15,14 @@ class FedAvg(base.Algorithm):
                 parts.model_fn, client_weighting=self.client_weighting(parts), **common_arguments(parts)
             )
         return tff.learning.algorithms.build_unweighted_fed_avg(parts.model_fn, **common_arguments(parts))
+
+    def client_work(self, parts):
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.templates.build_model_delta_client_work(
+            parts.model_fn, parts.client_optimizer, self.client_weighting(parts),
+            loop_implementation=parts.loop_implementation,
+        )
 
 
 def common_arguments(parts: base.Parts) -> dict:

@@ -18,6 +18,7 @@ class Settings:
 class FedProx(base.Algorithm):
     key = "fedprox"
     Settings = Settings
+    sends_model_delta = True
 
     def build(self, parts):
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
@@ -30,6 +31,15 @@ class FedProx(base.Algorithm):
             )
         return tff.learning.algorithms.build_unweighted_fed_prox(
             parts.model_fn, proximal_strength=mu, **fedavg.common_arguments(parts)
+        )
+
+    def client_work(self, parts):
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.templates.proximal_client_work.build_model_delta_client_work(
+            parts.model_fn, parts.client_optimizer, self.client_weighting(parts),
+            delta_l2_regularizer=self.settings(parts.config).proximal_strength,
+            loop_implementation=parts.loop_implementation,
         )
 
 

@@ -280,12 +280,10 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         sampled = sampling.sample_clients(
             client_ids, schedule.clients_per_round, seed=schedule.seed, round_num=round_num
         )
-        datasets = [
-            task.client_dataset(cid, spec, seed=sampling.client_seed(schedule.seed, round_num, i))
-            for i, cid in enumerate(sampled)
-        ]
+        seeds = [sampling.client_seed(schedule.seed, round_num, i) for i in range(len(sampled))]
+        datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in zip(sampled, seeds)]
         if simulation is not None:
-            datasets = [simulation.dataset(cid, ds) for cid, ds in zip(sampled, datasets)]
+            datasets = [simulation.client_data(*client) for client in zip(sampled, datasets, seeds)]
         round_start = time.monotonic()
         output = process.next(state, datasets)
         round_seconds = time.monotonic() - round_start

@@ -77,7 +77,7 @@ class _Slot:
     """One concurrent client: a device and its own copies of the client parts."""
 
     device: str
-    # work, then accumulate: (*accumulator, dataset, *client input) ->
+    # work, then accumulate: (*accumulator, *client datasets, *client input) ->
     # (*accumulator, *secure-sum inputs).
     client_step: Callable[..., list[tf.Tensor]]
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -203,12 +203,12 @@ class InProcessProcess:
         ]
         return tf_parts.unflatten(imported(*args), comp_type.result)
 
-    def next(self, state, client_data: Sequence[tf.data.Dataset]):
-        """One round on `client_data` (one dataset per client)."""
+    def next(self, state, client_data: Sequence[Any]):
+        """One round on `client_data` (one dataset, or structure of datasets, per client)."""
         state_leaves = _tensors(tf_parts.flatten(state, self._next_type.parameter[0]))
         with tf.device("/CPU:0"):
             client_input = self._prepare(*state_leaves)
-        datasets = list(client_data)
+        datasets = [tf_parts.flatten(value, self._next_type.parameter[1]) for value in client_data]
         moduli = self._moduli(len(datasets))
         accumulators, secure_inputs = self._run_clients(client_input, datasets, moduli)
         aggregate = accumulators[0]
@@ -239,10 +239,10 @@ class InProcessProcess:
                 accumulator = self._zero()
                 pending = self._load(datasets[clients[0]])
                 for n, index in enumerate(clients):
-                    dataset = pending.result()
+                    client_datasets = pending.result()
                     if n + 1 < len(clients):
                         pending = self._load(datasets[clients[n + 1]])
-                    outputs = slot.client_step(*accumulator, dataset, *client_input)
+                    outputs = slot.client_step(*accumulator, *client_datasets, *client_input)
                     accumulator = outputs[: len(accumulator)]
                     if masks is not None:
                         secure_inputs[index] = self._mask(
@@ -265,17 +265,17 @@ class InProcessProcess:
         logging.info("in-process %s round: %s", self._what, placement)
         return accumulators, secure_inputs
 
-    def _load(self, dataset: tf.data.Dataset) -> concurrent.futures.Future:
-        """The client's dataset, read into memory on a loader thread.
+    def _load(self, datasets: list[tf.data.Dataset]) -> concurrent.futures.Future:
+        """The client's datasets, read into memory on a loader thread.
 
         The work reads the cached elements, which are exactly those the
-        dataset's first pass produced, so training sees the same data.
+        datasets' first pass produced, so training sees the same data.
         """
         if not self._prefetch:
             done = concurrent.futures.Future()
-            done.set_result(dataset)
+            done.set_result(datasets)
             return done
-        return self._loader.submit(_read_into_memory, dataset)
+        return self._loader.submit(lambda: [_read_into_memory(d) for d in datasets])
 
     def _moduli(self, num_clients: int) -> list[int]:
         """Per secure value: a modulus under which the round's sum is exact

@@ -138,7 +138,7 @@ def chain_work_and_accumulate(
 ) -> Callable:
     """One function for a client: `work`, then `accumulate` of its update.
 
-    Called as `f(*accumulator, dataset, *client_input)`; returns the new
+    Called as `f(*accumulator, *client_datasets, *client_input)`; returns the new
     accumulator's leaves followed by the work's other outputs (secure-sum
     inputs). One call instead of two saves a function call per client and
     keeps the update inside TensorFlow (about 4 ms a client in TF 2.14).
