@@ -91,14 +91,14 @@ def from_arrays(
             {"x": x, "y": y}, [indices[i] for i in chosen], [ids[i] for i in chosen]
         )
 
-    loss_builder = _loss_builder(name, loss)
+    loss_builder = loss_builder_of(name, loss)
     return Task(
         name=name,
         description=description
         or f"{len(x):,} examples, {partition} partition over {num_clients} clients",
         model_builder=model_fn,
         loss_builder=loss_builder,
-        metrics_builder=_metrics_builder(name, metrics, loss_builder()),
+        metrics_builder=metrics_builder_of(name, metrics, loss_builder()),
         train_data=subset(lambda i: i not in held_out),
         eval_data=subset(lambda i: i in held_out),
         to_features=lambda e: (e["x"], e["y"]),
@@ -165,7 +165,7 @@ def _keras_class(module, base: type, name: str) -> type | None:
     return None
 
 
-def _loss_builder(name: str, loss) -> Callable[[], tf.keras.losses.Loss]:
+def loss_builder_of(name: str, loss) -> Callable[[], tf.keras.losses.Loss]:
     """A builder of fresh copies of `loss` (TFF builds one model per client)."""
     if isinstance(loss, tf.keras.losses.Loss):
         cls, config = type(loss), loss.get_config()
@@ -178,7 +178,7 @@ def _loss_builder(name: str, loss) -> Callable[[], tf.keras.losses.Loss]:
         except ValueError as e:
             raise TaskError(f"task {name!r}: unknown Keras loss {loss!r}") from e
         if isinstance(resolved, tf.keras.losses.Loss):
-            return _loss_builder(name, resolved)
+            return loss_builder_of(name, resolved)
         # `get` turns snake-case names (and aliases: mse) into functions;
         # TFF needs a Loss object, so take the class of the same name.
         cls = _keras_class(tf.keras.losses, tf.keras.losses.Loss, resolved.__name__)
@@ -196,7 +196,7 @@ _ACCURACY_FOR_LOSS = {
 }
 
 
-def _metrics_builder(
+def metrics_builder_of(
     name: str, metrics: Sequence[Any], loss: tf.keras.losses.Loss
 ) -> Callable[[], list[tf.keras.metrics.Metric]]:
     builders = [_metric_builder(name, metric, loss) for metric in metrics]
