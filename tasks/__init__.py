@@ -12,4 +12,6 @@ TASKS = {
     "cifar100": "tasks.cifar100:create_task",
     "breast_cancer": "tasks.breast_cancer:create_task",
     "diabetes": "tasks.diabetes:create_task",
+    "vertical_diabetes": "tasks.vertical_diabetes:create_task",
+    "vertical_breast_cancer": "tasks.vertical_breast_cancer:create_task",
 }

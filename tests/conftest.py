@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -100,3 +101,16 @@ def scalar_steps(logdir) -> dict[str, list[int]]:
             for value in event.summary.value:
                 steps.setdefault(value.tag, []).append(event.step)
     return steps
+
+
+README_PREFIX = "PYTHONPATH=. uv run python "
+
+
+def run_readme_command(command: str, cwd, env, root_dir) -> subprocess.CompletedProcess:
+    """Runs a README launcher command (`PYTHONPATH=. uv run python -m ...`) from `cwd`, writing under `root_dir`."""
+    assert command.startswith(README_PREFIX), command
+    env = dict(env, PYTHONPATH=".")
+    return subprocess.run(
+        [sys.executable, *shlex.split(command[len(README_PREFIX):]), f"--root_dir={root_dir}"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )

@@ -1,14 +1,11 @@
 import os
 import re
-import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_readme_command
 from tffpipe import tasks
 
 
@@ -152,14 +149,8 @@ def test_readme_example_is_short_and_trains_two_rounds(tmp_path, marker_env):
     assert code.startswith("# my_task.py\n")
     assert len(code.strip().splitlines()) <= 25
     (tmp_path / "my_task.py").write_text(code)
-    prefix = "PYTHONPATH=. uv run python "
-    assert command.startswith(prefix) and "--rounds=2" in command
-    env, marker = marker_env
-    env["PYTHONPATH"] = "."
-    result = subprocess.run(
-        [sys.executable, *shlex.split(command[len(prefix):]), f"--root_dir={tmp_path / 'runs'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
+    assert "--rounds=2" in command
+    result = run_readme_command(command, tmp_path, marker_env[0], tmp_path / "runs")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "task wine: 6 training clients, 2 held-out evaluation clients; 2 rounds of 6 clients" in result.stdout
     done = [line for line in result.stdout.splitlines() if line.startswith("done: 2 rounds")]

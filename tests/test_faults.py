@@ -166,7 +166,7 @@ FAILING_TASKS = {
     ("raises", "task factory 'raises:create_task' raised RuntimeError: database offline"),
     ("exits", "task factory 'exits:create_task' called sys.exit(3)"),
     ("broken", "cannot import task module 'broken': SyntaxError: invalid syntax (broken.py, line 1)"),
-    ("returns", "task factory 'returns:create_task' returned int, not tffpipe.tasks.Task"),
+    ("returns", "task factory 'returns:create_task' returned int, not tffpipe.tasks.Task or tffpipe.tasks.VerticalTask"),
 ])
 def test_a_failing_user_task_is_one_line(tmp_path, monkeypatch, module, message):
     for name, source in FAILING_TASKS.items():

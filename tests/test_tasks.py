@@ -89,7 +89,7 @@ def test_eval_clients_must_be_held_out():
 
 
 def test_unknown_task_lists_the_valid_names():
-    valid = "breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp"
+    valid = "breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp, vertical_breast_cancer, vertical_diabetes"
     with pytest.raises(tasks.TaskError, match=f"unknown task 'mnist'; valid tasks: {valid} "):
         tasks.load_factory("mnist")
 

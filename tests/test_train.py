@@ -188,7 +188,7 @@ def test_an_error_building_the_task_is_one_line(tmp_path):
         ("--rounds=abc", "flag --rounds=abc: invalid literal for int() with base 10: 'abc'"),
         ("--dp_noise_multiplier=1", "--dp_noise_multiplier applies to --dp=fixed|adaptive|tree|distributed, not --dp=none"),
         ("--algorithm=fedsgd --client_learning_rate=0.5", "--client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
-        ("--task=mnist", "unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp (or a factory path such as my_pkg.my_module:create_task)"),
+        ("--task=mnist", "unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp, vertical_breast_cancer, vertical_diabetes (or a factory path such as my_pkg.my_module:create_task)"),
         ("--emnist_model=cnn", "--emnist_model applies to task 'emnist', not --task=digits"),
         ("--runtime=inprocess --gpus=first", "--gpus must be 'all', 'none' or GPU indices like '0,1', got 'first'"),
         ("--parallel_clients=0", "--parallel_clients must be at least 1, got 0"),
@@ -227,7 +227,8 @@ def test_help_groups_the_common_flags_in_under_60_lines():
     lines = text.splitlines()
     assert len(lines) < 60
     headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
-    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Attacks", "Runtime", "Outputs"]
+    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Attacks", "Runtime",
+                        "Vertical federated learning", "Outputs"]
     assert any(line.startswith("  --dp ") and "none|fixed|adaptive|tree|distributed" in line for line in lines)
 
 

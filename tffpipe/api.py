@@ -73,9 +73,18 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
         from tffpipe import tasks  # pylint: disable=g-import-not-at-top
         from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
 
+        from tffpipe.vertical import program as vertical_program  # pylint: disable=g-import-not-at-top
+
         task = tasks.create_task(
-            cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir
+            cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir,
+            vertical_overlap=cfg.vertical.overlap,
         )
+        vertical = isinstance(task, tasks.VerticalTask)
+        vertical_program.check_settings(cfg, task.name, vertical)
+        if vertical:
+            check_writable(cfg.output.run_dir)
+            print_fn(vertical_program.describe_run(cfg, task))
+            return vertical_program.run(cfg, task, print_fn=print_fn), task
         cfg = loop.fit_to_task(cfg, task)
         check_writable(cfg.output.run_dir)  # only now: a run that fails to start leaves no folder
         print_fn(loop.describe_run(cfg, task))
@@ -103,8 +112,10 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
     processes.install_worker_reaper()
     print_fn = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     result, task = train(cfg, print_fn)
-    model = task.model_builder()
-    result.model_weights.assign_weights_to(model)
+    model = getattr(result, "model", None)  # a vertical run's assembled model
+    if model is None:
+        model = task.model_builder()
+        result.model_weights.assign_weights_to(model)
     run_dir = cfg.output.run_dir
     return Result(
         metrics=_read_metrics(os.path.join(run_dir, "results", "metrics.csv")),

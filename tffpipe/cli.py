@@ -38,6 +38,7 @@ _GROUP_TITLES = {
     "privacy": "Privacy",
     "attacks": "Attacks",
     "runtime": "Runtime",
+    "vertical": "Vertical federated learning",
     "outputs": "Outputs",
 }
 

@@ -316,6 +316,35 @@ def _runtime_group() -> type:
 RuntimeConfig = _runtime_group()
 
 
+@dataclasses.dataclass(frozen=True)
+class VerticalConfig:
+    """Vertical federated learning: how the parties' embeddings combine, and what each adds.
+
+    These apply to vertical tasks only (`tffpipe/vertical/`); which other
+    settings a vertical task accepts is listed there.
+    """
+
+    combine: str = setting(
+        "task", "How the parties' embeddings combine: sum (a pairwise-masked secure sum: the "
+        "active party sees only the total), concat (the active party sees each embedding), or "
+        "task (the task's own choice; sum for the built-in tasks).",
+        flag="vertical_combine", group="vertical", choices=("task", "sum", "concat"),
+        resume=MUST_MATCH, short=True,
+    )
+    embedding_noise: float = setting(
+        0.0, "Standard deviation of the Gaussian noise each passive party adds to every "
+        "embedding it sends (a defence against feature reconstruction).",
+        flag="vertical_embedding_noise", group="vertical", check=settings.at_least(0),
+        resume=MUST_MATCH,
+    )
+    overlap: float = setting(
+        0.8, "Built-in vertical tasks: share of the people every party holds; the others are "
+        "held by one party only, as in practice.",
+        flag="vertical_overlap", group="vertical", check=settings.in_range(0, 1, closed_high=True),
+        resume=MUST_MATCH,
+    )
+
+
 def _experiment_name_check(name: str) -> str | None:
     if not name:
         return "must not be empty"
@@ -366,6 +395,7 @@ class RunConfig:
     aggregation: AggregationConfig = group(AggregationConfig)
     attack: AttackConfig = group(AttackConfig)
     runtime: RuntimeConfig = group(RuntimeConfig)
+    vertical: VerticalConfig = group(VerticalConfig)
     output: OutputConfig = group(OutputConfig)
 
     def __post_init__(self):
@@ -421,7 +451,7 @@ def validate(config: RunConfig) -> None:
 
 # --- Plug-in options: --<task>_<option>, --<aggregator>_<option>, ... ---------
 PROGRAM_ARGUMENTS = {
-    "task": ("seed", "data_dir"),
+    "task": ("seed", "data_dir", "vertical_overlap"),
     "aggregator": (),
     "algorithm": algorithm_plugin.PROGRAM_ARGUMENTS,
 }

@@ -117,6 +117,11 @@ def export_keras_model(
     The result loads with `tf.keras.models.load_model(path)` alone.
     """
     model_weights.assign_weights_to(model)
+    files.replace_dir_atomic(path, lambda tmp: save_keras_model(model, tmp))
+
+
+def save_keras_model(model: tf.keras.Model, path: str) -> None:
+    """Saves `model` as a Keras SavedModel at `path` (not atomic: inside an atomic write)."""
     # Tracing every layer's call functions takes 10 s or more for an LSTM or a
     # ResNet and is only needed to load layers Keras does not know: skip it
     # when every layer is a Keras built-in (loading then rebuilds from configs).
@@ -125,7 +130,4 @@ def export_keras_model(
         for layer in model.submodules
         if isinstance(layer, tf.keras.layers.Layer)
     )
-    files.replace_dir_atomic(
-        path,
-        lambda tmp: model.save(tmp, save_format="tf", save_traces=not only_builtin_layers),
-    )
+    model.save(path, save_format="tf", save_traces=not only_builtin_layers)

@@ -30,6 +30,8 @@ _LAZY = {
     "Task": "tffpipe.tasks.record",
     "PARTITIONS": "tffpipe.tasks.arrays",
     "from_arrays": "tffpipe.tasks.arrays",
+    "VerticalTask": "tffpipe.tasks.vertical",
+    "vertical_from_arrays": "tffpipe.tasks.vertical",
 }
 
 
@@ -49,10 +51,12 @@ __all__ = [
     "TaskEntry",
     "TaskError",
     "TaskOption",
+    "VerticalTask",
     "create_task",
     "describe",
     "factory_options",
     "from_arrays",
     "load_factory",
     "registered_tasks",
+    "vertical_from_arrays",
 ]

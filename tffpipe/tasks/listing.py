@@ -1,5 +1,7 @@
 """The table of registered tasks that `python -m tffpipe.tasks` prints."""
 
+import inspect
+
 from tffpipe.errors import TaskError
 from tffpipe.tasks.registry import describe, factory_options, load_factory, registered_tasks
 
@@ -18,6 +20,9 @@ def task_table() -> str:
             lines.append(f"{entry.name:<18} [{entry.source}] cannot be loaded: {e}")
             continue
         lines.append(f"{entry.name:<18} {describe(factory)}")
+        parties = getattr(inspect.getmodule(factory), "PARTIES", None)
+        if parties:  # a vertical task's module names its parties
+            lines.append(f"{'':<18} vertical, parties: " + "; ".join(f"{n}: {what}" for n, what in parties.items()))
         if entry.source != "built-in":
             lines.append(f"{'':<18} registered by {entry.source} ({entry.path})")
         options = factory_options(factory)

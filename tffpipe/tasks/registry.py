@@ -19,7 +19,7 @@ from tffpipe.errors import TaskError
 
 ENTRY_POINT_GROUP = "tffpipe.tasks"
 # Factory arguments the program fills in itself, never task flags.
-PROGRAM_ARGUMENTS = ("seed", "data_dir")
+PROGRAM_ARGUMENTS = ("seed", "data_dir", "vertical_overlap")
 
 TaskEntry = plugins.Entry
 TaskOption = plugins.Option
@@ -68,7 +68,8 @@ def factory_options(factory: Callable[..., Any]) -> dict[str, TaskOption]:
 
 
 def create_task(
-    name: str, options: dict[str, Any], *, seed: int, data_dir: str | None = None
+    name: str, options: dict[str, Any], *, seed: int, data_dir: str | None = None,
+    vertical_overlap: float | None = None,
 ) -> Any:
     """Builds a task by name or factory path with its options.
 
@@ -78,6 +79,7 @@ def create_task(
       seed: the run's seed, passed if the factory takes `seed`.
       data_dir: where downloaded datasets live, passed if the factory takes
         `data_dir`.
+      vertical_overlap: `--vertical_overlap`, passed if the factory takes it.
 
     Raises:
       TaskError: if the task is unknown, rejects an option, or fails to build.
@@ -97,7 +99,10 @@ def create_task(
         kwargs["seed"] = seed
     if "data_dir" in parameters and data_dir is not None:
         kwargs["data_dir"] = data_dir
+    if "vertical_overlap" in parameters and vertical_overlap is not None:
+        kwargs["vertical_overlap"] = vertical_overlap
     from tffpipe.tasks.record import Task  # pylint: disable=g-import-not-at-top
+    from tffpipe.tasks.vertical import VerticalTask  # pylint: disable=g-import-not-at-top
 
     try:
         task = factory(**kwargs)
@@ -113,8 +118,9 @@ def create_task(
         raise TaskError(
             f"task factory {name!r} raised {type(e).__name__}: {errors.first_line(e)}"
         ) from e
-    if not isinstance(task, Task):
+    if not isinstance(task, (Task, VerticalTask)):
         raise TaskError(
-            f"task factory {name!r} returned {type(task).__name__}, not tffpipe.tasks.Task"
+            f"task factory {name!r} returned {type(task).__name__}, not tffpipe.tasks.Task "
+            "or tffpipe.tasks.VerticalTask"
         )
     return task

@@ -139,6 +139,9 @@ def vertical_from_arrays(
             f"task {name!r}: bottom_model_fns must have one model per party {sorted(parties)}, "
             f"got {sorted(bottom_model_fns)}"
         )
+    reserved = {"top", "model"} & set(parties)
+    if reserved:
+        raise TaskError(f"task {name!r}: {sorted(reserved)[0]!r} names an export folder; name the party otherwise")
     if len(parties) < 2:
         raise TaskError(f"task {name!r}: a vertical task needs at least two parties, got {len(parties)}")
     if combine not in COMBINES:

@@ -52,11 +52,19 @@ class TrainedModel:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restores weights and optimizer state; hyperparameters stay as configured now.
+
+        Learning rates may change on resume (`--client_learning_rate`), so the
+        restored optimizer state takes this run's hyperparameters.
+        """
         for variable, value in zip(self.model.weights, state["weights"]):
             variable.assign(value)
-        self._optimizer_state = tf.nest.map_structure(
-            lambda template, value: tf.constant(value, template.dtype), self._optimizer_state, state["optimizer"]
+        fresh = self._optimizer_state
+        restored = tf.nest.map_structure(
+            lambda template, value: tf.convert_to_tensor(value, tf.convert_to_tensor(template).dtype),
+            fresh, state["optimizer"],
         )
+        self._optimizer_state = self._optimizer.set_hparams(restored, self._optimizer.get_hparams(fresh))
 
 
 class BottomParty:
