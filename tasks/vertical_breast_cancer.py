@@ -10,9 +10,11 @@ both, the rest at one only. Each party standardises its own columns.
 Model: each party a dense layer of 8 ReLU units; the imaging department's
 top model one sigmoid unit on the (securely summed) embeddings. Metrics:
 accuracy, precision, recall, F1 and AUC for the malignant class. Measured
-with the defaults (50 rounds): held-out accuracy about 0.97 (Street,
-Wolberg and Mangasarian 1993 report 97% centrally with a linear
-classifier).
+(`benchmarks/vertical.py`, 50 rounds of one epoch): the default run (seed
+0) reaches 0.967 held-out accuracy, 0.963 in the mean of 3 seeds, against
+0.952 for the same model trained centrally and 0.930 for the imaging
+department alone (Street, Wolberg and Mangasarian 1993 report 97% centrally
+with a linear classifier).
 """
 
 import numpy as np
