@@ -24,7 +24,6 @@ from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
 from tffpipe.program import progress
-from tffpipe.program import records
 from tffpipe.program import resume
 from tffpipe.program import sampling
 from tffpipe.runtimes import processes
@@ -243,19 +242,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         state = resume.with_current_hparams(process, state, restored.learning_state)
         if tracker is not None:
             tracker.restore(start_round, state)
-        reconciled = records.reconcile(paths, start_round)
-        print_fn(
-            f"resuming {paths.run_dir} from the checkpoint of round {start_round}"
-            + (f" (dropped {reconciled.dropped} records written after it)" if reconciled.dropped else "")
-        )
-        for note in reconciled.notes:
-            print_fn(note)
-        changes = resume.changed_settings(resume.read_previous_settings(paths.config), cfg)
-        if changes and start_round < schedule.rounds:
-            print_fn(f"changed since the last invocation, in effect from round {start_round + 1}: "
-                     + ", ".join(changes))
-    else:
-        records.reset(paths)
+    resume.settle_records(paths, cfg, start_round if restored is not None else None, print_fn)
     recorded = {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
     if simulation is not None:
         recorded["attackers"] = simulation.attackers

@@ -8,12 +8,14 @@ would keep training with the old values whatever the flags now say.
 """
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 
 from tffpipe import config as config_lib
 from tffpipe import settings
+from tffpipe.program import outputs
+from tffpipe.program import records
 
 
 def with_current_hparams(process: Any, fresh_state: Any, restored_state: Any) -> Any:
@@ -26,6 +28,34 @@ def with_current_hparams(process: Any, fresh_state: Any, restored_state: Any) ->
       restored_state: the state read from the checkpoint.
     """
     return process.set_hparams(restored_state, process.get_hparams(fresh_state))
+
+
+def settle_records(
+    paths: outputs.RunPaths, cfg: config_lib.RunConfig, start_round: int | None, print_fn: Callable[[str], None]
+) -> None:
+    """Brings the run's records in line with where training starts, and says so.
+
+    Args:
+      paths: the run's folder.
+      cfg: the current settings.
+      start_round: the restored checkpoint's round, or None for a fresh run
+        (the records are then reset).
+      print_fn: receives the resume line, the records' notes and the
+        settings changed since the last invocation.
+    """
+    if start_round is None:
+        records.reset(paths)
+        return
+    reconciled = records.reconcile(paths, start_round)
+    print_fn(
+        f"resuming {paths.run_dir} from the checkpoint of round {start_round}"
+        + (f" (dropped {reconciled.dropped} records written after it)" if reconciled.dropped else "")
+    )
+    for note in reconciled.notes:
+        print_fn(note)
+    changes = changed_settings(read_previous_settings(paths.config), cfg)
+    if changes and start_round < cfg.schedule.rounds:
+        print_fn(f"changed since the last invocation, in effect from round {start_round + 1}: " + ", ".join(changes))
 
 
 def read_previous_settings(path: str) -> dict[str, Any] | None:

@@ -24,7 +24,6 @@ from tffpipe.program import checkpoints
 from tffpipe.program import files
 from tffpipe.program import outputs
 from tffpipe.program import progress
-from tffpipe.program import records
 from tffpipe.program import resume
 from tffpipe.tasks import vertical as vertical_task
 from tffpipe.vertical import parties as parties_lib
@@ -173,16 +172,7 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
         start = restored.round_num
         for party in everyone:
             party.load_state(restored.learning_state[party.name])
-        reconciled = records.reconcile(paths, start)
-        print_fn(f"resuming {paths.run_dir} from the checkpoint of round {start}"
-                 + (f" (dropped {reconciled.dropped} records written after it)" if reconciled.dropped else ""))
-        for note in reconciled.notes:
-            print_fn(note)
-        changes = resume.changed_settings(resume.read_previous_settings(paths.config), cfg)
-        if changes and start < schedule.rounds:
-            print_fn(f"changed since the last invocation, in effect from round {start + 1}: " + ", ".join(changes))
-    else:
-        records.reset(paths)
+    resume.settle_records(paths, cfg, start if restored is not None else None, print_fn)
     files.write_json_atomic(paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()})
     log = outputs.MetricsLog(paths)
     if restored is None:
