@@ -114,3 +114,16 @@ def test_bad_arrays_are_refused_in_one_line(change, message):
             {"bank": _linear(3, K, False), "shop": _linear(2, K, False)},
             lambda width: _linear(width, 1, True)(), loss="mse",
         )
+
+
+def test_parties_draw_their_own_embedding_noise():
+    ids, features, _ = _data()
+    sgd = tff.learning.optimizers.build_sgdm(learning_rate=0.1)
+    noisy = []
+    for name in ("hospital_a", "hospital_b"):  # names alike in their first bytes
+        record = vertical_task.Party(name, tuple(ids), features["bank"], _linear(3, K, False))
+        party = parties_lib.BottomParty(record, ids, ids[:8], sgd, 1.0, 0)
+        clean = party.bottom.model(features["bank"][:4]).numpy()
+        noisy.append(party.embed("train", np.arange(4), training=False, step_key=(1, 0)) - clean)
+    assert not np.allclose(noisy[0], noisy[1])
+    assert 0.5 < np.std(noisy[0]) < 1.5

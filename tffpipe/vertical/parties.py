@@ -12,6 +12,7 @@ settings): functional, so their state is a structure of tensors that
 checkpoints like any other.
 """
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -176,4 +177,5 @@ class ActiveParty(BottomParty):
 
 
 def _stable_hash(name: str) -> int:
-    return int.from_bytes(name.encode("utf-8")[:8].ljust(8, b"\0"), "little")
+    """A seed word from the whole name, the same in every process (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
