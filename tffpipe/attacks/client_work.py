@@ -44,7 +44,6 @@ def wrap(
     """
     state_type, weights_type, data_type = inner.next.type_signature.parameter
     result_type = inner.next.type_signature.result.result.member
-    update_type = result_type.update
     client_data_type = tff.FederatedType(
         collections.OrderedDict(data=data_type.member, attacker=TOKEN_TYPE), tff.CLIENTS
     )
@@ -55,11 +54,14 @@ def wrap(
 
     def poisoned(result, token, benign=None):
         honest = tf.nest.flatten(result.update)
-        attacked = attack.poisoned_update(honest, token, options, benign)
         # Not `token != 0`: TFF traces in TF1 graph mode, where that compares
-        # the Python objects and is always True.
-        is_attacker = tf.not_equal(token, 0)
-        chosen = [tf.where(is_attacker, a, h) for a, h in zip(attacked, honest)]
+        # the Python objects and is always True. A cond, not a where: honest
+        # clients do not compute the attack (Gaussian noise of model size).
+        chosen = tf.cond(
+            tf.not_equal(token, 0),
+            lambda: attack.poisoned_update(honest, token, options, benign),
+            lambda: honest,
+        )
         return tff.learning.templates.ClientResult(
             update=tf.nest.pack_sequence_as(result.update, chosen), update_weight=result.update_weight
         )
@@ -80,11 +82,12 @@ def wrap(
         return tff.learning.templates.ClientWorkProcess(
             inner.initialize, next_fn, get_hparams_fn=inner.get_hparams, set_hparams_fn=inner.set_hparams
         )
-    return _with_benign_statistics(inner, read_token, poisoned, update_type, client_data_type)
+    return _with_benign_statistics(inner, read_token, poisoned, result_type, client_data_type)
 
 
-def _with_benign_statistics(inner, read_token, poisoned, update_type, client_data_type):
+def _with_benign_statistics(inner, read_token, poisoned, result_type, client_data_type):
     """The wrapper for attacks that read last round's benign mean and std (ALIE)."""
+    update_type = result_type.update
     statistics_type = collections.OrderedDict(mean=update_type, std=update_type, available=np.bool_)
 
     @tff.tensorflow.computation
@@ -112,17 +115,14 @@ def _with_benign_statistics(inner, read_token, poisoned, update_type, client_dat
     def set_hparams(state, hparams):
         return collections.OrderedDict(inner=inner.set_hparams(state["inner"], hparams), benign=state["benign"])
 
-    @tff.tensorflow.computation(inner.next.type_signature.result.result.member, np.int64, statistics_type)
+    @tff.tensorflow.computation(result_type, np.int64, statistics_type)
     def poison(result, token, benign):
         mean, std = tf.nest.flatten(benign["mean"]), tf.nest.flatten(benign["std"])
-        attacked = poisoned(result, token, (mean, std))
-        # Before any statistics exist (the first round), attackers send their honest update.
-        update = tf.nest.map_structure(
-            lambda a, h: tf.where(benign["available"], a, h), attacked.update, result.update
-        )
-        return tff.learning.templates.ClientResult(update=update, update_weight=result.update_weight)
+        # Before any statistics exist (the first round), attackers act honestly.
+        token = tf.where(benign["available"], token, tf.constant(0, tf.int64))
+        return poisoned(result, token, (mean, std))
 
-    @tff.tensorflow.computation(inner.next.type_signature.result.result.member)
+    @tff.tensorflow.computation(result_type)
     def moments(result):
         # In float64: E[u^2] - E[u]^2 in float32 loses the small deviations.
         update = tf.nest.map_structure(lambda u: tf.cast(u, tf.float64), result.update)
