@@ -7,49 +7,27 @@ import pytest
 from tffpipe.privacy import accounting as privacy
 
 
-def test_tff_tutorial_setting_gives_epsilon_about_two():
-    # TFF's DP tutorial: 3,383 clients, 120 a round by Poisson sampling,
-    # noise multiplier 1.2, 100 rounds, delta 1e-5: "(2, 1e-5)".
-    eps = privacy.epsilon(1.2, 100, clients_per_round=120, num_clients=3383, delta=1e-5)
-    assert eps == pytest.approx(1.99, abs=0.02)
-
-
 @pytest.mark.parametrize(
     "z, rounds, k, n, delta",
     [(1.2, 100, 120, 3383, 1e-5), (0.8, 30, 10, 500, 1e-4), (2.0, 50, 14, 14, 1e-3)],
 )
-def test_poisson_epsilon_matches_dp_accounting_directly(z, rounds, k, n, delta):
-    accountant = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    )
-    accountant.compose(
-        dp_accounting.PoissonSampledDpEvent(k / n, dp_accounting.GaussianDpEvent(z)), rounds
-    )
-    expected = accountant.get_epsilon(delta)
+def test_epsilon_is_fixed_size_sampling_under_replace_one(z, rounds, k, n, delta):
+    # The program samples a fixed-size cohort without replacement.
     got = privacy.epsilon(z, rounds, clients_per_round=k, num_clients=n, delta=delta)
-    assert got == pytest.approx(expected, rel=1e-9)
+    assert got == pytest.approx(_replace_one_epsilon(z, rounds, k, n, delta), rel=1e-9)
 
 
-def test_fixed_size_sampling_uses_replace_one():
-    accountant = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
-    )
-    accountant.compose(
-        dp_accounting.SampledWithoutReplacementDpEvent(3383, 120, dp_accounting.GaussianDpEvent(1.2)), 100
-    )
-    got = privacy.epsilon(
-        1.2, 100, clients_per_round=120, num_clients=3383, delta=1e-5,
-        sampling=privacy.Sampling.FIXED_SIZE,
-    )
-    assert got == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+def test_tff_tutorial_setting_costs_more_than_its_poisson_figure():
+    # TFF's DP tutorial reports about (2, 1e-5) for Poisson sampling of 120 of
+    # 3,383 clients, z = 1.2, 100 rounds; replace-one on fixed-size cohorts
+    # gives about twice that, which is what a tffpipe run spends.
+    got = privacy.epsilon(1.2, 100, clients_per_round=120, num_clients=3383, delta=1e-5)
     assert got == pytest.approx(3.56, abs=0.05)
 
 
-def test_few_clients_give_large_epsilon():
+def test_more_noise_spends_less():
     eps = [privacy.epsilon(z, 50, clients_per_round=14, num_clients=14, delta=1e-3) for z in (1, 2, 5)]
-    assert eps[0] == pytest.approx(49, rel=0.05)
-    assert eps[1] == pytest.approx(18, rel=0.05)
-    assert eps[2] == pytest.approx(5.4, rel=0.05)
+    assert eps[0] > eps[1] > eps[2] > 0
 
 
 def test_edge_cases():
@@ -64,7 +42,6 @@ def test_noise_for_target_epsilon_is_the_smallest_that_meets_it():
     z = privacy.noise_for_target_epsilon(2.0, 100, **kwargs)
     assert privacy.epsilon(z, 100, **kwargs) <= 2.0 + 1e-3
     assert privacy.epsilon(z - 0.01, 100, **kwargs) > 2.0
-    assert z == pytest.approx(1.2, abs=0.02)
 
 
 def _replace_one_epsilon(z, rounds, k, n, delta):

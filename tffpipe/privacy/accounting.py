@@ -2,22 +2,15 @@
 
 All the mathematics is `dp_accounting`'s: the RDP accountant, its DP events
 and `calibrate_dp_mechanism`. This module only states which event one round of
-training is, for the client sampling the program does, and pairs it with the
-neighbouring relation the accountant supports for that sampling:
-
-* Poisson sampling (each client joins a round independently with probability
-  q = clients_per_round / num_clients): `PoissonSampledDpEvent`, add-or-remove-one;
-* fixed-size sampling without replacement: `SampledWithoutReplacementDpEvent`,
-  replace-one.
-
-The program samples a fixed number of clients without replacement, so a run's
-`RunAccountant` uses the second. DP-FTRL's tree aggregation does not rely on
-sampling at all: its epsilon comes from the sensitivity of the noisy tree, for
-the clients' actual participation (`tree_sensitivity`).
+training is and pairs it with the neighbouring relation the accountant
+supports for it. The program samples a fixed number of clients without
+replacement each round: `SampledWithoutReplacementDpEvent`, under the
+replace-one relation. DP-FTRL's tree aggregation does not rely on sampling at
+all: its epsilon comes from the sensitivity of the noisy tree, for the clients'
+actual participation (`tree_sensitivity`), under add-or-remove-one.
 """
 
 import collections
-import enum
 import functools
 import math
 from typing import Iterable, Sequence
@@ -26,32 +19,25 @@ import dp_accounting
 from dp_accounting import rdp
 
 
-class Sampling(enum.Enum):
-    POISSON = "poisson"
-    FIXED_SIZE = "fixed_size"
-
-
-_RELATION = {
-    Sampling.POISSON: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-    Sampling.FIXED_SIZE: dp_accounting.NeighboringRelation.REPLACE_ONE,
-}
+Relation = dp_accounting.NeighboringRelation
+# Sampling a fixed-size cohort without replacement is analysed under replace-one.
+SAMPLED = Relation.REPLACE_ONE
+# An unsampled mechanism (the tree's Gaussian) is analysed under add-or-remove-one.
+UNSAMPLED = Relation.ADD_OR_REMOVE_ONE
 
 
 def round_event(
-    noise_multiplier: float, *, clients_per_round: int, num_clients: int, sampling: Sampling
+    noise_multiplier: float, *, clients_per_round: int, num_clients: int
 ) -> dp_accounting.DpEvent:
-    """The DP event of one round of the Gaussian mechanism on sampled clients."""
+    """The DP event of one round of the Gaussian mechanism on a sampled cohort."""
     if not 1 <= clients_per_round <= num_clients:
         raise ValueError(
             f"clients_per_round must be between 1 and {num_clients}, got {clients_per_round}"
         )
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
-    if sampling is Sampling.POISSON:
-        return dp_accounting.PoissonSampledDpEvent(clients_per_round / num_clients, gaussian)
     return dp_accounting.SampledWithoutReplacementDpEvent(
-        num_clients, clients_per_round, gaussian
+        num_clients, clients_per_round, dp_accounting.GaussianDpEvent(noise_multiplier)
     )
 
 
@@ -61,7 +47,6 @@ def training_event(
     *,
     clients_per_round: int,
     num_clients: int,
-    sampling: Sampling,
 ) -> dp_accounting.DpEvent:
     """The DP event of `rounds` rounds of training."""
     return dp_accounting.SelfComposedDpEvent(
@@ -69,14 +54,13 @@ def training_event(
             noise_multiplier,
             clients_per_round=clients_per_round,
             num_clients=num_clients,
-            sampling=sampling,
         ),
         rounds,
     )
 
 
-def _accountant(sampling: Sampling) -> rdp.RdpAccountant:
-    return rdp.RdpAccountant(neighboring_relation=_RELATION[sampling])
+def _accountant(relation: Relation) -> rdp.RdpAccountant:
+    return rdp.RdpAccountant(neighboring_relation=relation)
 
 
 def epsilon(
@@ -86,7 +70,6 @@ def epsilon(
     clients_per_round: int,
     num_clients: int,
     delta: float,
-    sampling: Sampling = Sampling.POISSON,
 ) -> float:
     """Epsilon at `delta` after `rounds` rounds, from the RDP accountant.
 
@@ -102,9 +85,8 @@ def epsilon(
             rounds,
             clients_per_round=clients_per_round,
             num_clients=num_clients,
-            sampling=sampling,
         ),
-        sampling,
+        SAMPLED,
         delta,
     )
 
@@ -116,7 +98,6 @@ def noise_for_target_epsilon(
     clients_per_round: int,
     num_clients: int,
     delta: float,
-    sampling: Sampling = Sampling.POISSON,
 ) -> float:
     """The smallest noise multiplier whose epsilon after `rounds` meets the target."""
     return _calibrate(
@@ -125,21 +106,20 @@ def noise_for_target_epsilon(
             rounds=rounds,
             clients_per_round=clients_per_round,
             num_clients=num_clients,
-            sampling=sampling,
         ),
-        sampling,
+        SAMPLED,
         target_epsilon,
         delta,
     )
 
 
-def _calibrate(make_event, sampling: Sampling, target_epsilon: float, delta: float) -> float:
+def _calibrate(make_event, relation: Relation, target_epsilon: float, delta: float) -> float:
     """The smallest noise multiplier z whose `make_event(z)` spends `target_epsilon`."""
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
     return float(
         dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(sampling),
+            lambda: _accountant(relation),
             make_event,
             target_epsilon,
             delta,
@@ -186,8 +166,7 @@ def tree_sensitivity(participation: Iterable[Sequence[int]], rounds: int) -> flo
 
 def gaussian_noise_for_target_epsilon(target_epsilon: float, delta: float) -> float:
     """Noise multiplier of one unsampled Gaussian mechanism that meets the target."""
-    # Add-or-remove-one relation (the POISSON accountant), no sampling.
-    return _calibrate(dp_accounting.GaussianDpEvent, Sampling.POISSON, target_epsilon, delta)
+    return _calibrate(dp_accounting.GaussianDpEvent, UNSAMPLED, target_epsilon, delta)
 
 
 class RunAccountant:
@@ -253,7 +232,7 @@ class RunAccountant:
                 return math.inf
             return _epsilon_of(
                 dp_accounting.GaussianDpEvent(self.noise_multiplier / sensitivity),
-                Sampling.POISSON,  # add-or-remove-one relation, no sampling
+                UNSAMPLED,
                 self.delta,
             )
         event = round_event or self.planned_round_event()
@@ -266,7 +245,7 @@ class RunAccountant:
                 ),
                 rounds,
             ),
-            Sampling.FIXED_SIZE,
+            SAMPLED,
             self.delta,
         )
 
@@ -279,14 +258,14 @@ def _is_noiseless(event: dp_accounting.DpEvent) -> bool:
     return False
 
 
-_EPSILON_CACHE: dict[tuple[str, Sampling, float], float] = {}
+_EPSILON_CACHE: dict[tuple[str, Relation, float], float] = {}
 
 
-def _epsilon_of(event: dp_accounting.DpEvent, sampling: Sampling, delta: float) -> float:
+def _epsilon_of(event: dp_accounting.DpEvent, relation: Relation, delta: float) -> float:
     # Events holding lists (ComposedDpEvent) are unhashable: key on their repr.
-    key = (repr(event), sampling, delta)
+    key = (repr(event), relation, delta)
     if key not in _EPSILON_CACHE:
-        accountant = _accountant(sampling)
+        accountant = _accountant(relation)
         accountant.compose(event)
         _EPSILON_CACHE[key] = float(accountant.get_epsilon(delta))
     return _EPSILON_CACHE[key]
@@ -316,5 +295,4 @@ def noise_for_run(
         clients_per_round=clients_per_round,
         num_clients=num_clients,
         delta=delta,
-        sampling=Sampling.FIXED_SIZE,
     )
