@@ -15,6 +15,46 @@ from tffpipe.runtimes import processes
 # Workers started by in-process tests die with pytest, quietly.
 processes.install_worker_reaper()
 
+
+def _build_once_per_configuration():
+    """Tests that share a task and settings share the TFF processes built for them.
+
+    Building a learning process costs about 0.7-2.5 s and an evaluation
+    process about 0.5 s; many tests run the same configuration (a run, then
+    its resume; the same task under several checks). The processes are
+    immutable TFF computations, so reusing them changes nothing a test sees.
+    The key holds the task object itself, so its id cannot be reused.
+    """
+    import json  # pylint: disable=g-import-not-at-top
+
+    from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+
+    learning, evaluation = {}, {}
+    build_learning, build_evaluation = builder.build_learning_process, builder.build_evaluation_process
+
+    def settings_key(cfg):
+        values = cfg.to_dict()
+        values.pop("output", None)  # where results go does not change the process
+        return json.dumps(values, sort_keys=True, default=str)
+
+    def learning_process(task, cfg, train_client_ids, loop_implementation=None):
+        key = (id(task), settings_key(cfg), tuple(train_client_ids), str(loop_implementation))
+        if key not in learning:
+            learning[key] = (task, build_learning(task, cfg, train_client_ids, loop_implementation))
+        return learning[key][1]
+
+    def evaluation_process(task, loop_implementation=None):
+        key = (id(task), str(loop_implementation))
+        if key not in evaluation:
+            evaluation[key] = (task, build_evaluation(task, loop_implementation))
+        return evaluation[key][1]
+
+    builder.build_learning_process = learning_process
+    builder.build_evaluation_process = evaluation_process
+
+
+_build_once_per_configuration()
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import functools
+import glob
 import json
 import os
 import signal
@@ -26,11 +27,21 @@ from conftest import REPO_ROOT, run_train, scalar_steps, user_env, worker_proces
 SIX_ROUNDS = ["--task=digits", "--rounds=6", "--experiment_name=e"]
 
 
-def _rows(run_dir):
-    with open(os.path.join(run_dir, "results", "metrics.csv")) as f:
+def _rows(run_dir, name="metrics.csv"):
+    with open(os.path.join(run_dir, "results", name)) as f:
         return list(csv.DictReader(f))
 
 
+
+
+def _histogram_steps(logdir, tag):
+    steps = []
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag and value.metadata.plugin_data.plugin_name == "histograms":
+                    steps.append(event.step)
+    return steps
 
 
 def _export_weights(run_dir):
@@ -76,6 +87,23 @@ def test_six_rounds_write_every_output(reference_run):
     assert [l.split()[1] for l in lines] == [f"{r}/6" for r in range(1, 7)]
     assert all(" loss " in l and " accuracy " in l and " ETA " in l for l in lines)
     assert "done: 6 rounds; held-out eval/accuracy" in result.stdout
+    # Each evaluation client is measured alone as well: one row per client and
+    # evaluation round, the distribution in the CSV, histograms in TensorBoard.
+    clients = _rows(run_dir, "clients.csv")
+    assert sorted({(r["round"], r["client_id"]) for r in clients}) == sorted(
+        (r["round"], r["client_id"]) for r in clients)
+    assert [r["round"] for r in clients] == ["3"] * 10 + ["6"] * 10
+    final = [float(r["accuracy"]) for r in clients if r["round"] == "6"]
+    row6 = rows[-1]
+    assert float(row6["eval_clients/accuracy_p10"]) == pytest.approx(np.percentile(final, 10), abs=1e-12)
+    assert float(row6["eval_clients/accuracy_min"]) == pytest.approx(min(final), abs=1e-12)
+    examples = [int(r["num_examples"]) for r in clients if r["round"] == "6"]
+    assert sum(examples) == int(float(row6["eval/num_examples"]))
+    assert sorted(_histogram_steps(run_dir / "logdir", "eval_clients/accuracy")) == [3, 6]
+    last = result.stdout.strip().splitlines()[-1]
+    worst = min(clients[-10:], key=lambda r: (float(r["accuracy"]), r["client_id"]))
+    assert last.startswith("worst-served decile by accuracy (1 of 10 evaluation clients; mean ")
+    assert last.endswith(f"{worst['client_id']} {float(worst['accuracy']):.4f}")
     # The default runtime is auto, which chose the in-process runtime and says why.
     assert "runtime: inprocess (--runtime=auto: the round compiles to TFF's MapReduceForm" in result.stdout
 
@@ -116,6 +144,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(reference_run, marker_env, tm
         time.sleep(0.2)
     assert worker_processes(marker) == [], "a TFF worker outlived the SIGKILLed launcher"
     assert [row["round"] for row in _rows(tmp_path / "e")] == ["1", "2", "3"]
+    assert {r["round"] for r in _rows(tmp_path / "e", "clients.csv")} == {"3"}
 
     # The rerun in this process (the launcher's sequence, without a second
     # TensorFlow start-up): the same lines, the same folder.
@@ -124,6 +153,9 @@ def test_sigkilled_run_resumes_to_the_same_weights(reference_run, marker_env, tm
     assert any("from the checkpoint of round 2 (dropped" in line for line in printed)
     assert [l.split()[1] for l in printed if l.startswith("round ")] == ["3/6", "4/6", "5/6", "6/6"]
     assert [row["round"] for row in _rows(tmp_path / "e")] == ["1", "2", "3", "4", "5", "6"]
+    # Round 3's evaluation ran twice; each (round, client) is recorded once.
+    clients = [(r["round"], r["client_id"]) for r in _rows(tmp_path / "e", "clients.csv")]
+    assert len(clients) == len(set(clients)) == 20
     for tag, steps in scalar_steps(tmp_path / "e" / "logdir").items():
         assert len(steps) == len(set(steps)), f"{tag} has a round twice: {sorted(steps)}"
     for ours, reference in zip(_export_weights(tmp_path / "e"), _export_weights(run_dir)):
@@ -227,7 +259,7 @@ def test_help_groups_the_common_flags_in_under_60_lines():
     lines = text.splitlines()
     assert len(lines) < 60
     headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
-    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Attacks", "Runtime",
+    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Attacks", "Personalization evaluation", "Runtime",
                         "Vertical federated learning", "Outputs"]
     assert any(line.startswith("  --dp ") and "none|fixed|adaptive|tree|distributed" in line for line in lines)
 

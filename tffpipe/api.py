@@ -28,6 +28,8 @@ class Result:
         DataFrame when pandas is installed.
       model: the final global model as a Keras model.
       final_eval: the held-out metrics of the final model.
+      final_clients: each evaluation client's own metrics of the final model
+        (`{client id: {metric: value}}`; empty for vertical tasks).
       run_dir: the run's folder.
       rounds_done: rounds in the final state.
       epsilon: the privacy spent (DP runs), else None.
@@ -39,6 +41,7 @@ class Result:
     run_dir: str
     rounds_done: int
     epsilon: float | None = None
+    final_clients: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def check_writable(directory: str) -> None:
@@ -124,6 +127,7 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
         run_dir=run_dir,
         rounds_done=result.rounds_done,
         epsilon=result.epsilon,
+        final_clients=getattr(result, "final_clients", {}),
     )
 
 

@@ -37,6 +37,7 @@ _GROUP_TITLES = {
     "aggregation": "Aggregation",
     "privacy": "Privacy",
     "attacks": "Attacks",
+    "personalization": "Personalization evaluation",
     "runtime": "Runtime",
     "vertical": "Vertical federated learning",
     "outputs": "Outputs",

@@ -317,6 +317,40 @@ RuntimeConfig = _runtime_group()
 
 
 @dataclasses.dataclass(frozen=True)
+class PersonalizationConfig:
+    """How well fine-tuning the global model serves each evaluation client.
+
+    Measured by `tffpipe/program/personalization.py`; nothing here changes
+    training, so every setting may change on resume.
+    """
+
+    every: int = setting(
+        0, "Every this many rounds (and after the last), fine-tune the global model on part "
+        "of each evaluation client's data and measure it on the rest, before and after; 0 "
+        "turns it off.",
+        flag="personalize_every", group="personalization", check=settings.at_least(0), short=True,
+    )
+    epochs: int = setting(
+        1, "Passes of fine-tuning over each client's personalization part (0 measures the "
+        "global model on the same split).",
+        flag="personalize_epochs", group="personalization", check=settings.at_least(0),
+    )
+    learning_rate: float = setting(
+        0.05, "SGD learning rate of the fine-tuning.",
+        flag="personalize_learning_rate", group="personalization", check=settings.positive,
+    )
+    batch_size: int = setting(
+        16, "Batch size of the fine-tuning.",
+        flag="personalize_batch_size", group="personalization", check=settings.at_least(1),
+    )
+    split: float = setting(
+        0.5, "Share of each evaluation client's examples used for fine-tuning (a seeded draw); "
+        "the rest measure the model before and after.",
+        flag="personalize_split", group="personalization", check=settings.open_interval(0, 1),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class VerticalConfig:
     """Vertical federated learning: how the parties' embeddings combine, and what each adds.
 
@@ -394,6 +428,7 @@ class RunConfig:
     privacy: PrivacyConfig = group(PrivacyConfig)
     aggregation: AggregationConfig = group(AggregationConfig)
     attack: AttackConfig = group(AttackConfig)
+    personalization: PersonalizationConfig = group(PersonalizationConfig)
     runtime: RuntimeConfig = group(RuntimeConfig)
     vertical: VerticalConfig = group(VerticalConfig)
     output: OutputConfig = group(OutputConfig)

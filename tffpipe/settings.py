@@ -22,7 +22,10 @@ MAY_CHANGE = "may change"  # the new value is used from the resumed round on
 NOT_APPLICABLE = "not applicable"  # does not reach the saved state (where, how)
 
 # `--helpshort` groups, in the order it prints them.
-GROUPS = ("run", "clients", "algorithm", "aggregation", "privacy", "attacks", "runtime", "vertical", "outputs")
+GROUPS = (
+    "run", "clients", "algorithm", "aggregation", "privacy", "attacks", "personalization",
+    "runtime", "vertical", "outputs",
+)
 
 _SPEC = "tffpipe.setting"
 

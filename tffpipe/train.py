@@ -91,6 +91,8 @@ def main(argv: list[str]) -> None:
     )
     print(f"done: {result.rounds_done} rounds; held-out {summary}", flush=True)
     print(f"model exported to {os.path.join(cfg.output.run_dir, 'export')}", flush=True)
+    if getattr(result, "final_clients", None):
+        print(result.worst_served, flush=True)
     processes.exit_now(0)
 
 

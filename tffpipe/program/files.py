@@ -1,11 +1,13 @@
 """Atomic file writes: a reader never sees a half-written file."""
 
+import csv
 import errno
+import io
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -23,6 +25,15 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(temp_path):
             os.remove(temp_path)
         raise
+
+
+def write_csv_atomic(path: str, fieldnames: list[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Writes `rows` under the header `fieldnames` (absent fields empty), atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fieldnames, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, out.getvalue())
 
 
 def write_json_atomic(path: str, value: Any) -> None:

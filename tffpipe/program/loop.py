@@ -19,10 +19,14 @@ from tffpipe.attacks import simulation as attack_simulation
 from tffpipe.learning import builder
 from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
+from tffpipe.program import client_metrics
+from tffpipe.program import clients_csv
 from tffpipe.program import communication
+from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
+from tffpipe.program import personalization
 from tffpipe.program import progress
 from tffpipe.program import resume
 from tffpipe.program import sampling
@@ -38,7 +42,9 @@ class RunResult:
     Attributes:
       rounds_done: rounds in the final state.
       resumed_from: the checkpoint round this invocation started from.
-      final_eval: held-out metrics of the final model.
+      final_eval: held-out metrics of the final model (over all evaluated
+        clients together).
+      final_clients: each evaluation client's own metrics of the final model.
       model_weights: the final global model weights.
       epsilon: the privacy spent (DP runs), else None.
       stopped_early: why the run stopped before `--rounds`, else None.
@@ -50,6 +56,12 @@ class RunResult:
     model_weights: tff.learning.models.ModelWeights
     epsilon: float | None = None
     stopped_early: str | None = None
+    final_clients: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def worst_served(self) -> str:
+        """One line naming the worst-served tenth of the evaluation clients."""
+        return client_metrics.worst_decile_line(self.final_clients)
 
 
 def fit_to_task(cfg: config_lib.RunConfig, task: Task) -> config_lib.RunConfig:
@@ -101,49 +113,6 @@ def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
         max_elements=c.max_elements or None,
         shuffle_buffer_size=c.shuffle_buffer,
     )
-
-
-class _Evaluator:
-    """Federated evaluation of model weights on the task's evaluation clients.
-
-    Uses the same seeded sample of at most `max_clients` clients every time,
-    so figures are comparable across rounds; datasets are built per call, so
-    nothing is held between evaluations.
-    """
-
-    def __init__(
-        self,
-        task: Task,
-        cfg: config_lib.RunConfig,
-        print_fn: Callable[[str], None],
-        triggered: Callable[[Any], Any] | None = None,
-    ):
-        schedule = cfg.schedule
-        self._triggered = triggered
-        self._task = task
-        self._batch_size = schedule.eval_batch_size
-        ids = list(task.eval_data.client_ids)
-        if schedule.eval_clients and schedule.eval_clients < len(ids):
-            ids = sampling.sample_clients(ids, schedule.eval_clients, seed=schedule.seed, round_num=0)
-        self.client_ids = ids
-        runtime = runtime_registry.get(cfg.runtime.name)
-        self._process = runtime.evaluation(
-            builder.build_evaluation_process(task, runtime.loop_implementation()), cfg, print_fn
-        )
-        self._state = self._process.initialize()
-
-    def __call__(self, model_weights) -> dict[str, float]:
-        state = self._process.set_model_weights(self._state, model_weights)
-        datasets = [self._task.eval_dataset(cid, self._batch_size) for cid in self.client_ids]
-        output = self._process.next(state, datasets)
-        found = metrics_lib.eval_metrics(output.metrics)
-        if self._triggered is not None:
-            # The same clients' examples of other classes, carrying the
-            # backdoor's trigger and labelled with its target: their accuracy
-            # is the share the backdoor turns.
-            output = self._process.next(state, [self._triggered(ds) for ds in datasets])
-            found["eval/backdoor_success"] = metrics_lib.eval_metrics(output.metrics)["eval/accuracy"]
-        return found
 
 
 def run(
@@ -251,9 +220,16 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
-    evaluator = _Evaluator(task, cfg, print_fn, simulation.triggered_eval() if simulation else None)
+    evaluator = evaluation.Evaluator(
+        task, cfg, print_fn, simulation.triggered_eval() if simulation else None
+    )
+    personalize_every = cfg.personalization.every
+    personalizer = (
+        personalization.Personalizer(task, cfg, evaluator, print_fn) if personalize_every else None
+    )
+    clients_log = clients_csv.ClientsLog(paths.clients_csv)
     spec = _client_spec(cfg)
-    final_eval: dict[str, float] = {}
+    final = evaluation.Evaluation({}, {})
     stopped_early = None
     evaluated_round = None
     rounds_done = start_round
@@ -288,11 +264,20 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
                 tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
             )
         is_last = round_num == schedule.rounds
+        histograms = {}
         if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
-            final_eval = evaluator(process.get_model_weights(state))
+            final = evaluator(process.get_model_weights(state))
             evaluated_round = round_num
-            round_metrics.update(final_eval)
-        log.release(round_metrics, round_num)
+            round_metrics.update(final.metrics)
+            histograms.update(client_metrics.histograms(evaluation.CLIENTS_PREFIX, final.clients))
+            clients_log.record(round_num, final.clients)
+        if personalizer is not None and (is_last or round_num % personalize_every == 0):
+            report = personalizer(process.get_model_weights(state))
+            round_metrics.update(report.metrics)
+            histograms.update(client_metrics.histograms(personalization.PREFIX, report.clients))
+            clients_log.record(round_num, report.clients, prefix=personalization.PREFIX)
+            print_fn(report.describe(round_num))
+        log.release(round_metrics, round_num, histograms)
         if is_last or round_num % cfg.output.checkpoint_every == 0:
             ckpt.save(checkpoints.ProgramState(round_num, state))
             last_saved = round_num
@@ -307,7 +292,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     if start_round >= schedule.rounds:
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
     if evaluated_round != rounds_done:  # resumed at the end, or stopped early
-        final_eval = evaluator(weights)
+        final = evaluator(weights)
     outputs.export_keras_model(task.model_builder(), weights, paths.export)
     logging.info("exported the final model to %s", paths.export)
     if tracker is not None:
@@ -315,11 +300,13 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     return RunResult(
         rounds_done=rounds_done,
         resumed_from=start_round,
-        final_eval=final_eval,
+        final_eval={k: v for k, v in final.metrics.items() if k.startswith(evaluation.EVAL_PREFIX)},
         model_weights=weights,
         epsilon=tracker.epsilon if tracker else None,
         stopped_early=stopped_early,
+        final_clients=final.clients,
     )
+
 
 
 def _traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:

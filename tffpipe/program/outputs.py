@@ -5,6 +5,7 @@ Layout under `root_dir/experiment_name/`:
   checkpoints/          program state (see `checkpoints.py`)
   logdir/               TensorBoard scalars and the HParams summary
   results/metrics.csv   one row per finished round
+  results/clients.csv   one row per evaluation round and evaluation client
   export/               the final global model as a Keras SavedModel
 """
 
@@ -32,6 +33,7 @@ class RunPaths:
         self.checkpoints = os.path.join(run_dir, "checkpoints")
         self.logdir = os.path.join(run_dir, "logdir")
         self.metrics_csv = os.path.join(run_dir, "results", "metrics.csv")
+        self.clients_csv = os.path.join(run_dir, "results", "clients.csv")
         self.export = os.path.join(run_dir, "export")
 
 
@@ -55,11 +57,19 @@ class MetricsLog:
         )
         self._writer = tf.summary.create_file_writer(paths.logdir)
 
-    def release(self, metrics: Mapping[str, float], round_num: int) -> None:
+    def release(
+        self,
+        metrics: Mapping[str, float],
+        round_num: int,
+        histograms: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Records a round's scalars, and `histograms` (name -> values) in TensorBoard only."""
         asyncio.run(self._csv.release(dict(metrics), round_num))
         with self._writer.as_default(step=round_num):
             for name, value in metrics.items():
                 tf.summary.scalar(name, value)
+            for name, values in (histograms or {}).items():
+                tf.summary.histogram(name, values)
         self._writer.flush()
 
     def close(self) -> None:

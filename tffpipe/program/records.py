@@ -14,7 +14,6 @@ Every change is reported in the lines `reconcile` returns.
 import csv
 import dataclasses
 import glob
-import io
 import os
 from typing import Any
 
@@ -22,6 +21,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tffpipe.program import clients_csv
 from tffpipe.program import files
 from tffpipe.program import outputs
 
@@ -64,12 +64,7 @@ def read_metrics_csv(path: str) -> tuple[list[str], dict[int, dict[str, str]]]:
 
 
 def write_metrics_csv(path: str, fieldnames: list[str], rows: dict[int, dict[str, Any]]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fieldnames, extrasaction="ignore")
-    writer.writeheader()
-    for round_num in sorted(rows):
-        writer.writerow(rows[round_num])
-    files.write_text_atomic(path, out.getvalue())
+    files.write_csv_atomic(path, fieldnames, (rows[r] for r in sorted(rows)))
 
 
 def event_files(logdir: str) -> list[str]:
@@ -144,6 +139,14 @@ def reconcile(paths: outputs.RunPaths, last_round: int) -> Reconciled:
     kept = {r: row for r, row in rows.items() if r <= last_round}
     result.dropped += len(rows) - len(kept)
     result.dropped += truncate_event_files(paths.logdir, last_round)
+    if os.path.exists(paths.clients_csv):
+        try:
+            result.dropped += clients_csv.trim(paths.clients_csv, last_round)
+        except (ValueError, OSError, UnicodeDecodeError, csv.Error) as e:
+            # Per-client rows cannot be rebuilt from anything else; training goes on.
+            target = paths.clients_csv + UNREADABLE_SUFFIX
+            os.replace(paths.clients_csv, target)
+            result.notes.append(f"clients.csv is unreadable ({e}); moved to {target}")
     scalars = {step: v for step, v in read_scalars(paths.logdir).items() if 1 <= step <= last_round}
     wanted = set(range(1, last_round + 1))
 
@@ -216,6 +219,11 @@ def reset(paths: outputs.RunPaths) -> None:
     """Removes metrics and event files of an earlier run that left no checkpoint."""
     for path in event_files(paths.logdir):
         os.remove(path)
-    for path in (paths.metrics_csv, paths.metrics_csv + UNREADABLE_SUFFIX):
+    for path in (
+        paths.metrics_csv,
+        paths.metrics_csv + UNREADABLE_SUFFIX,
+        paths.clients_csv,
+        paths.clients_csv + UNREADABLE_SUFFIX,
+    ):
         if os.path.exists(path):
             os.remove(path)
