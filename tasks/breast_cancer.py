@@ -78,6 +78,8 @@ def create_task(
     num_sites: int = 6,
     model: Literal["logistic", "mlp"] = "logistic",
     alpha: float = 1.0,
+    feature_skew: Literal["none", "shift_scale"] = "none",
+    feature_skew_strength: float = 0.5,
     seed: int = 0,
 ) -> Task:
     """Builds the breast cancer task.
@@ -87,6 +89,9 @@ def create_task(
         one, held out for evaluation).
       model: logistic (logistic regression) or mlp (one hidden layer of 16).
       alpha: Dirichlet concentration of the site sizes; smaller is more unequal.
+      feature_skew: each site sees its features through its own seeded
+        transform (shift_scale; see tffpipe/tasks/feature_skew.py).
+      feature_skew_strength: how far the transforms differ; 0 is none.
       seed: seeds the split and which sites are held out.
     """
     x, y = sklearn_datasets.load_breast_cancer(return_X_y=True)
@@ -110,5 +115,7 @@ def create_task(
         partition="quantity",
         alpha=alpha,
         seed=seed,
+        feature_skew=feature_skew,
+        feature_skew_strength=feature_skew_strength,
         description=f"breast cancer diagnosis over {num_sites} hospitals, {model}",
     )

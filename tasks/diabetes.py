@@ -14,6 +14,8 @@ MAE (standardised units). Centrally, Efron et al. (2004) report R^2 = 0.518
 for least squares on all ten features, i.e. an MSE of about 0.48 here.
 """
 
+from typing import Literal
+
 import numpy as np
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
@@ -27,13 +29,23 @@ def _linear_model() -> tf.keras.Model:
     )
 
 
-def create_task(*, num_sites: int = 6, alpha: float = 1.0, seed: int = 0) -> Task:
+def create_task(
+    *,
+    num_sites: int = 6,
+    alpha: float = 1.0,
+    feature_skew: Literal["none", "shift_scale"] = "none",
+    feature_skew_strength: float = 0.5,
+    seed: int = 0,
+) -> Task:
     """Builds the diabetes task.
 
     Args:
       num_sites: sites the records are split across (a fifth, at least one,
         held out for evaluation).
       alpha: Dirichlet concentration of the site sizes; smaller is more unequal.
+      feature_skew: each site sees its features through its own seeded
+        transform (shift_scale; see tffpipe/tasks/feature_skew.py).
+      feature_skew_strength: how far the transforms differ; 0 is none.
       seed: seeds the split and which sites are held out.
     """
     x, y = sklearn_datasets.load_diabetes(return_X_y=True)
@@ -53,5 +65,7 @@ def create_task(*, num_sites: int = 6, alpha: float = 1.0, seed: int = 0) -> Tas
         partition="quantity",
         alpha=alpha,
         seed=seed,
+        feature_skew=feature_skew,
+        feature_skew_strength=feature_skew_strength,
         description=f"diabetes progression over {num_sites} sites, linear regression",
     )

@@ -12,6 +12,8 @@ Model: a small CNN (two 3x3 conv layers, 32 and 64 filters, one max-pool, a
 (50 rounds, 10 clients a round) held-out accuracy is above 90%.
 """
 
+from typing import Literal
+
 import numpy as np
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
@@ -22,17 +24,22 @@ NUM_CLASSES = 10
 
 
 def build_cnn() -> tf.keras.Model:
-    """The small CNN for 8x8x1 digit images, with logits output."""
+    """The small CNN for 8x8x1 digit images, with logits output.
+
+    Layers are named so that `--local_layers=output` (or `hidden,output`)
+    names the same layers in every model built.
+    """
     return tf.keras.Sequential(
         [
             tf.keras.layers.InputLayer(input_shape=(8, 8, 1)),
-            tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            tf.keras.layers.MaxPool2D(),
-            tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(64, activation="relu"),
-            tf.keras.layers.Dense(NUM_CLASSES),
-        ]
+            tf.keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+            tf.keras.layers.MaxPool2D(name="pool"),
+            tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2"),
+            tf.keras.layers.Flatten(name="flatten"),
+            tf.keras.layers.Dense(64, activation="relu", name="hidden"),
+            tf.keras.layers.Dense(NUM_CLASSES, name="output"),
+        ],
+        name="digits_cnn",
     )
 
 
@@ -44,7 +51,13 @@ def load_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def create_task(
-    *, num_clients: int = 50, eval_clients: int = 10, alpha: float = 0.5, seed: int = 0
+    *,
+    num_clients: int = 50,
+    eval_clients: int = 10,
+    alpha: float = 0.5,
+    feature_skew: Literal["none", "brightness", "rotation"] = "none",
+    feature_skew_strength: float = 0.5,
+    seed: int = 0,
 ) -> Task:
     """Builds the digits task.
 
@@ -52,6 +65,9 @@ def create_task(
       num_clients: total clients, training and evaluation together.
       eval_clients: how many of them are held out for evaluation.
       alpha: Dirichlet concentration of the label skew; smaller is more non-IID.
+      feature_skew: each client sees its images through its own seeded
+        transform (brightness, rotation; see tffpipe/tasks/feature_skew.py).
+      feature_skew_strength: how far the transforms differ; 0 is none.
       seed: seeds the partition and which clients are held out.
     """
     if not 1 <= eval_clients < num_clients:
@@ -71,5 +87,7 @@ def create_task(
         alpha=alpha,
         eval_fraction=eval_clients / num_clients,
         seed=seed,
+        feature_skew=feature_skew,
+        feature_skew_strength=feature_skew_strength,
         description="scikit-learn handwritten digits (8x8), Dirichlet label skew, small CNN",
     )

@@ -43,10 +43,10 @@ def _build_once_per_configuration():
             learning[key] = (task, build_learning(task, cfg, train_client_ids, loop_implementation))
         return learning[key][1]
 
-    def evaluation_process(task, loop_implementation=None):
-        key = (id(task), str(loop_implementation))
+    def evaluation_process(task, loop_implementation=None, cfg=None):
+        key = (id(task), str(loop_implementation), settings_key(cfg) if cfg is not None else None)
         if key not in evaluation:
-            evaluation[key] = (task, build_evaluation(task, loop_implementation))
+            evaluation[key] = (task, build_evaluation(task, loop_implementation, cfg))
         return evaluation[key][1]
 
     builder.build_learning_process = learning_process

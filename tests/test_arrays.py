@@ -157,3 +157,90 @@ def test_readme_example_is_short_and_trains_two_rounds(tmp_path, marker_env):
     accuracy = float(re.search(r"eval/accuracy ([0-9.]+)", done[0]).group(1))
     assert 0.0 <= accuracy <= 1.0
     assert (tmp_path / "runs" / "default" / "export" / "saved_model.pb").exists()
+
+
+def _client_arrays(data):
+    found = {}
+    for cid in data.client_ids:
+        rows = list(data.create_tf_dataset_for_client(cid))
+        found[cid] = (np.stack([r["x"].numpy() for r in rows]), np.array([r["y"].numpy() for r in rows]))
+    return found
+
+
+def _all_clients(task):
+    return {**_client_arrays(task.train_data), **_client_arrays(task.eval_data)}
+
+
+def test_shift_scale_feature_skew_is_one_affine_map_per_client_and_keeps_the_partition():
+    x, y = _arrays(n=400)
+    common = dict(loss="SparseCategoricalCrossentropy", num_clients=8, seed=4)
+    plain = _all_clients(tasks.from_arrays("toy", x, y, _mlp(), **common))
+    skewed_task = tasks.from_arrays("toy", x, y, _mlp(), feature_skew="shift_scale", feature_skew_strength=0.8, **common)
+    skewed = _all_clients(skewed_task)
+    assert "shift_scale feature skew 0.8" in skewed_task.description
+    maps = []
+    for cid, (x_plain, y_plain) in plain.items():
+        x_skew, y_skew = skewed[cid]
+        np.testing.assert_array_equal(y_skew, y_plain)  # same examples, same order
+        # Per feature, skewed = scale * plain + shift with one (scale, shift) per client.
+        design = np.stack([x_plain, np.ones_like(x_plain)], axis=-1)
+        fits = [np.linalg.lstsq(design[:, f], x_skew[:, f], rcond=None) for f in range(4)]
+        for (coef, residual, *_), f in zip(fits, range(4)):
+            np.testing.assert_allclose(design[:, f] @ coef, x_skew[:, f], atol=1e-4)
+        maps.append([coef for coef, *_ in fits])
+    assert len({round(float(m[0][0]), 4) for m in maps}) == len(maps)  # clients differ
+    unchanged = _all_clients(tasks.from_arrays("toy", x, y, _mlp(), feature_skew="shift_scale",
+                                               feature_skew_strength=0.0, **common))
+    for cid in plain:
+        np.testing.assert_array_equal(unchanged[cid][0], plain[cid][0])
+
+
+def _image_clients(skew, strength, n, num_clients, seed):
+    """(images, each client's plain examples, each client's skewed examples)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(n, 8, 8, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, n)
+    model = lambda: tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(8, 8, 1)), tf.keras.layers.Dense(3)])
+    common = dict(loss="SparseCategoricalCrossentropy", num_clients=num_clients, partition="iid", seed=seed)
+    plain = _all_clients(tasks.from_arrays("img", images, labels, model, **common))
+    skewed = _all_clients(tasks.from_arrays("img", images, labels, model, feature_skew=skew,
+                                            feature_skew_strength=strength, **common))
+    return images, plain, skewed
+
+
+def test_rotation_feature_skew_turns_each_clients_images_by_one_angle():
+    from scipy import ndimage
+
+    images, plain, skewed = _image_clients("rotation", 1.0, 120, 4, 1)
+    angles = []
+    for cid, (x_plain, _) in plain.items():
+        errors = {a: np.abs(ndimage.rotate(x_plain, a, axes=(1, 2), reshape=False, order=1, mode="constant",
+                                           cval=float(images.min())) - skewed[cid][0]).max()
+                  for a in np.arange(-180, 180, 0.5)}
+        best = min(errors, key=errors.get)
+        assert errors[best] < 0.1, (cid, best, errors[best])
+        angles.append(best)
+    assert len(set(angles)) == len(angles)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(feature_skew="rotation"), "feature_skew='rotation' needs images of shape (n, height, width[, channels]), got x of shape (300, 4)"),
+    (dict(feature_skew="blur"), "feature_skew must be one of none, shift_scale, brightness, rotation, got 'blur'"),
+    (dict(feature_skew="shift_scale", feature_skew_strength=-1.0), "feature_skew_strength must be a finite number >= 0, got -1.0"),
+])
+def test_bad_feature_skew_is_a_one_line_task_error(kwargs, message):
+    x, y = _arrays()
+    with pytest.raises(tasks.TaskError) as info:
+        tasks.from_arrays("toy", x, y, _mlp(), loss="SparseCategoricalCrossentropy", num_clients=5, **kwargs)
+    assert str(info.value) == f"task 'toy': {message}"
+
+
+def test_brightness_feature_skew_adds_one_offset_per_client():
+    images, plain, skewed = _image_clients("brightness", 0.5, 90, 3, 0)
+    offsets = []
+    for cid in plain:
+        difference = skewed[cid][0] - plain[cid][0]
+        np.testing.assert_allclose(difference, difference.flat[0], atol=1e-6)
+        assert abs(difference.flat[0]) <= 0.5 * (images.max() - images.min())
+        offsets.append(round(float(difference.flat[0]), 5))
+    assert len(set(offsets)) == 3

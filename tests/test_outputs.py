@@ -167,8 +167,9 @@ def test_export_is_a_loadable_keras_savedmodel(tmp_path):
         trainable=[np.ones((3, 2), np.float32), np.full(2, 0.5, np.float32)], non_trainable=[]
     )
     path = str(tmp_path / "export")
-    outputs.export_keras_model(model, weights, path)
-    outputs.export_keras_model(model, weights, path)  # Replacing works too.
+    weights.assign_weights_to(model)
+    outputs.export_keras_model(model, path)
+    outputs.export_keras_model(model, path)  # Replacing works too.
     loaded = tf.keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(np.ones((1, 3)), verbose=0), [[3.5, 3.5]])
     assert sorted(os.listdir(tmp_path)) == ["export"]

@@ -132,3 +132,12 @@ def test_the_readmes_resume_table_lists_every_setting_under_its_declared_class()
     listed = {flag: kind for kind, flags in rows.items() for flag in flags}
     for item in settings.declared(config.RunConfig):
         assert listed.get(item.spec.flag) == classes[item.spec.resume], item.spec.flag
+
+
+def test_a_checkpoint_from_before_the_task_gained_an_option_resumes_at_its_default():
+    current = make_config(task="digits").fingerprint()
+    saved = {k: v for k, v in current.items() if k != config.OPTION_DEFAULTS}
+    saved["task_options"] = {k: v for k, v in current["task_options"].items() if not k.startswith("feature_skew")}
+    assert config.fingerprint_differences(saved, current) == []
+    skewed = make_config(task="digits", digits_feature_skew="rotation").fingerprint()
+    assert config.fingerprint_differences(saved, skewed) == ["task_options.feature_skew: None -> 'rotation'"]

@@ -79,7 +79,8 @@ def test_six_rounds_write_every_output(reference_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["settings"]["schedule"]["rounds"] == 6
     assert config["settings"]["output"]["checkpoint_every"] == 1
-    assert config["settings"]["task"]["options"] == {"alpha": 0.5, "eval_clients": 10, "num_clients": 50}
+    assert config["settings"]["task"]["options"] == {
+        "alpha": 0.5, "eval_clients": 10, "num_clients": 50, "feature_skew": "none", "feature_skew_strength": 0.5}
     assert sorted(os.listdir(run_dir / "checkpoints")) == [
         "fingerprint.json", "program_state_4", "program_state_5", "program_state_6"]
 

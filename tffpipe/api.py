@@ -117,8 +117,9 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
     result, task = train(cfg, print_fn)
     model = getattr(result, "model", None)  # a vertical run's assembled model
     if model is None:
-        model = task.model_builder()
-        result.model_weights.assign_weights_to(model)
+        from tffpipe.learning import registry as algorithm_registry  # pylint: disable=g-import-not-at-top
+
+        model = algorithm_registry.get(cfg.algorithm.name).keras_model(task, cfg, result.model_weights)
     run_dir = cfg.output.run_dir
     return Result(
         metrics=_read_metrics(os.path.join(run_dir, "results", "metrics.csv")),

@@ -461,6 +461,11 @@ class RunConfig:
             if layer.active(self):
                 found.update(layer.resume_fingerprint(self))
         found["task_options"] = dict(sorted(self.task.options.items()))
+        # Not compared: lets a checkpoint written before the task gained an
+        # option resume while that option keeps its default.
+        found[OPTION_DEFAULTS] = {
+            "task_options": {name: o.default for name, o in plugin_options("task", self.task.name).items()}
+        }
         if self.aggregation.plugin.path:
             found["aggregator_options"] = dict(sorted(self.aggregation.plugin.options.items()))
         if self.algorithm.options:
@@ -575,23 +580,31 @@ def fingerprint_to_json(fingerprint: Mapping[str, Any]) -> str:
     return json.dumps(fingerprint, sort_keys=True)
 
 
+OPTION_DEFAULTS = "option_defaults"
+
+
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Lists `name: saved -> current` for every differing fingerprint entry.
 
     A setting the saved fingerprint does not have (added to tffpipe after the
     checkpoint was written) counts as equal when it has its default now: a
-    new setting at its default keeps the old behaviour. An entry only some
-    settings add (a DP layer's cohort size) cannot be compared with a
-    checkpoint written before tffpipe recorded it, and is not.
+    new setting at its default keeps the old behaviour; so does a task option
+    the task's factory gained since. An entry only some settings add (a DP
+    layer's cohort size) cannot be compared with a checkpoint written before
+    tffpipe recorded it, and is not.
     """
     defaults = RunConfig().fingerprint()
+    option_defaults = current.get(OPTION_DEFAULTS, {})
     diffs = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - {OPTION_DEFAULTS}):
         old, new = saved.get(key), current.get(key)
         if key not in saved and (key not in defaults or new == defaults[key]):
             continue
         if isinstance(old, Mapping) and isinstance(new, Mapping):
+            new_defaults = option_defaults.get(key, {})
             for sub in sorted(set(old) | set(new)):
+                if sub not in old and sub in new_defaults and new[sub] == new_defaults[sub]:
+                    continue
                 if old.get(sub) != new.get(sub):
                     diffs.append(f"{key}.{sub}: {old.get(sub)!r} -> {new.get(sub)!r}")
         elif old != new:

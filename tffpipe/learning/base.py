@@ -27,6 +27,7 @@ class Parts:
       loop_implementation: how clients iterate over their data (the runtime
         chooses it).
       config: the run's settings.
+      task: the task (for algorithms that build their own model from it).
     """
 
     model_fn: Callable[[], Any]
@@ -37,6 +38,7 @@ class Parts:
     weighted: bool
     loop_implementation: Any
     config: Any
+    task: Any = None
 
 
 class Algorithm:
@@ -72,6 +74,27 @@ class Algorithm:
         builder does.
         """
         raise NotImplementedError(f"--algorithm={self.key} does not expose its client work")
+
+    def evaluation_process(self, task: Any, cfg: Any, loop_implementation: Any) -> Any:
+        """Federated evaluation of the process's model weights on held-out clients (TFF's `build_fed_eval`)."""
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.algorithms.build_fed_eval(
+            builder.build_model_fn(task), loop_implementation=loop_implementation
+        )
+
+    def initial_weights(self, task: Any, cfg: Any) -> Any:
+        """The seeded initial model weights the process starts from (every layer's)."""
+        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+
+        return builder.initial_model_weights(task, cfg.schedule.seed)
+
+    def keras_model(self, task: Any, cfg: Any, model_weights: Any) -> Any:
+        """A Keras model of the task holding the process's model weights (the export)."""
+        model = task.model_builder()
+        model_weights.assign_weights_to(model)
+        return model
 
     def client_weighting(self, parts: Parts) -> Any:
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top

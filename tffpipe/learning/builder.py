@@ -63,6 +63,7 @@ def build_learning_process(
         weighted=stack.weighted,
         loop_implementation=loop_implementation or tff.learning.LoopImplementation.DATASET_REDUCE,
         config=cfg,
+        task=task,
     )
     try:
         attack = attack_registry.get(cfg.attack.name) if cfg.attack.name != "none" else None
@@ -78,12 +79,20 @@ def build_learning_process(
         raise ConfigError(f"TFF rejected the settings: {e}") from e
 
 
-def build_evaluation_process(task: Task, loop_implementation: Any = None) -> tff.learning.templates.LearningProcess:
-    """Federated evaluation of given model weights on held-out clients."""
-    return tff.learning.algorithms.build_fed_eval(
-        build_model_fn(task),
-        loop_implementation=loop_implementation or tff.learning.LoopImplementation.DATASET_REDUCE,
-    )
+def build_evaluation_process(
+    task: Task, loop_implementation: Any = None, cfg: Any = None
+) -> tff.learning.templates.LearningProcess:
+    """Federated evaluation of the algorithm's model weights on held-out clients.
+
+    Args:
+      task: the task.
+      loop_implementation: how clients iterate over data; None: TFF's default.
+      cfg: the run's settings (their algorithm decides how to evaluate); None:
+        TFF's `build_fed_eval`, as for FedAvg.
+    """
+    loop_implementation = loop_implementation or tff.learning.LoopImplementation.DATASET_REDUCE
+    algorithm = registry.get(cfg.algorithm.name if cfg is not None else "fedavg")
+    return algorithm.evaluation_process(task, cfg, loop_implementation)
 
 
 def initial_model_weights(task: Task, seed: int) -> tff.learning.models.ModelWeights:

@@ -71,7 +71,7 @@ class Evaluator:
         self.client_ids = sample_eval_clients(task, cfg)
         runtime = runtime_registry.get(cfg.runtime.name)
         self._process = runtime.evaluation(
-            builder.build_evaluation_process(task, runtime.loop_implementation()), cfg, print_fn
+            builder.build_evaluation_process(task, runtime.loop_implementation(), cfg), cfg, print_fn
         )
         self._state = self._process.initialize()
 

@@ -17,6 +17,7 @@ from tffpipe import config as config_lib
 from tffpipe import errors
 from tffpipe.attacks import simulation as attack_simulation
 from tffpipe.learning import builder
+from tffpipe.learning import registry as algorithm_registry
 from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
 from tffpipe.program import client_metrics
@@ -195,9 +196,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
     client_ids = list(task.train_data.client_ids)
-    state = process.set_model_weights(
-        process.initialize(), builder.initial_model_weights(task, schedule.seed)
-    )
+    algorithm = algorithm_registry.get(cfg.algorithm.name)
+    state = process.set_model_weights(process.initialize(), algorithm.initial_weights(task, cfg))
     ckpt = checkpoints.CheckpointManager(
         paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint()
     )
@@ -293,7 +293,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
     if evaluated_round != rounds_done:  # resumed at the end, or stopped early
         final = evaluator(weights)
-    outputs.export_keras_model(task.model_builder(), weights, paths.export)
+    outputs.export_keras_model(algorithm.keras_model(task, cfg, weights), paths.export)
     logging.info("exported the final model to %s", paths.export)
     if tracker is not None:
         print_fn(tracker.summary(rounds_done))

@@ -119,14 +119,11 @@ def remove_leftover_temporaries(paths: RunPaths) -> list[str]:
     return sorted(os.path.relpath(p, paths.run_dir) for p in found)
 
 
-def export_keras_model(
-    model: tf.keras.Model, model_weights: tff.learning.models.ModelWeights, path: str
-) -> None:
-    """Saves `model` with `model_weights` as a Keras SavedModel, atomically.
+def export_keras_model(model: tf.keras.Model, path: str) -> None:
+    """Saves `model` as a Keras SavedModel, atomically.
 
     The result loads with `tf.keras.models.load_model(path)` alone.
     """
-    model_weights.assign_weights_to(model)
     files.replace_dir_atomic(path, lambda tmp: save_keras_model(model, tmp))
 
 

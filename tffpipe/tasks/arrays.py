@@ -6,6 +6,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tffpipe.tasks import feature_skew as feature_skew_lib
 from tffpipe.tasks import partition as partition_lib
 from tffpipe.tasks.record import Task, TaskError
 
@@ -29,6 +30,8 @@ def from_arrays(
     seed: int = 0,
     description: str | None = None,
     drop_nonfinite: bool = False,
+    feature_skew: str = "none",
+    feature_skew_strength: float = 0.5,
 ) -> Task:
     """Federates centralized arrays: splits them across clients, holds some out.
 
@@ -55,6 +58,11 @@ def from_arrays(
       drop_nonfinite: drop the examples whose features or target hold NaN or
         an infinity (with a warning naming how many); by default such data is
         refused, as it would train to a NaN or silently skewed model.
+      feature_skew: `none`, `shift_scale` (tabular), `brightness` or
+        `rotation` (images): each client sees its inputs through its own
+        seeded transform, independently of the label partition
+        (`tffpipe/tasks/feature_skew.py`).
+      feature_skew_strength: how far clients' transforms differ; 0 is none.
 
     Returns:
       A `Task` whose raw examples are `{"x": ..., "y": ...}`.
@@ -77,10 +85,14 @@ def from_arrays(
             f"task {name!r}: partition={partition!r} splits by class label and needs "
             f"integer labels, but y is {y.dtype}; use 'iid' or 'quantity'"
         )
+    problem = feature_skew_lib.check(feature_skew, feature_skew_strength, x)
+    if problem:
+        raise TaskError(f"task {name!r}: {problem}")
     try:
         indices = _partition(partition, y, num_clients, alpha, seed)
     except ValueError as e:
         raise TaskError(f"task {name!r}: {e}") from e
+    x = feature_skew_lib.apply(feature_skew, x, indices, feature_skew_strength, seed)
     num_eval = min(max(1, round(eval_fraction * num_clients)), num_clients - 1)
     held_out = set(np.random.default_rng(seed).permutation(num_clients)[:num_eval].tolist())
     ids = [f"client_{i:04d}" for i in range(num_clients)]
@@ -94,8 +106,8 @@ def from_arrays(
     loss_builder = loss_builder_of(name, loss)
     return Task(
         name=name,
-        description=description
-        or f"{len(x):,} examples, {partition} partition over {num_clients} clients",
+        description=(description or f"{len(x):,} examples, {partition} partition over {num_clients} clients")
+        + (f", {feature_skew} feature skew {feature_skew_strength:g}" if feature_skew != "none" else ""),
         model_builder=model_fn,
         loss_builder=loss_builder,
         metrics_builder=metrics_builder_of(name, metrics, loss_builder()),
