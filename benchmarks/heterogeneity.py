@@ -6,9 +6,10 @@ held-out accuracy over all evaluation clients together, the 10th percentile
 of the per-client accuracies, the 10th percentile on the clients' test
 halves before and after fine-tuning (`--personalize_every`, 1 epoch at 0.05
 on the other half), and Federated Reconstruction's held-out accuracy and
-per-client 10th percentile (`--algorithm=fedrecon --local_layers=output`:
-each client reconstructs the output layer on half its examples and is
-measured on the other half); each a mean over the seeds.
+per-client 10th percentile (`--algorithm=fedrecon --local_layers=output
+--reconstruction_epochs=20`: each client reconstructs the output layer on
+half its examples and is measured on the other half); each a mean over the
+seeds.
 
   uv run python benchmarks/heterogeneity.py --rounds=50 --seeds=0,1,2
 """
@@ -71,7 +72,7 @@ def main(argv):
             for column in COLUMNS:
                 figures[column].append(float(last[column]))
             last = _last_row(tffpipe.run(
-                algorithm="fedrecon", local_layers="output", experiment_name=f"fedrecon_alpha{alpha}_seed{seed}",
+                algorithm="fedrecon", local_layers="output", reconstruction_epochs=20, experiment_name=f"fedrecon_alpha{alpha}_seed{seed}",
                 **common))
             for column in FEDRECON_COLUMNS:
                 figures["fedrecon " + column].append(float(last[column]))

@@ -304,6 +304,11 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
     assert remote_run.final_eval.keys() == local_run.final_eval.keys()
     for key, value in local_run.final_eval.items():
         assert remote_run.final_eval[key] == pytest.approx(value, rel=1e-5), key
+    # Each evaluation client measured alone on the workers, as in TFF's runtime.
+    assert remote_run.final_clients.keys() == local_run.final_clients.keys()
+    for cid, figures in local_run.final_clients.items():
+        for key, value in figures.items():
+            assert remote_run.final_clients[cid][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (cid, key)
 
 
 def _examples_in_round(round_num, clients_per_round):

@@ -260,7 +260,7 @@ def test_help_groups_the_common_flags_in_under_60_lines():
     lines = text.splitlines()
     assert len(lines) < 60
     headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
-    assert headings == ["Run", "Clients", "Algorithm", "Aggregation", "Privacy", "Attacks", "Personalization evaluation", "Runtime",
+    assert headings == ["Run", "Clients", "Simulated clock", "Algorithm", "Aggregation", "Privacy", "Attacks", "Personalization evaluation", "Runtime",
                         "Vertical federated learning", "Outputs"]
     assert any(line.startswith("  --dp ") and "none|fixed|adaptive|tree|distributed" in line for line in lines)
 

@@ -33,6 +33,7 @@ _PLUGIN_FLAGS: set[str] = set()
 _GROUP_TITLES = {
     "run": "Run",
     "clients": "Clients",
+    "clock": "Simulated clock",
     "algorithm": "Algorithm",
     "aggregation": "Aggregation",
     "privacy": "Privacy",

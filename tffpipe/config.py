@@ -26,6 +26,7 @@ from tffpipe.attacks import registry as attack_registry
 from tffpipe.errors import ConfigError, TaskError
 from tffpipe.learning import plugin as algorithm_plugin
 from tffpipe.learning import registry as algorithm_registry
+from tffpipe.program import clock
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.settings import MUST_MATCH, NOT_APPLICABLE, group, setting
 
@@ -317,6 +318,64 @@ RuntimeConfig = _runtime_group()
 
 
 @dataclasses.dataclass(frozen=True)
+class ClockConfig:
+    """Devices on a simulated clock: speeds, links, dropouts, deadlines (`tffpipe/program/clock.py`).
+
+    They decide which clients' updates each round aggregates, so they must
+    match on resume (the clock is replayed from round 1).
+    """
+
+    client_speed: str = setting(
+        "constant:100", "Each training client's compute speed in examples per second: constant:V, "
+        "lognormal:MEDIAN,SIGMA or uniform:LOW,HIGH, drawn once from --seed and its id.",
+        flag="client_speed", group="clock", check=clock.spec_check, resume=MUST_MATCH,
+    )
+    client_downlink: str = setting(
+        "constant:1e6", "Each client's download bandwidth in bytes per second (same forms).",
+        flag="client_downlink", group="clock", check=clock.spec_check, resume=MUST_MATCH,
+    )
+    client_uplink: str = setting(
+        "constant:1e6", "Each client's upload bandwidth in bytes per second (same forms).",
+        flag="client_uplink", group="clock", check=clock.spec_check, resume=MUST_MATCH,
+    )
+    client_profiles: str = setting(
+        "", "A CSV with columns client_id, speed, downlink, uplink (a device trace) that gives "
+        "every training client's values instead of the three draws.",
+        flag="client_profiles", group="clock", resume=MUST_MATCH,
+    )
+    client_dropout: float = setting(
+        0.0, "Probability that a sampled client fails before reporting, drawn per round and client.",
+        flag="client_dropout", group="clock", check=settings.in_range(0, 1, closed_high=False),
+        resume=MUST_MATCH, short=True,
+    )
+    round_deadline_sec: float = setting(
+        0.0, "Clients that finish later in simulated seconds are left out of the round; 0: no deadline.",
+        flag="round_deadline_sec", group="clock", check=settings.at_least(0), resume=MUST_MATCH,
+        short=True,
+    )
+    over_selection: float = setting(
+        1.0, "Sample ceil(this x --clients_per_round) clients; the first --clients_per_round to "
+        "finish report.",
+        flag="over_selection", group="clock", check=settings.at_least(1), resume=MUST_MATCH,
+    )
+
+    @property
+    def changes_cohort(self) -> bool:
+        """Whether some sampled clients may not report (dropouts, a deadline, over-selection)."""
+        return bool(self.cohort_changed_by)
+
+    @property
+    def cohort_changed_by(self) -> str:
+        """The first flag that makes some sampled clients not report, or ""."""
+        for flag, on in (("--client_dropout", self.client_dropout > 0),
+                         ("--round_deadline_sec", self.round_deadline_sec > 0),
+                         ("--over_selection", self.over_selection > 1)):
+            if on:
+                return flag
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
 class PersonalizationConfig:
     """How well fine-tuning the global model serves each evaluation client.
 
@@ -422,6 +481,7 @@ class RunConfig:
     task: TaskConfig = group(TaskConfig)
     schedule: ScheduleConfig = group(ScheduleConfig)
     client: ClientConfig = group(ClientConfig)
+    clock: ClockConfig = group(ClockConfig)
     algorithm: AlgorithmConfig = group(AlgorithmConfig)
     client_optimizer: ClientOptimizerConfig = group(ClientOptimizerConfig)
     server_optimizer: ServerOptimizerConfig = group(ServerOptimizerConfig)

@@ -23,7 +23,7 @@ NOT_APPLICABLE = "not applicable"  # does not reach the saved state (where, how)
 
 # `--helpshort` groups, in the order it prints them.
 GROUPS = (
-    "run", "clients", "algorithm", "aggregation", "privacy", "attacks", "personalization",
+    "run", "clients", "clock", "algorithm", "aggregation", "privacy", "attacks", "personalization",
     "runtime", "vertical", "outputs",
 )
 

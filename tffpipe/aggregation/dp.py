@@ -28,6 +28,12 @@ class DpLayer(base.Layer):
             raise ConfigError(
                 f"--dp={mechanism} needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"
             )
+        if cfg.clock.changes_cohort:
+            raise ConfigError(
+                f"--dp={mechanism} with {cfg.clock.cohort_changed_by}: the privacy accounting assumes "
+                "a cohort sampled uniformly at random, but which clients report depends on their "
+                "speed and availability"
+            )
         if cfg.algorithm.client_weighting == "num_examples":
             raise ConfigError(
                 f"--dp={mechanism} needs --client_weighting=uniform: DP bounds each "

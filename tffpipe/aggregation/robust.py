@@ -90,6 +90,11 @@ class Robust(base.Layer):
                 "calibrate noise to a clipped sum, which a robust rule does not compute, so no "
                 "epsilon could be claimed"
             )
+        if cfg.clock.changes_cohort:
+            raise ConfigError(
+                f"--robust={name} with {cfg.clock.cohort_changed_by}: the rule is sized for "
+                "--clients_per_round updates a round, and fewer may report"
+            )
         if cfg.aggregation.quantization.method != "none":
             raise ConfigError(f"--robust={name} cannot run under --compression: it quantises a sum, and there is none")
         if cfg.algorithm.client_weighting == "num_examples":

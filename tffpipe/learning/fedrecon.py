@@ -30,6 +30,12 @@ class Settings:
         "(comma-separated; -1 is the last layer), e.g. output.",
         flag="local_layers", group="algorithm", applies=_APPLIES, resume=settings.MUST_MATCH,
     )
+    reconstruction_epochs: int = settings.setting(
+        1, "fedrecon: passes over the reconstruction part of a client's data (its even batches "
+        "in training, its even examples in evaluation).",
+        flag="reconstruction_epochs", group="algorithm", check=settings.at_least(1),
+        applies=_APPLIES,
+    )
     reconstruction_learning_rate: float = settings.setting(
         0.1, "fedrecon: SGD learning rate of the clients' reconstruction of their local layers.",
         flag="reconstruction_learning_rate", group="algorithm", check=settings.positive,
@@ -84,8 +90,8 @@ def alternate_examples(cfg):
 
     TFF's default alternates *batches*; an evaluation client often holds one
     batch of `--eval_batch_size`, which would leave nothing to measure. The
-    reconstruction takes as many SGD steps as in training: `--client_epochs`
-    passes in batches of `--client_batch_size`.
+    reconstruction makes `--reconstruction_epochs` passes in batches of
+    `--client_batch_size`, as training does.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -95,7 +101,8 @@ def alternate_examples(cfg):
         def part(remainder):
             return numbered.filter(lambda i, _: tf.equal(i % 2, remainder)).map(lambda _, example: example)
 
-        reconstruct = part(0).repeat(cfg.client.epochs).batch(cfg.client.batch_size)
+        epochs = cfg.algorithm.fedrecon.reconstruction_epochs
+        reconstruct = part(0).repeat(epochs).batch(cfg.client.batch_size)
         return reconstruct, part(1).batch(cfg.schedule.eval_batch_size)
 
     return split
@@ -146,6 +153,9 @@ class FedRecon(base.Algorithm):
             server_optimizer_fn=parts.server_optimizer,
             client_optimizer_fn=parts.client_optimizer,
             reconstruction_optimizer_fn=self._reconstruction_optimizer(cfg),
+            dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
+                recon_epochs=self.settings(cfg).reconstruction_epochs, split_dataset=True
+            ),
             client_weighting=self.client_weighting(parts),
             model_aggregator_factory=parts.model_aggregator,
         )

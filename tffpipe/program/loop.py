@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -20,6 +21,7 @@ from tffpipe.learning import builder
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
+from tffpipe.program import clock as clock_lib
 from tffpipe.program import client_metrics
 from tffpipe.program import clients_csv
 from tffpipe.program import communication
@@ -85,6 +87,12 @@ def fit_to_task(cfg: config_lib.RunConfig, task: Task) -> config_lib.RunConfig:
         raise config_lib.ConfigError(
             f"--clients_per_round={clients} is larger than the "
             f"{num_train} training clients of task {task.name!r}"
+        )
+    sampled = clock_lib.cohort(clients, cfg.clock.over_selection)
+    if sampled > num_train:
+        raise config_lib.ConfigError(
+            f"--over_selection={cfg.clock.over_selection:g} samples {sampled} clients a round, more "
+            f"than the {num_train} training clients of task {task.name!r}"
         )
     return cfg
 
@@ -220,6 +228,11 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
+    spec = _client_spec(cfg)
+    clock = _clock(cfg, task, spec, traffic_metrics)
+    clock.elapsed_sec = sum(
+        clock.plan(r, _sampled(client_ids, clock, schedule, r)).round_sec for r in range(1, start_round + 1)
+    )
     evaluator = evaluation.Evaluator(
         task, cfg, print_fn, simulation.triggered_eval() if simulation else None
     )
@@ -228,7 +241,6 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         personalization.Personalizer(task, cfg, evaluator, print_fn) if personalize_every else None
     )
     clients_log = clients_csv.ClientsLog(paths.clients_csv)
-    spec = _client_spec(cfg)
     final = evaluation.Evaluation({}, {})
     stopped_early = None
     evaluated_round = None
@@ -240,25 +252,31 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         if stopped_early:
             print_fn(stopped_early)
             break
-        sampled = sampling.sample_clients(
-            client_ids, schedule.clients_per_round, seed=schedule.seed, round_num=round_num
-        )
-        seeds = [sampling.client_seed(schedule.seed, round_num, i) for i in range(len(sampled))]
-        datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in zip(sampled, seeds)]
+        sampled = _sampled(client_ids, clock, schedule, round_num)
+        plan = clock.plan(round_num, sampled)
+        # Seeds by position in the sample: a client's data does not depend on who else reports.
+        chosen = [(cid, sampling.client_seed(schedule.seed, round_num, i))
+                  for i, cid in enumerate(sampled) if cid in set(plan.reporting)]
+        datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in chosen]
         if simulation is not None:
-            datasets = [simulation.client_data(*client) for client in zip(sampled, datasets, seeds)]
+            datasets = [simulation.client_data(cid, ds, seed) for (cid, seed), ds in zip(chosen, datasets)]
         round_start = time.monotonic()
-        output = process.next(state, datasets)
+        round_metrics = {}
+        if datasets:
+            output = process.next(state, datasets)
+            state = output.state
+            round_metrics = metrics_lib.flatten(output.metrics)
+        else:
+            print_fn(f"round {round_num}: no sampled client reported; the model is unchanged")
         round_seconds = time.monotonic() - round_start
-        state = output.state
         rounds_done = round_num
-        round_metrics = metrics_lib.flatten(output.metrics)
+        round_metrics.update(clock.advance(plan))
         num_examples = round_metrics.get("train/num_examples", 0)
         round_metrics["round_time_sec"] = round_seconds
         round_metrics["examples_per_sec"] = num_examples / max(round_seconds, 1e-9)
         round_metrics.update(traffic_metrics)
         if simulation is not None:
-            round_metrics.update(simulation.round_metrics(sampled))
+            round_metrics.update(simulation.round_metrics(plan.reporting))
         if tracker is not None:
             round_metrics.update(
                 tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
@@ -307,6 +325,33 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         final_clients=final.clients,
     )
 
+
+
+def _sampled(client_ids, clock, schedule, round_num: int) -> list[str]:
+    """The round's sampled clients: a pure function of the seed and the round."""
+    return sampling.sample_clients(client_ids, clock.cohort, seed=schedule.seed, round_num=round_num)
+
+
+def _clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, float]) -> clock_lib.Clock:
+    """The run's simulated clock; a client's examples per round are counted once."""
+    counted: dict[str, int] = {}
+    one_pass = ClientSpec(num_epochs=1, batch_size=1, max_elements=spec.max_elements, shuffle_buffer_size=1)
+
+    def examples_of(client_id: str) -> int:
+        if client_id not in counted:
+            dataset = task.client_dataset(client_id, one_pass, seed=0)
+            counted[client_id] = spec.num_epochs * int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+        return counted[client_id]
+
+    try:
+        return clock_lib.Clock(
+            cfg.clock, cfg.schedule.seed, list(task.train_data.client_ids), examples_of,
+            download_bytes=traffic_metrics.get("comm/download_bytes_per_client", 0.0),
+            upload_bytes=traffic_metrics.get("comm/upload_bytes_per_client", 0.0),
+            clients_per_round=cfg.schedule.clients_per_round,
+        )
+    except clock_lib.ClockError as e:
+        raise config_lib.ConfigError(str(e)) from e
 
 
 def _traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:

@@ -13,6 +13,7 @@ import asyncio
 import glob
 import os
 import shutil
+import time
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -56,6 +57,7 @@ class MetricsLog:
             key_fieldname=ROUND_KEY,
         )
         self._writer = tf.summary.create_file_writer(paths.logdir)
+        self._sim_clock = SimClockEvents(os.path.join(paths.logdir, SIM_CLOCK_RUN))
 
     def release(
         self,
@@ -71,9 +73,49 @@ class MetricsLog:
             for name, values in (histograms or {}).items():
                 tf.summary.histogram(name, values)
         self._writer.flush()
+        if SIM_ELAPSED in metrics:
+            self._sim_clock.write(round_num, metrics[SIM_ELAPSED], metrics)
 
     def close(self) -> None:
         self._writer.close()
+        self._sim_clock.close()
+
+
+SIM_ELAPSED = "sim/elapsed_sec"
+SIM_CLOCK_RUN = "sim_clock"
+
+
+class SimClockEvents:
+    """The round's train and eval scalars again, stamped with the simulated time.
+
+    TensorBoard's x-axis can be the step, or the events' wall time ("Relative",
+    "Wall"). TF2 summary writers stamp the real time, so these events are
+    written as `Event` records with `wall_time` = `sim/elapsed_sec`: in the
+    `sim_clock` run, the Relative axis is simulated time.
+    """
+
+    def __init__(self, directory: str):
+        self._directory = directory
+        self._writer = None
+
+    def write(self, round_num: int, elapsed_sec: float, metrics: Mapping[str, float]) -> None:
+        if self._writer is None:
+            os.makedirs(self._directory, exist_ok=True)
+            path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}.sim_clock")
+            self._writer = tf.io.TFRecordWriter(path)
+            self._writer.write(tf.compat.v1.Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+        values = [
+            tf.compat.v1.Summary.Value(tag=name, simple_value=float(value))
+            for name, value in metrics.items()
+            if name.startswith(("train/", "eval/", "eval_clients/"))
+        ]
+        event = tf.compat.v1.Event(wall_time=elapsed_sec, step=round_num, summary=tf.compat.v1.Summary(value=values))
+        self._writer.write(event.SerializeToString())
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def write_hparams(logdir: str, settings: Mapping[str, Any]) -> None:

@@ -87,9 +87,13 @@ def _read_events(path: str) -> tuple[list[tuple[bytes, Any]], bool]:
 
 
 def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
-    """The scalars of every step in the TensorBoard logs (partial records end a file)."""
+    """The scalars of every step in the TensorBoard logs (partial records end a file).
+
+    Only the run's own event files: the `sim_clock` folder repeats some
+    scalars against simulated time.
+    """
     found: dict[int, dict[str, float]] = {}
-    for path in event_files(logdir):
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         events, partial = _read_events(path)
         if partial:
             logging.warning("%s ends in a partial record", path)
