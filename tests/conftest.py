@@ -58,6 +58,21 @@ _build_once_per_configuration()
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A small digits task (9 training clients, 3 held out) and its flags, for
+# tests that train a few short rounds.
+SMALL_DIGITS_FLAGS = {
+    "digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0, "client_epochs": 1,
+    "client_batch_size": 32, "rounds": 3, "eval_every": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    from tasks import digits  # pylint: disable=g-import-not-at-top
+
+    return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
+
+
 def make_config(**values):
     """A run config from flag-named settings, checked as the launcher checks flags.
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import make_config
+from conftest import SMALL_DIGITS_FLAGS, make_config
 from tffpipe import config
 from tffpipe.learning import builder
 from tffpipe.program import clock
@@ -14,7 +14,6 @@ from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import from_arrays
 
-from tasks import digits
 
 
 def test_a_clients_time_is_download_plus_training_plus_upload():
@@ -97,15 +96,14 @@ def test_a_profiles_csv_must_cover_every_training_client(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_task():
-    return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
+def small_task(small_digits):
+    return small_digits
 
 
 def _config(root, **values):
     return make_config(**{
-        "digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0, "client_epochs": 1,
-        "client_batch_size": 32, "rounds": 3, "clients_per_round": 4, "eval_every": 0,
-        "root_dir": str(root), "experiment_name": "c", "zeroing": False, "runtime": "cpp", **values,
+        **SMALL_DIGITS_FLAGS, "clients_per_round": 4, "root_dir": str(root), "experiment_name": "c",
+        "zeroing": False, "runtime": "cpp", **values,
     })
 
 
@@ -114,7 +112,7 @@ def _weights_of_rounds(task, cfg, reporting_of):
     ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
     process, _ = builder.build_learning_process(task, cfg, ids, runtime.loop_implementation())
-    spec = loop._client_spec(cfg)  # pylint: disable=protected-access
+    spec = loop.client_spec(cfg)
     state = process.set_model_weights(process.initialize(), builder.initial_model_weights(task, 0))
     for round_num in range(1, cfg.schedule.rounds + 1):
         sampled, reporting = reporting_of(round_num)

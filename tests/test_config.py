@@ -77,7 +77,7 @@ NONSENSE = [
     (dict(server_beta_1=0.9), "--server_beta_1 applies to --server_optimizer=adam|yogi, not --server_optimizer=sgd"),
     (dict(server_optimizer="adam", server_momentum=0.9), "--server_momentum applies to --server_optimizer=sgdm, not --server_optimizer=adam"),
     (dict(server_optimizer="yogi", server_beta_2=1.0), "--server_beta_2 must be in [0, 1)"),
-    (dict(algorithm="fedma"), "--algorithm must be one of: fedavg, fedprox, fedsgd, mime_lite, fedrecon (or a builder path such as my_pkg.my_module:build), got 'fedma'"),
+    (dict(algorithm="fedma"), "--algorithm must be one of: fedavg, fedprox, fedsgd, mime_lite, fedrecon, fedbuff (or a builder path such as my_pkg.my_module:build), got 'fedma'"),
     (dict(algorithm="fedsgd", client_optimizer="adam"), "--client_optimizer has no effect with --algorithm=fedsgd"),
 ]
 

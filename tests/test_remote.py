@@ -317,7 +317,7 @@ def _examples_in_round(round_num, clients_per_round):
     task = digits.create_task()
     ids = sampling.sample_clients(
         list(task.train_data.client_ids), clients_per_round, seed=0, round_num=round_num)
-    spec = loop._client_spec(cfg)  # pylint: disable=protected-access
+    spec = loop.client_spec(cfg)
     return float(sum(
         int(tf.nest.flatten(batch)[0].shape[0])
         for i, cid in enumerate(ids)

@@ -46,7 +46,7 @@ def _rounds_from_weights(task, cfg, weights, first_round, last_round):
     ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
     process, _ = builder.build_learning_process(task, cfg, ids, runtime.loop_implementation())
-    spec = loop._client_spec(cfg)  # pylint: disable=protected-access
+    spec = loop.client_spec(cfg)
     losses = []
     with runtime.running(process, cfg, lambda line: None):
         state = process.set_model_weights(process.initialize(), weights)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from tffpipe import config as config_lib
 from tffpipe.errors import ConfigError
+from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import run_lock
 from tffpipe.runtimes import registry as runtime_registry
 
@@ -91,6 +92,10 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
         cfg = loop.fit_to_task(cfg, task)
         check_writable(cfg.output.run_dir)  # only now: a run that fails to start leaves no folder
         print_fn(loop.describe_run(cfg, task))
+        if algorithm_registry.get(cfg.algorithm.name).asynchronous:
+            from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+
+            return fedbuff.run(cfg, task, print_fn=print_fn), task
         return loop.run(cfg, task, print_fn=print_fn), task
 
 

@@ -65,6 +65,10 @@ class Layer:
     Settings: type | None = None
     role: str = "wrapper"  # "wrapper", "mean" or "sum"
     secure_sum: bool = False  # the layer calls secure-sum intrinsics when active
+    # Whether buffered asynchronous aggregation (--algorithm=fedbuff), which
+    # aggregates in the launcher outside the stack, may run with it active:
+    # True where leaving the layer out changes nothing a user asked for.
+    outside_buffer_ok: bool = False
 
     # Means only.
     own_sum: bool = False  # sums values itself: no sum layer below it

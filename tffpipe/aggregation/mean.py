@@ -10,6 +10,7 @@ from tffpipe.aggregation import base
 
 class Mean(base.Layer):
     key = "mean"
+    outside_buffer_ok = True  # the buffer's own mean replaces it
     role = "mean"
 
     def active(self, cfg) -> bool:

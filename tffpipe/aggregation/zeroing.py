@@ -26,6 +26,7 @@ class Settings:
 
 class Zeroing(base.Layer):
     key = "zeroing"
+    outside_buffer_ok = True  # on by default; the buffer does without it
     Settings = Settings
 
     def active(self, cfg) -> bool:

@@ -50,6 +50,9 @@ class Algorithm:
     # Whether `client_work` gives the client work alone (clients send a model
     # delta): update-poisoning attacks wrap it (`attacks/client_work.py`).
     sends_model_delta: bool = False
+    # Whether the run is asynchronous (no rounds of a TFF process; see
+    # `tffpipe/program/fedbuff.py`).
+    asynchronous: bool = False
 
     def settings(self, cfg: Any) -> Any:
         return getattr(cfg.algorithm, self.key)

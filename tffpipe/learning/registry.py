@@ -12,7 +12,7 @@ import importlib
 from tffpipe.learning import base
 from tffpipe.learning import plugin
 
-ALGORITHMS = ("fedavg", "fedprox", "fedsgd", "mime_lite", "fedrecon")
+ALGORITHMS = ("fedavg", "fedprox", "fedsgd", "mime_lite", "fedrecon", "fedbuff")
 
 
 @functools.cache

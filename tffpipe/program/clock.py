@@ -279,14 +279,14 @@ class Clock:
     def cohort(self) -> int:
         return cohort(self._needed, self._settings.over_selection)
 
+    def client_seconds(self, client_id: str) -> float:
+        """The client's simulated time for one round of training."""
+        return self.population.profile(client_id).seconds(self._examples_of(client_id), self._download, self._upload)
+
     def plan(self, round_num: int, sampled: Sequence[str]) -> RoundPlan:
         """The round's plan (does not advance the clock)."""
         dropped = {c for c in sampled if self.population.drops_out(c, round_num)}
-        seconds = {
-            c: self.population.profile(c).seconds(self._examples_of(c), self._download, self._upload)
-            for c in sampled
-            if c not in dropped
-        }
+        seconds = {c: self.client_seconds(c) for c in sampled if c not in dropped}
         return plan_round(
             sampled, seconds, dropped, needed=self._needed, deadline_sec=self._settings.round_deadline_sec
         )

@@ -114,7 +114,7 @@ def describe_run(cfg: config_lib.RunConfig, task: Task) -> str:
     )
 
 
-def _client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
+def client_spec(cfg: config_lib.RunConfig) -> ClientSpec:
     c = cfg.client
     return ClientSpec(
         num_epochs=c.epochs,
@@ -161,7 +161,7 @@ def run(
     if cfg.attack.name != "none":
         simulation = attack_simulation.Simulation(cfg, task)
         print_fn(simulation.describe())
-    traffic_metrics = _traffic_metrics(process, print_fn)
+    traffic = traffic_metrics(process, print_fn)
     tracker = None
     if stack.dp_layer is not None:
         tracker = privacy_tracking.PrivacyTracker(cfg, stack, client_ids)
@@ -175,7 +175,7 @@ def run(
             print_fn(line)
     with runtime.running(process, cfg, print_fn) as runner:
         try:
-            return _train(cfg, task, runner, tracker, traffic_metrics, simulation, print_fn)
+            return _train(cfg, task, runner, tracker, traffic, simulation, print_fn)
         except (OSError, tf.errors.OpError) as e:
             if not files.is_disk_full(e):
                 raise
@@ -228,8 +228,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     if restored is None:
         outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
 
-    spec = _client_spec(cfg)
-    clock = _clock(cfg, task, spec, traffic_metrics)
+    spec = client_spec(cfg)
+    clock = build_clock(cfg, task, spec, traffic_metrics)
     clock.elapsed_sec = sum(
         clock.plan(r, _sampled(client_ids, clock, schedule, r)).round_sec for r in range(1, start_round + 1)
     )
@@ -332,7 +332,7 @@ def _sampled(client_ids, clock, schedule, round_num: int) -> list[str]:
     return sampling.sample_clients(client_ids, clock.cohort, seed=schedule.seed, round_num=round_num)
 
 
-def _clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, float]) -> clock_lib.Clock:
+def build_clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, float]) -> clock_lib.Clock:
     """The run's simulated clock; a client's examples per round are counted once."""
     counted: dict[str, int] = {}
     one_pass = ClientSpec(num_epochs=1, batch_size=1, max_elements=spec.max_elements, shuffle_buffer_size=1)
@@ -354,7 +354,7 @@ def _clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, float])
         raise config_lib.ConfigError(str(e)) from e
 
 
-def _traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:
+def traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:
     """Prints and returns the bytes each client sends and receives per round."""
     try:
         traffic = communication.client_traffic(process)

@@ -1,0 +1,94 @@
+"""FedBuff: buffered asynchronous aggregation (Nguyen et al., AISTATS 2022).
+
+`--async_concurrency` clients train at once on the simulated clock
+(`tffpipe/program/clock.py`), each from the server model current when it
+starts. Their updates arrive in order of simulated finishing time; each is
+weighted by its staleness (server updates since it started: `constant` 1,
+`polynomial` 1/sqrt(1 + staleness)) and buffered, and every
+`--async_buffer_size` arrivals the server optimizer applies the buffer's
+mean. One such server update is a round. The run is `tffpipe/program/fedbuff.py`.
+
+A client's update is TFF's: one round of FedAvg on that client alone with a
+server SGD learning rate of 1 and a plain mean, from the model it started
+with (so it runs through the run's runtime like any round). The buffer lives
+in the launcher, outside the aggregation stack, so the layers that would
+change what is aggregated are refused.
+"""
+
+import dataclasses
+import math
+
+from tffpipe import settings
+from tffpipe.errors import ConfigError
+from tffpipe.learning import base
+
+_APPLIES = ("algorithm", ("fedbuff",))
+STALENESS = ("polynomial", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    concurrency: int = settings.setting(
+        10, "fedbuff: clients training at once.", flag="async_concurrency", group="algorithm",
+        check=settings.at_least(1), applies=_APPLIES, resume=settings.MUST_MATCH,
+    )
+    buffer_size: int = settings.setting(
+        5, "fedbuff: client updates per server update (K).", flag="async_buffer_size",
+        group="algorithm", check=settings.at_least(1), applies=_APPLIES, resume=settings.MUST_MATCH,
+    )
+    staleness: str = settings.setting(
+        "polynomial", "fedbuff: weight of an update that started s server updates ago: "
+        "polynomial 1/sqrt(1+s), or constant 1.",
+        flag="async_staleness", group="algorithm", choices=STALENESS, applies=_APPLIES,
+        resume=settings.MUST_MATCH,
+    )
+
+
+def staleness_weight(kind: str, staleness: int) -> float:
+    return 1.0 / math.sqrt(1.0 + staleness) if kind == "polynomial" else 1.0
+
+
+class FedBuff(base.Algorithm):
+    key = "fedbuff"
+    Settings = Settings
+    asynchronous = True
+
+    def check(self, cfg, given=frozenset()):
+        from tffpipe.aggregation import registry as aggregation_registry  # pylint: disable=g-import-not-at-top
+
+        s = self.settings(cfg)
+        if s.buffer_size > s.concurrency:
+            raise ConfigError(
+                f"--async_buffer_size={s.buffer_size} is larger than --async_concurrency={s.concurrency}: "
+                "the buffer would wait for more updates than clients are training"
+            )
+        for layer in aggregation_registry.layers():
+            if layer.active(cfg) and not layer.outside_buffer_ok:
+                raise ConfigError(
+                    f"--algorithm=fedbuff cannot run with the {layer.key} aggregation layer: its buffer "
+                    "aggregates in the launcher, outside the aggregation stack (DP noise, secure sums, "
+                    "compression and robust rules would not apply)"
+                )
+        clock = cfg.clock
+        if clock.round_deadline_sec > 0 or clock.over_selection > 1:
+            raise ConfigError(
+                "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff "
+                "has none (a late client's update arrives stale instead)"
+            )
+        if cfg.attack.name != "none":
+            raise ConfigError("--attack simulates clients of synchronous rounds; --algorithm=fedbuff has none")
+
+    def build(self, parts):
+        """The client trainer: FedAvg on one client, server SGD at 1, a plain mean."""
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        return tff.learning.algorithms.build_weighted_fed_avg(
+            parts.model_fn,
+            client_optimizer_fn=parts.client_optimizer,
+            server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+            model_aggregator=tff.aggregators.MeanFactory(),
+            loop_implementation=parts.loop_implementation,
+        )
+
+
+ALGORITHM = FedBuff()
