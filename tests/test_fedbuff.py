@@ -56,7 +56,7 @@ def _flags(cfg):
 
 def test_fedbuff_is_deterministic_and_resumes_to_the_same_weights(small_task, tmp_path):
     values = dict(async_concurrency=4, async_buffer_size=2, client_dropout=0.2,
-                  client_speed="lognormal:50,1.0", checkpoint_every=1)
+                  client_speed="lognormal:50,1.0", checkpoint_every=1, personalize_every=4)
     straight = fedbuff.run(_config(tmp_path / "a", rounds=4, **values), small_task, print_fn=lambda line: None)
     again = fedbuff.run(_config(tmp_path / "b", rounds=4, **values), small_task, print_fn=lambda line: None)
     fedbuff.run(_config(tmp_path / "c", rounds=2, **values), small_task, print_fn=lambda line: None)
@@ -71,6 +71,7 @@ def test_fedbuff_is_deterministic_and_resumes_to_the_same_weights(small_task, tm
     rows = _metrics(tmp_path / "a" / "b")
     assert [r["round"] for r in rows] == ["1", "2", "3", "4"]
     assert all(float(r["clients/reported"]) == 2 for r in rows)
+    assert rows[-1]["personalized/gain_mean"] and rows[-1]["eval_clients/accuracy_p10"]
     assert max(float(r["async/staleness_max"]) for r in rows) >= 1  # some updates arrive stale
     elapsed = [float(r["sim/elapsed_sec"]) for r in rows]
     assert all(b > a for a, b in zip(elapsed, elapsed[1:]))

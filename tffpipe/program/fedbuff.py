@@ -25,14 +25,13 @@ from tffpipe.learning import fedbuff as fedbuff_lib
 from tffpipe.learning import optimizers
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import checkpoints
-from tffpipe.program import client_metrics
-from tffpipe.program import clients_csv
 from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
 from tffpipe.program import progress
+from tffpipe.program import reports
 from tffpipe.program import resume
 from tffpipe.program import sampling
 from tffpipe.runtimes import processes
@@ -244,10 +243,7 @@ class _Run:
         log = outputs.MetricsLog(paths)
         if restored is None:
             outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
-        evaluator = evaluation.Evaluator(self.task, cfg, self.print_fn)
-        clients_log = clients_csv.ClientsLog(paths.clients_csv)
-        final = evaluation.Evaluation({}, {})
-        evaluated = None
+        measurements = reports.Reports(self.task, cfg, paths, self.print_fn)
         started = time.monotonic()
         for round_num in range(start_round + 1, schedule.rounds + 1):
             round_start = time.monotonic()
@@ -255,13 +251,8 @@ class _Run:
             round_seconds = time.monotonic() - round_start
             round_metrics["round_time_sec"] = round_seconds
             is_last = round_num == schedule.rounds
-            histograms = {}
-            if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
-                final = evaluator(self._model())
-                evaluated = round_num
-                round_metrics.update(final.metrics)
-                histograms = client_metrics.histograms(evaluation.CLIENTS_PREFIX, final.clients)
-                clients_log.record(round_num, final.clients)
+            found, histograms = measurements.after_round(round_num, self._model())
+            round_metrics.update(found)
             log.release(round_metrics, round_num, histograms)
             if is_last or round_num % cfg.output.checkpoint_every == 0:
                 ckpt.save(checkpoints.ProgramState(round_num, self._state()))
@@ -269,8 +260,7 @@ class _Run:
             self.print_fn(progress.round_line(round_num, schedule.rounds, round_metrics, round_seconds, eta))
         log.close()
         rounds_done = max(start_round, schedule.rounds)
-        if evaluated != rounds_done:
-            final = evaluator(self._model())
+        final = measurements.final_evaluation(rounds_done, self._model())
         outputs.export_keras_model(self.algorithm.keras_model(self.task, cfg, self._model()), paths.export)
         return loop.RunResult(
             rounds_done=rounds_done,

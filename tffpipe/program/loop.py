@@ -23,13 +23,12 @@ from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
 from tffpipe.program import clock as clock_lib
 from tffpipe.program import client_metrics
-from tffpipe.program import clients_csv
 from tffpipe.program import communication
 from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
-from tffpipe.program import personalization
+from tffpipe.program import reports
 from tffpipe.program import progress
 from tffpipe.program import resume
 from tffpipe.program import sampling
@@ -233,17 +232,10 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     clock.elapsed_sec = sum(
         clock.plan(r, _sampled(client_ids, clock, schedule, r)).round_sec for r in range(1, start_round + 1)
     )
-    evaluator = evaluation.Evaluator(
-        task, cfg, print_fn, simulation.triggered_eval() if simulation else None
+    measurements = reports.Reports(
+        task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None
     )
-    personalize_every = cfg.personalization.every
-    personalizer = (
-        personalization.Personalizer(task, cfg, evaluator, print_fn) if personalize_every else None
-    )
-    clients_log = clients_csv.ClientsLog(paths.clients_csv)
-    final = evaluation.Evaluation({}, {})
     stopped_early = None
-    evaluated_round = None
     rounds_done = start_round
     last_saved = start_round
     started = time.monotonic()
@@ -282,19 +274,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
                 tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
             )
         is_last = round_num == schedule.rounds
-        histograms = {}
-        if is_last or (schedule.eval_every and round_num % schedule.eval_every == 0):
-            final = evaluator(process.get_model_weights(state))
-            evaluated_round = round_num
-            round_metrics.update(final.metrics)
-            histograms.update(client_metrics.histograms(evaluation.CLIENTS_PREFIX, final.clients))
-            clients_log.record(round_num, final.clients)
-        if personalizer is not None and (is_last or round_num % personalize_every == 0):
-            report = personalizer(process.get_model_weights(state))
-            round_metrics.update(report.metrics)
-            histograms.update(client_metrics.histograms(personalization.PREFIX, report.clients))
-            clients_log.record(round_num, report.clients, prefix=personalization.PREFIX)
-            print_fn(report.describe(round_num))
+        found, histograms = measurements.after_round(round_num, process.get_model_weights(state))
+        round_metrics.update(found)
         log.release(round_metrics, round_num, histograms)
         if is_last or round_num % cfg.output.checkpoint_every == 0:
             ckpt.save(checkpoints.ProgramState(round_num, state))
@@ -309,8 +290,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     weights = process.get_model_weights(state)
     if start_round >= schedule.rounds:
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
-    if evaluated_round != rounds_done:  # resumed at the end, or stopped early
-        final = evaluator(weights)
+    final = measurements.final_evaluation(rounds_done, weights)
     outputs.export_keras_model(algorithm.keras_model(task, cfg, weights), paths.export)
     logging.info("exported the final model to %s", paths.export)
     if tracker is not None:
