@@ -6,7 +6,7 @@ config continues from the newest readable checkpoint.
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from absl import logging
 import numpy as np
