@@ -210,3 +210,10 @@ def test_a_resumed_run_replays_the_clock_to_the_same_elapsed_time(small_task, tm
     elapsed = [float(r["sim/elapsed_sec"]) for r in straight]
     assert elapsed[-1] == pytest.approx(sum(float(r["sim/round_sec"]) for r in straight))
     assert all(b > a for a, b in zip(elapsed, elapsed[1:]))
+
+
+def test_a_clients_examples_per_round_are_counted_as_training_sees_them(small_task):
+    client = small_task.train_data.client_ids[0]
+    examples = len(list(small_task.train_data.create_tf_dataset_for_client(client)))
+    assert small_task.client_examples(client) == examples
+    assert small_task.client_examples(client, 5) == min(5, examples)

@@ -128,7 +128,8 @@ def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
 
 def test_digits_options_come_from_its_signature():
     options = tasks.factory_options(tasks.load_factory("digits"))
-    assert set(options) == {"num_clients", "eval_clients", "alpha"}
+    assert set(options) == {"num_clients", "eval_clients", "alpha", "feature_skew", "feature_skew_strength"}
+    assert options["feature_skew"].choices == ("none", "brightness", "rotation")
     assert options["num_clients"].default == 50
     assert "held out" in options["eval_clients"].help
 

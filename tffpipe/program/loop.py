@@ -9,7 +9,6 @@ import time
 from typing import Callable
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -315,12 +314,10 @@ def _sampled(client_ids, clock, schedule, round_num: int) -> list[str]:
 def build_clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, float]) -> clock_lib.Clock:
     """The run's simulated clock; a client's examples per round are counted once."""
     counted: dict[str, int] = {}
-    one_pass = ClientSpec(num_epochs=1, batch_size=1, max_elements=spec.max_elements, shuffle_buffer_size=1)
 
     def examples_of(client_id: str) -> int:
         if client_id not in counted:
-            dataset = task.client_dataset(client_id, one_pass, seed=0)
-            counted[client_id] = spec.num_epochs * int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+            counted[client_id] = spec.num_epochs * task.client_examples(client_id, spec.max_elements)
         return counted[client_id]
 
     try:

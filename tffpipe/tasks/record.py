@@ -163,6 +163,18 @@ class Task:
         key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
         return self._build(key, functools.partial(self._train_pipeline, spec), client_id, seed)
 
+    def client_examples(self, client_id: str, max_elements: int | None = None) -> int:
+        """How many examples one pass over a training client's data yields (at most `max_elements`)."""
+
+        def pipeline(cid):
+            ds = _client_data_fn(self.train_data, cid)
+            if max_elements:
+                ds = ds.take(max_elements)
+            return self._features(ds)
+
+        dataset = self._build(("count", max_elements), pipeline, client_id)
+        return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
     def eval_dataset(self, client_id: str, batch_size: int) -> tf.data.Dataset:
         """The batched dataset of one evaluation client."""
         return self._build(("eval", batch_size), functools.partial(self._eval_pipeline, batch_size), client_id)
