@@ -58,15 +58,13 @@ def test_fedbuff_is_deterministic_and_resumes_to_the_same_weights(small_task, tm
     values = dict(async_concurrency=4, async_buffer_size=2, client_dropout=0.2,
                   client_speed="lognormal:50,1.0", checkpoint_every=1, personalize_every=4)
     straight = fedbuff.run(_config(tmp_path / "a", rounds=4, **values), small_task, print_fn=lambda line: None)
-    again = fedbuff.run(_config(tmp_path / "b", rounds=4, **values), small_task, print_fn=lambda line: None)
+    # A second run, stopped after 2 server updates and resumed: the same weights.
     fedbuff.run(_config(tmp_path / "c", rounds=2, **values), small_task, print_fn=lambda line: None)
     lines = []
     resumed = fedbuff.run(_config(tmp_path / "c", rounds=4, **values), small_task, print_fn=lines.append)
     assert resumed.resumed_from == 2
     assert any("from the checkpoint of round 2" in line for line in lines)
-    for a, b, c in zip(straight.model_weights.trainable, again.model_weights.trainable,
-                       resumed.model_weights.trainable):
-        np.testing.assert_array_equal(a, b)
+    for a, c in zip(straight.model_weights.trainable, resumed.model_weights.trainable):
         np.testing.assert_array_equal(a, c)
     rows = _metrics(tmp_path / "a" / "b")
     assert [r["round"] for r in rows] == ["1", "2", "3", "4"]
