@@ -93,6 +93,8 @@ def test_staleness_weights():
      "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff has none "
      "(a late client's update arrives stale instead)"),
     (dict(async_concurrency=3), "--async_concurrency applies to --algorithm=fedbuff, not --algorithm=fedavg"),
+    (dict(algorithm="fedbuff", clients_per_round=5),
+     "--clients_per_round does not apply to --algorithm=fedbuff; it has --async_concurrency and --async_buffer_size"),
 ])
 def test_bad_fedbuff_settings_are_one_line_errors(values, message):
     with pytest.raises(config.ConfigError) as info:

@@ -77,6 +77,10 @@ class FedBuff(base.Algorithm):
             )
         if cfg.attack.name != "none":
             raise ConfigError("--attack simulates clients of synchronous rounds; --algorithm=fedbuff has none")
+        for flag, instead in (("clients_per_round", "--async_concurrency and --async_buffer_size"),
+                              ("client_weighting", "--async_staleness: updates are weighted by staleness")):
+            if flag in given:
+                raise ConfigError(f"--{flag} does not apply to --algorithm=fedbuff; it has {instead}")
 
     def build(self, parts):
         """The client trainer: FedAvg on one client, server SGD at 1, a plain mean."""
