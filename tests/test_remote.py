@@ -281,7 +281,9 @@ def _config(root, rounds=3, **values):
      # Each worker gathers its share of the updates; the reservoirs merge.
      pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust"),
      # Attackers' tokens travel with their data; ALIE's statistics in the state.
-     pytest.param({"attack": "alie", "client_weighting": "uniform"}, marks=pytest.mark.slow, id="alie")],
+     pytest.param({"attack": "alie", "client_weighting": "uniform"}, marks=pytest.mark.slow, id="alie"),
+     # Per-client and personalization evaluations run on the workers too.
+     pytest.param({"personalize_every": 3}, marks=pytest.mark.slow, id="personalized")],
 )
 def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, flags):
     _, addresses, _, _ = two_workers
@@ -309,6 +311,37 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
     for cid, figures in local_run.final_clients.items():
         for key, value in figures.items():
             assert remote_run.final_clients[cid][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (cid, key)
+    if flags.get("personalize_every"):
+        remote_rows, local_rows = _clients_rows(tmp_path / "remote"), _clients_rows(tmp_path / "cpp")
+        assert remote_rows.keys() == local_rows.keys()
+        for key, row in local_rows.items():
+            assert float(remote_rows[key]["personalized/gain"]) == pytest.approx(
+                float(row["personalized/gain"]), abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_fedbuff_on_two_workers_matches_tff_cpp_runtime(two_workers, tmp_path):
+    _, addresses, _, _ = two_workers
+    from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+
+    task = digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
+    values = dict(algorithm="fedbuff", async_concurrency=4, async_buffer_size=2, client_dropout=0.2)
+    base = dict(digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
+                client_batch_size=32, rounds=3, eval_every=0, experiment_name="r", **values)
+    remote_run = fedbuff.run(make_config(root_dir=str(tmp_path / "remote"), runtime="remote",
+                                         workers=addresses, **base), task, print_fn=lambda line: None)
+    local_run = fedbuff.run(make_config(root_dir=str(tmp_path / "cpp"), runtime="cpp", **base), task,
+                            print_fn=lambda line: None)
+    for ours, theirs in zip(remote_run.model_weights.trainable, local_run.model_weights.trainable):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def _clients_rows(root):
+    import csv  # pylint: disable=g-import-not-at-top
+
+    [path] = root.glob("*/results/clients.csv")
+    with open(path) as f:
+        return {(r["round"], r["client_id"]): r for r in csv.DictReader(f)}
 
 
 def _examples_in_round(round_num, clients_per_round):
