@@ -5,9 +5,9 @@ import csv
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from conftest import make_config
+from tffpipe.learning import builder
 from tffpipe.program import client_metrics
 from tffpipe.program import clients_csv
 from tffpipe.program import evaluation
@@ -35,18 +35,10 @@ def task():
     )
 
 
-def _random_weights(seed):
-    tf.keras.utils.set_random_seed(seed)
-    model = _model()
-    return tff.learning.models.ModelWeights(
-        trainable=[v.numpy() for v in model.trainable_variables], non_trainable=[]
-    )
-
-
 @pytest.mark.parametrize("runtime", ["inprocess", "cpp"])
 def test_each_clients_figures_are_those_of_keras_evaluating_that_client_alone(task, runtime, tmp_path):
     cfg = make_config(runtime=runtime, eval_batch_size=7, root_dir=str(tmp_path))
-    weights = _random_weights(5)
+    weights = builder.initial_model_weights(task, 5)
     result = evaluation.Evaluator(task, cfg, lambda line: None)(weights)
     model = _model()  # built after TFF's graphs, which invalidate earlier Keras models
     model.set_weights(weights.trainable)

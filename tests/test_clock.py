@@ -1,6 +1,7 @@
 """The simulated clock: client times, deadlines, over-selection, dropouts."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -210,6 +211,13 @@ def test_a_resumed_run_replays_the_clock_to_the_same_elapsed_time(small_task, tm
     elapsed = [float(r["sim/elapsed_sec"]) for r in straight]
     assert elapsed[-1] == pytest.approx(sum(float(r["sim/round_sec"]) for r in straight))
     assert all(b > a for a, b in zip(elapsed, elapsed[1:]))
+    # With both records of rounds 1-2 lost, the clock is replayed from round 1.
+    loop.run(_config(tmp_path / "d", rounds=2, **values), small_task, print_fn=lambda line: None)
+    shutil.rmtree(tmp_path / "d" / "c" / "logdir")
+    (tmp_path / "d" / "c" / "results" / "metrics.csv").unlink()
+    loop.run(_config(tmp_path / "d", rounds=4, **values), small_task, print_fn=lambda line: None)
+    replayed = _metrics(tmp_path / "d" / "c")
+    assert [r["sim/elapsed_sec"] for r in replayed] == [r["sim/elapsed_sec"] for r in straight[2:]]
 
 
 def test_a_clients_examples_per_round_are_counted_as_training_sees_them(small_task):

@@ -5,11 +5,11 @@ import csv
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from conftest import make_config
 from tffpipe import api
 from tffpipe import errors
+from tffpipe.learning import builder
 from tffpipe.program import evaluation
 from tffpipe.program import personalization
 from tffpipe.tasks import from_arrays
@@ -33,13 +33,6 @@ def task():
         "four_class", x, y, _model, loss="sparse_categorical_crossentropy",
         metrics=["accuracy"], num_clients=16, alpha=0.1, eval_fraction=0.25, seed=2,
     )
-
-
-def _weights(seed):
-    tf.keras.utils.set_random_seed(seed)
-    model = _model()
-    return tff.learning.models.ModelWeights(
-        trainable=[v.numpy() for v in model.trainable_variables], non_trainable=[])
 
 
 def _examples(dataset):
@@ -66,7 +59,7 @@ def test_the_split_is_seeded_by_run_and_client_and_leaves_both_sides_non_empty()
 def test_fine_tuning_is_plain_sgd_on_the_clients_batches(task, tmp_path):
     personalizer, _ = _personalizer(task, tmp_path, personalize_learning_rate=0.3,
                                     personalize_epochs=2, personalize_batch_size=4)
-    weights = _weights(1)
+    weights = builder.initial_model_weights(task, 1)
     tune, _ = personalizer._parts(task.eval_data.client_ids[0])
     tuned = personalizer.fine_tuned(weights, tune)
     # The same steps in Keras, independently: SGD over the same batches.
@@ -88,7 +81,7 @@ def test_fine_tuning_is_plain_sgd_on_the_clients_batches(task, tmp_path):
 @pytest.mark.parametrize("runtime", ["inprocess", "cpp"])
 def test_zero_epochs_gains_exactly_nothing_and_measures_the_global_model(task, tmp_path, runtime):
     personalizer, _ = _personalizer(task, tmp_path, runtime=runtime, personalize_epochs=0)
-    weights = _weights(3)
+    weights = builder.initial_model_weights(task, 3)
     report = personalizer(weights)
     model = _model()
     model.set_weights(weights.trainable)

@@ -27,8 +27,9 @@ from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
-from tffpipe.program import reports
 from tffpipe.program import progress
+from tffpipe.program import records
+from tffpipe.program import reports
 from tffpipe.program import resume
 from tffpipe.program import sampling
 from tffpipe.runtimes import processes
@@ -228,9 +229,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
 
     spec = client_spec(cfg)
     clock = build_clock(cfg, task, spec, traffic_metrics)
-    clock.elapsed_sec = sum(
-        clock.plan(r, _sampled(client_ids, clock, schedule, r)).round_sec for r in range(1, start_round + 1)
-    )
+    clock.elapsed_sec = _elapsed_at(paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r)))
     measurements = reports.Reports(
         task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None
     )
@@ -246,8 +245,9 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         sampled = _sampled(client_ids, clock, schedule, round_num)
         plan = clock.plan(round_num, sampled)
         # Seeds by position in the sample: a client's data does not depend on who else reports.
+        reporting = set(plan.reporting)
         chosen = [(cid, sampling.client_seed(schedule.seed, round_num, i))
-                  for i, cid in enumerate(sampled) if cid in set(plan.reporting)]
+                  for i, cid in enumerate(sampled) if cid in reporting]
         datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in chosen]
         if simulation is not None:
             datasets = [simulation.client_data(cid, ds, seed) for (cid, seed), ds in zip(chosen, datasets)]
@@ -304,6 +304,22 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         final_clients=final.clients,
     )
 
+
+
+def _elapsed_at(paths: outputs.RunPaths, round_num: int, plan_of: Callable[[int], clock_lib.RoundPlan]) -> float:
+    """The simulated time after `round_num` rounds: as recorded, else replayed.
+
+    The reconciled `metrics.csv` holds it; without that row (records lost),
+    the rounds' plans are replayed, which counts the examples of every client
+    they sampled.
+    """
+    if round_num == 0:
+        return 0.0
+    try:
+        _, rows = records.read_metrics_csv(paths.metrics_csv)
+        return float(rows[round_num][outputs.SIM_ELAPSED])
+    except (OSError, KeyError, ValueError, records.UnreadableRecords):
+        return sum(plan_of(r).round_sec for r in range(1, round_num + 1))
 
 
 def _sampled(client_ids, clock, schedule, round_num: int) -> list[str]:
