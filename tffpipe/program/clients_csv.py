@@ -77,9 +77,9 @@ class ClientsLog:
         for client_id, metrics in per_client.items():
             row = self._rows.setdefault((round_num, client_id), {ROUND: round_num, CLIENT: client_id})
             for name, value in metrics.items():
-                column = name if name == EXAMPLES and not prefix else f"{prefix}{name}"
                 if name == "num_batches":
                     continue
+                column = name if name == EXAMPLES and not prefix else f"{prefix}{name}"
                 if column not in self._columns:
                     self._columns.append(column)
                 row[column] = value
