@@ -26,7 +26,6 @@ from tffpipe.learning import optimizers
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import checkpoints
 from tffpipe.program import evaluation
-from tffpipe.program import files
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
@@ -238,11 +237,7 @@ class _Run:
             self.in_flight = []
             for _ in range(self.settings.concurrency):
                 self._start_client()
-        resume.settle_records(paths, cfg, start_round if restored is not None else None, self.print_fn)
-        files.write_json_atomic(paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()})
-        log = outputs.MetricsLog(paths)
-        if restored is None:
-            outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+        log = resume.open_records(paths, cfg, start_round if restored is not None else None, self.print_fn)
         measurements = reports.Reports(self.task, cfg, paths, self.print_fn)
         started = time.monotonic()
         for round_num in range(start_round + 1, schedule.rounds + 1):

@@ -218,14 +218,10 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         state = resume.with_current_hparams(process, state, restored.learning_state)
         if tracker is not None:
             tracker.restore(start_round, state)
-    resume.settle_records(paths, cfg, start_round if restored is not None else None, print_fn)
-    recorded = {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()}
-    if simulation is not None:
-        recorded["attackers"] = simulation.attackers
-    files.write_json_atomic(paths.config, recorded)
-    log = outputs.MetricsLog(paths)
-    if restored is None:
-        outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+    log = resume.open_records(
+        paths, cfg, start_round if restored is not None else None, print_fn,
+        {"attackers": simulation.attackers} if simulation is not None else None,
+    )
 
     spec = client_spec(cfg)
     clock = build_clock(cfg, task, spec, traffic_metrics)

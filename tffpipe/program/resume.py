@@ -14,6 +14,7 @@ from absl import logging
 
 from tffpipe import config as config_lib
 from tffpipe import settings
+from tffpipe.program import files
 from tffpipe.program import outputs
 from tffpipe.program import records
 
@@ -56,6 +57,34 @@ def settle_records(
     changes = changed_settings(read_previous_settings(paths.config), cfg)
     if changes and start_round < cfg.schedule.rounds:
         print_fn(f"changed since the last invocation, in effect from round {start_round + 1}: " + ", ".join(changes))
+
+
+def open_records(
+    paths: outputs.RunPaths,
+    cfg: config_lib.RunConfig,
+    start_round: int | None,
+    print_fn: Callable[[str], None],
+    recorded: dict[str, Any] | None = None,
+) -> outputs.MetricsLog:
+    """Settles the records (`settle_records`), writes `config.json`, and opens the metrics log.
+
+    Args:
+      paths: the run's folder.
+      cfg: the current settings.
+      start_round: the restored checkpoint's round, or None for a fresh run
+        (which also gets the HParams summary).
+      print_fn: receives the resume lines.
+      recorded: more entries for `config.json` besides the settings and
+        the fingerprint.
+    """
+    settle_records(paths, cfg, start_round, print_fn)
+    files.write_json_atomic(
+        paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint(), **(recorded or {})}
+    )
+    log = outputs.MetricsLog(paths)
+    if start_round is None:
+        outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+    return log
 
 
 def read_previous_settings(path: str) -> dict[str, Any] | None:

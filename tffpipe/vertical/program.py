@@ -172,11 +172,7 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
         start = restored.round_num
         for party in everyone:
             party.load_state(restored.learning_state[party.name])
-    resume.settle_records(paths, cfg, start if restored is not None else None, print_fn)
-    files.write_json_atomic(paths.config, {"settings": cfg.to_dict(), "fingerprint": cfg.fingerprint()})
-    log = outputs.MetricsLog(paths)
-    if restored is None:
-        outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+    log = resume.open_records(paths, cfg, start if restored is not None else None, print_fn)
     num_train = active.num_rows("train")
     batch = cfg.client.batch_size
     final_eval: dict[str, float] = {}
