@@ -79,6 +79,22 @@ def build_learning_process(
         raise ConfigError(f"TFF rejected the settings: {e}") from e
 
 
+def build_single_client_trainer(model_fn, client_optimizer: Any, loop_implementation: Any) -> Any:
+    """A process whose round on one client returns that client's locally trained model.
+
+    FedAvg with a plain mean and server SGD at learning rate 1: the server's
+    new model is the one client's model after local training (for
+    personalization's fine-tuning and FedBuff's client updates).
+    """
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn,
+        client_optimizer_fn=client_optimizer,
+        server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+        model_aggregator=tff.aggregators.MeanFactory(),
+        loop_implementation=loop_implementation,
+    )
+
+
 def build_evaluation_process(
     task: Task, loop_implementation: Any = None, cfg: Any = None
 ) -> tff.learning.templates.LearningProcess:

@@ -84,15 +84,9 @@ class FedBuff(base.Algorithm):
 
     def build(self, parts):
         """The client trainer: FedAvg on one client, server SGD at 1, a plain mean."""
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
 
-        return tff.learning.algorithms.build_weighted_fed_avg(
-            parts.model_fn,
-            client_optimizer_fn=parts.client_optimizer,
-            server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
-            model_aggregator=tff.aggregators.MeanFactory(),
-            loop_implementation=parts.loop_implementation,
-        )
+        return builder.build_single_client_trainer(parts.model_fn, parts.client_optimizer, parts.loop_implementation)
 
 
 ALGORITHM = FedBuff()

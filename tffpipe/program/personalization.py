@@ -105,13 +105,10 @@ class Personalizer:
         self._eval_batch_size = cfg.schedule.eval_batch_size
         self._evaluator = evaluator
         runtime = runtime_registry.get(cfg.runtime.name)
-        sgd = lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr)  # noqa: E731
-        process = tff.learning.algorithms.build_weighted_fed_avg(
+        process = builder.build_single_client_trainer(
             builder.build_model_fn(task),
-            client_optimizer_fn=sgd(self._settings.learning_rate),
-            server_optimizer_fn=sgd(1.0),
-            model_aggregator=tff.aggregators.MeanFactory(),
-            loop_implementation=runtime.loop_implementation(),
+            tff.learning.optimizers.build_sgdm(learning_rate=self._settings.learning_rate),
+            runtime.loop_implementation(),
         )
         self._fine_tune = runtime.evaluation(process, cfg, print_fn)
         self._state = self._fine_tune.initialize()
