@@ -27,12 +27,13 @@ with the other flags.
 
 import csv
 import dataclasses
-import hashlib
 import math
 import os
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from tffpipe.program import sampling
 
 KINDS = ("constant", "lognormal", "uniform")
 _STREAMS = {"speed": 1, "downlink": 2, "uplink": 3, "dropout": 4}
@@ -108,8 +109,7 @@ class Profile:
 
 
 def _rng(seed: int, client_id: str, stream: str, round_num: int = 0) -> np.random.Generator:
-    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
-    return np.random.default_rng([seed, _STREAMS[stream], round_num, int.from_bytes(digest[:8], "little")])
+    return sampling.client_rng(seed, client_id, _STREAMS[stream], round_num)
 
 
 def read_profiles(path: str) -> dict[str, Profile]:

@@ -18,7 +18,6 @@ rather than a round, cannot run on the in-process runtime.
 """
 
 import dataclasses
-import hashlib
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +28,7 @@ from tffpipe import config as config_lib
 from tffpipe.learning import builder
 from tffpipe.program import client_metrics
 from tffpipe.program import evaluation
+from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import Task
 
@@ -76,8 +76,7 @@ def split_mask(num_examples: int, fraction: float, seed: int, client_id: str) ->
 
     At least one example is on each side (a client needs 2 examples).
     """
-    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
-    rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+    rng = sampling.client_rng(seed, client_id)
     chosen = min(max(1, round(fraction * num_examples)), num_examples - 1)
     mask = np.zeros(num_examples, dtype=bool)
     mask[rng.permutation(num_examples)[:chosen]] = True

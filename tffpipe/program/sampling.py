@@ -1,5 +1,6 @@
 """Seeded client sampling that depends only on the seed and the round."""
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -25,3 +26,9 @@ def sample_clients(
 def client_seed(seed: int, round_num: int, position: int) -> int:
     """A shuffle seed for the `position`-th sampled client of a round."""
     return int(np.random.default_rng([seed, round_num, position]).integers(2**31 - 1))
+
+
+def client_rng(seed: int, client_id: str, *keys: int) -> np.random.Generator:
+    """A generator seeded by the run's seed, `keys` and the client's id (hashed, so ids of any form work)."""
+    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
+    return np.random.default_rng([seed, *keys, int.from_bytes(digest[:8], "little")])
