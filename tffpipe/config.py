@@ -89,6 +89,12 @@ class ScheduleConfig:
         "time; 0 evaluates on all of them.",
         flag="eval_clients", group="run", check=settings.at_least(0),
     )
+    on_divergence: str = setting(
+        "stop", "What a diverged round does (a training loss or model update that is not finite, "
+        "or client updates skipped as non-finite): stop keeps the last checkpoint with finite "
+        "weights and exits non-zero; warn prints the same line and goes on.",
+        flag="on_divergence", group="run", choices=("stop", "warn"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,7 +89,13 @@ def main(argv: list[str]) -> None:
     summary = ", ".join(
         f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k
     )
-    print(f"done: {result.rounds_done} rounds; held-out {summary}", flush=True)
+    diverged = getattr(result, "diverged_rounds", ())
+    if diverged:
+        rounds = ", ".join(map(str, diverged))
+        print(f"finished with diverged rounds ({rounds}; --on_divergence=warn): {result.rounds_done} rounds; "
+              f"held-out {summary}", flush=True)
+    else:
+        print(f"done: {result.rounds_done} rounds; held-out {summary}", flush=True)
     print(f"model exported to {os.path.join(cfg.output.run_dir, 'export')}", flush=True)
     if getattr(result, "final_clients", None):
         print(result.worst_served, flush=True)

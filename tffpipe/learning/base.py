@@ -50,6 +50,11 @@ class Algorithm:
     # Whether `client_work` gives the client work alone (clients send a model
     # delta): update-poisoning attacks wrap it (`attacks/client_work.py`).
     sends_model_delta: bool = False
+    # Whether `train/num_examples` counts every example the reporting clients
+    # train (epochs included) when all is well: TFF resets the metrics of a
+    # client whose update is not finite, so a shortfall shows clients left out
+    # (`program/divergence.py`).
+    counts_each_example: bool = False
     # Whether the run is asynchronous (no rounds of a TFF process; see
     # `tffpipe/program/fedbuff.py`).
     asynchronous: bool = False

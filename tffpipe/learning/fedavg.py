@@ -5,6 +5,7 @@ from tffpipe.learning import base
 
 class FedAvg(base.Algorithm):
     key = "fedavg"
+    counts_each_example = True
     sends_model_delta = True
 
     def build(self, parts):

@@ -17,6 +17,7 @@ class Settings:
 
 class FedProx(base.Algorithm):
     key = "fedprox"
+    counts_each_example = True
     Settings = Settings
     sends_model_delta = True
 

@@ -6,6 +6,7 @@ from tffpipe.learning import base
 
 class FedSgd(base.Algorithm):
     key = "fedsgd"
+    counts_each_example = True
     uses_client_optimizer = False
 
     def check(self, cfg, given=frozenset()):

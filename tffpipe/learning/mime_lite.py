@@ -10,6 +10,7 @@ from tffpipe.learning import base
 
 class MimeLite(base.Algorithm):
     key = "mime_lite"
+    counts_each_example = True
 
     def check(self, cfg, given=frozenset()):
         if cfg.algorithm.name == self.key and cfg.privacy.mechanism != "none":

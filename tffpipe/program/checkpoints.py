@@ -25,6 +25,7 @@ from tffpipe.program import files
 _PREFIX = "program_state_"
 _FINGERPRINT_FILE = "fingerprint.json"
 UNREADABLE_SUFFIX = ".unreadable"
+SUPERSEDED_SUFFIX = ".superseded"
 
 
 class ResumeError(errors.UserError, RuntimeError):
@@ -81,17 +82,24 @@ class CheckpointManager:
             files.write_json_atomic(fingerprint_path, self._fingerprint)
         asyncio.run(self._manager.save(value, state.round_num))
 
-    def restore(self, structure: Any) -> ProgramState | None:
+    def restore(self, structure: Any, before: int | None = None) -> ProgramState | None:
         """The newest readable checkpoint, or None when there is none at all.
 
         Args:
           structure: the learning state structure of the current process.
+          before: only checkpoints of earlier rounds count; later ones are
+            moved aside (`program_state_N.superseded`) so that the resumed
+            run saves those rounds again.
 
         Raises:
           ResumeError: checkpoints exist but none can be read, or the readable
             one was written under different settings.
         """
         versions = self.versions()
+        if before is not None:
+            for version in [v for v in versions if v >= before]:
+                self._move_aside(version, f"its records of round {before} are damaged", SUPERSEDED_SUFFIX)
+            versions = [v for v in versions if v < before]
         fingerprint_path = os.path.join(self._directory, _FINGERPRINT_FILE)
         if versions and os.path.exists(fingerprint_path):
             # Checked before loading: settings that change the state's
@@ -150,12 +158,10 @@ class CheckpointManager:
                 "a new --experiment_name"
             )
 
-    def _move_aside(self, version: int, reason: str) -> None:
+    def _move_aside(self, version: int, reason: str, suffix: str = UNREADABLE_SUFFIX) -> None:
         path = os.path.join(self._directory, f"{_PREFIX}{version}")
-        target = path + UNREADABLE_SUFFIX
+        target = path + suffix
         if os.path.exists(target):
             shutil.rmtree(target)
         os.rename(path, target)
-        logging.warning(
-            "moved unreadable checkpoint of round %d to %s (%s)", version, target, reason
-        )
+        logging.warning("moved the checkpoint of round %d to %s (%s)", version, target, reason)

@@ -8,10 +8,11 @@ so it is never half-written; on resume the rows of rounds after the
 checkpoint are dropped, so each (round, client) appears once.
 """
 
-import csv
+import collections
 import os
 from typing import Any, Mapping
 
+from tffpipe.program import csv_table
 from tffpipe.program import files
 
 ROUND = "round"
@@ -23,22 +24,68 @@ Key = tuple[int, str]
 
 
 def read(path: str) -> tuple[list[str], dict[Key, dict[str, Any]]]:
-    """The columns and rows (by round and client) of `path`; empty if it does not exist.
+    """The columns and whole rows (by round and client) of `path`; empty if it does not exist.
+
+    A cut last line is left out (`incomplete_rounds` names its round).
 
     Raises:
       ValueError: the file is not a clients CSV (no integer `round` or no `client_id`).
     """
     if not os.path.exists(path):
         return list(_FIRST), {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        if ROUND not in columns or CLIENT not in columns:
-            raise ValueError(f"{path} has no {ROUND!r} and {CLIENT!r} columns")
-        rows = {}
-        for row in reader:
-            rows[(int(row[ROUND]), row[CLIENT])] = row  # a repeated key: the last wins
-    return columns, rows
+    table = _read_table(path)
+    rows = {}
+    for row in table.rows:
+        rows[(int(row[ROUND]), row[CLIENT])] = row  # a repeated key: the last wins
+    return table.fieldnames, rows
+
+
+def incomplete_rounds(path: str) -> dict[int, str]:
+    """The rounds of `path` that lack some of their rows, each with the reason.
+
+    Rows are written sorted by round, so a file cut short loses the end of
+    its last round: the round of a cut last line, and any round with fewer
+    client rows than the file's fullest round, are incomplete.
+
+    Raises:
+      ValueError: (or `csv.Error`, `UnicodeDecodeError`) the file is unreadable.
+    """
+    if not os.path.exists(path):
+        return {}
+    table = _read_table(path)
+    counts = collections.Counter(int(row[ROUND]) for row in table.rows)
+    found = {}
+    if table.cut is not None:
+        cut_round = _cut_round(table, counts)
+        if cut_round is not None:
+            found[cut_round] = f"its last line was cut short ({_shorten(table.cut)!r})"
+    most = max(counts.values(), default=0)
+    for round_num, count in sorted(counts.items()):
+        if count < most and round_num not in found:
+            found[round_num] = f"it has {count} of {most} client rows"
+    return found
+
+
+def _read_table(path: str) -> csv_table.Table:
+    table = csv_table.read(path, text_columns=(CLIENT,))
+    if ROUND not in table.fieldnames or CLIENT not in table.fieldnames:
+        raise ValueError(f"{path} has no {ROUND!r} and {CLIENT!r} columns")
+    for row in table.rows:
+        int(row[ROUND])  # ValueError: not a clients CSV
+    return table
+
+
+def _cut_round(table: csv_table.Table, counts: Mapping[int, int]) -> int | None:
+    """The round of the cut line: its own first field, else the round after the last whole row's."""
+    try:
+        return int(table.cut_key) if table.cut_key is not None else None
+    except ValueError:
+        pass
+    return max(counts, default=None)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write(path: str, columns: list[str], rows: Mapping[Key, Mapping[str, Any]]) -> None:
@@ -46,14 +93,14 @@ def write(path: str, columns: list[str], rows: Mapping[Key, Mapping[str, Any]]) 
 
 
 def trim(path: str, last_round: int) -> int:
-    """Drops the rows of rounds after `last_round`; returns how many were dropped.
+    """Drops the rows of rounds after `last_round` and a cut last line; returns how many rows were dropped.
 
     Raises:
       ValueError: (or `csv.Error`, `UnicodeDecodeError`) the file is unreadable.
     """
     columns, rows = read(path)
     kept = {key: row for key, row in rows.items() if key[0] <= last_round}
-    if len(kept) != len(rows):
+    if len(kept) != len(rows) or csv_table.read(path).cut is not None:
         write(path, columns, kept)
     return len(rows) - len(kept)
 

@@ -283,6 +283,10 @@ class Clock:
         """The client's simulated time for one round of training."""
         return self.population.profile(client_id).seconds(self._examples_of(client_id), self._download, self._upload)
 
+    def examples(self, client_id: str) -> int:
+        """The examples `client_id` trains in one round (epochs included)."""
+        return self._examples_of(client_id)
+
     def plan(self, round_num: int, sampled: Sequence[str]) -> RoundPlan:
         """The round's plan (does not advance the clock)."""
         dropped = {c for c in sampled if self.population.drops_out(c, round_num)}

@@ -228,7 +228,7 @@ class _Run:
             _Client(0.0, 0, self.client_ids[0], 0, False, [np.zeros_like(w) for w in self.weights], 0.0, {})
             for _ in range(self.settings.concurrency)
         ]
-        restored = ckpt.restore(self._state())
+        restored = resume.restore(ckpt, self._state(), paths, self.print_fn)
         start_round = 0
         if restored is not None:
             start_round = restored.round_num

@@ -23,6 +23,7 @@ from tffpipe.program import checkpoints
 from tffpipe.program import clock as clock_lib
 from tffpipe.program import client_metrics
 from tffpipe.program import communication
+from tffpipe.program import divergence
 from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
@@ -50,6 +51,7 @@ class RunResult:
       model_weights: the final global model weights.
       epsilon: the privacy spent (DP runs), else None.
       stopped_early: why the run stopped before `--rounds`, else None.
+      diverged_rounds: rounds that diverged under `--on_divergence=warn`.
     """
 
     rounds_done: int
@@ -59,6 +61,7 @@ class RunResult:
     epsilon: float | None = None
     stopped_early: str | None = None
     final_clients: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    diverged_rounds: tuple[int, ...] = ()
 
     @property
     def worst_served(self) -> str:
@@ -211,7 +214,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     removed = outputs.remove_leftover_temporaries(paths)
     if removed:
         logging.info("removed what interrupted writes left: %s", ", ".join(removed))
-    restored = ckpt.restore(state)
+    restored = resume.restore(ckpt, state, paths, print_fn)
     start_round = 0
     if restored is not None:
         start_round = restored.round_num
@@ -232,6 +235,8 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     stopped_early = None
     rounds_done = start_round
     last_saved = start_round
+    watch = divergence_context(cfg, algorithm)
+    diverged: list[int] = []
     started = time.monotonic()
     for round_num in range(start_round + 1, schedule.rounds + 1):
         stopped_early = tracker.stop_reason(round_num) if tracker else None
@@ -249,6 +254,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
             datasets = [simulation.client_data(cid, ds, seed) for (cid, seed), ds in zip(chosen, datasets)]
         round_start = time.monotonic()
         round_metrics = {}
+        previous_state = state
         if datasets:
             output = process.next(state, datasets)
             state = output.state
@@ -269,7 +275,20 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
                 tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
             )
         is_last = round_num == schedule.rounds
-        found, histograms = measurements.after_round(round_num, process.get_model_weights(state))
+        weights = process.get_model_weights(state)
+        expected = sum(clock.examples(cid) for cid, _ in chosen) if watch.counts_each_example else None
+        symptoms = divergence.symptoms(round_metrics, weights, expected) if datasets else []
+        if symptoms and cfg.schedule.on_divergence == "stop":
+            log.release(round_metrics, round_num)
+            log.close()
+            if last_saved < round_num - 1:
+                ckpt.save(checkpoints.ProgramState(round_num - 1, previous_state))
+            last_finite = round_num - 1 if round_num > 1 else None
+            raise divergence.Diverged(divergence.line(round_num, symptoms, watch, last_finite, stopping=True))
+        if symptoms:
+            print_fn(divergence.line(round_num, symptoms, watch, None, stopping=False))
+            diverged.append(round_num)
+        found, histograms = measurements.after_round(round_num, weights)
         round_metrics.update(found)
         log.release(round_metrics, round_num, histograms)
         if is_last or round_num % cfg.output.checkpoint_every == 0:
@@ -298,8 +317,16 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         epsilon=tracker.epsilon if tracker else None,
         stopped_early=stopped_early,
         final_clients=final.clients,
+        diverged_rounds=tuple(diverged),
     )
 
+
+
+def divergence_context(cfg: config_lib.RunConfig, algorithm) -> divergence.Context:
+    """What the divergence check names and counts for this run."""
+    rates = {"client_learning_rate": cfg.client_optimizer.learning_rate} if algorithm.uses_client_optimizer else {}
+    rates["server_learning_rate"] = cfg.server_optimizer.learning_rate
+    return divergence.Context(rates, algorithm.counts_each_example)
 
 
 def _elapsed_at(paths: outputs.RunPaths, round_num: int, plan_of: Callable[[int], clock_lib.RoundPlan]) -> float:

@@ -7,8 +7,13 @@ TensorBoard scalars in `logdir/`. On resume from the checkpoint of round N:
   * rounds 1..N missing from one record are rebuilt from the other;
   * an unreadable `metrics.csv` is moved aside (`metrics.csv.unreadable`)
     and rebuilt from TensorBoard;
+  * a `metrics.csv` line cut short is dropped (and the round rebuilt from
+    TensorBoard); an event file's corrupt records are skipped and every
+    valid one kept (`event_files`), values they held are rebuilt from
+    `metrics.csv`;
   * rounds missing from both are named; they cannot be recovered.
-Every change is reported in the lines `reconcile` returns.
+Every change is reported in the lines `reconcile` returns. Damage that no
+record can repair (`rounds_to_retrain`) makes the resume start before it.
 """
 
 import csv
@@ -17,11 +22,12 @@ import glob
 import os
 from typing import Any
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from tffpipe.program import clients_csv
+from tffpipe.program import csv_table
+from tffpipe.program import event_files as event_reader
 from tffpipe.program import files
 from tffpipe.program import outputs
 
@@ -38,29 +44,59 @@ class Reconciled:
 
     dropped: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    rewrite_csv: bool = False
 
 
-def read_metrics_csv(path: str) -> tuple[list[str], dict[int, dict[str, str]]]:
-    """The field names and rows (by round) of a metrics CSV.
+@dataclasses.dataclass
+class MetricsTable:
+    """A metrics CSV: field names, whole rows by round, and a cut last line.
+
+    Attributes:
+      cut: the text of a last line cut short (left out of `rows`), or None.
+      cut_round: its round, when the line still shows it.
+    """
+
+    fieldnames: list[str]
+    rows: dict[int, dict[str, str]]
+    cut: str | None = None
+    cut_round: int | None = None
+
+
+def read_metrics_table(path: str) -> MetricsTable:
+    """The metrics CSV at `path`, its cut last line set apart.
 
     Raises:
       UnreadableRecords: not a CSV with an integer `round` column.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fieldnames = list(reader.fieldnames or [])
-            if outputs.ROUND_KEY not in fieldnames:
-                raise UnreadableRecords(f"no {outputs.ROUND_KEY!r} column")
-            rows = {}
-            for line, row in enumerate(reader, start=2):
-                try:
-                    rows[int(row[outputs.ROUND_KEY])] = row  # a repeated round: the last wins
-                except (TypeError, ValueError):
-                    raise UnreadableRecords(f"line {line}: round {row[outputs.ROUND_KEY]!r}") from None
+        table = csv_table.read(path)
     except (UnicodeDecodeError, csv.Error) as e:
         raise UnreadableRecords(str(e)) from e
-    return fieldnames, rows
+    if outputs.ROUND_KEY not in table.fieldnames:
+        raise UnreadableRecords(f"no {outputs.ROUND_KEY!r} column")
+    rows = {}
+    for line, row in enumerate(table.rows, start=2):
+        try:
+            rows[int(row[outputs.ROUND_KEY])] = row  # a repeated round: the last wins
+        except (TypeError, ValueError):
+            raise UnreadableRecords(f"line {line}: round {row[outputs.ROUND_KEY]!r}") from None
+    cut_round = None
+    if table.cut is not None:
+        try:
+            cut_round = int(table.cut_key) if table.cut_key is not None else None
+        except ValueError:
+            pass
+    return MetricsTable(table.fieldnames, rows, table.cut, cut_round)
+
+
+def read_metrics_csv(path: str) -> tuple[list[str], dict[int, dict[str, str]]]:
+    """The field names and whole rows (by round) of a metrics CSV.
+
+    Raises:
+      UnreadableRecords: not a CSV with an integer `round` column.
+    """
+    table = read_metrics_table(path)
+    return table.fieldnames, table.rows
 
 
 def write_metrics_csv(path: str, fieldnames: list[str], rows: dict[int, dict[str, Any]]) -> None:
@@ -71,33 +107,16 @@ def event_files(logdir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
 
 
-def _read_events(path: str) -> tuple[list[tuple[bytes, Any]], bool]:
-    """The (record, event) pairs of one event file, and whether it ends in a partial record.
-
-    A record cut short by a kill ends the file's readable part.
-    """
-    events = []
-    try:
-        for record in tf.data.TFRecordDataset(path):
-            data = record.numpy()
-            events.append((data, tf.compat.v1.Event.FromString(data)))
-    except tf.errors.DataLossError:
-        return events, True
-    return events, False
-
-
 def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
-    """The scalars of every step in the TensorBoard logs (partial records end a file).
+    """The scalars of every step in the TensorBoard logs (corrupt records skipped).
 
     Only the run's own event files: the `sim_clock` folder repeats some
     scalars against simulated time.
     """
     found: dict[int, dict[str, float]] = {}
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        events, partial = _read_events(path)
-        if partial:
-            logging.warning("%s ends in a partial record", path)
-        for _, event in events:
+        for data in event_reader.read(path).records:
+            event = tf.compat.v1.Event.FromString(data)
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
                     continue
@@ -107,32 +126,68 @@ def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
     return found
 
 
-def truncate_event_files(logdir: str, last_round: int) -> int:
-    """Drops TensorBoard events with a step above `last_round`.
+def truncate_event_files(logdir: str, last_round: int, notes: list[str] | None = None) -> int:
+    """Drops TensorBoard events with a step above `last_round`, and damaged records.
 
     TensorBoard only purges orphaned steps when a file marks a restart, which
     TF2 summary writers do not do; so the events a killed run wrote past its
-    last checkpoint are removed here, each file rewritten atomically. A record
-    cut short by the kill ends that file's readable part.
+    last checkpoint are removed here, each file rewritten atomically. Corrupt
+    records are skipped and every valid record around them kept; a record cut
+    short at the end of a file (a kill mid-write) is dropped.
+
+    Args:
+      logdir: the run's TensorBoard folder.
+      last_round: the checkpoint's round.
+      notes: receives a line for each file with corrupt records.
 
     Returns:
-      The number of events dropped.
+      The number of events dropped for being after `last_round`.
     """
     dropped = 0
     for path in event_files(logdir):
-        events, partial = _read_events(path)
-        kept = [record for record, event in events if event.step <= last_round]
-        removed = len(events) - len(kept) + int(partial)
-        if partial:
-            logging.warning("%s ends in a partial record; it was dropped", path)
-        if removed:
+        found = event_reader.read(path)
+        kept = [data for data in found.records if tf.compat.v1.Event.FromString(data).step <= last_round]
+        if found.corrupt and notes is not None:
+            notes.append(
+                f"{os.path.relpath(path, os.path.dirname(logdir))}: skipped {found.corrupt} corrupt "
+                f"stretch(es) ({found.corrupt_bytes} bytes); kept its {len(found.records)} valid records"
+            )
+        if len(kept) != len(found.records) or not found.whole:
             temp_path = path + ".tmp"
             with tf.io.TFRecordWriter(temp_path) as writer:
-                for record in kept:
-                    writer.write(record)
+                for data in kept:
+                    writer.write(data)
             os.replace(temp_path, path)
-            dropped += removed
+            dropped += len(found.records) - len(kept)
     return dropped
+
+
+def rounds_to_retrain(paths: outputs.RunPaths, last_round: int) -> dict[int, str]:
+    """Rounds up to `last_round` whose records are damaged beyond repair, with the reason.
+
+    `clients.csv` cannot be rebuilt from anything, so a round missing some
+    of its rows must be evaluated again; a `metrics.csv` row cut short can
+    be rebuilt from TensorBoard unless TensorBoard lacks that round too.
+    Unreadable files are left to `reconcile`.
+    """
+    found: dict[int, str] = {}
+    try:
+        for round_num, reason in clients_csv.incomplete_rounds(paths.clients_csv).items():
+            if round_num <= last_round:
+                found[round_num] = f"clients.csv: round {round_num} is incomplete ({reason})"
+    except (ValueError, OSError, UnicodeDecodeError, csv.Error):
+        pass
+    try:
+        table = read_metrics_table(paths.metrics_csv) if os.path.exists(paths.metrics_csv) else None
+    except (UnreadableRecords, OSError):
+        table = None
+    if table is not None and table.cut_round is not None and table.cut_round <= last_round:
+        if table.cut_round not in read_scalars(paths.logdir) and table.cut_round not in found:
+            found[table.cut_round] = (
+                f"metrics.csv: the row of round {table.cut_round} was cut short and the "
+                "TensorBoard logs lack that round"
+            )
+    return found
 
 
 def reconcile(paths: outputs.RunPaths, last_round: int) -> Reconciled:
@@ -142,7 +197,7 @@ def reconcile(paths: outputs.RunPaths, last_round: int) -> Reconciled:
     fieldnames = fieldnames or [outputs.ROUND_KEY]
     kept = {r: row for r, row in rows.items() if r <= last_round}
     result.dropped += len(rows) - len(kept)
-    result.dropped += truncate_event_files(paths.logdir, last_round)
+    result.dropped += truncate_event_files(paths.logdir, last_round, result.notes)
     if os.path.exists(paths.clients_csv):
         try:
             result.dropped += clients_csv.trim(paths.clients_csv, last_round)
@@ -164,13 +219,22 @@ def reconcile(paths: outputs.RunPaths, last_round: int) -> Reconciled:
         result.notes.append(
             f"metrics.csv: rebuilt {_spans(from_tensorboard)} from the TensorBoard logs"
         )
-    if from_tensorboard or len(kept) != len(rows):
+    if from_tensorboard or len(kept) != len(rows) or result.rewrite_csv:
         write_metrics_csv(paths.metrics_csv, fieldnames, kept)
 
-    from_csv = sorted((wanted - set(scalars)) & set(kept))
-    if from_csv:
-        _write_scalars(paths.logdir, {r: kept[r] for r in from_csv})
-        result.notes.append(f"TensorBoard logs: rebuilt {_spans(from_csv)} from metrics.csv")
+    missing = {r: _absent_from(kept[r], scalars.get(r, {})) for r in sorted(wanted & set(kept))}
+    missing = {r: values for r, values in missing.items() if values}
+    if missing:
+        _write_scalars(paths.logdir, missing)
+        whole = sorted(r for r in missing if r not in scalars)
+        partly = sorted(r for r in missing if r in scalars)
+        if whole:
+            result.notes.append(f"TensorBoard logs: rebuilt {_spans(whole)} from metrics.csv")
+        if partly:
+            count = sum(len(missing[r]) for r in partly)
+            result.notes.append(
+                f"TensorBoard logs: rebuilt {count} missing value(s) of {_spans(partly)} from metrics.csv"
+            )
 
     lost = sorted(wanted - set(kept))
     if lost:
@@ -185,12 +249,25 @@ def _readable_csv(path: str, result: Reconciled) -> tuple[list[str], dict[int, d
     if not os.path.exists(path):
         return [], {}
     try:
-        return read_metrics_csv(path)
+        table = read_metrics_table(path)
     except (UnreadableRecords, OSError) as e:
         target = path + UNREADABLE_SUFFIX
         os.replace(path, target)
         result.notes.append(f"metrics.csv is unreadable ({e}); moved to {target}")
         return [], {}
+    if table.cut is not None:
+        which = f"the row of round {table.cut_round}" if table.cut_round is not None else "its last line"
+        result.notes.append(f"metrics.csv: {which} was cut short ({table.cut[:60]!r}); dropped")
+        result.rewrite_csv = True
+    return table.fieldnames, table.rows
+
+
+def _absent_from(row: dict[str, Any], scalars: dict[str, float]) -> dict[str, Any]:
+    """The values of a metrics.csv row that the TensorBoard step lacks."""
+    return {
+        name: text for name, text in row.items()
+        if name != outputs.ROUND_KEY and text not in ("", None) and name not in scalars
+    }
 
 
 def _write_scalars(logdir: str, rows: dict[int, dict[str, Any]]) -> None:

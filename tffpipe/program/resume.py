@@ -14,6 +14,7 @@ from absl import logging
 
 from tffpipe import config as config_lib
 from tffpipe import settings
+from tffpipe.program import checkpoints
 from tffpipe.program import files
 from tffpipe.program import outputs
 from tffpipe.program import records
@@ -29,6 +30,37 @@ def with_current_hparams(process: Any, fresh_state: Any, restored_state: Any) ->
       restored_state: the state read from the checkpoint.
     """
     return process.set_hparams(restored_state, process.get_hparams(fresh_state))
+
+
+def restore(
+    ckpt: checkpoints.CheckpointManager,
+    structure: Any,
+    paths: outputs.RunPaths,
+    print_fn: Callable[[str], None],
+) -> checkpoints.ProgramState | None:
+    """The checkpoint to resume from: the newest one before any round whose records are damaged.
+
+    A round up to the newest checkpoint whose records cannot be repaired
+    (`records.rounds_to_retrain`) is trained again: the run resumes from the
+    newest checkpoint before it (or from scratch when there is none), and
+    says so.
+    """
+    restored = ckpt.restore(structure)
+    if restored is None:
+        return None
+    damaged = records.rounds_to_retrain(paths, restored.round_num)
+    if not damaged:
+        return restored
+    first = min(damaged)
+    restored = ckpt.restore(structure, before=first)
+    start = restored.round_num if restored is not None else 0
+    for reason in damaged.values():
+        print_fn(reason)
+    print_fn(
+        f"round {first} is trained again, from "
+        + (f"the checkpoint of round {start}" if restored is not None else "scratch (no earlier checkpoint)")
+    )
+    return restored
 
 
 def settle_records(

@@ -166,7 +166,7 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
     paths = outputs.RunPaths(cfg.output.run_dir)
     ckpt = checkpoints.CheckpointManager(paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint())
     outputs.remove_leftover_temporaries(paths)
-    restored = ckpt.restore(_state(everyone))
+    restored = resume.restore(ckpt, _state(everyone), paths, print_fn)
     start = 0
     if restored is not None:
         start = restored.round_num
