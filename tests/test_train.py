@@ -255,14 +255,15 @@ def test_settings_that_fail_once_the_task_or_devices_are_known(argv, message, tm
     assert not any(line.startswith("round") for line in printed)
 
 
-def test_help_groups_the_common_flags_in_under_60_lines():
+def test_help_groups_the_common_flags_in_under_90_lines():
     text = cli.short_help("python -m tffpipe.train")
     lines = text.splitlines()
-    assert len(lines) < 60
+    assert len(lines) < 90
     headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
     assert headings == ["Run", "Clients", "Simulated clock", "Algorithm", "Aggregation", "Privacy", "Attacks", "Personalization evaluation", "Runtime",
                         "Vertical federated learning", "Outputs"]
-    assert any(line.startswith("  --dp ") and "none|fixed|adaptive|tree|distributed" in line for line in lines)
+    (dp,) = [entry for entry in " ".join(text.split()).split(" --") if entry.startswith("dp ")]
+    assert "none|fixed|adaptive|tree|distributed" in dp
 
 
 def _readme_block(starting_with):

@@ -7,7 +7,9 @@ here imports TensorFlow.
 """
 
 import collections
+import re
 import sys
+import textwrap
 import types
 import typing
 from typing import Any, Sequence
@@ -189,14 +191,22 @@ def short_help(program: str) -> str:
                 text += f": {'|'.join(map(str, choices))}"
             if default != "":
                 text += f" (default: {default})"
-            lines.append(f"  --{spec.flag:<22} {text}")
+            lines.extend(textwrap.wrap(
+                text, width=_HELP_WIDTH, initial_indent=f"  --{spec.flag:<22} ",
+                subsequent_indent=" " * _HELP_INDENT, break_on_hyphens=False,
+            ))
     lines.append("Task options: --<task>_<option> (python -m tffpipe.tasks lists them).")
     return "\n".join(lines)
 
 
+_HELP_WIDTH = 100
+_HELP_INDENT = 27
+
+
 def _first_sentence(text: str) -> str:
-    sentence = text.split(". ")[0].split(": ")[0].split(" (")[0].split("; ")[0].rstrip(".")
-    return sentence if len(sentence) <= 60 else sentence[:57] + "..."
+    """The help's first sentence, whole (a long one wraps onto more lines)."""
+    # A sentence ends at a full stop before a capital; "et al. 2017" does not end one.
+    return re.split(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
 
 
 def wants_short_help(argv: Sequence[str]) -> bool:
@@ -205,4 +215,14 @@ def wants_short_help(argv: Sequence[str]) -> bool:
 
 def print_short_help_and_exit(program: str) -> None:
     print(short_help(program), flush=True)
+    sys.exit(0)
+
+
+def wants_full_help(argv: Sequence[str]) -> bool:
+    return "--helpfull" in argv[1:]
+
+
+def print_full_help_and_exit(program: str, flag_values: flags.FlagValues = FLAGS) -> None:
+    """`--helpfull`: every flag with its whole help, exit status 0 (absl's own exits 1)."""
+    print(f"usage: {program} [--flag=value ...]\n\n{flag_values.get_help()}", flush=True)
     sys.exit(0)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import unicodedata
 from typing import Any, Mapping
 
 from tffpipe import plugins
@@ -58,13 +59,17 @@ class TaskConfig:
     )
 
 
+MAX_ROUNDS = 10**9
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """Rounds, client sampling, the seed and evaluation cadence."""
 
     rounds: int = setting(
         50, "Number of federated training rounds.", flag="rounds", group="run",
-        check=settings.at_least(1), short=True,
+        check=settings.all_of(settings.at_least(1), settings.at_most(MAX_ROUNDS)),
+        short=True,
     )
     clients_per_round: int | None = setting(
         None, "Training clients sampled uniformly without replacement each round.",
@@ -182,8 +187,9 @@ def _algorithm_group() -> type:
         ("name", str, setting(
             "fedavg", "Federated algorithm: fedavg (McMahan et al. 2017; with --server_optimizer="
             "adam|yogi|adagrad it is FedAdam/FedYogi/FedAdagrad, Reddi et al. 2021), fedprox "
-            "(Li et al. 2020), fedsgd, mime_lite (Karimireddy et al. 2021), or your own builder "
-            "as my_pkg.my_module:build.",
+            "(Li et al. 2020), fedsgd, mime_lite (Karimireddy et al. 2021), fedrecon (federated "
+            "reconstruction, Singhal et al. 2021), fedbuff (buffered asynchronous aggregation on the "
+            "simulated clock, Nguyen et al. 2022), or your own builder as my_pkg.my_module:build.",
             flag="algorithm", group="algorithm", check=_check_algorithm, resume=MUST_MATCH,
             short=True)),
         ("client_weighting", str, setting(
@@ -444,11 +450,19 @@ class VerticalConfig:
     )
 
 
+MAX_NAME_BYTES = 255
+
+
 def _experiment_name_check(name: str) -> str | None:
     if not name:
         return "must not be empty"
     if os.sep in name or name in (".", ".."):
         return "must be a single folder name"
+    control = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if control:
+        return f"must not contain control characters (it holds {control[0]!r})"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"must be at most {MAX_NAME_BYTES} bytes long, the longest folder name a filesystem takes"
     return None
 
 
@@ -595,8 +609,10 @@ def from_values(values: Mapping[str, Any]) -> RunConfig:
     Raises:
       ConfigError, TaskError: with a one-line reason naming the flag.
     """
-    values = dict(values)
     table = settings.by_flag(RunConfig)
+    # Types first: the task, aggregator and algorithm names pick plug-in options below.
+    values = {k: settings.coerce(v, table[k].type, k) if k in table else v for k, v in values.items()}
+    values_given = frozenset(values)
     options = {}
     for kind, path in (("task", ("task", "name")), ("aggregator", ("aggregation", "plugin", "path")),
                        ("algorithm", ("algorithm", "name"))):
@@ -611,6 +627,8 @@ def from_values(values: Mapping[str, Any]) -> RunConfig:
             # Every option is recorded, given or not, so that config.json and
             # the fingerprint hold the values in effect.
             value = values.pop(key, spec.default)
+            if key in values_given and spec.default is not None and type(spec.default) in (bool, int, float, str):
+                value = settings.coerce_scalar(value, type(spec.default), key)
             if spec.choices and value not in spec.choices:
                 raise ConfigError(f"--{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
             options[kind][option] = value

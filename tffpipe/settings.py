@@ -11,6 +11,9 @@ second.
 """
 
 import dataclasses
+import math
+import numbers
+import sys
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
@@ -90,6 +93,16 @@ def at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v is None or v >= low else f"must be at least {low:g}"
 
 
+def at_most(high: float) -> Callable[[Any], str | None]:
+    shown = f"{high:,}" if isinstance(high, int) else f"{high:g}"
+    return lambda v: None if v is None or v <= high else f"must be at most {shown}"
+
+
+def all_of(*checks: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """The first reason any of `checks` gives."""
+    return lambda v: next((reason for reason in (check(v) for check in checks) if reason), None)
+
+
 def positive(v: Any) -> str | None:
     return None if v is None or v > 0 else "must be positive"
 
@@ -166,6 +179,8 @@ def check_values(config: Any) -> None:
     """
     for item in declared(type(config)):
         value = get(config, item.path)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{item.spec.flag} must be a finite number, got {value}")
         choices = item.spec.allowed()
         if choices is not None and value not in choices:
             raise ConfigError(
@@ -173,8 +188,12 @@ def check_values(config: Any) -> None:
             )
         reason = item.spec.check(value) if item.spec.check else None
         if reason:
-            shown = f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else value
+            shown = f"{value:g}" if isinstance(value, float) else _short_repr(value) if isinstance(value, str) else value
             raise ConfigError(f"--{item.spec.flag} {reason}, got {shown}")
+
+
+def _short_repr(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
 
 
 def check_applies(config: Any, given: frozenset[str] | set[str]) -> None:
@@ -221,19 +240,63 @@ def _build(cls: type, prefix: tuple[str, ...], values, table) -> Any:
         spec = field.metadata.get(_SPEC)
         if spec is not None:
             if spec.flag in values:
-                kwargs[field.name] = _coerce(values[spec.flag], hints[field.name])
+                kwargs[field.name] = coerce(values[spec.flag], hints[field.name], spec.flag)
         elif dataclasses.is_dataclass(hints.get(field.name)):
             kwargs[field.name] = _build(hints[field.name], (*prefix, field.name), values, table)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any) -> Any:
-    # Lists (absl's DEFINE_list, or a Python caller) become tuples: configs are frozen.
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, int) and not isinstance(value, bool) and float in typing.get_args(hint) + (hint,):
-        return float(value)
+def coerce(value: Any, hint: Any, flag: str = "") -> Any:
+    """`value` as the declared type `hint`, or a `ConfigError` naming the flag.
+
+    `tffpipe.run` callers pass Python values, which absl's parsers never see:
+    `rounds="3"`, `rounds=2.5` or `rounds=True` are refused here in the same
+    one-line form as a bad flag. An int is accepted for a float; a list or a
+    comma-separated string for a list.
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(v for v in (i.strip() for i in items) if v)
+        raise _type_error(flag, value, "a list of strings")
+    return coerce_scalar(value, hint, flag)
+
+
+def coerce_scalar(value: Any, kind: type, flag: str) -> Any:
+    """`value` as a bool, int, float or str (`kind`), or a `ConfigError` naming `--flag`."""
+    if kind is bool:
+        if isinstance(value, (bool, np_bool_types())):
+            return bool(value)
+        raise _type_error(flag, value, "True or False")
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np_bool_types())):
+            return int(value)
+        raise _type_error(flag, value, "a whole number")
+    if kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np_bool_types())):
+            return float(value)
+        raise _type_error(flag, value, "a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(flag, value, "a string")
     return value
+
+
+def np_bool_types() -> tuple[type, ...]:
+    """NumPy's bool type when NumPy is loaded (it is not an `int`, nor a Python `bool`)."""
+    numpy = sys.modules.get("numpy")
+    return (numpy.bool_,) if numpy is not None else ()
+
+
+def _type_error(flag: str, value: Any, wanted: str) -> ConfigError:
+    return ConfigError(f"--{flag} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 def _closest(name: str, table: Mapping[str, Any]) -> str:

@@ -47,6 +47,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         cli.print_short_help_and_exit("python -m tffpipe.train")
     try:
         cli.define_chosen_plugin_flags(argv)
+        if cli.wants_full_help(argv):
+            cli.print_full_help_and_exit("python -m tffpipe.train")
         return FLAGS(argv)
     except flags.Error as e:
         _fail(str(e).removeprefix("ERROR:: "))
@@ -68,6 +70,7 @@ def main(argv: list[str]) -> None:
     # First, so that SIGTERM or Ctrl-C at any later moment (TensorFlow's
     # import included) ends in one line.
     processes.raise_on_sigterm()
+    processes.raise_once_on_interrupt()
     try:
         # Before TensorFlow loads: a second launcher on this folder stops at once.
         with run_lock.hold(cfg.output.run_dir):

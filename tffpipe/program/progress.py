@@ -11,7 +11,13 @@ def _find(metrics: Mapping[str, float], prefix: str, word: str) -> float | None:
     return None
 
 
+_CENTURY_SEC = 100 * 365 * 86400
+
+
 def format_eta(seconds: float) -> str:
+    """`0:01:00`, `3 days, 2:00:00`; `over 100 years` past that (timedelta overflows near 2.7 million years)."""
+    if not seconds < _CENTURY_SEC:  # NaN too
+        return "over 100 years"
     return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
 
 

@@ -176,6 +176,25 @@ def raise_on_sigterm() -> None:
             signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def raise_once_on_interrupt() -> None:
+    """Ctrl-C raises `KeyboardInterrupt` once; later ones are ignored while the program winds down.
+
+    A terminal sends SIGINT to the whole foreground process group, and `uv
+    run` forwards it to its child as well, so the launcher often receives it
+    twice: the second would interrupt the clean-up after the one-line message
+    ("Exception ignored in ... KeyboardInterrupt"). Only where Python's own
+    handler is installed (a notebook keeps its own).
+    """
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _raise_interrupt_once)
+
+
+def _raise_interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def install_worker_reaper() -> None:
     """Ties TFF worker processes started from now on to this process.
 
