@@ -96,6 +96,15 @@ def test_loss_and_metric_names_become_fresh_keras_objects():
         (dict(loss="no_such_loss"), "unknown Keras loss 'no_such_loss'"),
         (dict(loss="mse", metrics=["accuracy"]), "'accuracy' needs a cross-entropy loss"),
         (dict(model_fn=_mlp(features=7)), r"the model expects inputs of shape \(None, 7\) but the data's x has shape \(None, 4\)"),
+        (dict(y=np.arange(300) % 4), r"labels must be class indices in 0..2 for the model's 3 outputs under "
+                                     r"SparseCategoricalCrossentropy, but y holds 3 \(row 3\)$"),
+        (dict(y=np.arange(300) % 3 - 1), r"labels must be class indices in 0..2 for the model's 3 outputs under "
+                                         r"SparseCategoricalCrossentropy, but y holds -1 \(row 0\)$"),
+        (dict(y=np.array(["0", "1", "2"] * 100)), r"y holds strings \('0', '1', '2'\); give integer class indices, or "
+                                                  r"pass class_names=\[...\] to map each label to its position \(for "
+                                                  r"example class_names=\['0', '1', '2'\]\)$"),
+        (dict(y=np.array(["a", "b", "c"] * 100), class_names=["a", "b"]), r"label 'c' is not in class_names \['a', 'b'\]$"),
+        (dict(class_names=["a", "b", "c"]), "class_names maps string labels, but y holds int64 values$"),
     ],
 )
 def test_bad_input_is_one_clear_error(kwargs, message):
@@ -104,6 +113,18 @@ def test_bad_input_is_one_clear_error(kwargs, message):
     args.update(kwargs)
     with pytest.raises(tasks.TaskError, match=f"^task 'toy': {message}"):
         tasks.from_arrays("toy", **args)
+
+
+def test_class_names_map_string_labels_to_their_positions():
+    x, y = _arrays()
+    names = np.array(["cat", "dog", "emu"])
+    task = tasks.from_arrays("toy", x, names[y], _mlp(), loss="SparseCategoricalCrossentropy", num_clients=10,
+                             class_names=["cat", "dog", "emu"], partition="iid")
+    assert task.description.endswith(", classes cat=0, dog=1, emu=2")
+    by_row = {tuple(np.round(e["x"].numpy(), 5)): e["y"].numpy().item()
+              for data in (task.train_data, task.eval_data) for cid in data.client_ids
+              for e in data.create_tf_dataset_for_client(cid)}
+    assert by_row == {tuple(np.round(r.astype(np.float32), 5)): int(label) for r, label in zip(x, y)}
 
 
 def _with_nonfinite(rows, column=0, value=np.nan):

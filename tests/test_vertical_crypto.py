@@ -25,8 +25,28 @@ def test_psi_finds_exactly_the_intersection(a, b):
 
 
 def test_disjoint_parties_are_refused_in_one_line():
-    with pytest.raises(errors.TaskError, match=r"^parties 'a' and 'b' share no sample ID: nothing to align$"):
+    with pytest.raises(errors.TaskError, match=r"^parties 'a' and 'b' share no sample ID: nothing to align \("):
         psi.align({"a": _ids(range(10)), "b": _ids(range(10, 20))}, "a", test_fraction=0.2, seed=0)
+
+
+def test_ids_that_differ_only_as_strings_are_named_with_examples():
+    with pytest.raises(errors.TaskError) as info:
+        psi.align({"a": ["1.0", "2.0", "3.0", "4.0"], "b": ["1", "2"]}, "a", test_fraction=0.2, seed=0)
+    assert str(info.value) == (
+        "parties 'a' and 'b' share no sample ID: nothing to align (IDs are compared as strings, so 1 and "
+        "'1.0' or '00100' and 100 differ: 'a' has '1.0', '2.0', '3.0', ...; 'b' has '1', '2')"
+    )
+
+
+def test_a_long_intersection_prints_progress():
+    lines = []
+    progress = psi.Progress("psi of a and b", 4 * 300, lines.append, every_sec=0.0)
+    result = psi.intersect_pair(psi.PsiParty("a", _ids(range(300))), psi.PsiParty("b", _ids(range(150, 450))),
+                                progress.tick)
+    assert len(result.shared) == 150
+    assert len(lines) == 4 * 300
+    assert lines[0] == "psi of a and b: 0% (1 of 1,200 exponentiations)"
+    assert lines[-1] == "psi of a and b: 100% (1,200 of 1,200 exponentiations)"
 
 
 def test_duplicate_ids_are_refused_in_one_line():

@@ -95,6 +95,7 @@ def test_linear_vertical_training_equals_central_training(combine):
     (dict(shop_rows=10), r"^task 'toy': party 'shop' has 48 IDs but features of shape \(10, 2\) \(one row per ID\)$"),
     (dict(shop_text=True), r"^task 'toy': party 'shop': features must be numeric, got <U"),
     (dict(duplicate=True), r"^task 'toy': party 'shop' lists sample ID 'person0' more than once$"),
+    (dict(none_id=True), r"^task 'toy': party 'shop' has no sample ID at row 3 \(None\); every row needs one$"),
     (dict(label_party="nobody"), r"^task 'toy': the labels' party 'nobody' is not one of the parties"),
 ])
 def test_bad_arrays_are_refused_in_one_line(change, message):
@@ -107,6 +108,8 @@ def test_bad_arrays_are_refused_in_one_line(change, message):
         shop = shop.astype(str)
     if change.get("duplicate"):
         shop_ids[1] = shop_ids[0]
+    if change.get("none_id"):
+        shop_ids[3] = None
     with pytest.raises(errors.TaskError, match=message):
         vertical_task.vertical_from_arrays(
             "toy", {"bank": (ids, features["bank"]), "shop": (shop_ids, shop)},

@@ -32,6 +32,7 @@ def from_arrays(
     drop_nonfinite: bool = False,
     feature_skew: str = "none",
     feature_skew_strength: float = 0.5,
+    class_names: Sequence[str] | None = None,
 ) -> Task:
     """Federates centralized arrays: splits them across clients, holds some out.
 
@@ -63,6 +64,8 @@ def from_arrays(
         seeded transform, independently of the label partition
         (`tffpipe/tasks/feature_skew.py`).
       feature_skew_strength: how far clients' transforms differ; 0 is none.
+      class_names: maps string labels to class indices (`y == class_names[i]`
+        becomes `i`); string labels are refused without it.
 
     Returns:
       A `Task` whose raw examples are `{"x": ..., "y": ...}`.
@@ -70,6 +73,7 @@ def from_arrays(
     Raises:
       TaskError: on inconsistent arrays or arguments, with a one-line reason.
     """
+    y = _class_indices(name, y, class_names)
     x, y = _check_arrays(name, x, y)
     x, y = _finite_rows(name, x, y, drop_nonfinite)
     if partition not in PARTITIONS:
@@ -104,10 +108,12 @@ def from_arrays(
         )
 
     loss_builder = loss_builder_of(name, loss)
+    _check_class_labels(name, x, y, model_fn, loss_builder())
     return Task(
         name=name,
         description=(description or f"{len(x):,} examples, {partition} partition over {num_clients} clients")
-        + (f", {feature_skew} feature skew {feature_skew_strength:g}" if feature_skew != "none" else ""),
+        + (f", {feature_skew} feature skew {feature_skew_strength:g}" if feature_skew != "none" else "")
+        + (", classes " + ", ".join(f"{c}={i}" for i, c in enumerate(class_names)) if class_names else ""),
         model_builder=model_fn,
         loss_builder=loss_builder,
         metrics_builder=metrics_builder_of(name, metrics, loss_builder()),
@@ -128,6 +134,58 @@ def _check_arrays(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
         raise TaskError(f"task {name!r}: x must be numeric, got {x.dtype}")
     y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
     return x.astype(np.float32), y
+
+
+def _class_indices(name: str, y, class_names: Sequence[str] | None) -> np.ndarray:
+    """`y` with string labels replaced by their index in `class_names`.
+
+    Raises:
+      TaskError: string labels without `class_names`, or a label not in it.
+    """
+    y = np.asarray(y)
+    is_text = y.dtype.kind in "US" or (y.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in y.ravel()))
+    if not is_text:
+        if class_names is not None:
+            raise TaskError(f"task {name!r}: class_names maps string labels, but y holds {y.dtype} values")
+        return y
+    found = sorted({str(v) for v in y.ravel()})
+    if class_names is None:
+        shown = ", ".join(repr(v) for v in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise TaskError(
+            f"task {name!r}: y holds strings ({shown}); give integer class indices, or pass "
+            f"class_names=[...] to map each label to its position (for example class_names={found[:5]!r})"
+        )
+    index = {str(c): i for i, c in enumerate(class_names)}
+    unknown = [v for v in found if v not in index]
+    if unknown:
+        raise TaskError(f"task {name!r}: label {unknown[0]!r} is not in class_names {list(class_names)!r}")
+    return np.vectorize(lambda v: index[str(v)], otypes=[np.int32])(y)
+
+
+def _check_class_labels(name: str, x: np.ndarray, y: np.ndarray, model_fn, loss) -> None:
+    """Refuses integer labels a classification loss cannot take (TensorFlow would fail mid-round).
+
+    Under a sparse categorical loss, labels are class indices in 0..C-1 for
+    the model's C outputs; under binary cross-entropy, 0 or 1. Other losses
+    (regression) take any value.
+
+    Raises:
+      TaskError: naming the first label out of range and its row.
+    """
+    kind = type(loss).__name__
+    if kind not in ("SparseCategoricalCrossentropy", "BinaryCrossentropy") or not np.issubdtype(y.dtype, np.integer):
+        return
+    try:
+        width = int(model_fn()(x[:1]).shape[-1]) if kind == "SparseCategoricalCrossentropy" else 2
+    except Exception:  # pylint: disable=broad-except
+        return  # a model that does not take x: the Task's own check says so in one line
+    labels = y.reshape(len(y), -1)
+    outside = (labels < 0) | (labels >= width)
+    if outside.any():
+        row = int(np.flatnonzero(outside.any(axis=1))[0])
+        value = int(labels[row][outside[row]][0])
+        allowed = f"class indices in 0..{width - 1} for the model's {width} outputs" if width > 2 else "0 or 1"
+        raise TaskError(f"task {name!r}: labels must be {allowed} under {kind}, but y holds {value} (row {row})")
 
 
 def _finite_rows(name: str, x: np.ndarray, y: np.ndarray, drop: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -184,6 +184,13 @@ def vertical_from_arrays(
 
 
 def _party(task: str, name: str, ids, features, bottom_model_fn, feature_names) -> Party:
+    ids = list(ids)
+    missing = [row for row, i in enumerate(ids) if i is None or (isinstance(i, float) and i != i)]
+    if missing:
+        raise TaskError(
+            f"task {task!r}: party {name!r} has no sample ID at row {missing[0]} ({ids[missing[0]]!r}); "
+            "every row needs one"
+        )
     ids = tuple(str(i) for i in ids)
     features = np.asarray(features)
     if features.ndim < 2 or len(features) != len(ids):

@@ -119,7 +119,8 @@ def run(cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, *,
     combine = combine_of(cfg, task)
     seed = cfg.schedule.seed
     alignment = psi.align(
-        {p.name: p.ids for p in task.parties}, task.active.name, test_fraction=task.test_fraction, seed=seed
+        {p.name: p.ids for p in task.parties}, task.active.name, test_fraction=task.test_fraction, seed=seed,
+        print_fn=print_fn,
     )
     for (active, passive), size in alignment.pair_sizes.items():
         print_fn(f"private set intersection: {active} and {passive} share {size:,} people")

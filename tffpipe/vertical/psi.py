@@ -24,7 +24,8 @@ import collections
 import dataclasses
 import hashlib
 import secrets
-from typing import Mapping, Sequence
+import time
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from nacl import bindings
@@ -57,13 +58,13 @@ class PsiParty:
         self._order = list(range(len(self._ids)))
         secrets.SystemRandom().shuffle(self._order)
 
-    def blind_own(self) -> list[bytes]:
-        """H(x)^k of this party's IDs, in its secret shuffled order."""
-        return [self._raise(hash_to_group(self._ids[i])) for i in self._order]
+    def blind_own(self, tick: Callable[[], None] = lambda: None) -> list[bytes]:
+        """H(x)^k of this party's IDs, in its secret shuffled order (`tick` after each)."""
+        return [_ticked(self._raise(hash_to_group(self._ids[i])), tick) for i in self._order]
 
-    def blind_received(self, blinded: Sequence[bytes]) -> list[bytes]:
-        """The other party's H(x)^k' raised to this party's key, order kept."""
-        return [self._raise(point) for point in blinded]
+    def blind_received(self, blinded: Sequence[bytes], tick: Callable[[], None] = lambda: None) -> list[bytes]:
+        """The other party's H(x)^k' raised to this party's key, order kept (`tick` after each)."""
+        return [_ticked(self._raise(point), tick) for point in blinded]
 
     def ids_at(self, positions: Sequence[int]) -> list[str]:
         """This party's IDs at positions of the list `blind_own` sent."""
@@ -71,6 +72,28 @@ class PsiParty:
 
     def _raise(self, point: bytes) -> bytes:
         return bindings.crypto_scalarmult_ed25519_noclamp(self._key, point)
+
+
+def _ticked(value: bytes, tick: Callable[[], None]) -> bytes:
+    tick()
+    return value
+
+
+class Progress:
+    """Prints `label: N% (done of total exponentiations)` at most every `every_sec` seconds."""
+
+    def __init__(self, label: str, total: int, print_fn: Callable[[str], None], every_sec: float = 5.0):
+        self._label, self._total, self._print, self._every = label, total, print_fn, every_sec
+        self._done = 0
+        self._last = time.monotonic()
+
+    def tick(self) -> None:
+        self._done += 1
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._print(f"{self._label}: {100 * self._done // max(self._total, 1)}% "
+                        f"({self._done:,} of {self._total:,} exponentiations)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,17 +105,18 @@ class PairResult:
     passive_sent_bytes: int
 
 
-def intersect_pair(active: PsiParty, passive: PsiParty) -> PairResult:
+def intersect_pair(active: PsiParty, passive: PsiParty, tick: Callable[[], None] = lambda: None) -> PairResult:
     """Runs the three messages between `active` and `passive`.
 
     Both parties' code sees only the messages (lists of group elements and
-    positions); the returned set is what each of them learned.
+    positions); the returned set is what each of them learned. `tick` is
+    called after each of the 2 x (|A| + |P|) exponentiations.
     """
-    message1 = active.blind_own()
-    double_blinded_active = passive.blind_received(message1)
-    message2_own = passive.blind_own()
+    message1 = active.blind_own(tick)
+    double_blinded_active = passive.blind_received(message1, tick)
+    message2_own = passive.blind_own(tick)
     # A: which of its IDs P holds.
-    double_blinded_passive = active.blind_received(message2_own)
+    double_blinded_passive = active.blind_received(message2_own, tick)
     in_passive = set(double_blinded_passive)
     active_positions = [i for i, v in enumerate(double_blinded_active) if v in in_passive]
     shared_by_active = set(active.ids_at(active_positions))
@@ -106,6 +130,15 @@ def intersect_pair(active: PsiParty, passive: PsiParty) -> PairResult:
         active_sent_bytes=POINT_BYTES * len(message1) + 4 * len(message3),
         passive_sent_bytes=POINT_BYTES * (len(double_blinded_active) + len(message2_own)),
     )
+
+
+def _as_strings(ids: Mapping[str, Sequence[str]], names: Sequence[str]) -> str:
+    """The hint that IDs match only as identical strings, with each party's first few."""
+    shown = "; ".join(
+        f"{name!r} has " + ", ".join(repr(i) for i in list(ids[name])[:3]) + (", ..." if len(ids[name]) > 3 else "")
+        for name in names
+    )
+    return f"IDs are compared as strings, so 1 and '1.0' or '00100' and 100 differ: {shown}"
 
 
 def _random_scalar() -> bytes:
@@ -132,12 +165,20 @@ class Alignment:
     sent_bytes: dict[str, int]
 
 
-def align(ids: Mapping[str, Sequence[str]], active: str, *, test_fraction: float, seed: int) -> Alignment:
+def align(
+    ids: Mapping[str, Sequence[str]],
+    active: str,
+    *,
+    test_fraction: float,
+    seed: int,
+    print_fn: Callable[[str], None] = lambda line: None,
+) -> Alignment:
     """Finds the IDs every party holds by pairwise PSI with the active party.
 
     The active party intersects the pairwise results, orders them (sorted,
     then permuted by `seed`) and splits off `test_fraction` for evaluation;
     it tells every party the two lists, which hold only IDs that party has.
+    `print_fn` receives a progress line every few seconds of a long pair.
 
     Raises:
       TaskError: a party with duplicate IDs, or no ID shared by all parties.
@@ -152,15 +193,21 @@ def align(ids: Mapping[str, Sequence[str]], active: str, *, test_fraction: float
     for name, party_ids in ids.items():
         if name == active:
             continue
-        result = intersect_pair(active_party, PsiParty(name, party_ids))
+        progress = Progress(f"private set intersection of {active} and {name}",
+                            2 * (len(ids[active]) + len(party_ids)), print_fn)
+        result = intersect_pair(active_party, PsiParty(name, party_ids), progress.tick)
         if not result.shared:
-            raise TaskError(f"parties {active!r} and {name!r} share no sample ID: nothing to align")
+            raise TaskError(
+                f"parties {active!r} and {name!r} share no sample ID: nothing to align ({_as_strings(ids, (active, name))})"
+            )
         pair_sizes[(active, name)] = len(result.shared)
         sent[active] += result.active_sent_bytes
         sent[name] += result.passive_sent_bytes
         shared &= result.shared
     if not shared:
-        raise TaskError(f"no sample ID is held by all of {', '.join(ids)}: nothing to align")
+        raise TaskError(
+            f"no sample ID is held by all of {', '.join(ids)}: nothing to align ({_as_strings(ids, tuple(ids))})"
+        )
     ordered = sorted(shared)
     order = np.random.default_rng([seed, 0x5E7]).permutation(len(ordered))
     ordered = [ordered[i] for i in order]
