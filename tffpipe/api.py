@@ -16,6 +16,7 @@ from tffpipe import config as config_lib
 from tffpipe.errors import ConfigError
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import run_lock
+from tffpipe.program import saved_settings
 from tffpipe.runtimes import registry as runtime_registry
 
 
@@ -73,6 +74,7 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
     runtime.configure_devices(cfg)  # before TensorFlow starts its devices
     # Held from before the data loads, so a second launcher stops at once.
     with run_lock.hold(cfg.output.run_dir):
+        saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
         runtime.preflight(cfg, print_fn)  # before the data loads
         from tffpipe import tasks  # pylint: disable=g-import-not-at-top
         from tffpipe.program import loop  # pylint: disable=g-import-not-at-top

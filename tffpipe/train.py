@@ -20,6 +20,7 @@ from absl import logging
 from tffpipe import cli
 from tffpipe import errors
 from tffpipe.program import run_lock
+from tffpipe.program import saved_settings
 from tffpipe.runtimes import processes
 
 flags.DEFINE_bool("list_tasks", False, "Print the registered tasks and their flags, and exit.")
@@ -74,6 +75,7 @@ def main(argv: list[str]) -> None:
     try:
         # Before TensorFlow loads: a second launcher on this folder stops at once.
         with run_lock.hold(cfg.output.run_dir):
+            saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
             processes.install_worker_reaper()
             from tffpipe import api  # pylint: disable=g-import-not-at-top
             from tffpipe import compat  # pylint: disable=g-import-not-at-top

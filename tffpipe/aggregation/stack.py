@@ -9,7 +9,6 @@ module of this folder (`registry.LAYERS`).
 import dataclasses
 from typing import Any, Sequence
 
-from tffpipe import compat
 from tffpipe.aggregation import base
 from tffpipe.aggregation import registry
 from tffpipe.privacy import calibration
@@ -83,6 +82,8 @@ def build_aggregator(cfg: Any, train_client_ids: Sequence[str]) -> tuple[Any, St
     Raises:
       ConfigError: a setting that only fails once the task is known.
     """
+    from tffpipe import compat  # pylint: disable=g-import-not-at-top  (TensorFlow: not for flag checks)
+
     compat.allow_deeply_nested_computations()
     layers = registry.active_layers(cfg)
     dp_layer = registry.dp_layer(cfg)

@@ -21,25 +21,14 @@ import tensorflow_federated as tff
 from tffpipe import config as config_lib
 from tffpipe import errors
 from tffpipe.program import files
+from tffpipe.program import saved_settings
 
-_PREFIX = "program_state_"
-_FINGERPRINT_FILE = "fingerprint.json"
+_PREFIX = saved_settings.PREFIX
+_FINGERPRINT_FILE = saved_settings.FINGERPRINT_FILE
 UNREADABLE_SUFFIX = ".unreadable"
 SUPERSEDED_SUFFIX = ".superseded"
-
-
-class ResumeError(errors.UserError, RuntimeError):
-    """Resuming is impossible; the message is one line for the user."""
-
-
-def newest_round(directory: str) -> int | None:
-    """The round of the newest complete checkpoint in `directory`, read from its listing."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return None
-    rounds = [int(n[len(_PREFIX):]) for n in names if n.startswith(_PREFIX) and n[len(_PREFIX):].isdigit()]
-    return max(rounds, default=None)
+ResumeError = saved_settings.ResumeError
+newest_round = saved_settings.newest_round
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,17 +135,7 @@ class CheckpointManager:
         return None
 
     def _check_fingerprint(self, saved: Any, version: int) -> None:
-        if isinstance(saved, bytes):
-            saved = saved.decode()
-        if isinstance(saved, str):
-            saved = json.loads(saved)
-        diffs = config_lib.fingerprint_differences(saved, self._fingerprint)
-        if diffs:
-            raise ResumeError(
-                f"the checkpoint of round {version} in {self._directory} was written with "
-                f"different settings ({'; '.join(diffs)}); use the original settings or "
-                "a new --experiment_name"
-            )
+        saved_settings.check_differences(saved, self._fingerprint, version, self._directory)
 
     def _move_aside(self, version: int, reason: str, suffix: str = UNREADABLE_SUFFIX) -> None:
         path = os.path.join(self._directory, f"{_PREFIX}{version}")
