@@ -110,3 +110,14 @@ def test_warn_goes_on_and_the_launcher_does_not_say_done(tmp_path):
     assert "warning: round 1 diverged: " in warned.stdout
     assert "done:" not in warned.stdout
     assert "finished with diverged rounds (1, 2; --on_divergence=warn): 2 rounds; held-out" in warned.stdout
+
+
+def test_fedbuff_stops_on_a_diverged_server_update(small_digits, tmp_path):
+    cfg = make_config(**{
+        **SMALL_DIGITS_FLAGS, "algorithm": "fedbuff", "async_concurrency": 3, "async_buffer_size": 2,
+        "root_dir": str(tmp_path), "experiment_name": "fb", "client_learning_rate": 1e6,
+    })
+    from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+
+    with pytest.raises(divergence.Diverged, match=r"^round 1 diverged: .*examples were not finite and were left out"):
+        fedbuff.run(cfg, small_digits, print_fn=lambda line: None)

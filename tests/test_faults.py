@@ -4,6 +4,7 @@ import csv
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,12 +63,46 @@ def test_the_lock_is_exclusive_across_processes_and_reentrant_within_one(tmp_pat
     assert not os.path.exists(run_dir)  # the lock sits beside the folder
 
 
-def test_an_unresolvable_worker_host_is_named_at_once():
-    started = time.monotonic()
+def test_an_unresolvable_worker_host_is_named_at_once(monkeypatch):
+    # No name is resolved over the network: the resolver's answer is mocked.
+    asked = []
+
+    def unresolvable(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
     with pytest.raises(remote_context.WorkerUnavailable) as info:
         remote_context.check_workers(["nohost.invalid:1"], 30.0)
-    assert time.monotonic() - started < 10
-    assert str(info.value).startswith("worker nohost.invalid:1 is unreachable: cannot resolve host 'nohost.invalid' (")
+    assert asked == ["nohost.invalid"]
+    assert str(info.value) == (
+        "worker nohost.invalid:1 is unreachable: cannot resolve host 'nohost.invalid' (Name or service not known)"
+    )
+
+
+def test_a_retired_workers_channels_and_thread_are_closed(monkeypatch):
+    import grpc  # pylint: disable=g-import-not-at-top
+
+    monkeypatch.setattr(remote_context, "check_workers", lambda addresses, timeout_sec: None)
+    lines = []
+    context = remote_context.FailoverContext(["127.0.0.1:9", "127.0.0.1:10"], 1.0, lines.append)
+    context._context()  # pylint: disable=protected-access
+    first = list(context._workers)  # pylint: disable=protected-access
+    assert [w.address for w in first] == ["127.0.0.1:9", "127.0.0.1:10"]
+    assert all(w._own_thread.alive for w in first)  # pylint: disable=protected-access
+    context._drop(remote_context.WorkerUnavailable("127.0.0.1:9", "no answer"))  # pylint: disable=protected-access
+    assert lines == ["worker 127.0.0.1:9 is unreachable: no answer; running the computation again on the "
+                     "remaining 1 worker(s): 127.0.0.1:10"]
+    for worker in first:
+        assert not worker._own_thread.alive  # pylint: disable=protected-access
+        with pytest.raises(ValueError, match="closed channel"):
+            worker._channel.unary_unary("/x")(b"", timeout=1)  # pylint: disable=protected-access
+    context._context()  # pylint: disable=protected-access
+    (second,) = context._workers  # pylint: disable=protected-access
+    context.close()
+    assert not second._own_thread.alive  # pylint: disable=protected-access
+    assert isinstance(second._channel, grpc.Channel)  # pylint: disable=protected-access
+    assert remote_context._to_mergeable_form.cache_info().maxsize == 16  # pylint: disable=protected-access
 
 
 def _rounds_in(run_dir):

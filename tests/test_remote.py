@@ -104,7 +104,7 @@ def test_worker_prints_its_address_and_stops_cleanly(marker_env, sig):
 def test_worker_on_a_taken_port_fails_in_one_line(marker_env):
     env, marker = marker_env
     with socket.socket() as taken:
-        taken.bind(("", 0))
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
@@ -116,6 +116,50 @@ def test_worker_on_a_taken_port_fails_in_one_line(marker_env):
         f"error: port {port} is in use; pick another with --port"
     ]
     assert worker_processes(marker) == []
+
+
+def test_two_workers_started_at_once_on_one_port_leave_one_serving(marker_env):
+    env, marker = marker_env
+    from tffpipe import worker  # pylint: disable=g-import-not-at-top
+
+    port = worker.free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tffpipe.worker", f"--port={port}"], cwd=REPO_ROOT, env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        loser = None
+        deadline = time.monotonic() + 60
+        while loser is None and time.monotonic() < deadline:
+            loser = next((p for p in procs if p.poll() is not None), None)
+            time.sleep(0.05)
+        assert loser is not None, "neither worker stopped"
+        assert loser.returncode == 1
+        assert loser.stderr.read().strip().splitlines() == [
+            f"error: port {port} is in use by another tffpipe worker on this machine; pick another with --port"
+        ]
+        (winner,) = [p for p in procs if p is not loser]
+        assert winner.stdout.readline().startswith(f"tffpipe worker ready at ")
+        assert len(worker_processes(marker)) == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=30)
+
+
+def test_a_port_claim_is_held_until_closed():
+    from tffpipe import worker  # pylint: disable=g-import-not-at-top
+
+    port = worker.free_port()
+    first = worker.claim_port(port)
+    assert first is not None
+    assert worker.claim_port(port) is None
+    first.close()
+    again = worker.claim_port(port)
+    assert again is not None
+    again.close()
 
 
 def test_sigkilled_worker_takes_its_tff_service_with_it(marker_env):

@@ -59,6 +59,27 @@ def port_in_use(port: int) -> bool:
             return True
 
 
+def claim_port(port: int) -> socket.socket | None:
+    """Claims `port` for this worker among tffpipe workers on this machine, or None if one has it.
+
+    `port_in_use` alone leaves a race: two workers started at the same moment
+    both find the port free, and TFF's `worker_binary` (gRPC, SO_REUSEPORT)
+    then lets both listen on it. The claim is a Unix socket bound to an
+    abstract name derived from the port: the kernel lets one process bind a
+    name at a time, and frees it when the process dies, SIGKILL included.
+    Linux only; elsewhere the check falls back to `port_in_use`.
+    """
+    if not sys.platform.startswith("linux"):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0tffpipe-worker-port-{port}")
+    except OSError:
+        claim.close()
+        return None
+    return claim
+
+
 def _accepts_connections(port: int) -> bool:
     # A plain TCP connect: the service binds its port only once it serves.
     try:
@@ -116,7 +137,13 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
     for sig in _STOP_SIGNALS:
         signal.signal(sig, request_stop)
     port = port or free_port()
+    claim = claim_port(port)
+    if claim is None:
+        print(f"error: port {port} is in use by another tffpipe worker on this machine; pick another with --port",
+              file=sys.stderr, flush=True)
+        return 1
     if port_in_use(port):
+        claim.close()
         print(f"error: port {port} is in use; pick another with --port", file=sys.stderr, flush=True)
         return 1
     service = start(port, max_concurrent_computation_calls)
@@ -136,6 +163,7 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
         return 0
     finally:
         stop(service)
+        claim.close()
 
 
 def main(argv: list[str]) -> None:

@@ -50,6 +50,9 @@ def staleness_weight(kind: str, staleness: int) -> float:
 
 class FedBuff(base.Algorithm):
     key = "fedbuff"
+    # Each client's update is one single-client FedAvg round, whose
+    # train/num_examples counts every example it trains.
+    counts_each_example = True
     Settings = Settings
     asynchronous = True
 

@@ -25,6 +25,7 @@ from tffpipe.learning import fedbuff as fedbuff_lib
 from tffpipe.learning import optimizers
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import checkpoints
+from tffpipe.program import divergence
 from tffpipe.program import evaluation
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
@@ -99,6 +100,7 @@ class _Run:
         self.version = 0
         self.now = 0.0
         self.started = 0
+        self.expected_examples = 0
         self.buffer = [np.zeros_like(w) for w in self.weights]
         self.in_flight: list[_Client] = []
 
@@ -151,6 +153,7 @@ class _Run:
                 self._apply_buffer()
             self._start_client()
         examples = sum(c.examples for c in arrivals)
+        self.expected_examples = sum(self.clock.examples(c.client_id) for c in arrivals)
         figures = {
             "sim/round_sec": self.now - started_at,
             "sim/elapsed_sec": self.now,
@@ -239,6 +242,8 @@ class _Run:
                 self._start_client()
         log = resume.open_records(paths, cfg, start_round if restored is not None else None, self.print_fn)
         measurements = reports.Reports(self.task, cfg, paths, self.print_fn)
+        watch = loop.divergence_context(cfg, self.algorithm)
+        diverged: list[int] = []
         started = time.monotonic()
         for round_num in range(start_round + 1, schedule.rounds + 1):
             round_start = time.monotonic()
@@ -246,6 +251,16 @@ class _Run:
             round_seconds = time.monotonic() - round_start
             round_metrics["round_time_sec"] = round_seconds
             is_last = round_num == schedule.rounds
+            expected = self.expected_examples if watch.counts_each_example else None
+            symptoms = divergence.symptoms(round_metrics, self._model(), expected)
+            if symptoms and schedule.on_divergence == "stop":
+                log.release(round_metrics, round_num)
+                log.close()
+                last_finite = checkpoints.newest_round(paths.checkpoints)
+                raise divergence.Diverged(divergence.line(round_num, symptoms, watch, last_finite, stopping=True))
+            if symptoms:
+                self.print_fn(divergence.line(round_num, symptoms, watch, None, stopping=False))
+                diverged.append(round_num)
             found, histograms = measurements.after_round(round_num, self._model())
             round_metrics.update(found)
             log.release(round_metrics, round_num, histograms)
@@ -263,6 +278,7 @@ class _Run:
             final_eval={k: v for k, v in final.metrics.items() if k.startswith(evaluation.EVAL_PREFIX)},
             model_weights=self._model(),
             final_clients=final.clients,
+            diverged_rounds=tuple(diverged),
         )
 
 

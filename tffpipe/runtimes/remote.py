@@ -72,8 +72,11 @@ class RemoteRuntime(base.Runtime):
         if contexts.uses_secure_sum(process.next):
             print_fn(contexts.REMOTE_SECURE_NOTE)
         # Every TFF computation, evaluation included, runs across the workers.
-        with context_stack_impl.context_stack.install(context):
-            yield process
+        try:
+            with context_stack_impl.context_stack.install(context):
+                yield process
+        finally:
+            context.close()
 
     def doctor_checks(self, cfg, gpus_seen):
         from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top

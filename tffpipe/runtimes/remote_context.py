@@ -40,7 +40,6 @@ import time
 from typing import Callable, Sequence
 
 import grpc
-from tensorflow_federated.python.common_libs import async_utils
 from tensorflow_federated.python.core.backends.native import compiler as native_compiler
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
 from tensorflow_federated.python.core.backends.test import compiler as test_compiler
@@ -160,7 +159,9 @@ def _compile_secure_sums_away(comp):
 
 # Cached: `check_mergeable` compiles the round before the run, and every
 # mergeable context (a new one after each lost worker) would compile it again.
-@functools.lru_cache(maxsize=None)
+# A run compiles a handful of computations (round, evaluation, ...); the bound
+# keeps a long-lived process (a notebook running many runs) from holding all.
+@functools.lru_cache(maxsize=16)
 def _to_mergeable_form(comp) -> mergeable.MergeableCompForm:
     return mergeable_comp_compiler.compile_to_mergeable_comp_form(
         _compile_secure_sums_away(comp)
@@ -181,6 +182,44 @@ def check_mergeable(comp, what: str = "round") -> None:
             f"{errors.first_line(e)[:200]}); "
             "use --runtime=cpp"
         ) from e
+
+
+class _LoopThread:
+    """An event loop in a daemon thread of its own, that can be closed.
+
+    TFF's `AsyncThreadRunner` stops its loop only when garbage-collected
+    (joining the thread there); a retired worker's loop is stopped here as
+    soon as the worker is dropped.
+    """
+
+    def __init__(self, name: str):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro):
+        """Awaits `coro` run on this thread's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, timeout_sec: float = 5.0) -> None:
+        """Cancels what the loop runs, stops it and waits for the thread (at most `timeout_sec`)."""
+        if self._loop.is_closed():
+            return
+
+        def cancel_then_stop():
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            # One more pass delivers the cancellations before the loop stops.
+            self._loop.call_soon(self._loop.stop)
+
+        self._loop.call_soon_threadsafe(cancel_then_stop)
+        self._thread.join(timeout_sec)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 class _WorkerContext(async_execution_context.AsyncExecutionContext):
@@ -214,7 +253,7 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
         # coroutines, so on one shared event loop the workers' shares ran one
         # after the other (two workers took as long as one). Each worker's
         # calls run on an event loop in a thread of its own.
-        self._own_thread = async_utils.AsyncThreadRunner()
+        self._own_thread = _LoopThread(f"tffpipe worker {address}")
 
     async def invoke(self, comp, arg):
         """Runs `comp` on this worker, waiting at most `wait_sec` for it to answer."""
@@ -223,7 +262,7 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
         while True:
             try:
                 return await self._watched(
-                    self._own_thread.await_coro_and_return_result(_INVOKE_ONCE(self, comp, arg))
+                    self._own_thread.run(_INVOKE_ONCE(self, comp, arg))
                 )
             except (executors_errors.RetryableError, grpc.RpcError) as e:
                 if not _is_connection_error(e):
@@ -260,6 +299,12 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
                     self.address,
                     f"no answer for {self._wait_sec:g} s while it held a call (stopped or hung)",
                 )
+
+    def close(self) -> None:
+        """Closes both channels (unblocking a call still waiting) and stops this worker's thread."""
+        self._channel.close()
+        self._probe_channel.close()
+        self._own_thread.close()
 
     def _answers(self) -> bool:
         """Whether the worker's gRPC server answers a call right now."""
@@ -323,6 +368,7 @@ class FailoverContext(context_base.SyncContext):
         self._print = print_fn
         self._lock = threading.Lock()
         self._mergeable = None
+        self._workers: list[_WorkerContext] = []
         self._last_probe = time.monotonic()
         self.workers_lost = 0
 
@@ -334,9 +380,9 @@ class FailoverContext(context_base.SyncContext):
         # Fresh per-worker contexts with every new set of workers: the old
         # ones may still hold executors of the attempt that failed.
         if self._mergeable is None:
+            self._workers = [_WorkerContext(a, self._wait_sec) for a in self.live_addresses]
             self._mergeable = mergeable.MergeableCompExecutionContext(
-                async_contexts=[_WorkerContext(a, self._wait_sec) for a in self.live_addresses],
-                compiler_fn=_to_mergeable_form,
+                async_contexts=self._workers, compiler_fn=_to_mergeable_form,
             )
         return self._mergeable
 
@@ -366,6 +412,14 @@ class FailoverContext(context_base.SyncContext):
 
         loop.call_soon_threadsafe(cancel_all)
         self._mergeable = None
+        for worker in self._workers:
+            worker.close()
+        self._workers = []
+
+    def close(self) -> None:
+        """Closes every worker's channels and threads (the run is over)."""
+        with self._lock:
+            self._retire_context()
 
     def invoke(self, comp, arg):
         with self._lock:
