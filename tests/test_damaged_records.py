@@ -197,8 +197,8 @@ def small_task():
 
 def _config(root, name, **values):
     return make_config(**{
-        **SMALL, "client_batch_size": 32, "rounds": 4, "clients_per_round": 3, "eval_every": 2,
-        "checkpoint_every": 2, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
+        **SMALL, "client_batch_size": 32, "rounds": 2, "clients_per_round": 3, "eval_every": 1,
+        "checkpoint_every": 1, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
         **values,
     })
 
@@ -210,18 +210,18 @@ def test_a_clients_csv_round_cut_short_is_trained_again_whole(small_task, tmp_pa
     path = str(run_dir / "results" / "clients.csv")
     with open(path) as f:
         text = f.read()
-    _write(path, text[: text.rindex("\n4,client") + 12])  # round 4's second row, cut mid-line
+    _write(path, text[: text.rindex("\n2,client") + 12])  # round 2's last row, cut mid-line
 
     lines = []
     resumed = loop.run(_config(tmp_path, "cut"), small_task, print_fn=lines.append)
-    at = lines.index("round 4 is trained again, from the checkpoint of round 2")
-    assert lines[at - 1].startswith("clients.csv: round 4 is incomplete (its last line was cut short ('4,client")
-    assert lines[at + 1].startswith(f"resuming {run_dir} from the checkpoint of round 2 (dropped ")
-    assert resumed.resumed_from == 2 and resumed.rounds_done == 4
+    at = lines.index("round 2 is trained again, from the checkpoint of round 1")
+    assert lines[at - 1].startswith("clients.csv: round 2 is incomplete (its last line was cut short ('2,client")
+    assert lines[at + 1].startswith(f"resuming {run_dir} from the checkpoint of round 1 (dropped ")
+    assert resumed.resumed_from == 1 and resumed.rounds_done == 2
     with open(str(tmp_path / "straight" / "results" / "clients.csv")) as f:
         expected = f.read()
     with open(path) as f:
         assert f.read() == expected
     for got, want in zip(resumed.model_weights.trainable, straight.model_weights.trainable):
         np.testing.assert_allclose(got, want, atol=1e-6)
-    assert os.path.isdir(run_dir / "checkpoints" / "program_state_4.superseded")
+    assert os.path.isdir(run_dir / "checkpoints" / "program_state_2.superseded")

@@ -44,7 +44,12 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedsgd", "mime_lite"])
+@pytest.mark.parametrize("algorithm", [
+    "fedavg",
+    pytest.param("fedprox", marks=pytest.mark.slow),
+    pytest.param("fedsgd", marks=pytest.mark.slow),
+    pytest.param("mime_lite", marks=pytest.mark.slow),
+])
 def test_a_healthy_round_counts_every_example_the_check_expects(small_digits, tmp_path, algorithm):
     # The shortfall check relies on it: train/num_examples of a healthy round
     # is every example of the reporting clients, epochs and caps included.
@@ -95,21 +100,32 @@ def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_di
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_warn_goes_on_and_the_launcher_does_not_say_done(tmp_path):
+def test_the_launcher_stops_a_diverging_run_in_one_line(tmp_path):
     args = [f"--{k}={v}" for k, v in SMALL_DIGITS_FLAGS.items()] + [
         "--task=digits", "--rounds=2", "--clients_per_round=3", f"--root_dir={tmp_path}", "--client_learning_rate=1e6",
     ]
-    stopped = run_train(args + ["--experiment_name=stop"])
+    stopped = run_train(args)
     assert stopped.returncode == 2
     (error,) = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: round 1 diverged: ")
     assert "Traceback" not in stopped.stderr
 
-    warned = run_train(args + ["--experiment_name=warn", "--on_divergence=warn"])
-    assert warned.returncode == 0, warned.stderr
-    assert "warning: round 1 diverged: " in warned.stdout
-    assert "done:" not in warned.stdout
-    assert "finished with diverged rounds (1, 2; --on_divergence=warn): 2 rounds; held-out" in warned.stdout
+
+def test_warn_goes_on_and_the_summary_never_says_done(small_digits, tmp_path):
+    lines = []
+    result = loop.run(_config(tmp_path, "w", client_learning_rate=1e6, on_divergence="warn", rounds=2),
+                      small_digits, print_fn=lines.append)
+    assert result.diverged_rounds == (1, 2) and result.rounds_done == 2
+    warnings = [line for line in lines if line.startswith("warning: round ")]
+    assert [w.split(" diverged: ")[0] for w in warnings] == ["warning: round 1", "warning: round 2"]
+    assert all(w.endswith("(--on_divergence=warn: training goes on)") for w in warnings)
+    from tffpipe import train  # pylint: disable=g-import-not-at-top
+
+    summary = train.summary_line(result)
+    assert summary.startswith("finished with diverged rounds (1, 2; --on_divergence=warn): 2 rounds; held-out ")
+    assert "done" not in summary
+    healthy = loop.run(_config(tmp_path, "h", rounds=1), small_digits, print_fn=lambda line: None)
+    assert train.summary_line(healthy).startswith("done: 1 rounds; held-out eval/accuracy ")
 
 
 def test_fedbuff_stops_on_a_diverged_server_update(small_digits, tmp_path):
