@@ -155,7 +155,7 @@ def test_next_clients_data_is_loaded_while_a_client_trains(task):
     trained = {}
     for prefetch in (True, False):
         events.clear()
-        local = inprocess.InProcessProcess(process, ["/CPU:0"], prefetch=prefetch)
+        local = inprocess.InProcessProcess(process, ["/CPU:0"], prefetch=prefetch, clients_per_call=1)
         slot = local._slots[0]  # pylint: disable=protected-access
         real_work = slot.client_step
 

@@ -248,8 +248,7 @@ class _Run:
         for round_num in range(start_round + 1, schedule.rounds + 1):
             round_start = time.monotonic()
             round_metrics = self._next_update()
-            round_seconds = time.monotonic() - round_start
-            round_metrics["round_time_sec"] = round_seconds
+            round_metrics[loop.TRAIN_SEC] = time.monotonic() - round_start
             is_last = round_num == schedule.rounds
             expected = self.expected_examples if watch.counts_each_example else None
             symptoms = divergence.symptoms(round_metrics, self._model(), expected)
@@ -263,6 +262,8 @@ class _Run:
                 diverged.append(round_num)
             found, histograms = measurements.after_round(round_num, self._model())
             round_metrics.update(found)
+            round_seconds = time.monotonic() - round_start
+            round_metrics["round_time_sec"] = round_seconds
             log.release(round_metrics, round_num, histograms)
             if is_last or round_num % cfg.output.checkpoint_every == 0:
                 ckpt.save(checkpoints.ProgramState(round_num, self._state()))

@@ -239,6 +239,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     diverged: list[int] = []
     started = time.monotonic()
     for round_num in range(start_round + 1, schedule.rounds + 1):
+        round_start = time.monotonic()  # the whole round: sampling, data, training, evaluation
         stopped_early = tracker.stop_reason(round_num) if tracker else None
         if stopped_early:
             print_fn(stopped_early)
@@ -252,21 +253,18 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in chosen]
         if simulation is not None:
             datasets = [simulation.client_data(cid, ds, seed) for (cid, seed), ds in zip(chosen, datasets)]
-        round_start = time.monotonic()
+        train_start = time.monotonic()
         round_metrics = {}
         previous_state = state
         if datasets:
-            output = process.next(state, datasets)
+            output = _next(process, state, datasets, [cid for cid, _ in chosen], round_num)
             state = output.state
             round_metrics = metrics_lib.flatten(output.metrics)
         else:
             print_fn(f"round {round_num}: no sampled client reported; the model is unchanged")
-        round_seconds = time.monotonic() - round_start
+        round_metrics[TRAIN_SEC] = time.monotonic() - train_start
         rounds_done = round_num
         round_metrics.update(clock.advance(plan))
-        num_examples = round_metrics.get("train/num_examples", 0)
-        round_metrics["round_time_sec"] = round_seconds
-        round_metrics["examples_per_sec"] = num_examples / max(round_seconds, 1e-9)
         round_metrics.update(traffic_metrics)
         if simulation is not None:
             round_metrics.update(simulation.round_metrics(plan.reporting))
@@ -290,6 +288,9 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
             diverged.append(round_num)
         found, histograms = measurements.after_round(round_num, weights)
         round_metrics.update(found)
+        round_seconds = time.monotonic() - round_start
+        round_metrics["round_time_sec"] = round_seconds
+        round_metrics["examples_per_sec"] = round_metrics.get("train/num_examples", 0) / max(round_seconds, 1e-9)
         log.release(round_metrics, round_num, histograms)
         if is_last or round_num % cfg.output.checkpoint_every == 0:
             ckpt.save(checkpoints.ProgramState(round_num, state))
@@ -320,6 +321,25 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         diverged_rounds=tuple(diverged),
     )
 
+
+
+# The training call alone (`process.next`); `round_time_sec` is the whole round.
+TRAIN_SEC = "round/train_sec"
+
+
+class ClientFailed(errors.UserError, RuntimeError):
+    """A client's work raised during a round; the message names the client."""
+
+
+def _next(process, state, datasets, client_ids: list[str], round_num: int):
+    """`process.next`, with a failing client named by its id (runtimes that know which one failed)."""
+    try:
+        return process.next(state, datasets)
+    except errors.UserError as e:
+        index = getattr(e, "index", None)
+        if index is None or not 0 <= index < len(client_ids):
+            raise
+        raise ClientFailed(f"round {round_num}: the work of client {client_ids[index]} failed: {e}") from e
 
 
 def divergence_context(cfg: config_lib.RunConfig, algorithm) -> divergence.Context:

@@ -44,6 +44,12 @@ class Settings:
         flag="cpu_devices", group="runtime", check=settings.at_least(1), applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
+    clients_per_call: int = settings.setting(
+        0, "Clients each slot trains in one TensorFlow call (their work traced into one graph); 0 picks "
+        "8, 1 trains one client per call.",
+        flag="clients_per_call", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
     prefetch_clients: str = settings.setting(
         "auto", "Read each slot's next client into memory while the current one trains: on, off, "
         "or auto (on when clients train on GPUs; on the CPU it competes with training for the cores).",
@@ -79,7 +85,8 @@ class InProcessRuntime(base.Runtime):
 
         s = self.settings(cfg)
         return inprocess_process.build(
-            process, devices.client_slots(s), what, print_fn, prefetch_clients=s.prefetch_clients
+            process, devices.client_slots(s), what, print_fn, prefetch_clients=s.prefetch_clients,
+            clients_per_call=s.clients_per_call,
         )
 
     @contextlib.contextmanager

@@ -77,10 +77,24 @@ class _Slot:
     """One concurrent client: a device and its own copies of the client parts."""
 
     device: str
-    # work, then accumulate: (*accumulator, *client datasets, *client input) ->
-    # (*accumulator, *secure-sum inputs).
-    client_step: Callable[..., list[tf.Tensor]]
+    # work, then accumulate, for a group of clients in one call.
+    client_step: tf_parts.GroupedClientStep
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+# Clients per TensorFlow call when not set: digits, 200 clients of ~7
+# examples a round, one thread: 1.15 s a round at 1, 0.62 at 5, 0.58 at 10,
+# 1.29 at 25 and 12.7 at 50 (one graph holding that many clients' training
+# loops runs slower than their sum). `benchmarks/cohort_throughput.py`.
+AUTO_CLIENTS_PER_CALL = 8
+
+
+class ClientWorkFailed(errors.UserError, RuntimeError):
+    """One client's work raised; `index` is its position in the round's list."""
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(errors.first_line(error))
+        self.index = index
 
 
 class InProcessProcess:
@@ -94,6 +108,8 @@ class InProcessProcess:
         on a loader thread) while the current client trains.
       print_fn: where to say which device got which clients in the first
         round (later rounds log it at INFO level).
+      clients_per_call: clients each slot trains per TensorFlow call (0:
+        `AUTO_CLIENTS_PER_CALL`); 1 is the per-client path.
     """
 
     def __init__(
@@ -103,6 +119,7 @@ class InProcessProcess:
         what: str = "learning process",
         prefetch: bool = True,
         print_fn: Callable[[str], None] | None = None,
+        clients_per_call: int = 0,
     ):
         if not slot_devices:
             raise ValueError("at least one client slot is needed")
@@ -129,13 +146,25 @@ class InProcessProcess:
         self._set_weights = _import(process.set_model_weights, what)
         work_result = mrf.work.type_signature.result
         self._num_update = tf_parts.num_leaves(work_result[forms.WORK_UPDATE_INDEX])
+        num_client_leaves = tf_parts.num_leaves(self._next_type.parameter[1])
         self._slots = []
         for device in slot_devices:
             with tf.device(device):
-                step = tf_parts.chain_work_and_accumulate(
-                    _import(mrf.work, what), _import(mrf.accumulate, what), self._num_update
+                step = tf_parts.GroupedClientStep(
+                    lambda: _import(mrf.work, what), _import(mrf.accumulate, what), self._num_update,
+                    num_client_leaves,
                 )
             self._slots.append(_Slot(device, step))
+        self.clients_per_call = clients_per_call or AUTO_CLIENTS_PER_CALL
+        self.grouping_failed = ""
+        if self.clients_per_call > 1:
+            try:
+                self._slots[0].client_step.prepare(self.clients_per_call)
+            except Exception as e:  # pylint: disable=broad-except
+                # Any tracing failure means the same: this work cannot share a
+                # graph with other clients' work; run one client per call.
+                self.grouping_failed = errors.first_line(e)
+                self.clients_per_call = 1
         # Secure-sum parameters are constants of the computation: read once.
         self._secure: list[tuple[str, int, list[int]]] = []
         for part, index, kind in _SECURE_KINDS:
@@ -234,20 +263,21 @@ class InProcessProcess:
             k: list(range(k, len(datasets), num_slots)) for k in range(min(num_slots, len(datasets)))
         }
 
+        size = self.clients_per_call
+
         def run_slot(slot: _Slot, clients: list[int]):
             with slot.lock, tf.device(slot.device):
                 accumulator = self._zero()
-                pending = self._load(datasets[clients[0]])
-                for n, index in enumerate(clients):
-                    client_datasets = pending.result()
-                    if n + 1 < len(clients):
-                        pending = self._load(datasets[clients[n + 1]])
-                    outputs = slot.client_step(*accumulator, *client_datasets, *client_input)
-                    accumulator = outputs[: len(accumulator)]
+                groups = [clients[i : i + size] for i in range(0, len(clients), size)]
+                pending = self._load(groups[0], datasets)
+                for n, group in enumerate(groups):
+                    group_data = pending.result()
+                    if n + 1 < len(groups):
+                        pending = self._load(groups[n + 1], datasets)
+                    accumulator, extras = self._run_group(slot, accumulator, group, group_data, client_input)
                     if masks is not None:
-                        secure_inputs[index] = self._mask(
-                            masks, moduli, index, outputs[len(accumulator) :]
-                        )
+                        for index, extra in zip(group, extras):
+                            secure_inputs[index] = self._mask(masks, moduli, index, extra)
                 return accumulator
 
         futures = [self._pool.submit(run_slot, self._slots[k], ids) for k, ids in assignment.items()]
@@ -265,17 +295,44 @@ class InProcessProcess:
         logging.info("in-process %s round: %s", self._what, placement)
         return accumulators, secure_inputs
 
-    def _load(self, datasets: list[tf.data.Dataset]) -> concurrent.futures.Future:
-        """The client's datasets, read into memory on a loader thread.
+    def _run_group(self, slot: _Slot, accumulator, group: list[int], group_data, client_input):
+        """Trains a group of clients in one call; on failure, names the client that failed.
+
+        Raises:
+          ClientWorkFailed: naming the first client of the group whose work
+            fails on its own.
+        """
+        try:
+            return slot.client_step(accumulator, group_data, client_input)
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            if len(group) == 1:
+                raise ClientWorkFailed(group[0], error) from error
+            for index, data in zip(group, group_data):
+                try:
+                    accumulator, _ = slot.client_step(accumulator, [data], client_input)
+                except (tf.errors.OpError, ValueError, TypeError) as alone:
+                    raise ClientWorkFailed(index, alone) from alone
+            raise
+
+    def _load(self, group: list[int], datasets) -> concurrent.futures.Future:
+        """The datasets of the clients in `group`, read into memory on a loader thread (if prefetching).
 
         The work reads the cached elements, which are exactly those the
-        datasets' first pass produced, so training sees the same data.
+        datasets' first pass produced, so training sees the same data. A
+        client whose data fails to read is named (`ClientWorkFailed`).
         """
         if not self._prefetch:
             done = concurrent.futures.Future()
-            done.set_result(datasets)
+            done.set_result([datasets[i] for i in group])
             return done
-        return self._loader.submit(lambda: [_read_into_memory(d) for d in datasets])
+
+        def read(index: int) -> list[tf.data.Dataset]:
+            try:
+                return [_read_into_memory(d) for d in datasets[index]]
+            except (tf.errors.OpError, ValueError, TypeError) as error:
+                raise ClientWorkFailed(index, error) from error
+
+        return self._loader.submit(lambda: [read(i) for i in group])
 
     def _moduli(self, num_clients: int) -> list[int]:
         """Per secure value: a modulus under which the round's sum is exact
@@ -345,6 +402,7 @@ def build(
     what: str = "learning process",
     print_fn: Callable[[str], None] | None = None,
     prefetch_clients: str = "auto",
+    clients_per_call: int = 0,
 ) -> InProcessProcess:
     """`process` on the in-process runtime, with a line about placement.
 
@@ -354,14 +412,20 @@ def build(
       what: how messages name the process.
       print_fn: where the placement lines go (None: nowhere).
       prefetch_clients: "on", "off", or "auto": on when a slot is a GPU.
+      clients_per_call: clients per TensorFlow call (0: automatic).
     """
     prefetch = reads_ahead(prefetch_clients, slot_devices)
-    runtime = InProcessProcess(process, slot_devices, what, prefetch=prefetch, print_fn=print_fn)
+    runtime = InProcessProcess(
+        process, slot_devices, what, prefetch=prefetch, print_fn=print_fn, clients_per_call=clients_per_call
+    )
     if print_fn is not None:
         devices = sorted(set(slot_devices))
+        per_call = runtime.clients_per_call
         print_fn(
             f"runtime inprocess: {what} on {len(slot_devices)} client slot(s) over "
-            f"{', '.join(devices)}"
+            f"{', '.join(devices)}, "
+            + (f"up to {per_call} clients per TensorFlow call" if per_call > 1 else "one client per TensorFlow call")
+            + (f" (its client work cannot be grouped: {runtime.grouping_failed})" if runtime.grouping_failed else "")
             + ("; next clients read ahead" if prefetch else "")
             + ("; secure sums use pairwise masking" if runtime.uses_secure_sum else "")
         )

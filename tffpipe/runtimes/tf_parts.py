@@ -133,34 +133,77 @@ def feeds_of(flat_args) -> list:
     return [a._variant_tensor if isinstance(a, tf.data.Dataset) else a for a in flat_args]  # pylint: disable=protected-access
 
 
-def chain_work_and_accumulate(
-    work: ImportedComputation, accumulate: ImportedComputation, num_update: int
-) -> Callable:
-    """One function for a client: `work`, then `accumulate` of its update.
+class GroupedClientStep:
+    """`work` then `accumulate` for K clients in one TensorFlow call.
 
-    Called as `f(*accumulator, *client_datasets, *client_input)`; returns the new
-    accumulator's leaves followed by the work's other outputs (secure-sum
-    inputs). One call instead of two saves a function call per client and
-    keeps the update inside TensorFlow (about 4 ms a client in TF 2.14).
+    `step(accumulator, clients, client_input)` runs each client's work and
+    accumulates the updates in client order, in one call of a traced function,
+    so Python and dispatch costs are paid once per group instead of once per
+    client (digits, 200 clients of ~7 examples: 0.58 s a round at K=10 against
+    1.15 s at K=1, one thread). Each position in a group has its own imported
+    copy of `work`: an imported computation's variables are re-initialised at
+    every call, and the imported functions hide them from TensorFlow's
+    automatic control dependencies, so two clients sharing one copy in one
+    graph would interleave. One traced function per group size, built on
+    first use.
     """
-    num_accumulator = accumulate.num_inputs - num_update
 
-    def step(*args):
-        outputs = work.call(*args[num_accumulator:])
-        accumulator = accumulate.call(*args[:num_accumulator], *outputs[:num_update])
-        return [*accumulator, *outputs[num_update:]]
+    def __init__(self, make_work: Callable[[], ImportedComputation], accumulate: ImportedComputation,
+                 num_update: int, num_client_leaves: int):
+        self._make_work = make_work
+        self._works: list[ImportedComputation] = [make_work()]
+        self._accumulate = accumulate
+        self._num_update = num_update
+        self._num_accumulator = accumulate.num_inputs - num_update
+        self._num_client_leaves = num_client_leaves
+        self._traced: dict[int, Any] = {}
 
-    chained = tf.function(
-        step,
-        input_signature=accumulate.input_specs[:num_accumulator] + work.input_specs,
-        autograph=False,
-    )
-    chained.get_concrete_function()
+    @property
+    def num_extra(self) -> int:
+        """Work outputs after the update, per client (secure-sum inputs)."""
+        return self._works[0].num_outputs - self._num_update
 
-    def call(*args):
-        return list(chained(*feeds_of(args)))
+    def __call__(self, accumulator: Sequence[Any], clients: Sequence[Sequence[Any]], client_input: Sequence[Any]):
+        """(new accumulator, [extra outputs of each client])."""
+        outputs = list(self._function(len(clients))(
+            *accumulator, *[leaf for client in clients for leaf in feeds_of(client)], *client_input
+        ))
+        accumulator, rest = outputs[: self._num_accumulator], outputs[self._num_accumulator :]
+        extra = self.num_extra
+        return accumulator, [rest[i * extra : (i + 1) * extra] for i in range(len(clients))]
 
-    return call
+    def prepare(self, size: int) -> None:
+        """Imports and traces what groups of `size` need, now (raises what that raises)."""
+        self._function(size)
+
+    def _function(self, size: int):
+        if size not in self._traced:
+            while len(self._works) < size:
+                self._works.append(self._make_work())
+            works = self._works[:size]
+            client_specs = works[0].input_specs[: self._num_client_leaves]
+            input_specs = works[0].input_specs[self._num_client_leaves :]
+            n_acc, n_leaves, n_update = self._num_accumulator, self._num_client_leaves, self._num_update
+
+            def step(*args):
+                accumulator = list(args[:n_acc])
+                clients = args[n_acc : n_acc + size * n_leaves]
+                client_input = args[n_acc + size * n_leaves :]
+                extra = []
+                for k, work in enumerate(works):
+                    outputs = work.call(*clients[k * n_leaves : (k + 1) * n_leaves], *client_input)
+                    accumulator = self._accumulate.call(*accumulator, *outputs[:n_update])
+                    extra.extend(outputs[n_update:])
+                return [*accumulator, *extra]
+
+            traced = tf.function(
+                step,
+                input_signature=self._accumulate.input_specs[:n_acc] + client_specs * size + input_specs,
+                autograph=False,
+            )
+            traced.get_concrete_function()
+            self._traced[size] = traced
+        return self._traced[size]
 
 
 def _with_unique_names(graph_def, suffix: str):

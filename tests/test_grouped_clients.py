@@ -1,0 +1,130 @@
+"""Grouped client work (several clients per TensorFlow call) equals the per-client path."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_config
+from tffpipe.learning import builder
+from tffpipe.program import loop
+from tffpipe.program import sampling
+from tffpipe.runtimes import inprocess_process
+from tffpipe.runtimes import registry as runtime_registry
+from tffpipe.tasks import ClientSpec
+
+from tasks import digits
+
+SMALL = {"digits_num_clients": 14, "digits_eval_clients": 4, "digits_alpha": 1.0}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
+
+
+def _config(root, name, per_call, **values):
+    return make_config(**{
+        **SMALL, "client_epochs": 1, "client_batch_size": 16, "rounds": 3, "clients_per_round": 7,
+        "eval_every": 3, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
+        "clients_per_call": per_call, **values,
+    })
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+CASES = {
+    "fedavg": {},
+    "secure_sum": {"secure_aggregation": True},
+    "sign_flip_median": {"attack": "sign_flip", "robust": "median", "zeroing": False},
+    "fedprox_dp": {"algorithm": "fedprox", "zeroing": False, "dp": "fixed", "dp_clip_norm": 1.0,
+                   "dp_noise_multiplier": 0.0},
+    "mime_lite": {"algorithm": "mime_lite"},
+    "fedsgd_personalized": {"algorithm": "fedsgd", "personalize_every": 3},
+}
+_SLOW = {"fedprox_dp", "mime_lite", "fedsgd_personalized"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES])
+def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
+    # 7 clients on 2 slots: slot 0 trains 4 (a group of 3, then 1), slot 1 trains 3.
+    runs = {}
+    for per_call in (1, 3):
+        name = f"k{per_call}"
+        runs[per_call] = loop.run(_config(tmp_path, name, per_call, **CASES[case]), task, print_fn=lambda line: None)
+    for ours, theirs in zip(runs[3].model_weights.trainable, runs[1].model_weights.trainable):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    grouped, single = (_rows(tmp_path / n / "results" / "metrics.csv") for n in ("k3", "k1"))
+    for a, b in zip(grouped, single):
+        assert a["train/num_examples"] == b["train/num_examples"]
+        assert float(a["train/loss"]) == pytest.approx(float(b["train/loss"]), rel=1e-5)
+        assert float(a["sim/elapsed_sec"]) == float(b["sim/elapsed_sec"])
+    clients_grouped, clients_single = (_rows(tmp_path / n / "results" / "clients.csv") for n in ("k3", "k1"))
+    assert [(r["round"], r["client_id"], r["num_examples"]) for r in clients_grouped] == [
+        (r["round"], r["client_id"], r["num_examples"]) for r in clients_single]
+    for a, b in zip(clients_grouped, clients_single):
+        for column in a:
+            if column not in ("round", "client_id") and a[column]:
+                assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-5, abs=1e-6), column
+
+
+def _engine(task, per_call, slots=("/CPU:0",)):
+    cfg = _config(".", "unused", per_call, zeroing=False)
+    runtime = runtime_registry.get("inprocess")
+    process, _ = builder.build_learning_process(
+        task, cfg, task.train_data.client_ids, runtime.loop_implementation())
+    return inprocess_process.InProcessProcess(process, list(slots), clients_per_call=per_call)
+
+
+def _datasets(task, count=5):
+    ids = sampling.sample_clients(list(task.train_data.client_ids), count, seed=0, round_num=1)
+    spec = ClientSpec(num_epochs=1, batch_size=16)
+    return [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids)]
+
+
+def test_groups_larger_than_the_cohort_and_empty_clients_match(task):
+    data = _datasets(task)
+    data[2] = data[2].take(0)  # a client with no examples
+    initial = builder.initial_model_weights(task, 0)
+    results = {}
+    for per_call in (1, 16):
+        engine = _engine(task, per_call)
+        try:
+            state = engine.set_model_weights(engine.initialize(), initial)
+            output = engine.next(state, data)
+            results[per_call] = (engine.get_model_weights(output.state).trainable,
+                                 output.metrics["client_work"]["train"]["num_examples"])
+        finally:
+            engine.close()
+    assert results[16][1] == results[1][1] == sum(
+        len(list(d.unbatch())) for i, d in enumerate(data) if i != 2)
+    for ours, theirs in zip(results[16][0], results[1][0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_an_exception_in_one_clients_work_names_that_client(task, tmp_path):
+    data = _datasets(task)
+
+    def poisoned(x, y):
+        tf.debugging.assert_less(tf.reduce_max(x), -1.0, message="poisoned client data")
+        return x, y
+
+    data[3] = data[3].map(poisoned)
+    initial = builder.initial_model_weights(task, 0)
+    for per_call in (1, 4):
+        engine = _engine(task, per_call)
+        try:
+            state = engine.set_model_weights(engine.initialize(), initial)
+            with pytest.raises(inprocess_process.ClientWorkFailed) as info:
+                engine.next(state, data)
+            assert info.value.index == 3
+            assert "poisoned client data" in str(info.value)
+            with pytest.raises(loop.ClientFailed, match=r"^round 7: the work of client c3 failed: .*poisoned client data"):
+                loop._next(engine, state, data, ["c0", "c1", "c2", "c3", "c4"], 7)  # pylint: disable=protected-access
+        finally:
+            engine.close()
