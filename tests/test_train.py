@@ -328,8 +328,8 @@ def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(mark
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert (
-        "runtime inprocess: learning process on 2 client slot(s) over /device:CPU:0; "
-        "secure sums use pairwise masking" in out
+        "runtime inprocess: learning process on 2 client slot(s) over /device:CPU:0, up to 4 clients per "
+        "TensorFlow call; secure sums use pairwise masking" in out
     )
     assert (
         "learning process placement (client i of a round goes to slot i mod 2), first round: "

@@ -46,7 +46,7 @@ class Settings:
     )
     clients_per_call: int = settings.setting(
         0, "Clients each slot trains in one TensorFlow call (their work traced into one graph); 0 picks "
-        "8, 1 trains one client per call.",
+        "4, 1 trains one client per call.",
         flag="clients_per_call", group="runtime", check=settings.at_least(0), applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )

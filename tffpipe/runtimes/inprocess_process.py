@@ -82,11 +82,14 @@ class _Slot:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-# Clients per TensorFlow call when not set: digits, 200 clients of ~7
-# examples a round, one thread: 1.15 s a round at 1, 0.62 at 5, 0.58 at 10,
-# 1.29 at 25 and 12.7 at 50 (one graph holding that many clients' training
-# loops runs slower than their sum). `benchmarks/cohort_throughput.py`.
-AUTO_CLIENTS_PER_CALL = 8
+# Clients per TensorFlow call when not set. digits, 200 clients of ~7
+# examples a round, 2 cores, seconds of `next` (median of 5 rounds): 1 client
+# per call 1.10 (2 slots) and 1.63 (1 slot); 4 per call 0.75 (2 slots) and
+# 1.02 (1 slot); 8 per call 0.85 and 0.83; 16 per call 0.87 (1 slot). A first
+# prototype found one graph of 50 clients' training loops far slower than
+# their sum (12.7 s a round), so groups stay small. See
+# `benchmarks/cohort_throughput.py`.
+AUTO_CLIENTS_PER_CALL = 4
 
 
 class ClientWorkFailed(errors.UserError, RuntimeError):

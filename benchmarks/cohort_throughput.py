@@ -1,0 +1,168 @@
+"""Large cohorts: the grouped in-process engine, the per-client engine and Keras, side by side.
+
+For each workload, a round's clients are trained three ways, every figure a
+wall time per round:
+  (a) the in-process engine with grouped client work (`--clients_per_call`
+      at its default), datasets built as the program loop builds them;
+  (b) the same engine with one client per TensorFlow call
+      (`--clients_per_call=1`);
+  (c) Keras `model.fit` of the same model over the same examples, one epoch,
+      at the clients' batch size, and at the batch the clients really run
+      (a client with 7 examples and batch size 20 runs one batch of 7).
+Workloads: `digits` (250 clients of about 7 examples; for 1,000 a round,
+1,250 clients of about 7 from digits' images repeated) at 10, 50, 200 and
+1,000 clients a round, and the
+EMNIST CNN of `tasks/emnist.py` (`cnn_dropout`, 1.2 million parameters) on
+synthetic EMNIST-shaped data (28x28 images, 62 classes, 20 examples a client)
+at 50 and 200 clients a round. FedAvg, one local epoch, batch 20, no zeroing.
+Each figure is the median of `--rounds` timed rounds after a warm-up round;
+(a) and (b) alternate round by round.
+
+  uv run python benchmarks/cohort_throughput.py
+  uv run python benchmarks/cohort_throughput.py --workloads=digits:200 --rounds=3
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from tffpipe import config
+from tffpipe.learning import builder
+from tffpipe.program import loop
+from tffpipe.program import sampling
+from tffpipe.runtimes import processes
+from tffpipe.runtimes import registry as runtime_registry
+from tffpipe.tasks import from_arrays
+from tasks import digits
+from tasks import emnist
+
+flags.DEFINE_list(
+    "workloads", ["digits:10", "digits:50", "digits:200", "digits:1000", "emnist:50", "emnist:200"],
+    "MODEL:CLIENTS_PER_ROUND pairs to measure.",
+)
+flags.DEFINE_integer("rounds", 5, "Timed rounds per engine (after a warm-up round); the median is reported.")
+flags.DEFINE_integer("batch_size", 20, "The clients' batch size.")
+FLAGS = flags.FLAGS
+
+
+def _task(model: str, cohort: int):
+    if model == "digits" and cohort <= 200:
+        return digits.create_task(num_clients=250, eval_clients=50, alpha=100.0, seed=0)
+    if model == "digits":
+        # digits' 1,797 images, repeated to keep about 7 examples a client.
+        x, y = digits.load_arrays()
+        num_clients = cohort + cohort // 4
+        repeats = -(-7 * num_clients // len(x))
+        return from_arrays(
+            "digits_repeated", np.tile(x, (repeats, 1, 1, 1)), np.tile(y, repeats), digits.build_cnn,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+            num_clients=num_clients, partition="iid", eval_fraction=0.2, seed=0,
+        )
+    rng = np.random.default_rng(0)
+    num_clients = cohort + cohort // 4
+    x = rng.random((num_clients * 20, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 62, num_clients * 20)
+    return from_arrays(
+        "emnist_shaped", x, y, lambda: emnist._MODELS["cnn_dropout"](only_digits=False),  # pylint: disable=protected-access
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"],
+        num_clients=num_clients, partition="iid", eval_fraction=0.2, seed=0,
+    )
+
+
+def _config(task, cohort: int, per_call: int) -> config.RunConfig:
+    return config.from_values({
+        "task": "digits", "clients_per_round": cohort, "client_epochs": 1, "client_batch_size": FLAGS.batch_size,
+        "zeroing": False, "runtime": "inprocess", "clients_per_call": per_call,
+        "digits_num_clients": 1000000,  # unused: the task object is built here
+    })
+
+
+def _engine(task, cohort: int, per_call: int):
+    cfg = _config(task, cohort, per_call)
+    runtime = runtime_registry.get("inprocess")
+    process, _ = builder.build_learning_process(
+        task, cfg, list(task.train_data.client_ids), runtime.loop_implementation())
+    return runtime.wrap(process, cfg, lambda line: None), loop.client_spec(cfg)
+
+
+def _round(engine, spec, task, state, cohort: int, round_num: int):
+    """One round as the program loop runs it: sample, build datasets, train."""
+    started = time.perf_counter()
+    ids = sampling.sample_clients(list(task.train_data.client_ids), cohort, seed=0, round_num=round_num)
+    datasets = [task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
+    state = engine.next(state, datasets).state
+    return state, time.perf_counter() - started, ids
+
+
+def _keras(task, ids, batch_size: int) -> float:
+    pairs = [_client_arrays(task, cid) for cid in ids]
+    x, y = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    model = task.model_builder()
+    model.compile(tf.keras.optimizers.SGD(0.02), task.loss_builder())
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # warm-up (traces)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def _client_arrays(task, cid) -> tuple[np.ndarray, np.ndarray]:
+    """A client's examples as (x, y) arrays, as its training dataset yields them."""
+    spec = loop.ClientSpec(num_epochs=1, batch_size=10**6, shuffle_buffer_size=1)
+    x, y = next(iter(task.client_dataset(cid, spec, seed=0)))
+    return np.asarray(x), np.asarray(y)
+
+
+def main(argv):
+    del argv
+    rows = []
+    for item in FLAGS.workloads:
+        model, cohort = item.split(":")
+        cohort = int(cohort)
+        task = _task(model, cohort)
+        initial = builder.initial_model_weights(task, 0)
+        engines = {k: _engine(task, cohort, k) for k in (0, 1)}
+        states = {k: e.set_model_weights(e.initialize(), initial) for k, (e, _) in engines.items()}
+        times = {0: [], 1: []}
+        ids = []
+        for round_num in range(0, FLAGS.rounds + 1):
+            for k, (engine, spec) in engines.items():
+                states[k], seconds, ids = _round(engine, spec, task, states[k], cohort, round_num + 1)
+                if round_num:
+                    times[k].append(seconds)
+        per_call = engines[0][0].clients_per_call
+        for engine, _ in engines.values():
+            engine.close()
+        sizes = [len(_client_arrays(task, cid)[1]) for cid in ids]
+        examples = sum(sizes)
+        clients_batches = sum(-(-n // FLAGS.batch_size) for n in sizes)
+        effective = max(1, round(examples / clients_batches))
+        keras_batch = _keras(task, ids, FLAGS.batch_size)
+        keras_effective = _keras(task, ids, effective)
+        grouped, single = statistics.median(times[0]), statistics.median(times[1])
+        rows.append((model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective))
+        print(f"measured {item}: grouped {grouped:.3f} s, per-client {single:.3f} s, "
+              f"keras {keras_batch:.3f} s (batch {FLAGS.batch_size}), {keras_effective:.3f} s (batch {effective})",
+              flush=True)
+    print()
+    print(f"{'workload':<10} {'clients':>7} {'examples':>8} {'K':>3} {'(a) grouped':>11} {'(b) 1/call':>10} "
+          f"{'(c) keras':>9} {'(c) eff. batch':>14} {'(a)/(c)':>7} {'(b)/(a)':>7}")
+    for model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective in rows:
+        print(f"{model:<10} {cohort:>7} {examples:>8} {per_call:>3} {grouped:>10.3f}s {single:>9.3f}s "
+              f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
+              f"{single / grouped:>7.2f}")
+    processes.exit_now(0)
+
+
+if __name__ == "__main__":
+    app.run(main)
