@@ -12,6 +12,7 @@ from conftest import SMALL_DIGITS_FLAGS, make_config, run_train
 from tffpipe.program import checkpoints
 from tffpipe.program import divergence
 from tffpipe.program import loop
+from tffpipe.program import progress
 
 
 def _weights(value=0.5):
@@ -78,24 +79,24 @@ def test_a_learning_rate_far_too_high_stops_the_run_in_one_line(small_digits, tm
 
 
 def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_digits, tmp_path, monkeypatch):
-    straight = loop.run(_config(tmp_path, "straight", rounds=3), small_digits, print_fn=lambda line: None)
+    straight = loop.run(_config(tmp_path, "straight", rounds=2), small_digits, print_fn=lambda line: None)
     real = divergence.symptoms
 
-    def round_four_diverges(metrics, weights, expected):
+    def round_three_diverges(metrics, weights, expected):
         found = real(metrics, weights, expected)
         recorded = _rows(tmp_path / "d") if os.path.exists(tmp_path / "d" / "results" / "metrics.csv") else []
-        return found + ["the training loss is nan"] if len(recorded) == 3 else found
+        return found + ["the training loss is nan"] if len(recorded) == 2 else found
 
-    monkeypatch.setattr(divergence, "symptoms", round_four_diverges)
-    with pytest.raises(divergence.Diverged, match=r"^round 4 diverged: the training loss is nan; .*the checkpoint "
-                       r"of round 3 holds the last finite weights: lower the rate and rerun to resume from it, "
+    monkeypatch.setattr(divergence, "symptoms", round_three_diverges)
+    # No checkpoint was due before round 3 (every 5): the run saves round 2's finite state itself.
+    with pytest.raises(divergence.Diverged, match=r"^round 3 diverged: the training loss is nan; .*the checkpoint "
+                       r"of round 2 holds the last finite weights: lower the rate and rerun to resume from it, "
                        r"or pass --on_divergence=warn to go on$"):
-        loop.run(_config(tmp_path, "d", rounds=6, checkpoint_every=5), small_digits, print_fn=lambda line: None)
-    assert checkpoints.newest_round(str(tmp_path / "d" / "checkpoints")) == 3
+        loop.run(_config(tmp_path, "d", rounds=4, checkpoint_every=5), small_digits, print_fn=lambda line: None)
+    assert checkpoints.newest_round(str(tmp_path / "d" / "checkpoints")) == 2
     monkeypatch.setattr(divergence, "symptoms", real)
-    lines = []
-    resumed = loop.run(_config(tmp_path, "d", rounds=3), small_digits, print_fn=lines.append)
-    assert resumed.resumed_from == 3
+    resumed = loop.run(_config(tmp_path, "d", rounds=2), small_digits, print_fn=lambda line: None)
+    assert resumed.resumed_from == 2
     for got, want in zip(resumed.model_weights.trainable, straight.model_weights.trainable):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
@@ -119,13 +120,11 @@ def test_warn_goes_on_and_the_summary_never_says_done(small_digits, tmp_path):
     warnings = [line for line in lines if line.startswith("warning: round ")]
     assert [w.split(" diverged: ")[0] for w in warnings] == ["warning: round 1", "warning: round 2"]
     assert all(w.endswith("(--on_divergence=warn: training goes on)") for w in warnings)
-    from tffpipe import train  # pylint: disable=g-import-not-at-top
-
-    summary = train.summary_line(result)
+    summary = progress.summary_line(result)
     assert summary.startswith("finished with diverged rounds (1, 2; --on_divergence=warn): 2 rounds; held-out ")
     assert "done" not in summary
     healthy = loop.run(_config(tmp_path, "h", rounds=1), small_digits, print_fn=lambda line: None)
-    assert train.summary_line(healthy).startswith("done: 1 rounds; held-out eval/accuracy ")
+    assert progress.summary_line(healthy).startswith("done: 1 rounds; held-out eval/accuracy ")
 
 
 def test_fedbuff_stops_on_a_diverged_server_update(small_digits, tmp_path):

@@ -27,8 +27,8 @@ def task():
 
 def _config(root, name, per_call, **values):
     return make_config(**{
-        **SMALL, "client_epochs": 1, "client_batch_size": 16, "rounds": 3, "clients_per_round": 7,
-        "eval_every": 3, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
+        **SMALL, "client_epochs": 1, "client_batch_size": 16, "rounds": 2, "clients_per_round": 7,
+        "eval_every": 2, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
         "clients_per_call": per_call, **values,
     })
 
@@ -45,9 +45,9 @@ CASES = {
     "fedprox_dp": {"algorithm": "fedprox", "zeroing": False, "dp": "fixed", "dp_clip_norm": 1.0,
                    "dp_noise_multiplier": 0.0},
     "mime_lite": {"algorithm": "mime_lite"},
-    "fedsgd_personalized": {"algorithm": "fedsgd", "personalize_every": 3},
+    "fedsgd_personalized": {"algorithm": "fedsgd", "personalize_every": 2},
 }
-_SLOW = {"fedprox_dp", "mime_lite", "fedsgd_personalized"}
+_SLOW = {"sign_flip_median", "fedprox_dp", "mime_lite", "fedsgd_personalized"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES])

@@ -19,6 +19,7 @@ from absl import logging
 
 from tffpipe import cli
 from tffpipe import errors
+from tffpipe.program import progress
 from tffpipe.program import run_lock
 from tffpipe.program import saved_settings
 from tffpipe.runtimes import processes
@@ -56,19 +57,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def summary_line(result) -> str:
-    """The run's closing line: `done: ...`, or which rounds diverged (never `done` then)."""
-    summary = ", ".join(
-        f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k
-    )
-    diverged = getattr(result, "diverged_rounds", ())
-    if diverged:
-        rounds = ", ".join(map(str, diverged))
-        return (f"finished with diverged rounds ({rounds}; --on_divergence=warn): {result.rounds_done} rounds; "
-                f"held-out {summary}")
-    return f"done: {result.rounds_done} rounds; held-out {summary}"
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -104,7 +92,7 @@ def main(argv: list[str]) -> None:
         _fail(f"interrupted; {RESUME_HINT}", 130)
     except errors.Terminated:
         _fail(f"terminated (SIGTERM); {RESUME_HINT}", 143)
-    print(summary_line(result), flush=True)
+    print(progress.summary_line(result), flush=True)
     print(f"model exported to {os.path.join(cfg.output.run_dir, 'export')}", flush=True)
     if getattr(result, "final_clients", None):
         print(result.worst_served, flush=True)

@@ -41,3 +41,16 @@ def round_line(
     parts.append(f"{round_seconds:.2f}s")
     parts.append(f"ETA {format_eta(eta_seconds)}")
     return "  ".join(parts)
+
+
+def summary_line(result) -> str:
+    """The run's closing line: `done: ...`, or which rounds diverged (never `done` then)."""
+    summary = ", ".join(
+        f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k
+    )
+    diverged = getattr(result, "diverged_rounds", ())
+    if diverged:
+        rounds = ", ".join(map(str, diverged))
+        return (f"finished with diverged rounds ({rounds}; --on_divergence=warn): {result.rounds_done} rounds; "
+                f"held-out {summary}")
+    return f"done: {result.rounds_done} rounds; held-out {summary}"
