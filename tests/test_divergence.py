@@ -101,6 +101,7 @@ def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_di
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_launcher_stops_a_diverging_run_in_one_line(tmp_path):
     args = [f"--{k}={v}" for k, v in SMALL_DIGITS_FLAGS.items()] + [
         "--task=digits", "--rounds=2", "--clients_per_round=3", f"--root_dir={tmp_path}", "--client_learning_rate=1e6",

@@ -49,7 +49,7 @@ CASES = {
 # Mime Lite is left out: on the in-process runtime two identical runs already
 # differ (1 round, one client per call, one slot: weights 0.0117 apart), so
 # grouped and per-client runs cannot be compared; see the session's note.
-_SLOW = {"sign_flip_median", "fedprox_dp", "fedsgd_personalized"}
+_SLOW = {"secure_sum", "sign_flip_median", "fedprox_dp", "fedsgd_personalized"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES])
