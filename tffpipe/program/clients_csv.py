@@ -34,10 +34,7 @@ def read(path: str) -> tuple[list[str], dict[Key, dict[str, Any]]]:
     if not os.path.exists(path):
         return list(_FIRST), {}
     table = _read_table(path)
-    rows = {}
-    for row in table.rows:
-        rows[(int(row[ROUND]), row[CLIENT])] = row  # a repeated key: the last wins
-    return table.fieldnames, rows
+    return table.fieldnames, _by_key(table)
 
 
 def incomplete_rounds(path: str) -> dict[int, str]:
@@ -66,6 +63,10 @@ def incomplete_rounds(path: str) -> dict[int, str]:
     return found
 
 
+def _by_key(table: csv_table.Table) -> dict[Key, dict[str, Any]]:
+    return {(int(row[ROUND]), row[CLIENT]): row for row in table.rows}  # a repeated key: the last wins
+
+
 def _read_table(path: str) -> csv_table.Table:
     table = csv_table.read(path, text_columns=(CLIENT,))
     if ROUND not in table.fieldnames or CLIENT not in table.fieldnames:
@@ -76,7 +77,8 @@ def _read_table(path: str) -> csv_table.Table:
 
 
 def _cut_round(table: csv_table.Table, counts: Mapping[int, int]) -> int | None:
-    """The round of the cut line: its own first field, else the round after the last whole row's."""
+    """The round of the cut line: its own first field when whole; the last whole row's round when that
+    field is not a number; None when the line was cut inside its first field."""
     try:
         return int(table.cut_key) if table.cut_key is not None else None
     except ValueError:
@@ -98,10 +100,11 @@ def trim(path: str, last_round: int) -> int:
     Raises:
       ValueError: (or `csv.Error`, `UnicodeDecodeError`) the file is unreadable.
     """
-    columns, rows = read(path)
+    table = _read_table(path)
+    rows = _by_key(table)
     kept = {key: row for key, row in rows.items() if key[0] <= last_round}
-    if len(kept) != len(rows) or csv_table.read(path).cut is not None:
-        write(path, columns, kept)
+    if len(kept) != len(rows) or table.cut is not None:
+        write(path, table.fieldnames, kept)
     return len(rows) - len(kept)
 
 
