@@ -34,7 +34,7 @@ def test_defaults_are_valid_and_frozen():
         (dict(server_learning_rate=0.0), "--server_learning_rate must be positive, got 0"),
         (dict(experiment_name="a/b"), "--experiment_name must be a single folder name, got 'a/b'"),
         (dict(experiment_name="."), "--experiment_name must be a single folder name, got '.'"),
-        (dict(runtime="tpu"), "--runtime='tpu' is not one of: auto, cpp, inprocess, remote"),
+        (dict(runtime="tpu"), "--runtime='tpu' is not one of: auto, cpp, inprocess, ray, remote"),
         (dict(clients_per_gpu=0), "--clients_per_gpu must be at least 1, got 0"),
         (dict(cpu_devices=0), "--cpu_devices must be at least 1, got 0"),
         (dict(prefetch_clients="always"), "--prefetch_clients='always' is not one of: auto, on, off"),

@@ -18,19 +18,24 @@ from tffpipe import worker
 K8S = os.path.join(REPO_ROOT, "deploy", "kubernetes")
 
 
-@pytest.fixture(scope="module")
-def objects():
-    with open(os.path.join(K8S, "kustomization.yaml")) as f:
+def _kustomization_objects(folder: str) -> dict:
+    """{(kind, name): object} of every manifest `folder`'s kustomization lists (and it lists them all)."""
+    with open(os.path.join(folder, "kustomization.yaml")) as f:
         kustomization = yaml.safe_load(f)
     assert sorted(kustomization["resources"]) == sorted(
-        n for n in os.listdir(K8S) if n.endswith(".yaml") and n != "kustomization.yaml"
+        n for n in os.listdir(folder) if n.endswith(".yaml") and n != "kustomization.yaml"
     )
     found = {}
     for name in kustomization["resources"]:
-        with open(os.path.join(K8S, name)) as f:
+        with open(os.path.join(folder, name)) as f:
             for doc in yaml.safe_load_all(f):
                 found[(doc["kind"], doc["metadata"]["name"])] = doc
     return found
+
+
+@pytest.fixture(scope="module")
+def objects():
+    return _kustomization_objects(K8S)
 
 
 def _flag_value(args, name):
@@ -114,3 +119,70 @@ def test_the_image_copies_what_the_package_needs():
     assert {"tffpipe", "tasks", "pyproject.toml", "uv.lock"} <= set(copied)
     assert "uv sync --locked --no-dev" in dockerfile
     assert 'CMD ["python", "-m", "tffpipe.worker", "--port=8000"]' in dockerfile
+
+
+RAY_K8S = os.path.join(K8S, "ray")
+
+
+@pytest.fixture(scope="module")
+def ray_objects():
+    return _kustomization_objects(RAY_K8S)
+
+
+def _ray_pods(cluster):
+    yield cluster["spec"]["headGroupSpec"]
+    yield from cluster["spec"]["workerGroupSpecs"]
+
+
+def test_the_ray_cluster_requires_the_token_the_launcher_holds(ray_objects):
+    (cluster,) = [doc for (kind, _), doc in ray_objects.items() if kind == "RayCluster"]
+    job = ray_objects[("Job", "tffpipe-ray-train")]
+    auth = cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
+    # The cluster runs the Ray the launcher was locked with, in the launcher's image.
+    import ray  # pylint: disable=g-import-not-at-top
+
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    for group in _ray_pods(cluster):
+        (ray_container,) = group["template"]["spec"]["containers"]
+        assert ray_container["image"] == container["image"]
+
+
+def test_the_ray_launcher_joins_the_head_service_and_resumes_on_restart(ray_objects):
+    (cluster,) = [doc for (kind, _), doc in ray_objects.items() if kind == "RayCluster"]
+    job = ray_objects[("Job", "tffpipe-ray-train")]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cfg = cli.parse(["train", *container["args"]])
+    assert cfg.runtime.name == "ray"
+    # KubeRay names the head's Service <cluster>-head-svc; the GCS listens on 6379.
+    head_port = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert cfg.runtime.ray.ray_address == f"{cluster['metadata']['name']}-head-svc:{head_port}"
+    assert not cfg.runtime.ray.ray_allow_unauthenticated
+    (mount,) = [m for m in container["volumeMounts"] if cfg.output.root_dir.startswith(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in ray_objects
+    assert pod["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1
+
+
+def test_the_gpu_group_reserves_what_it_tells_ray_and_only_the_run_reaches_the_pods(ray_objects):
+    (cluster,) = [doc for (kind, _), doc in ray_objects.items() if kind == "RayCluster"]
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    for group in groups.values():
+        (container,) = group["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        assert float(group["rayStartParams"]["num-cpus"]) <= float(limits["cpu"])
+        assert int(group["rayStartParams"].get("num-gpus", 0)) == int(limits.get("nvidia.com/gpu", 0))
+    assert int(groups["gpu"]["rayStartParams"]["num-gpus"]) >= 1
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["include-dashboard"] == "false"
+    policy = ray_objects[("NetworkPolicy", "tffpipe-ray")]
+    pod_labels = [g["template"]["metadata"]["labels"] for g in _ray_pods(cluster)]
+    assert all(policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items() for labels in pod_labels)
+    allowed = [rule["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"][0]["from"]]
+    job_labels = ray_objects[("Job", "tffpipe-ray-train")]["spec"]["template"]["metadata"]["labels"]
+    assert any(a.items() <= job_labels.items() for a in allowed)
+    assert all(any(a.items() <= labels.items() for labels in pod_labels + [job_labels]) for a in allowed)

@@ -15,6 +15,7 @@ from tffpipe.learning import builder
 from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import contexts as runtime
+from tffpipe.runtimes import client_half
 from tffpipe.runtimes import inprocess_process as inprocess
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec
@@ -156,7 +157,7 @@ def test_next_clients_data_is_loaded_while_a_client_trains(task):
     for prefetch in (True, False):
         events.clear()
         local = inprocess.InProcessProcess(process, ["/CPU:0"], prefetch=prefetch, clients_per_call=1)
-        slot = local._slots[0]  # pylint: disable=protected-access
+        slot = local.clients.half.slots[0]
         real_work = slot.client_step
 
         def slow_work(*args, real_work=real_work):
@@ -191,10 +192,10 @@ def test_next_clients_data_is_loaded_while_a_client_trains(task):
 
 
 def test_clients_are_read_ahead_on_gpus_unless_told_otherwise():
-    assert inprocess.reads_ahead("auto", ["/device:GPU:0", "/device:GPU:1"])
-    assert not inprocess.reads_ahead("auto", ["/device:CPU:0", "/device:CPU:0"])
-    assert inprocess.reads_ahead("on", ["/device:CPU:0"])
-    assert not inprocess.reads_ahead("off", ["/device:GPU:0"])
+    assert client_half.reads_ahead("auto", ["/device:GPU:0", "/device:GPU:1"])
+    assert not client_half.reads_ahead("auto", ["/device:CPU:0", "/device:CPU:0"])
+    assert client_half.reads_ahead("on", ["/device:CPU:0"])
+    assert not client_half.reads_ahead("off", ["/device:GPU:0"])
 
 
 def test_a_round_that_is_not_a_map_reduce_fails_with_one_line():

@@ -39,11 +39,15 @@ flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Folder of the publ
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size to estimate memory for.")
 flags.DEFINE_enum(
     "runtime", "all", ["all", *runtime_registry.RUNTIMES],
-    "Runtime(s) to check and smoke-test: all (cpp and inprocess, and remote when "
-    "--workers is given) or one of " + ", ".join(runtime_registry.RUNTIMES) + ".")
+    "Runtime(s) to check and smoke-test: all (cpp and inprocess, remote when --workers is given, "
+    "ray when --ray_address is) or one of " + ", ".join(runtime_registry.RUNTIMES) + ".")
 flags.DEFINE_string("gpus", "all", "--runtime=inprocess: GPUs to use (all, none, or indices like 0,1).")
 flags.DEFINE_list(
     "workers", [], "--runtime=remote: the worker services to check, HOST:PORT,HOST:PORT,...")
+flags.DEFINE_string(
+    "ray_address", "", "--runtime=ray: the Ray cluster to check (HOST:PORT or auto); with --runtime=all, "
+    "ray is checked only when this is given.")
+flags.DEFINE_bool("ray_allow_unauthenticated", False, "--runtime=ray: accept a cluster without token authentication.")
 flags.DEFINE_bool("smoke", True, "Run one round on synthetic data on each checked runtime.")
 FLAGS = flags.FLAGS
 
@@ -113,11 +117,11 @@ def check_gpu_libraries(tensorflow_gpus: int, driver_gpus: int) -> Check | None:
     return None
 
 
-def runtime_config(name: str, gpus: str = "all", workers: tuple[str, ...] = ()) -> config_lib.RunConfig:
+def runtime_config(name: str, gpus: str = "all", workers: tuple[str, ...] = (), **more: object) -> config_lib.RunConfig:
     """A default run config on runtime `name`, with the doctor's settings that apply to it."""
     table = settings.by_flag(config_lib.RunConfig)
     values = {"runtime": name}
-    for flag, value in (("gpus", gpus), ("workers", tuple(workers))):
+    for flag, value in (("gpus", gpus), ("workers", tuple(workers)), *more.items()):
         selector, allowed = table[flag].spec.applies_to()
         if name in allowed:
             values[flag] = value
@@ -283,6 +287,10 @@ def run_checks(
             yield smoke_round(cfg)
 
 
+def _ray_flags() -> dict[str, object]:
+    return {"ray_address": FLAGS.ray_address, "ray_allow_unauthenticated": FLAGS.ray_allow_unauthenticated}
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
@@ -301,11 +309,13 @@ def main(argv: list[str]) -> None:
                 if runtime.chooses_another:
                     continue
                 try:
-                    configs[runtime.key] = runtime_config(runtime.key, FLAGS.gpus, tuple(FLAGS.workers))
+                    cfg = runtime_config(runtime.key, FLAGS.gpus, tuple(FLAGS.workers), **_ray_flags())
                 except config_lib.ConfigError:
                     continue
+                if runtime.checked_by_default(cfg):
+                    configs[runtime.key] = cfg
         else:
-            configs = {FLAGS.runtime: runtime_config(FLAGS.runtime, FLAGS.gpus, tuple(FLAGS.workers))}
+            configs = {FLAGS.runtime: runtime_config(FLAGS.runtime, FLAGS.gpus, tuple(FLAGS.workers), **_ray_flags())}
         for cfg in configs.values():
             runtime_registry.get(cfg.runtime.name).configure_devices(cfg)  # before TensorFlow starts them
     except (config_lib.ConfigError, devices.DeviceError) as e:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from tffpipe import config as config_lib
 from tffpipe.learning import builder
 from tffpipe.program import client_metrics
+from tffpipe.program import client_sources
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
@@ -67,7 +68,7 @@ class Evaluator:
     ):
         self._triggered = triggered
         self._task = task
-        self._batch_size = cfg.schedule.eval_batch_size
+        self._source = client_sources.EvalSource(client_sources.TaskRecipe.of(cfg), cfg.schedule.eval_batch_size)
         self.client_ids = sample_eval_clients(task, cfg)
         runtime = runtime_registry.get(cfg.runtime.name)
         self._process = runtime.evaluation(
@@ -78,20 +79,22 @@ class Evaluator:
     def evaluate(self, model_weights, datasets) -> dict[str, float]:
         """`eval/<metric>` of `model_weights` on `datasets` (one per client) together."""
         state = self._process.set_model_weights(self._state, model_weights)
+        if not getattr(self._process, "accepts_client_sources", False):
+            datasets = list(datasets)  # TFF's contexts rebuild sequences of their own type
         return metrics_lib.eval_metrics(self._process.next(state, datasets).metrics)
 
     def __call__(self, model_weights) -> Evaluation:
-        datasets = [self._task.eval_dataset(cid, self._batch_size) for cid in self.client_ids]
+        datasets = client_sources.ClientDatasets(self._source, self.client_ids, self._task)
         found = self.evaluate(model_weights, datasets)
         clients = {
-            cid: strip_prefix(self.evaluate(model_weights, [ds]))
-            for cid, ds in zip(self.client_ids, datasets)
+            cid: strip_prefix(self.evaluate(model_weights, datasets[i : i + 1]))
+            for i, cid in enumerate(self.client_ids)
         }
         found.update(client_metrics.distribution_metrics(CLIENTS_PREFIX, clients))
         if self._triggered is not None:
             # The same clients' examples of other classes, carrying the
             # backdoor's trigger and labelled with its target: their accuracy
             # is the share the backdoor turns.
-            triggered = self.evaluate(model_weights, [self._triggered(ds) for ds in datasets])
+            triggered = self.evaluate(model_weights, [self._triggered(datasets[i]) for i in range(len(datasets))])
             found["eval/backdoor_success"] = triggered["eval/accuracy"]
         return Evaluation(found, clients)

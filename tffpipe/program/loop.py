@@ -20,6 +20,7 @@ from tffpipe.learning import builder
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.privacy import tracking as privacy_tracking
 from tffpipe.program import checkpoints
+from tffpipe.program import client_sources
 from tffpipe.program import clock as clock_lib
 from tffpipe.program import client_metrics
 from tffpipe.program import communication
@@ -227,6 +228,9 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
     )
 
     spec = client_spec(cfg)
+    source = client_sources.TrainSource(
+        client_sources.TaskRecipe.of(cfg), spec, cfg if simulation is not None else None
+    )
     clock = build_clock(cfg, task, spec, traffic_metrics)
     clock.elapsed_sec = _elapsed_at(paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r)))
     measurements = reports.Reports(
@@ -250,9 +254,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         reporting = set(plan.reporting)
         chosen = [(cid, sampling.client_seed(schedule.seed, round_num, i))
                   for i, cid in enumerate(sampled) if cid in reporting]
-        datasets = [task.client_dataset(cid, spec, seed=seed) for cid, seed in chosen]
-        if simulation is not None:
-            datasets = [simulation.client_data(cid, ds, seed) for (cid, seed), ds in zip(chosen, datasets)]
+        datasets = client_sources.ClientDatasets(source, chosen, task, simulation)
         train_start = time.monotonic()
         round_metrics = {}
         previous_state = state
@@ -333,6 +335,8 @@ class ClientFailed(errors.UserError, RuntimeError):
 
 def _next(process, state, datasets, client_ids: list[str], round_num: int):
     """`process.next`, with a failing client named by its id (runtimes that know which one failed)."""
+    if not getattr(process, "accepts_client_sources", False):
+        datasets = list(datasets)  # TFF's contexts rebuild sequences of their own type
     try:
         return process.next(state, datasets)
     except errors.UserError as e:

@@ -11,18 +11,27 @@ import contextlib
 from tffpipe.runtimes import base
 from tffpipe.runtimes import cpp
 from tffpipe.runtimes import inprocess
+from tffpipe.runtimes import ray
 
 
 class AutoRuntime(base.Runtime):
     key = "auto"
     chooses_another = True
-    summary = "inprocess when the round compiles to a MapReduceForm, else cpp"
+    summary = "ray with --ray_address; else inprocess when the round compiles to a MapReduceForm, else cpp"
 
     def __init__(self):
         self._chosen: base.Runtime | None = None
 
     def configure_devices(self, cfg):
-        inprocess.RUNTIME.configure_devices(cfg)
+        if not ray.RUNTIME.chosen(cfg):
+            inprocess.RUNTIME.configure_devices(cfg)
+
+    def check(self, cfg):
+        ray.RUNTIME.check(cfg)
+
+    def preflight(self, cfg, print_fn):
+        if ray.RUNTIME.chosen(cfg):
+            ray.RUNTIME.preflight(cfg, print_fn)
 
     def loop_implementation(self):
         return inprocess.RUNTIME.loop_implementation()
@@ -31,6 +40,12 @@ class AutoRuntime(base.Runtime):
     def running(self, process, cfg, print_fn):
         from tffpipe import errors  # pylint: disable=g-import-not-at-top
 
+        if ray.RUNTIME.chosen(cfg):
+            print_fn(f"runtime: ray (--runtime=auto with --ray_address={ray.RUNTIME.settings(cfg).ray_address})")
+            self._chosen = ray.RUNTIME
+            with ray.RUNTIME.running(process, cfg, print_fn) as runner:
+                yield runner
+            return
         try:
             runner = inprocess.RUNTIME.wrap(process, cfg, print_fn=lambda line: None)
         except errors.UserError as e:

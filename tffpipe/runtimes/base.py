@@ -50,6 +50,10 @@ class Runtime:
         """The evaluation process as this runtime runs it (inside `running`)."""
         return process
 
+    def checked_by_default(self, cfg: Any) -> bool:
+        """Whether `python -m tffpipe.doctor` (--runtime=all) checks this runtime under `cfg`."""
+        return True
+
     def doctor_checks(self, cfg: Any, gpus_seen: int) -> Iterator[tuple[str, str, str]]:
         """What `python -m tffpipe.doctor` says of this runtime here.
 

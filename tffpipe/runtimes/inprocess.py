@@ -14,6 +14,8 @@ from tffpipe.runtimes import base
 PREFETCH_CLIENTS = ("auto", "on", "off")
 # The settings apply to this runtime and to `auto`, which may choose it.
 _APPLIES = ("runtime", ("auto", "inprocess"))
+# Settings of the engine itself also apply inside every Ray actor.
+_APPLIES_TO_ENGINE = ("runtime", ("auto", "inprocess", "ray"))
 
 
 def _gpus_check(value: str) -> str | None:
@@ -35,8 +37,8 @@ class Settings:
         resume=settings.NOT_APPLICABLE,
     )
     parallel_clients: int = settings.setting(
-        2, "Without GPUs: clients trained at once on each CPU device.",
-        flag="parallel_clients", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        2, "Without GPUs: clients trained at once on each CPU device (in each Ray actor with --runtime=ray).",
+        flag="parallel_clients", group="runtime", check=settings.at_least(1), applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
     cpu_devices: int = settings.setting(
@@ -47,13 +49,13 @@ class Settings:
     clients_per_call: int = settings.setting(
         0, "Clients each slot trains in one TensorFlow call (their work traced into one graph); 0 picks "
         "4, 1 trains one client per call.",
-        flag="clients_per_call", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        flag="clients_per_call", group="runtime", check=settings.at_least(0), applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
     prefetch_clients: str = settings.setting(
         "auto", "Read each slot's next client into memory while the current one trains: on, off, "
         "or auto (on when clients train on GPUs; on the CPU it competes with training for the cores).",
-        flag="prefetch_clients", group="runtime", choices=PREFETCH_CLIENTS, applies=_APPLIES,
+        flag="prefetch_clients", group="runtime", choices=PREFETCH_CLIENTS, applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
 

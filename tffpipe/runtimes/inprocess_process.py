@@ -19,9 +19,6 @@ structures as TFF's runtime, so checkpoints are interchangeable.
 TFF 0.87 has no Python executor any more, which is why this is written here.
 """
 
-import concurrent.futures
-import dataclasses
-import threading
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -31,6 +28,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
+from tffpipe.runtimes import client_half
 from tffpipe.runtimes import secure_masking
 from tffpipe.runtimes import tf_parts
 
@@ -40,10 +38,6 @@ _SECURE_KINDS = (
     ("secure_sum_max_input", forms.WORK_SECAGG_MAX_INPUT_INDEX, "max_input"),
     ("secure_modular_sum_modulus", forms.WORK_SECAGG_MODULUS_INDEX, "modular"),
 )
-
-
-class InProcessUnsupported(errors.UserError, ValueError):
-    """The process cannot run on the in-process runtime."""
 
 
 def compile_round(computation: tff.Computation, what: str):
@@ -63,41 +57,38 @@ def compile_round(computation: tff.Computation, what: str):
         ) from e
 
 
-def _import(comp: tff.Computation, what: str) -> tf_parts.ImportedComputation:
-    try:
-        return tf_parts.ImportedComputation(comp)
-    except tf_parts.NotTensorFlowError as e:
-        raise InProcessUnsupported(
-            f"the {what} cannot run on --runtime=inprocess ({e}); use --runtime=cpp"
-        ) from e
+# Re-exported: callers name them through this module.
+InProcessUnsupported = client_half.InProcessUnsupported
+ClientWorkFailed = client_half.ClientWorkFailed
+AUTO_CLIENTS_PER_CALL = client_half.AUTO_CLIENTS_PER_CALL
+_import = client_half.import_part
 
 
-@dataclasses.dataclass
-class _Slot:
-    """One concurrent client: a device and its own copies of the client parts."""
+class LocalClients:
+    """The client half on this machine's slots, masking secure-sum inputs in each slot."""
 
-    device: str
-    # work, then accumulate, for a group of clients in one call.
-    client_step: tf_parts.GroupedClientStep
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    def __init__(self, half: client_half.ClientHalf):
+        self.half = half
 
+    def run_round(self, client_input, client_data, masks, moduli):
+        """(the slots' accumulators, each client's masked secure-sum inputs)."""
+        secure_inputs: list[list[np.ndarray]] = [[] for _ in client_data]
 
-# Clients per TensorFlow call when not set. digits, 200 clients of ~7
-# examples a round, 2 cores, seconds of `next` (median of 5 rounds): 1 client
-# per call 1.10 (2 slots) and 1.63 (1 slot); 4 per call 0.75 (2 slots) and
-# 1.02 (1 slot); 8 per call 0.85 and 0.83; 16 per call 0.87 (1 slot). A first
-# prototype found one graph of 50 clients' training loops far slower than
-# their sum (12.7 s a round), so groups stay small. See
-# `benchmarks/cohort_throughput.py`.
-AUTO_CLIENTS_PER_CALL = 4
+        def mask(index: int, extra: list[Any]) -> None:
+            secure_inputs[index] = secure_masking.mask_client(masks, index, [v.numpy() for v in extra], moduli)
 
+        return self.half.run(client_input, client_data, mask if masks is not None else None), secure_inputs
 
-class ClientWorkFailed(errors.UserError, RuntimeError):
-    """One client's work raised; `index` is its position in the round's list."""
+    def describe(self) -> str:
+        """Which slot trained which clients (by position) in the last round."""
+        return "; ".join(f"{where}: clients {ids}" for where, ids in self.half.last_assignment.items())
 
-    def __init__(self, index: int, error: BaseException):
-        super().__init__(errors.first_line(error))
-        self.index = index
+    @property
+    def placement_rule(self) -> str:
+        return f"client i of a round goes to slot i mod {len(self.half.slots)}"
+
+    def close(self) -> None:
+        self.half.close()
 
 
 class InProcessProcess:
@@ -112,8 +103,14 @@ class InProcessProcess:
       print_fn: where to say which device got which clients in the first
         round (later rounds log it at INFO level).
       clients_per_call: clients each slot trains per TensorFlow call (0:
-        `AUTO_CLIENTS_PER_CALL`); 1 is the per-client path.
+        `client_half.AUTO_CLIENTS_PER_CALL`); 1 is the per-client path.
+      clients: runs the client half instead of slots on this machine (given
+        the MapReduceForm; `ray_actors.RayClients`): `slot_devices`,
+        `prefetch` and `clients_per_call` are then unused.
     """
+
+    # `next` takes `program.client_sources.ClientDatasets` as well as lists.
+    accepts_client_sources = True
 
     def __init__(
         self,
@@ -123,12 +120,10 @@ class InProcessProcess:
         prefetch: bool = True,
         print_fn: Callable[[str], None] | None = None,
         clients_per_call: int = 0,
+        clients: Callable[[forms.MapReduceForm], Any] | None = None,
     ):
-        if not slot_devices:
-            raise ValueError("at least one client slot is needed")
         self.process = process
         self._next_type = process.next.type_signature
-        self._prefetch = prefetch
         self._what = what
         self._print_first_placement = print_fn
         mrf = compile_round(process.next, what)
@@ -141,37 +136,19 @@ class InProcessProcess:
             ) from e
         self._initialize = _import(init, what)
         self._prepare = _import(mrf.prepare, what)
-        self._zero = _import(mrf.zero, what)
         self._merge = _import(mrf.merge, what)
         self._report = _import(mrf.report, what)
         self._update = _import(mrf.update, what)
         self._get_weights = _import(process.get_model_weights, what)
         self._set_weights = _import(process.set_model_weights, what)
-        work_result = mrf.work.type_signature.result
-        self._num_update = tf_parts.num_leaves(work_result[forms.WORK_UPDATE_INDEX])
-        num_client_leaves = tf_parts.num_leaves(self._next_type.parameter[1])
-        self._slots = []
-        for device in slot_devices:
-            with tf.device(device):
-                step = tf_parts.GroupedClientStep(
-                    lambda: _import(mrf.work, what), _import(mrf.accumulate, what), self._num_update,
-                    num_client_leaves,
-                )
-            self._slots.append(_Slot(device, step))
-        self.clients_per_call = clients_per_call or AUTO_CLIENTS_PER_CALL
-        self.grouping_failed = ""
-        if self.clients_per_call > 1:
-            try:
-                # Whether this work groups at all, on the smallest group (0.6 s
-                # to build for 4 here against about half that for 2); the other
-                # sizes are traced when a round first needs them.
-                self._slots[0].client_step.prepare(2)
-            except Exception as e:  # pylint: disable=broad-except
-                # Any tracing failure means the same: this work cannot share a
-                # graph with other clients' work; run one client per call.
-                self.grouping_failed = errors.first_line(e)
-                self.clients_per_call = 1
+        if clients is None:
+            self.clients = LocalClients(client_half.ClientHalf(
+                mrf.work, mrf.accumulate, mrf.zero, slot_devices, what, prefetch, clients_per_call
+            ))
+        else:
+            self.clients = clients(mrf)
         # Secure-sum parameters are constants of the computation: read once.
+        work_result = mrf.work.type_signature.result
         self._secure: list[tuple[str, int, list[int]]] = []
         for part, index, kind in _SECURE_KINDS:
             count = tf_parts.num_leaves(work_result[index])
@@ -181,13 +158,6 @@ class InProcessProcess:
             if len(params) == 1 and count > 1:
                 params = params * count
             self._secure.append((kind, count, params))
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._slots), thread_name_prefix="tffpipe-client"
-        )
-        self._loader = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._slots), thread_name_prefix="tffpipe-prefetch"
-        )
-        self.last_assignment: dict[str, list[int]] = {}
 
     @property
     def uses_secure_sum(self) -> bool:
@@ -197,7 +167,21 @@ class InProcessProcess:
     @property
     def slot_devices(self) -> list[str]:
         """The device of every concurrent client slot."""
-        return [s.device for s in self._slots]
+        return self.clients.half.slot_devices
+
+    @property
+    def clients_per_call(self) -> int:
+        return self.clients.half.clients_per_call
+
+    @property
+    def grouping_failed(self) -> str:
+        """Why client work runs one client per call, if it cannot be grouped."""
+        return self.clients.half.grouping_failed
+
+    @property
+    def last_assignment(self) -> dict[str, list[int]]:
+        """Which slot trained which clients (by position) in the last round."""
+        return self.clients.half.last_assignment
 
     # The LearningProcess interface used by the program loop.
 
@@ -243,9 +227,10 @@ class InProcessProcess:
         state_leaves = _tensors(tf_parts.flatten(state, self._next_type.parameter[0]))
         with tf.device("/CPU:0"):
             client_input = self._prepare(*state_leaves)
-        datasets = [tf_parts.flatten(value, self._next_type.parameter[1]) for value in client_data]
-        moduli = self._moduli(len(datasets))
-        accumulators, secure_inputs = self._run_clients(client_input, datasets, moduli)
+        moduli = self._moduli(len(client_data))
+        masks = secure_masking.PairwiseMasks(len(client_data)) if self._secure else None
+        accumulators, secure_inputs = self.clients.run_round(client_input, client_data, masks, moduli)
+        self._say_placement()
         aggregate = accumulators[0]
         for other in accumulators[1:]:
             aggregate = self._merge(*aggregate, *other)
@@ -254,91 +239,14 @@ class InProcessProcess:
         leaves = self._update(*state_leaves, *report, *secure_sums)
         return tf_parts.unflatten(leaves, self._next_type.result)
 
-    def _run_clients(self, client_input, datasets, moduli):
-        """Runs `work` for every client on the slots; accumulates per slot.
-
-        Client i goes to slot i mod (number of slots), and slots are merged in
-        order, so a round's result does not depend on thread timing (runs are
-        reproducible and resumable to the same weights). Secure-sum inputs are
-        masked by each client before they leave its slot.
-        """
-        masks = secure_masking.PairwiseMasks(len(datasets)) if self._secure else None
-        secure_inputs: list[list[np.ndarray]] = [[] for _ in datasets]
-        num_slots = len(self._slots)
-        assignment = {
-            k: list(range(k, len(datasets), num_slots)) for k in range(min(num_slots, len(datasets)))
-        }
-
-        size = self.clients_per_call
-
-        def run_slot(slot: _Slot, clients: list[int]):
-            with slot.lock, tf.device(slot.device):
-                accumulator = self._zero()
-                groups = [clients[i : i + size] for i in range(0, len(clients), size)]
-                pending = self._load(groups[0], datasets)
-                for n, group in enumerate(groups):
-                    group_data = pending.result()
-                    if n + 1 < len(groups):
-                        pending = self._load(groups[n + 1], datasets)
-                    accumulator, extras = self._run_group(slot, accumulator, group, group_data, client_input)
-                    if masks is not None:
-                        for index, extra in zip(group, extras):
-                            secure_inputs[index] = self._mask(masks, moduli, index, extra)
-                return accumulator
-
-        futures = [self._pool.submit(run_slot, self._slots[k], ids) for k, ids in assignment.items()]
-        accumulators = [f.result() for f in futures]
-        self.last_assignment = {
-            f"{self._slots[k].device} (slot {k})": ids for k, ids in assignment.items()
-        }
-        placement = "; ".join(f"{where}: clients {ids}" for where, ids in self.last_assignment.items())
+    def _say_placement(self) -> None:
+        placement = self.clients.describe()
         if self._print_first_placement is not None:
             self._print_first_placement(
-                f"{self._what} placement (client i of a round goes to slot i mod "
-                f"{num_slots}), first round: {placement}"
+                f"{self._what} placement ({self.clients.placement_rule}), first round: {placement}"
             )
             self._print_first_placement = None
         logging.info("in-process %s round: %s", self._what, placement)
-        return accumulators, secure_inputs
-
-    def _run_group(self, slot: _Slot, accumulator, group: list[int], group_data, client_input):
-        """Trains a group of clients in one call; on failure, names the client that failed.
-
-        Raises:
-          ClientWorkFailed: naming the first client of the group whose work
-            fails on its own.
-        """
-        try:
-            return slot.client_step(accumulator, group_data, client_input)
-        except (tf.errors.OpError, ValueError, TypeError) as error:
-            if len(group) == 1:
-                raise ClientWorkFailed(group[0], error) from error
-            for index, data in zip(group, group_data):
-                try:
-                    accumulator, _ = slot.client_step(accumulator, [data], client_input)
-                except (tf.errors.OpError, ValueError, TypeError) as alone:
-                    raise ClientWorkFailed(index, alone) from alone
-            raise
-
-    def _load(self, group: list[int], datasets) -> concurrent.futures.Future:
-        """The datasets of the clients in `group`, read into memory on a loader thread (if prefetching).
-
-        The work reads the cached elements, which are exactly those the
-        datasets' first pass produced, so training sees the same data. A
-        client whose data fails to read is named (`ClientWorkFailed`).
-        """
-        if not self._prefetch:
-            done = concurrent.futures.Future()
-            done.set_result([datasets[i] for i in group])
-            return done
-
-        def read(index: int) -> list[tf.data.Dataset]:
-            try:
-                return [_read_into_memory(d) for d in datasets[index]]
-            except (tf.errors.OpError, ValueError, TypeError) as error:
-                raise ClientWorkFailed(index, error) from error
-
-        return self._loader.submit(lambda: [read(i) for i in group])
 
     def _moduli(self, num_clients: int) -> list[int]:
         """Per secure value: a modulus under which the round's sum is exact
@@ -347,13 +255,6 @@ class InProcessProcess:
             secure_masking.exact_sum_modulus(kind, bound, num_clients)
             for kind, _, params in self._secure
             for bound in params
-        ]
-
-    @staticmethod
-    def _mask(masks, moduli, client: int, values) -> list[np.ndarray]:
-        return [
-            masks.mask(client, leaf, values[leaf].numpy(), modulus)
-            for leaf, modulus in enumerate(moduli)
         ]
 
     def _secure_sums(self, secure_inputs, moduli) -> list[tf.Tensor]:
@@ -371,35 +272,12 @@ class InProcessProcess:
         ]
 
     def close(self) -> None:
-        """Stops the client and loader threads."""
-        self._pool.shutdown(wait=True)
-        self._loader.shutdown(wait=True)
-
-
-def _read_into_memory(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    # One pass fills the in-memory cache that later iterators of `cached`
-    # (the client's work) replay. An eager loop: a tf.function taking the
-    # dataset cost 17 ms a call here against 5 ms.
-    with tf.device("/CPU:0"):
-        cached = dataset.cache()
-        for _ in cached:
-            pass
-    return cached
+        """Stops the client half (threads, actors)."""
+        self.clients.close()
 
 
 def _tensors(leaves: Sequence[Any]) -> list[tf.Tensor]:
     return [tf.convert_to_tensor(leaf) for leaf in leaves]
-
-
-def reads_ahead(prefetch_clients: str, slot_devices: Sequence[str]) -> bool:
-    """Whether slots read their next client while one trains.
-
-    "auto" does it on GPUs only: on the CPU the loader competes with training
-    for the same cores (digits, 2 cores: 5,000 against 6,170 examples/s).
-    """
-    if prefetch_clients == "auto":
-        return any(":GPU:" in device.upper() for device in slot_devices)
-    return prefetch_clients == "on"
 
 
 def build(
@@ -420,7 +298,7 @@ def build(
       prefetch_clients: "on", "off", or "auto": on when a slot is a GPU.
       clients_per_call: clients per TensorFlow call (0: automatic).
     """
-    prefetch = reads_ahead(prefetch_clients, slot_devices)
+    prefetch = client_half.reads_ahead(prefetch_clients, slot_devices)
     runtime = InProcessProcess(
         process, slot_devices, what, prefetch=prefetch, print_fn=print_fn, clients_per_call=clients_per_call
     )

@@ -9,7 +9,7 @@ import importlib
 
 from tffpipe.runtimes import base
 
-RUNTIMES = ("auto", "cpp", "inprocess", "remote")
+RUNTIMES = ("auto", "cpp", "inprocess", "ray", "remote")
 
 
 @functools.cache

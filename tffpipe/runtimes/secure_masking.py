@@ -53,6 +53,13 @@ class PairwiseMasks:
             pair: secrets.randbits(128) for pair in itertools.combinations(range(num_clients), 2)
         }
 
+    def for_clients(self, clients: Sequence[int]) -> "PairwiseMasks":
+        """The masks of `clients` alone: only the seeds of pairs they belong to (what they would hold)."""
+        mine = set(clients)
+        return PairwiseMasks(
+            self.num_clients, {pair: s for pair, s in self._seeds.items() if pair[0] in mine or pair[1] in mine}
+        )
+
     def mask(self, client: int, leaf: int, values: np.ndarray, modulus: int) -> np.ndarray:
         """Client `client`'s masked copy of `values` (its `leaf`-th secure value).
 
@@ -77,6 +84,11 @@ class PairwiseMasks:
             pad = rng.integers(0, modulus, size=values.shape, dtype=np.uint64)
             masked = (masked + (pad if client < other else (m - pad) % m)) % m
         return masked
+
+
+def mask_client(masks: PairwiseMasks, client: int, values: Sequence[np.ndarray], moduli: Sequence[int]) -> list[np.ndarray]:
+    """Client `client`'s masked copies of its secure-sum inputs, one per (value, modulus)."""
+    return [masks.mask(client, leaf, value, modulus) for leaf, (value, modulus) in enumerate(zip(values, moduli))]
 
 
 def masked_sum(masked: Sequence[np.ndarray], modulus: int) -> np.ndarray:

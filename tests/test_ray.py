@@ -1,0 +1,211 @@
+"""--runtime=ray: parity with the in-process runtime, data built on the actors, faults, authentication, clean-up."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, make_config, user_env
+from tffpipe import tasks
+from tffpipe.program import loop
+from tffpipe.runtimes import ray as ray_runtime
+from tffpipe.runtimes import ray_cluster
+from tffpipe.runtimes import ray_guard
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the cluster's guard needs Linux")
+
+TASK = "tests.ray_task:create_task"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One private Ray for the module; the actors' environment carries the kill plan's path."""
+    marker = tmp_path_factory.mktemp("kill") / "killed"
+    os.environ["TFFPIPE_TEST_KILL_MARKER"] = str(marker)
+    lines = []
+    started = ray_runtime.RUNTIME.connect(_config(tmp_path_factory.mktemp("c"), "ray"), lines.append)
+    guard = started.guard.pid
+    yield started, marker
+    watched = [guard, *ray_guard.descendants(guard)]
+    ray_runtime.RUNTIME.disconnect()
+    assert _wait_until_gone(watched), "the private Ray left processes behind"
+
+
+def _config(root, runtime, **values):
+    base = dict(
+        task=TASK, rounds=3, clients_per_round=8, eval_clients=4, seed=3, root_dir=str(root),
+        experiment_name=runtime, runtime=runtime, zeroing=False, eval_every=0,
+    )
+    if runtime == "ray":
+        base["ray_actors"] = 2
+    base.update(values)
+    return make_config(**base)
+
+
+def _run(cfg):
+    task = tasks.create_task(cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed)
+    lines = []
+    result = loop.run(cfg, task, print_fn=lines.append)
+    return result, lines
+
+
+def _close(a, b):
+    for x, y in zip(a.model_weights.trainable, b.model_weights.trainable):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _wait_until_gone(watched: list[int], timeout: float = 30.0) -> bool:
+    """Whether the processes `watched` have all ended within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_running(p) for p in watched):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return _run(_config(tmp_path_factory.mktemp("ref"), "inprocess"))[0]
+
+
+def test_rounds_on_two_actors_equal_the_in_process_runtime_and_send_no_examples(cluster, reference, tmp_path):
+    result, lines = _run(_config(tmp_path, "ray"))
+    _close(result, reference)
+    assert result.final_eval["eval/accuracy"] == pytest.approx(reference.final_eval["eval/accuracy"], abs=1e-6)
+    text = "\n".join(lines)
+    assert "ray: 2 actor(s) on 1 of 1 node(s)" in text
+    sent, broadcast = map(
+        lambda s: int(s.replace(",", "")),
+        re.search(r"learning process round sent ([\d,]+) bytes .*broadcast \(([\d,]+) bytes", text).groups(),
+    )
+    # The round's examples, counted independently: far more than what was sent besides the broadcast.
+    task = tasks.create_task(TASK, {}, seed=3)
+    spec = loop.client_spec(_config(tmp_path, "ray"))
+    example_bytes = sum(
+        sum(x.numpy().nbytes + y.numpy().nbytes for x, y in task.client_dataset(cid, spec, seed=0))
+        for cid in task.train_data.client_ids[:8]
+    )
+    assert example_bytes > 50_000
+    assert sent - broadcast < 20_000 < example_bytes
+
+
+def test_an_actor_that_dies_mid_round_has_its_clients_run_again(cluster, reference, tmp_path):
+    _, marker = cluster
+    task = tasks.create_task(TASK, {}, seed=3)
+    cfg = _config(tmp_path, "ray")
+    # A client of round 1 (the first sampled), so the actor dies in the first round.
+    from tffpipe.program import sampling  # pylint: disable=g-import-not-at-top
+
+    first = sampling.sample_clients(list(task.train_data.client_ids), 8, seed=3, round_num=1)[0]
+    plan = marker.with_name(marker.name + ".client")
+    plan.write_text(first)
+    try:
+        result, lines = _run(cfg)
+    finally:
+        plan.unlink()
+    assert marker.exists(), "no actor died"
+    assert any(re.match(r"ray: actor \d was lost .*its clients run again on 1 other actor", line) for line in lines)
+    _close(result, reference)
+    rows = (tmp_path / "ray" / "results" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]  # each round recorded once
+
+
+def test_secure_sums_across_actors_equal_the_in_process_sums(cluster, tmp_path):
+    ours, lines = _run(_config(tmp_path, "ray", secure_aggregation=True, rounds=2))
+    theirs, _ = _run(_config(tmp_path, "inprocess", secure_aggregation=True, rounds=2))
+    assert any("secure sums use pairwise masking across actors" in line for line in lines)
+    _close(ours, theirs)
+
+
+def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
+    port = ray_cluster._free_loopback_port()  # pylint: disable=protected-access
+    temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")  # Ray's socket paths must stay short
+    env = dict(user_env(), **ray_cluster.QUIET_ENVIRONMENT, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_AUTH_TOKEN", None)
+    start = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    guard = subprocess.Popen([sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
+    watched = [guard.pid]
+    try:
+        assert guard.stdout.readline().startswith(ray_guard.READY)
+        watched += ray_guard.descendants(guard.pid)
+        address = f"127.0.0.1:{port}"
+        assert not ray_cluster.requires_token(address)
+        assert ray_cluster.requires_token(cluster[0].address)
+        with pytest.raises(ray_cluster.RayUnavailable, match="accepts callers without a token; start it with RAY_AUTH_MODE=token"):
+            ray_cluster.join(address, allow_unauthenticated=False, print_fn=print)
+    finally:
+        guard.stdin.close()
+        guard.wait(timeout=60)
+    assert _wait_until_gone(watched)
+
+
+def test_an_unreachable_cluster_is_one_line_before_data_loads(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tffpipe.train", "--runtime=ray", "--ray_address=127.0.0.1:9",
+         f"--root_dir={tmp_path}", "--rounds=1"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=user_env(), timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: --ray_address=127.0.0.1:9: cannot reach a Ray cluster there"
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "default").exists()
+
+
+def test_sigkill_of_the_launcher_takes_every_ray_process_with_it(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys, time
+        import ray
+        from tffpipe.runtimes import ray_cluster, ray_guard
+        cluster = ray_cluster.start_private(1, 0, lambda line: None)
+
+        @ray.remote(num_cpus=1)
+        class Echo:
+            def pid(self):
+                return os.getpid()
+
+        worker = ray.get(Echo.remote().pid.remote())
+        print(cluster.guard.pid, worker, *ray_guard.descendants(cluster.guard.pid), flush=True)
+        time.sleep(600)
+    """)
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                                cwd=REPO_ROOT, env=user_env())
+    try:
+        pids = [int(p) for p in launcher.stdout.readline().split()]
+    finally:
+        launcher.kill()
+        launcher.wait()
+    guard, worker, *ray_processes = pids
+    assert worker in ray_processes and len(ray_processes) >= 4  # gcs, raylet, agents, the worker
+    assert _wait_until_gone([guard, *ray_processes]), [p for p in [guard, *ray_processes] if _running(p)]
+
+
+def test_the_doctor_names_a_ray_cluster_it_cannot_reach(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tffpipe.doctor", "--runtime=ray", "--ray_address=127.0.0.1:9", "--nosmoke"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=user_env(), timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "FAIL  ray cluster 127.0.0.1:9: cannot reach a Ray cluster there" in proc.stdout, proc.stdout
+    assert re.search(r"^ok    ray: 2\.52\.1$", proc.stdout, re.M)

@@ -1,0 +1,227 @@
+"""The client half of a round on this machine: `work` and `accumulate` on concurrent slots.
+
+Used by the in-process runtime for every client of a round, and by each Ray
+actor (`ray_actors.py`) for its share of them. Each slot has a device and its
+own imported copies of `work` (one per position in a group of clients
+trained in one TensorFlow call, `tf_parts.GroupedClientStep`) and
+`accumulate`. Client i of the clients given goes to slot i mod (number of
+slots); the caller merges the slots' accumulators in slot order, so a
+round's result does not depend on thread timing.
+"""
+
+import concurrent.futures
+import dataclasses
+import threading
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.mapreduce import forms
+
+from tffpipe import errors
+from tffpipe.runtimes import tf_parts
+
+
+class InProcessUnsupported(errors.UserError, ValueError):
+    """The process cannot run on the in-process runtime."""
+
+
+class ClientWorkFailed(errors.UserError, RuntimeError):
+    """One client's work raised; `index` is its position in the round's list."""
+
+    def __init__(self, index: int, error: BaseException | str):
+        super().__init__(error if isinstance(error, str) else errors.first_line(error))
+        self.index = index
+
+    def __reduce__(self):  # crosses process boundaries (Ray) whole
+        return (ClientWorkFailed, (self.index, str(self)))
+
+
+def import_part(comp: tff.Computation, what: str) -> tf_parts.ImportedComputation:
+    """`comp` imported into this process (`InProcessUnsupported` if it is not TensorFlow)."""
+    try:
+        return tf_parts.ImportedComputation(comp)
+    except tf_parts.NotTensorFlowError as e:
+        raise InProcessUnsupported(
+            f"the {what} cannot run on --runtime=inprocess ({e}); use --runtime=cpp"
+        ) from e
+
+
+# Clients per TensorFlow call when not set. digits, 200 clients of ~7
+# examples a round, 2 cores, seconds of `next` (median of 5 rounds): 1 client
+# per call 1.10 (2 slots) and 1.63 (1 slot); 4 per call 0.75 (2 slots) and
+# 1.02 (1 slot); 8 per call 0.85 and 0.83; 16 per call 0.87 (1 slot). A first
+# prototype found one graph of 50 clients' training loops far slower than
+# their sum (12.7 s a round), so groups stay small. See
+# `benchmarks/cohort_throughput.py`.
+AUTO_CLIENTS_PER_CALL = 4
+
+
+@dataclasses.dataclass
+class Slot:
+    """One concurrent client: a device and its own copies of the client parts."""
+
+    device: str
+    # work, then accumulate, for a group of clients in one call.
+    client_step: tf_parts.GroupedClientStep
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class ClientHalf:
+    """`work` + `accumulate` for many clients, on this machine's slots.
+
+    Args:
+      work, accumulate, zero: the MapReduceForm's client parts.
+      slot_devices: one TensorFlow device name per concurrent slot.
+      what: how errors name the process.
+      prefetch: whether each slot reads its next clients into memory while
+        the current ones train.
+      clients_per_call: clients per TensorFlow call (0: `AUTO_CLIENTS_PER_CALL`).
+    """
+
+    def __init__(self, work: tff.Computation, accumulate: tff.Computation, zero: tff.Computation,
+                 slot_devices: Sequence[str], what: str, prefetch: bool, clients_per_call: int):
+        if not slot_devices:
+            raise ValueError("at least one client slot is needed")
+        self.data_type = work.type_signature.parameter[0]
+        self.num_update = tf_parts.num_leaves(work.type_signature.result[forms.WORK_UPDATE_INDEX])
+        self._zero = import_part(zero, what)
+        self._prefetch = prefetch
+        num_client_leaves = tf_parts.num_leaves(self.data_type)
+        self.slots = []
+        for device in slot_devices:
+            with tf.device(device):
+                step = tf_parts.GroupedClientStep(
+                    lambda: import_part(work, what), import_part(accumulate, what), self.num_update, num_client_leaves
+                )
+            self.slots.append(Slot(device, step))
+        self.clients_per_call = clients_per_call or AUTO_CLIENTS_PER_CALL
+        self.grouping_failed = ""
+        if self.clients_per_call > 1:
+            try:
+                # Whether this work groups at all, on the smallest group (0.6 s
+                # to build for 4 here against about half that for 2); the other
+                # sizes are traced when a round first needs them.
+                self.slots[0].client_step.prepare(2)
+            except Exception as e:  # pylint: disable=broad-except
+                # Any tracing failure means the same: this work cannot share a
+                # graph with other clients' work; run one client per call.
+                self.grouping_failed = errors.first_line(e)
+                self.clients_per_call = 1
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.slots), thread_name_prefix="tffpipe-client"
+        )
+        self._loader = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.slots), thread_name_prefix="tffpipe-prefetch"
+        )
+        self.last_assignment: dict[str, list[int]] = {}
+
+    @property
+    def slot_devices(self) -> list[str]:
+        return [s.device for s in self.slots]
+
+    def run(self, client_input: Sequence[Any], client_data: Sequence[Any],
+            on_extra: Callable[[int, list[Any]], None] | None = None) -> list[list[tf.Tensor]]:
+        """Every client's work, accumulated per slot: the slots' accumulators, in slot order.
+
+        Args:
+          client_input: the broadcast (flat tensors).
+          client_data: per client, its value of `data_type` (datasets).
+          on_extra: called in the slot's thread with (client index, its work
+            outputs after the update), e.g. to mask secure-sum inputs.
+
+        Raises:
+          ClientWorkFailed: naming the index of the client that failed.
+        """
+        datasets = [tf_parts.flatten(value, self.data_type) for value in client_data]
+        num_slots = len(self.slots)
+        assignment = {
+            k: list(range(k, len(datasets), num_slots)) for k in range(min(num_slots, len(datasets)))
+        }
+        size = self.clients_per_call
+
+        def run_slot(slot: Slot, clients: list[int]):
+            with slot.lock, tf.device(slot.device):
+                accumulator = self._zero()
+                groups = [clients[i : i + size] for i in range(0, len(clients), size)]
+                pending = self._load(groups[0], datasets)
+                for n, group in enumerate(groups):
+                    group_data = pending.result()
+                    if n + 1 < len(groups):
+                        pending = self._load(groups[n + 1], datasets)
+                    accumulator, extras = self._run_group(slot, accumulator, group, group_data, client_input)
+                    if on_extra is not None:
+                        for index, extra in zip(group, extras):
+                            on_extra(index, extra)
+                return accumulator
+
+        futures = [self._pool.submit(run_slot, self.slots[k], ids) for k, ids in assignment.items()]
+        accumulators = [f.result() for f in futures]
+        self.last_assignment = {f"{self.slots[k].device} (slot {k})": ids for k, ids in assignment.items()}
+        return accumulators
+
+    def _run_group(self, slot: Slot, accumulator, group: list[int], group_data, client_input):
+        """Trains a group of clients in one call; on failure, names the client that failed.
+
+        Raises:
+          ClientWorkFailed: naming the first client of the group whose work
+            fails on its own.
+        """
+        try:
+            return slot.client_step(accumulator, group_data, client_input)
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            if len(group) == 1:
+                raise ClientWorkFailed(group[0], error) from error
+            for index, data in zip(group, group_data):
+                try:
+                    accumulator, _ = slot.client_step(accumulator, [data], client_input)
+                except (tf.errors.OpError, ValueError, TypeError) as alone:
+                    raise ClientWorkFailed(index, alone) from alone
+            raise
+
+    def _load(self, group: list[int], datasets) -> concurrent.futures.Future:
+        """The datasets of the clients in `group`, read into memory on a loader thread (if prefetching).
+
+        The work reads the cached elements, which are exactly those the
+        datasets' first pass produced, so training sees the same data. A
+        client whose data fails to read is named (`ClientWorkFailed`).
+        """
+        if not self._prefetch:
+            done = concurrent.futures.Future()
+            done.set_result([datasets[i] for i in group])
+            return done
+
+        def read(index: int) -> list[tf.data.Dataset]:
+            try:
+                return [_read_into_memory(d) for d in datasets[index]]
+            except (tf.errors.OpError, ValueError, TypeError) as error:
+                raise ClientWorkFailed(index, error) from error
+
+        return self._loader.submit(lambda: [read(i) for i in group])
+
+    def close(self) -> None:
+        """Stops the client and loader threads."""
+        self._pool.shutdown(wait=True)
+        self._loader.shutdown(wait=True)
+
+
+def _read_into_memory(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    # One pass fills the in-memory cache that later iterators of `cached`
+    # (the client's work) replay. An eager loop: a tf.function taking the
+    # dataset cost 17 ms a call here against 5 ms.
+    with tf.device("/CPU:0"):
+        cached = dataset.cache()
+        for _ in cached:
+            pass
+    return cached
+
+
+def reads_ahead(prefetch_clients: str, slot_devices: Sequence[str]) -> bool:
+    """Whether slots read their next client while one trains.
+
+    "auto" does it on GPUs only: on the CPU the loader competes with training
+    for the same cores (digits, 2 cores: 5,000 against 6,170 examples/s).
+    """
+    if prefetch_clients == "auto":
+        return any(":GPU:" in device.upper() for device in slot_devices)
+    return prefetch_clients == "on"

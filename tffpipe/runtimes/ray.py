@@ -1,0 +1,186 @@
+"""`--runtime=ray`: the in-process engine in Ray actors, on every node of a Ray cluster.
+
+The launcher runs the server half of each round (prepare, merge, report,
+update, as on the in-process runtime: `inprocess_process.InProcessProcess`);
+the client half runs in Ray actors (`ray_actors.py`), each on its own CPUs or
+GPUs, building its clients' datasets from the task factory where it runs.
+Without `--ray_address` a private, token-authenticated Ray starts on this
+machine and stops with the launcher (`ray_cluster.py`).
+"""
+
+import contextlib
+import dataclasses
+import itertools
+import os
+
+from tffpipe import settings
+from tffpipe.errors import ConfigError
+from tffpipe.runtimes import base
+
+_APPLIES = ("runtime", ("ray",))
+# --ray_address also makes --runtime=auto choose this runtime.
+_APPLIES_WITH_AUTO = ("runtime", ("auto", "ray"))
+_keys = itertools.count()
+
+
+def _address_check(value: str) -> str | None:
+    if value in ("", "auto") or (":" in value and value.rsplit(":", 1)[1].isdigit()):
+        return None
+    return "must be empty (a private Ray on this machine), 'auto', or HOST:PORT of a Ray cluster's head"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    ray_address: str = settings.setting(
+        "", "The Ray cluster to join: HOST:PORT of its head, or 'auto' (the one `ray start` started "
+        "here); empty starts a private Ray on this machine that stops with the run.",
+        flag="ray_address", group="runtime", check=_address_check, applies=_APPLIES_WITH_AUTO,
+        resume=settings.NOT_APPLICABLE,
+    )
+    ray_actors: int = settings.setting(
+        0, "Ray actors training clients; 0 puts one on every node (one per GPU where there are GPUs).",
+        flag="ray_actors", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    ray_cpus_per_actor: int = settings.setting(
+        0, "CPUs each actor reserves (and sizes TensorFlow's threads to); 0: the cluster's CPUs "
+        "shared evenly among the actors.",
+        flag="ray_cpus_per_actor", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    ray_gpus_per_actor: float = settings.setting(
+        0.0, "GPUs each actor reserves (fractions share a GPU); 0 with --ray_actors=0 on a cluster with "
+        "GPUs gives each actor one.",
+        flag="ray_gpus_per_actor", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+    ray_allow_unauthenticated: bool = settings.setting(
+        False, "Join a Ray cluster that does not require token authentication (anyone who reaches it "
+        "can run code on its nodes); warns at every start.",
+        flag="ray_allow_unauthenticated", group="runtime", applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
+
+
+class RayRuntime(base.Runtime):
+    key = "ray"
+    Settings = Settings
+    summary = "the in-process engine in Ray actors on every node of a Ray cluster"
+
+    def __init__(self):
+        self._cluster = None
+        self._pool = None
+
+    def chosen(self, cfg) -> bool:
+        """Whether this run uses Ray: --runtime=ray, or --runtime=auto with --ray_address."""
+        return cfg.runtime.name == self.key or (cfg.runtime.name == "auto" and bool(self.settings(cfg).ray_address))
+
+    def check(self, cfg):
+        if not self.chosen(cfg):
+            return
+        from tffpipe.learning import registry as algorithm_registry  # pylint: disable=g-import-not-at-top
+
+        if algorithm_registry.get(cfg.algorithm.name).asynchronous:
+            raise ConfigError(
+                f"--runtime=ray cannot run --algorithm={cfg.algorithm.name}: its program trains one client at a "
+                "time as each arrives, in the launcher; use --runtime=inprocess"
+            )
+
+    def loop_implementation(self):
+        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+        # As on the in-process runtime (its docstring has the figures).
+        return tff.learning.LoopImplementation.DATASET_ITERATOR
+
+    def preflight(self, cfg, print_fn):
+        """Starts or joins the cluster before data loads (`RayUnavailable` in one line)."""
+        self.connect(cfg, print_fn)
+
+    def connect(self, cfg, print_fn):
+        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+
+        s = self.settings(cfg)
+        if self._cluster is not None and self._cluster.address_setting == s.ray_address:
+            return self._cluster
+        self.disconnect()
+        if s.ray_address:
+            cluster = ray_cluster.join(s.ray_address, s.ray_allow_unauthenticated, print_fn)
+        else:
+            wanted = s.ray_actors * max(s.ray_cpus_per_actor, 1)
+            cluster = ray_cluster.start_private(max(os.cpu_count() or 1, wanted), 0, print_fn)
+        cluster.address_setting = s.ray_address
+        self._cluster = cluster
+        return cluster
+
+    def disconnect(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    @contextlib.contextmanager
+    def running(self, process, cfg, print_fn):
+        from tffpipe.runtimes import ray_placement  # pylint: disable=g-import-not-at-top
+
+        self.connect(cfg, print_fn)
+        s = self.settings(cfg)
+        inprocess_settings = cfg.runtime.inprocess
+        self._pool = ray_placement.start_actors(s, inprocess_settings, print_fn)
+        try:
+            runner = self.wrap(process, cfg, print_fn)
+            try:
+                yield runner
+            finally:
+                runner.close()
+        finally:
+            self._pool.close()
+            self._pool = None
+
+    def wrap(self, process, cfg, print_fn, what="learning process"):
+        """`process` with its client half on the run's actors."""
+        return on_actors(process, self._pool, what, print_fn)
+
+    def evaluation(self, process, cfg, print_fn):
+        return self.wrap(process, cfg, None, "evaluation process")
+
+    def checked_by_default(self, cfg):
+        # A private Ray takes seconds to start: checked when asked for, or given a cluster.
+        return bool(self.settings(cfg).ray_address)
+
+    def doctor_checks(self, cfg, gpus_seen):
+        from tffpipe.runtimes import ray_placement  # pylint: disable=g-import-not-at-top
+
+        yield from ray_placement.doctor_checks(self.settings(cfg))
+
+
+def on_actors(process, pool, what: str = "learning process", print_fn=None):
+    """`process` run by the in-process engine with its client half on `pool`'s actors.
+
+    Args:
+      process: the TFF process.
+      pool: a `ray_actors.ActorPool`.
+      what: how messages name the process.
+      print_fn: where the lines about the process and its first round's
+        traffic go (None: nowhere).
+    """
+    from tffpipe.runtimes import client_half  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import ray_actors  # pylint: disable=g-import-not-at-top
+
+    def clients(mrf):
+        def local():
+            half = client_half.ClientHalf(mrf.work, mrf.accumulate, mrf.zero, ["/CPU:0"], what, False, 0)
+            return inprocess_process.LocalClients(half)
+
+        return ray_actors.RayClients(pool, mrf, f"{what} {next(_keys)}", what, local, print_fn)
+
+    runner = inprocess_process.InProcessProcess(process, [], what, clients=clients)
+    if print_fn is not None:
+        print_fn(
+            f"runtime ray: {what} on {len(pool.alive())} actor(s), up to {runner.clients_per_call} clients "
+            "per TensorFlow call; clients' data built on the actors"
+            + ("; secure sums use pairwise masking across actors" if runner.uses_secure_sum else "")
+        )
+    return runner
+
+
+RUNTIME = RayRuntime()
