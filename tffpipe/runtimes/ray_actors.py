@@ -27,6 +27,10 @@ from tffpipe.runtimes import client_half
 from tffpipe.runtimes import secure_masking
 
 
+# When every actor is lost, how long a round waits for Ray to restart one.
+_RESTART_WAIT_SEC = 120.0
+
+
 class NoActorLeft(errors.UserError, RuntimeError):
     """Every actor of the run has died."""
 
@@ -159,20 +163,50 @@ class ActorPool:
         self._alive = [True] * len(actors)
         self._print = print_fn
         self._blobs: dict[str, Any] = {}
+        # Lost actors Ray is restarting: index -> a call answered once it is back.
+        self._probes: dict[int, Any] = {}
         self.bytes_last_round = 0
         self.infos: list[dict[str, Any]] = []
 
-    def alive(self) -> list[int]:
+    def alive(self, wait_sec: float = 0.0) -> list[int]:
+        """The actors that answer; lost ones come back once Ray has restarted them.
+
+        Args:
+          wait_sec: when no actor is alive, how long to wait for a restart.
+        """
+        self._collect_restarted(0.0)
+        if not any(self._alive) and self._probes and wait_sec:
+            self._collect_restarted(wait_sec)
         return [i for i, ok in enumerate(self._alive) if ok]
 
+    def _collect_restarted(self, timeout: float) -> None:
+        if not self._probes:
+            return
+        import ray  # pylint: disable=g-import-not-at-top
+
+        ready, _ = ray.wait(list(self._probes.values()), num_returns=1 if timeout else len(self._probes),
+                            timeout=timeout)
+        for index, ref in list(self._probes.items()):
+            if ref not in ready:
+                continue
+            del self._probes[index]
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue  # gone for good
+            self._alive[index] = True
+            self._print(f"ray: actor {index} is back (Ray restarted it); it trains clients again")
+
     def mark_dead(self, index: int, error: BaseException) -> None:
+        """Stops giving clients to actor `index` until Ray has restarted it (where the cluster has room)."""
         if self._alive[index]:
             self._alive[index] = False
-            left = len(self.alive())
+            left = sum(self._alive)
             self._print(
                 f"ray: actor {index} was lost ({errors.first_line(error)}); its clients run again on "
                 f"{left} other actor(s)"
             )
+            self._probes[index] = self.actors[index].info.remote()
 
     def register(self, key: str, blob: bytes, what: str) -> list[dict[str, Any]]:
         """Loads a process's client parts into every live actor."""
@@ -261,7 +295,7 @@ class RayClients:
 
         def submit(chunk: int, attempt: int) -> None:
             nonlocal sent
-            alive = self._pool.alive()
+            alive = self._pool.alive(wait_sec=_RESTART_WAIT_SEC)
             if not alive:
                 raise NoActorLeft(
                     "--runtime=ray: no Ray actor is left; rerun the same command to resume from the last checkpoint"

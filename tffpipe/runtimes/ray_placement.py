@@ -58,7 +58,9 @@ def start_actors(s: Any, inprocess: Any, print_fn: Callable[[str], None]) -> Any
     actors, cpus, gpus = plan(s, nodes)
     started = time.monotonic()
     remote_class = ray.remote(ray_actors.ClientActor).options(
-        num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD", max_restarts=0,
+        # Ray restarts a lost actor wherever the cluster has room; a round
+        # never waits for that (the lost actor's clients run on the others).
+        num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=0,
     )
     handles = [
         remote_class.remote(cpus, inprocess.parallel_clients, inprocess.clients_per_call, inprocess.prefetch_clients)
