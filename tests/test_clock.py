@@ -201,6 +201,7 @@ def _metrics(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # 16 s; resumes are also checked by tests/test_resume.py
 def test_a_resumed_run_replays_the_clock_to_the_same_elapsed_time(small_task, tmp_path):
     values = dict(client_speed="lognormal:50,1.0", client_uplink="uniform:1e4,1e5", client_dropout=0.3)
     loop.run(_config(tmp_path / "a", rounds=2, **values), small_task, print_fn=lambda line: None)

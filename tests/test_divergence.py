@@ -113,6 +113,7 @@ def test_the_launcher_stops_a_diverging_run_in_one_line(tmp_path):
     assert "Traceback" not in stopped.stderr
 
 
+@pytest.mark.slow  # 19 s; the stopping case stays in the default suite
 def test_warn_goes_on_and_the_summary_never_says_done(small_digits, tmp_path):
     lines = []
     result = loop.run(_config(tmp_path, "w", client_learning_rate=1e6, on_divergence="warn", rounds=2),

@@ -99,6 +99,8 @@ def test_zero_epochs_gains_exactly_nothing_and_measures_the_global_model(task, t
     assert report.headline == "accuracy"
 
 
+# Slow step: an accuracy claim over a seeded run (36 s).
+@pytest.mark.slow
 def test_fine_tuning_helps_strongly_non_iid_clients_in_a_seeded_run(tmp_path):
     # Dirichlet alpha 0.1: each held-out client sees few classes.
     result = api.run(

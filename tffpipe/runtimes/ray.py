@@ -70,6 +70,7 @@ class RayRuntime(base.Runtime):
     def __init__(self):
         self._cluster = None
         self._pool = None
+        self._pool_key = None
 
     def chosen(self, cfg) -> bool:
         """Whether this run uses Ray: --runtime=ray, or --runtime=auto with --ray_address."""
@@ -113,6 +114,10 @@ class RayRuntime(base.Runtime):
         return cluster
 
     def disconnect(self) -> None:
+        """Stops the actors, and leaves the cluster (stopping it when private)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
@@ -123,8 +128,19 @@ class RayRuntime(base.Runtime):
 
         self.connect(cfg, print_fn)
         s = self.settings(cfg)
-        inprocess_settings = cfg.runtime.inprocess
-        self._pool = ray_placement.start_actors(s, inprocess_settings, print_fn)
+        engine = cfg.runtime.inprocess
+        key = (s, engine.parallel_clients, engine.clients_per_call, engine.prefetch_clients)
+        if self._pool is not None and (self._pool_key != key or not self._pool.alive()):
+            self._pool.close()
+            self._pool = None
+        if self._pool is None:
+            self._pool = ray_placement.start_actors(s, engine, print_fn)
+            self._pool_key = key
+        else:
+            self._pool.print_fn = print_fn
+            # Another run in this process (a notebook, a sweep): the actors
+            # have TensorFlow loaded already.
+            print_fn(f"ray: the {len(self._pool.alive())} actor(s) of the previous run in this process train this one")
         try:
             runner = self.wrap(process, cfg, print_fn)
             try:
@@ -132,8 +148,7 @@ class RayRuntime(base.Runtime):
             finally:
                 runner.close()
         finally:
-            self._pool.close()
-            self._pool = None
+            self._pool.forget_processes()
 
     def wrap(self, process, cfg, print_fn, what="learning process"):
         """`process` with its client half on the run's actors."""

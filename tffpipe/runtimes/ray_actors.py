@@ -109,6 +109,12 @@ class ClientActor:
         half = self._processes[key][0]
         return {"clients_per_call": half.clients_per_call, "grouping_failed": half.grouping_failed}
 
+    def drop_processes(self) -> None:
+        """Forgets every process loaded (a run ended); the actor stays for the next run."""
+        for half, _ in self._processes.values():
+            half.close()
+        self._processes.clear()
+
     def run(self, key: str, client_input: list, source: Any, keys: list, fingerprint: tuple,
             masks: secure_masking.PairwiseMasks | None, indices: list[int], moduli: list[int]):
         """Trains the clients `keys` (round positions `indices`); returns (accumulator, masked inputs).
@@ -161,7 +167,7 @@ class ActorPool:
     def __init__(self, actors: list[Any], print_fn: Callable[[str], None]):
         self.actors = list(actors)
         self._alive = [True] * len(actors)
-        self._print = print_fn
+        self.print_fn = print_fn  # the current run's
         self._blobs: dict[str, Any] = {}
         # Lost actors Ray is restarting: index -> a call answered once it is back.
         self._probes: dict[int, Any] = {}
@@ -195,14 +201,14 @@ class ActorPool:
             except ray.exceptions.RayActorError:
                 continue  # gone for good
             self._alive[index] = True
-            self._print(f"ray: actor {index} is back (Ray restarted it); it trains clients again")
+            self.print_fn(f"ray: actor {index} is back (Ray restarted it); it trains clients again")
 
     def mark_dead(self, index: int, error: BaseException) -> None:
         """Stops giving clients to actor `index` until Ray has restarted it (where the cluster has room)."""
         if self._alive[index]:
             self._alive[index] = False
             left = sum(self._alive)
-            self._print(
+            self.print_fn(
                 f"ray: actor {index} was lost ({errors.first_line(error)}); its clients run again on "
                 f"{left} other actor(s)"
             )
@@ -229,6 +235,17 @@ class ActorPool:
 
         ref, what = self._blobs[key]
         ray.get(self.actors[index].load.remote(key, ref, what))
+
+    def forget_processes(self) -> None:
+        """Has every live actor drop the processes it loaded (at the end of a run)."""
+        import ray  # pylint: disable=g-import-not-at-top
+
+        self._blobs.clear()
+        for i in self.alive():
+            try:
+                ray.get(self.actors[i].drop_processes.remote(), timeout=60)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # a lost actor loses its processes anyway
 
     def close(self) -> None:
         import ray  # pylint: disable=g-import-not-at-top
