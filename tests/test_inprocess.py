@@ -275,3 +275,19 @@ def test_clients_are_spread_over_logical_devices():
     )
     assert lines[2] == "assignment [('/device:CPU:0 (slot 0)', [0, 1, 2, 3, 4])]"
     assert float(lines[3].split()[-1]) < 1e-5
+
+
+def test_a_process_limited_to_one_core_gets_an_inter_op_thread_per_client_slot():
+    # TensorFlow would size its pool to the one core; two slots then wait on each other.
+    script = textwrap.dedent("""
+        import os
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        import tensorflow as tf
+        from tffpipe import config
+        from tffpipe.runtimes import devices
+        devices.configure(config.from_values(dict(runtime="inprocess", parallel_clients=3)).runtime.inprocess)
+        print(devices.usable_cpus(), tf.config.threading.get_inter_op_parallelism_threads())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=120)
+    assert proc.stdout.split() == ["1", "3"], proc.stderr[-2000:]
