@@ -157,7 +157,7 @@ def test_next_clients_data_is_loaded_while_a_client_trains(task):
     for prefetch in (True, False):
         events.clear()
         local = inprocess.InProcessProcess(process, ["/CPU:0"], prefetch=prefetch, clients_per_call=1)
-        slot = local.clients.half.slots[0]
+        slot = local.clients.slots[0]
         real_work = slot.client_step
 
         def slow_work(*args, real_work=real_work):

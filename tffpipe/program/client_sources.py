@@ -96,6 +96,13 @@ def _simulation(cfg: config_lib.RunConfig, recipe: TaskRecipe) -> Any:
         return _built.setdefault(key, built)
 
 
+def for_process(process: Any, datasets: Sequence[Any]) -> Sequence[Any]:
+    """`datasets` as `process.next` takes them: recipes for runtimes that accept
+    them (`accepts_client_sources`), else a list (TFF's contexts rebuild
+    sequences of their own type)."""
+    return datasets if getattr(process, "accepts_client_sources", False) else list(datasets)
+
+
 class ClientDatasets(Sequence):
     """Clients' datasets, each built from `source` and its key when read.
 

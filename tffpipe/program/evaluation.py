@@ -79,9 +79,8 @@ class Evaluator:
     def evaluate(self, model_weights, datasets) -> dict[str, float]:
         """`eval/<metric>` of `model_weights` on `datasets` (one per client) together."""
         state = self._process.set_model_weights(self._state, model_weights)
-        if not getattr(self._process, "accepts_client_sources", False):
-            datasets = list(datasets)  # TFF's contexts rebuild sequences of their own type
-        return metrics_lib.eval_metrics(self._process.next(state, datasets).metrics)
+        output = self._process.next(state, client_sources.for_process(self._process, datasets))
+        return metrics_lib.eval_metrics(output.metrics)
 
     def __call__(self, model_weights) -> Evaluation:
         datasets = client_sources.ClientDatasets(self._source, self.client_ids, self._task)

@@ -335,10 +335,8 @@ class ClientFailed(errors.UserError, RuntimeError):
 
 def _next(process, state, datasets, client_ids: list[str], round_num: int):
     """`process.next`, with a failing client named by its id (runtimes that know which one failed)."""
-    if not getattr(process, "accepts_client_sources", False):
-        datasets = list(datasets)  # TFF's contexts rebuild sequences of their own type
     try:
-        return process.next(state, datasets)
+        return process.next(state, client_sources.for_process(process, datasets))
     except errors.UserError as e:
         index = getattr(e, "index", None)
         if index is None or not 0 <= index < len(client_ids):

@@ -14,11 +14,13 @@ import dataclasses
 import threading
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
+from tffpipe.runtimes import secure_masking
 from tffpipe.runtimes import tf_parts
 
 
@@ -116,23 +118,63 @@ class ClientHalf:
         )
         self.last_assignment: dict[str, list[int]] = {}
 
+    @classmethod
+    def of(cls, mrf: forms.MapReduceForm, slot_devices: Sequence[str], what: str, prefetch: bool,
+           clients_per_call: int) -> "ClientHalf":
+        """The client half of a MapReduceForm's rounds on `slot_devices`."""
+        return cls(mrf.work, mrf.accumulate, mrf.zero, slot_devices, what, prefetch, clients_per_call)
+
     @property
     def slot_devices(self) -> list[str]:
         return [s.device for s in self.slots]
 
+    def run_round(self, client_input, client_data, masks, moduli):
+        """(the slots' accumulators, each client's masked secure-sum inputs in round order)."""
+        accumulators, masked = self.run(client_input, client_data, masks, moduli)
+        return accumulators, [masked.get(i, []) for i in range(len(client_data))]
+
     def run(self, client_input: Sequence[Any], client_data: Sequence[Any],
-            on_extra: Callable[[int, list[Any]], None] | None = None) -> list[list[tf.Tensor]]:
-        """Every client's work, accumulated per slot: the slots' accumulators, in slot order.
+            masks: secure_masking.PairwiseMasks | None = None, moduli: Sequence[int] = (),
+            indices: Sequence[int] | None = None) -> tuple[list[list[tf.Tensor]], dict[int, list[np.ndarray]]]:
+        """Every client's work, accumulated per slot.
 
         Args:
           client_input: the broadcast (flat tensors).
           client_data: per client, its value of `data_type` (datasets).
-          on_extra: called in the slot's thread with (client index, its work
-            outputs after the update), e.g. to mask secure-sum inputs.
+          masks: the round's pairwise masks (None: no secure sums); each
+            client masks its secure-sum inputs in its slot's thread.
+          moduli: the modulus of each secure-sum input.
+          indices: each client's position in the round (default: its
+            position here), which names it in masks and errors.
+
+        Returns:
+          (the slots' accumulators in slot order, {round position: masked
+          secure-sum inputs}).
 
         Raises:
-          ClientWorkFailed: naming the index of the client that failed.
+          ClientWorkFailed: naming the round position of the client that failed.
         """
+        indices = list(range(len(client_data))) if indices is None else list(indices)
+        masked: dict[int, list[np.ndarray]] = {}
+
+        def on_extra(position: int, extra: list[Any]) -> None:
+            index = indices[position]
+            masked[index] = secure_masking.mask_client(masks, index, [v.numpy() for v in extra], moduli)
+
+        try:
+            return self._run(client_input, client_data, on_extra if masks is not None else None), masked
+        except ClientWorkFailed as e:
+            raise ClientWorkFailed(indices[e.index], str(e)) from e
+
+    def describe(self) -> str:
+        """Which slot trained which clients (by position) in the last round."""
+        return describe_assignment(self.last_assignment)
+
+    @property
+    def placement_rule(self) -> str:
+        return f"client i of a round goes to slot i mod {len(self.slots)}"
+
+    def _run(self, client_input, client_data, on_extra):
         datasets = [tf_parts.flatten(value, self.data_type) for value in client_data]
         num_slots = len(self.slots)
         assignment = {
@@ -203,6 +245,19 @@ class ClientHalf:
         """Stops the client and loader threads."""
         self._pool.shutdown(wait=True)
         self._loader.shutdown(wait=True)
+
+
+def merge_all(merge: tf_parts.ImportedComputation, accumulators: Sequence[Sequence[Any]]) -> list[Any]:
+    """The accumulators merged in order."""
+    total = accumulators[0]
+    for other in accumulators[1:]:
+        total = merge(*total, *other)
+    return list(total)
+
+
+def describe_assignment(assignment: dict[str, list[int]]) -> str:
+    """"where: clients [...]" for every slot or actor, in order."""
+    return "; ".join(f"{where}: clients {ids}" for where, ids in assignment.items())
 
 
 def _read_into_memory(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -64,33 +64,6 @@ AUTO_CLIENTS_PER_CALL = client_half.AUTO_CLIENTS_PER_CALL
 _import = client_half.import_part
 
 
-class LocalClients:
-    """The client half on this machine's slots, masking secure-sum inputs in each slot."""
-
-    def __init__(self, half: client_half.ClientHalf):
-        self.half = half
-
-    def run_round(self, client_input, client_data, masks, moduli):
-        """(the slots' accumulators, each client's masked secure-sum inputs)."""
-        secure_inputs: list[list[np.ndarray]] = [[] for _ in client_data]
-
-        def mask(index: int, extra: list[Any]) -> None:
-            secure_inputs[index] = secure_masking.mask_client(masks, index, [v.numpy() for v in extra], moduli)
-
-        return self.half.run(client_input, client_data, mask if masks is not None else None), secure_inputs
-
-    def describe(self) -> str:
-        """Which slot trained which clients (by position) in the last round."""
-        return "; ".join(f"{where}: clients {ids}" for where, ids in self.half.last_assignment.items())
-
-    @property
-    def placement_rule(self) -> str:
-        return f"client i of a round goes to slot i mod {len(self.half.slots)}"
-
-    def close(self) -> None:
-        self.half.close()
-
-
 class InProcessProcess:
     """A TFF learning (or evaluation) process run in this process.
 
@@ -106,7 +79,10 @@ class InProcessProcess:
         `client_half.AUTO_CLIENTS_PER_CALL`); 1 is the per-client path.
       clients: runs the client half instead of slots on this machine (given
         the MapReduceForm; `ray_actors.RayClients`): `slot_devices`,
-        `prefetch` and `clients_per_call` are then unused.
+        `prefetch` and `clients_per_call` are then unused. By default a
+        `client_half.ClientHalf`; both offer `run_round`, `describe`,
+        `placement_rule`, `slot_devices`, `clients_per_call`,
+        `grouping_failed`, `last_assignment` and `close`.
     """
 
     # `next` takes `program.client_sources.ClientDatasets` as well as lists.
@@ -142,9 +118,7 @@ class InProcessProcess:
         self._get_weights = _import(process.get_model_weights, what)
         self._set_weights = _import(process.set_model_weights, what)
         if clients is None:
-            self.clients = LocalClients(client_half.ClientHalf(
-                mrf.work, mrf.accumulate, mrf.zero, slot_devices, what, prefetch, clients_per_call
-            ))
+            self.clients = client_half.ClientHalf.of(mrf, slot_devices, what, prefetch, clients_per_call)
         else:
             self.clients = clients(mrf)
         # Secure-sum parameters are constants of the computation: read once.
@@ -167,21 +141,21 @@ class InProcessProcess:
     @property
     def slot_devices(self) -> list[str]:
         """The device of every concurrent client slot."""
-        return self.clients.half.slot_devices
+        return self.clients.slot_devices
 
     @property
     def clients_per_call(self) -> int:
-        return self.clients.half.clients_per_call
+        return self.clients.clients_per_call
 
     @property
     def grouping_failed(self) -> str:
         """Why client work runs one client per call, if it cannot be grouped."""
-        return self.clients.half.grouping_failed
+        return self.clients.grouping_failed
 
     @property
     def last_assignment(self) -> dict[str, list[int]]:
         """Which slot trained which clients (by position) in the last round."""
-        return self.clients.half.last_assignment
+        return self.clients.last_assignment
 
     # The LearningProcess interface used by the program loop.
 
@@ -231,10 +205,7 @@ class InProcessProcess:
         masks = secure_masking.PairwiseMasks(len(client_data)) if self._secure else None
         accumulators, secure_inputs = self.clients.run_round(client_input, client_data, masks, moduli)
         self._say_placement()
-        aggregate = accumulators[0]
-        for other in accumulators[1:]:
-            aggregate = self._merge(*aggregate, *other)
-        report = self._report(*aggregate)
+        report = self._report(*client_half.merge_all(self._merge, accumulators))
         secure_sums = self._secure_sums(secure_inputs, moduli)
         leaves = self._update(*state_leaves, *report, *secure_sums)
         return tf_parts.unflatten(leaves, self._next_type.result)

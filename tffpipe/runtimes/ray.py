@@ -183,8 +183,7 @@ def on_actors(process, pool, what: str = "learning process", print_fn=None):
 
     def clients(mrf):
         def local():
-            half = client_half.ClientHalf(mrf.work, mrf.accumulate, mrf.zero, ["/CPU:0"], what, False, 0)
-            return inprocess_process.LocalClients(half)
+            return client_half.ClientHalf.of(mrf, ["/CPU:0"], what, prefetch=False, clients_per_call=0)
 
         return ray_actors.RayClients(pool, mrf, f"{what} {next(_keys)}", what, local, print_fn)
 

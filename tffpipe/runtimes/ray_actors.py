@@ -127,20 +127,8 @@ class ClientActor:
         half, merge = self._processes[key]
         self._check_task(source, fingerprint)
         data = [source.build(k) for k in keys]
-        masked: dict[int, list[np.ndarray]] = {}
-
-        def mask(position: int, extra: list[Any]) -> None:
-            index = indices[position]
-            masked[index] = secure_masking.mask_client(masks, index, [v.numpy() for v in extra], moduli)
-
-        try:
-            accumulators = half.run(client_input, data, mask if masks is not None else None)
-        except client_half.ClientWorkFailed as e:
-            raise client_half.ClientWorkFailed(indices[e.index], str(e)) from None
-        total = accumulators[0]
-        for other in accumulators[1:]:
-            total = merge(*total, *other)
-        return [t.numpy() for t in total], masked
+        accumulators, masked = half.run(client_input, data, masks, moduli, indices)
+        return [t.numpy() for t in client_half.merge_all(merge, accumulators)], masked
 
     def _check_task(self, source: Any, fingerprint: tuple) -> None:
         if source.recipe in self._checked:
@@ -276,15 +264,11 @@ class RayClients:
         self.placement_rule = f"client i of a round goes to actor i mod {len(pool.actors)}"
 
     @property
-    def half(self):
-        return self
-
-    @property
     def slot_devices(self) -> list[str]:
         return [f"ray actor {i}" for i in self._pool.alive()]
 
     def describe(self) -> str:
-        return "; ".join(f"{where}: clients {ids}" for where, ids in self.last_assignment.items())
+        return client_half.describe_assignment(self.last_assignment)
 
     def run_round(self, client_input, client_data, masks, moduli):
         """(the chunks' accumulators in chunk order, each client's masked secure-sum inputs)."""
@@ -306,7 +290,8 @@ class RayClients:
         broadcast = [t.numpy() for t in client_input]
         broadcast_ref = ray.put(broadcast)
         source_ref = ray.put(source)
-        sent = sum(a.nbytes for a in broadcast) + len(pickle.dumps(source))
+        broadcast_bytes = sum(a.nbytes for a in broadcast)
+        sent = broadcast_bytes + len(pickle.dumps(source))
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk, actor)
         results: dict[int, Any] = {}
 
@@ -352,7 +337,7 @@ class RayClients:
                 continue
             results[chunk] = (result, actor)
         self._pool.bytes_last_round = sent
-        self.say_traffic(sent, sum(a.nbytes for a in broadcast), len(client_data), masks is not None)
+        self.say_traffic(sent, broadcast_bytes, len(client_data), masks is not None)
         self.last_assignment = {f"ray actor {results[c][1]}": chunks[c] for c in sorted(results)}
         secure_inputs: list[list[np.ndarray]] = [[] for _ in range(len(client_data))]
         for (_, masked), _ in results.values():
