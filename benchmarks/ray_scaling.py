@@ -8,7 +8,7 @@ parallelism, as if each were a one-core machine:
   in-process, 1 core   the launcher pinned to one core (`--runtime=inprocess`)
   ray, 1 actor         a private Ray on this machine, one actor pinned to core 0
   ray, 2 actors        two actors pinned to cores 0 and 1
-  remote, 1 worker     one TFF worker service pinned to core 0
+  remote, 1 worker     one TFF worker service (mutual TLS, as the README starts it) pinned to core 0
   remote, 2 workers    two TFF workers pinned to cores 0 and 1
 
 The Ray actors build their clients' datasets themselves (only ids and seeds
@@ -33,7 +33,6 @@ from tensorflow_federated.python.core.impl.context_stack import context_stack_im
 
 from tffpipe import compat
 from tffpipe import config
-from tffpipe import worker
 from tffpipe.learning import builder
 from tffpipe.program import client_sources
 from tffpipe.program import sampling
@@ -44,6 +43,7 @@ from tffpipe.runtimes import ray_cluster
 from tffpipe.runtimes import ray_placement
 from tffpipe.runtimes import remote_context as remote
 from tffpipe.tasks import ClientSpec
+import local_workers
 
 flags.DEFINE_integer("clients", 200, "Clients per round.")
 flags.DEFINE_integer("rounds", 2, "Rounds per timing.")
@@ -133,16 +133,16 @@ def main(argv):
         cluster.close()
 
     if not FLAGS.skip_remote:
+        tls_dir, credentials = local_workers.certificates()
         plain = [list(d) for d in data]
         for count in (1, 2):
             services, addresses = [], []
             for k in range(count):
-                port = worker.free_port()
-                services.append(worker.start(port))
-                worker.wait_until_ready(services[-1], port, 60)
-                _pin(services[-1].pid, {cores[k]})
-                addresses.append(f"127.0.0.1:{port}")
-            context = remote.FailoverContext(addresses, 60, lambda line: None)
+                proc, address = local_workers.start(tls_dir)
+                local_workers.pin(proc, {cores[k]})
+                services.append(proc)
+                addresses.append(address)
+            context = remote.FailoverContext(addresses, 60, lambda line: None, credentials)
             name = f"remote, {count} worker{'s' if count > 1 else ''}"
             try:
                 with context_stack_impl.context_stack.install(context):
@@ -150,7 +150,7 @@ def main(argv):
             finally:
                 context.close()
                 for service in services:
-                    worker.stop(service)
+                    local_workers.stop(service)
             print(f"  {name}: {results[name]:.2f} s/round", file=sys.stderr, flush=True)
 
     print(f"{'engine (one core per actor / worker)':40s} {'s/round':>8s} {'rounds/s':>9s}")

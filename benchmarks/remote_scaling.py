@@ -1,7 +1,8 @@
-"""Rounds per second of `--runtime=remote` with 1 and with 2 local TFF workers.
+"""Rounds per second of `--runtime=remote` with 1 and with 2 local TFF workers, over mutual TLS and plaintext.
 
-Starts three worker services on this machine (`tffpipe.worker`, loopback
-ports: one for the 1-worker timings, two for the 2-worker ones), builds a
+Starts three worker services on this machine (`python -m tffpipe.worker`
+with certificates from `python -m tffpipe.certs`, loopback ports: one for the
+1-worker timings, two for the 2-worker ones), builds a
 FedAvg process for `digits` with `--clients` clients a round (default 200,
 about 7 examples each), and times rounds on one worker and split across
 two, through the same `tffpipe.runtimes.remote_context.FailoverContext` the launcher uses.
@@ -12,7 +13,9 @@ busy, so on a shared machine a second worker has little to add). TFF's
 own C++ runtime (`--runtime=cpp`, one local worker, no split) is timed
 alongside as the reference. Every figure is the fastest of `--repeats`
 timings of `--rounds` rounds, after a warm-up round; the repeats are
-interleaved (1, 2, cpp, 1, 2, cpp, ...).
+interleaved (1, 2, cpp, 1, 2, cpp, ...). Last, the pinned pair is timed
+again through three plaintext workers (`--insecure_workers`): the cost of
+TLS.
 
   uv run python benchmarks/remote_scaling.py
   uv run python benchmarks/remote_scaling.py --clients=100 --rounds=3
@@ -36,9 +39,9 @@ from tffpipe import config
 from tffpipe.runtimes import processes
 from tffpipe.runtimes import remote_context as remote
 from tffpipe.program import sampling
-from tffpipe import worker
 from tffpipe.tasks import ClientSpec
 from tasks import digits
+import local_workers
 
 flags.DEFINE_integer("clients", 200, "Clients per round.")
 flags.DEFINE_integer("rounds", 2, "Rounds per timing.")
@@ -90,48 +93,50 @@ def main(argv):
     # ones. A TFF worker that also holds another context's executors ran the
     # same round about 1.5 times slower (6.7 vs 4.6 s), so no worker is
     # shared between the configurations compared.
-    services, addresses = [], []
-    for _ in range(3):
-        port = worker.free_port()
-        services.append(worker.start(port))
-        worker.wait_until_ready(services[-1], port, 60)
-        addresses.append(f"127.0.0.1:{port}")
-    one, two = addresses[:1], addresses[1:]
+    tls_dir, credentials = local_workers.certificates()
     all_cores = sorted(os.sched_getaffinity(0))
-    try:
-        shared = _measure(process, data, {
-            "1 worker": remote.FailoverContext(one, 30, print),
-            "2 workers": remote.FailoverContext(two, 30, print),
-            "cpp": None,  # TFF's default local context: the reference
-        }, "shared cores")
-        pinned = None
-        if len(all_cores) >= 2:
-            # One core per worker, as if each were a one-core machine.
-            _pin(services[0].pid, {all_cores[0]})
-            _pin(services[1].pid, {all_cores[0]})
-            _pin(services[2].pid, {all_cores[1]})
-            pinned = _measure(process, data, {
-                "1 worker": remote.FailoverContext(one, 30, print),
-                "2 workers": remote.FailoverContext(two, 30, print),
-            }, "one core per worker")
-    finally:
-        for service in services:
-            worker.stop(service)
+    shared = pinned = plaintext = None
+    for transport in ("tls", "plaintext"):
+        started = [local_workers.start(tls_dir if transport == "tls" else None) for _ in range(3)]
+        services, addresses = [p for p, _ in started], [a for _, a in started]
+        one, two = addresses[:1], addresses[1:]
+        creds = credentials if transport == "tls" else None
+        try:
+            if transport == "tls":
+                shared = _measure(process, data, {
+                    "1 worker": remote.FailoverContext(one, 30, print, creds),
+                    "2 workers": remote.FailoverContext(two, 30, print, creds),
+                    "cpp": None,  # TFF's default local context: the reference
+                }, "shared cores")
+            if len(all_cores) >= 2:
+                # One core per worker, as if each were a one-core machine.
+                local_workers.pin(services[0], {all_cores[0]})
+                local_workers.pin(services[1], {all_cores[0]})
+                local_workers.pin(services[2], {all_cores[1]})
+                best = _measure(process, data, {
+                    "1 worker": remote.FailoverContext(one, 30, print, creds),
+                    "2 workers": remote.FailoverContext(two, 30, print, creds),
+                }, f"one core per worker, {transport}")
+                if transport == "tls":
+                    pinned = best
+                else:
+                    plaintext = best
+        finally:
+            for service in services:
+                local_workers.stop(service)
 
-    print(f"{'workers':40s} {'rounds/s':>9s} {'s/round':>8s}")
-    for label, best in (("sharing the machine's cores", shared), ("one core each", pinned)):
+    print(f"{'workers':50s} {'rounds/s':>9s} {'s/round':>8s}")
+    for label, best in (("sharing the machine's cores, TLS", shared), ("one core each, TLS", pinned),
+                        ("one core each, plaintext", plaintext)):
         if best is None:
             continue
         for name in ("1 worker", "2 workers"):
-            print(f"{name + ', ' + label:40s} {best[name]:9.3f} {1 / best[name]:8.2f}")
+            print(f"{name + ', ' + label:50s} {best[name]:9.3f} {1 / best[name]:8.2f}")
         print(f"  2 workers / 1 worker: {best['2 workers'] / best['1 worker']:.2f}")
-    print(f"{'cpp runtime (reference)':40s} {shared['cpp']:9.3f} {1 / shared['cpp']:8.2f}")
-
-
-def _pin(pid: int, cores: set[int]) -> None:
-    """Pins every thread of `pid` (threads it starts later inherit it)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), cores)
+    if pinned and plaintext:
+        print(f"  TLS / plaintext time per round, 2 workers one core each: "
+              f"{plaintext['2 workers'] / pinned['2 workers']:.2f}")
+    print(f"{'cpp runtime (reference)':50s} {shared['cpp']:9.3f} {1 / shared['cpp']:8.2f}")
 
 
 def _measure(process, data, contexts, label) -> dict[str, float]:

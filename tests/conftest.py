@@ -2,9 +2,11 @@
 
 import glob
 import os
+import select
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -114,8 +116,37 @@ def processes_with_marker(marker: str) -> list[tuple[int, str]]:
     return found
 
 
+def start_worker(env, port=0, timeout=60.0, args=("--insecure_workers",)):
+    """Starts `python -m tffpipe.worker` with `args`; returns (process, its address, its ready line)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tffpipe.worker", f"--port={port}", *args],
+        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        # Byte by byte from the descriptor: a buffered readline could take the
+        # ready line into Python's buffer along with the line before it, where
+        # select() no longer sees it.
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        byte = os.read(proc.stdout.fileno(), 1) if ready else b""
+        if byte == b"\n":
+            text, line = line.decode().strip(), b""
+            if text.startswith("tffpipe worker ready at "):
+                served_port = int(text.split()[4].rsplit(":", 1)[1])
+                return proc, f"127.0.0.1:{served_port}", text
+        elif byte:
+            line += byte
+        elif proc.poll() is not None:
+            raise AssertionError(f"worker exited: {proc.stderr.read()[-2000:]}")
+    proc.kill()
+    raise AssertionError("worker did not get ready")
+
+
 def worker_processes(marker: str) -> list[tuple[int, str]]:
-    return [p for p in processes_with_marker(marker) if "worker_binary" in p[1]]
+    """TFF's worker services (not the relays that run them in private networks) started with `marker`."""
+    return [p for p in processes_with_marker(marker) if p[1].split(" ", 1)[0].endswith("worker_binary")]
 
 
 @pytest.fixture

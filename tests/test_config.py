@@ -44,6 +44,12 @@ def test_defaults_are_valid_and_frozen():
         (dict(runtime="remote", workers=["w0:70000"]), "--workers: 'w0:70000' is not HOST:PORT"),
         (dict(runtime="remote", workers=["w0:1", "w0:1"]), "--workers lists a worker twice"),
         (dict(runtime="remote", workers=["w0:1"], worker_wait_sec=-1), "--worker_wait_sec must be at least 0, got -1"),
+        (dict(runtime="remote", workers=["w0:1"]),
+         "--runtime=remote needs --tls_dir (this launcher's folder from `python -m tffpipe.certs issue DIR NAME "
+         "--role=launcher`), or --insecure_workers to send everything in plaintext"),
+        (dict(runtime="remote", workers=["w0:1"], tls_dir="t", insecure_workers=True),
+         "--tls_dir and --insecure_workers exclude each other"),
+        (dict(runtime="cpp", tls_dir="t"), "--tls_dir applies to --runtime=remote, not --runtime=cpp"),
         (dict(roundz=3), "unknown setting 'roundz' (did you mean 'rounds'?)"),
     ],
 )

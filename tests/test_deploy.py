@@ -118,7 +118,47 @@ def test_the_image_copies_what_the_package_needs():
     # The packages pyproject.toml installs are all in the image.
     assert {"tffpipe", "tasks", "pyproject.toml", "uv.lock"} <= set(copied)
     assert "uv sync --locked --no-dev" in dockerfile
-    assert 'CMD ["python", "-m", "tffpipe.worker", "--port=8000"]' in dockerfile
+    assert 'CMD ["python", "-m", "tffpipe.worker", "--port=8000", "--tls_dir=/tls"]' in dockerfile
+
+
+def test_the_image_runs_as_an_unprivileged_user():
+    with open(os.path.join(REPO_ROOT, "deploy", "Dockerfile")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    (made,) = [line for line in lines if "useradd" in line]
+    assert f"--uid {users[-1]}" in made
+    assert lines.index(made) < max(i for i, line in enumerate(lines) if line.startswith("USER "))
+
+
+def _tls_secret(pod: dict, container: dict) -> str:
+    """The Secret mounted where the container's --tls_dir points."""
+    args = container.get("args", []) + container.get("command", [])
+    tls_dir = _flag_value(args, "tls_dir")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == tls_dir]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume["secret"]["secretName"]
+
+
+def test_workers_and_launcher_hold_certificates_and_only_the_launcher_reaches_the_workers(objects):
+    sts = objects[("StatefulSet", "tffpipe-worker")]
+    job = objects[("Job", "tffpipe-train")]
+    worker_pod, launcher_pod = sts["spec"]["template"]["spec"], job["spec"]["template"]["spec"]
+    assert _tls_secret(worker_pod, worker_pod["containers"][0]) == "tffpipe-worker-tls"
+    assert _tls_secret(launcher_pod, launcher_pod["containers"][0]) == "tffpipe-launcher-tls"
+    assert "insecure_workers" not in " ".join(worker_pod["containers"][0]["command"] + launcher_pod["containers"][0]["args"])
+    for pod in (worker_pod, launcher_pod):
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    policy = objects[("NetworkPolicy", "tffpipe-worker")]["spec"]
+    worker_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    port = int(_flag_value(worker_pod["containers"][0]["command"], "port"))
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
 
 RAY_K8S = os.path.join(K8S, "ray")

@@ -73,7 +73,7 @@ def test_an_unresolvable_worker_host_is_named_at_once(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
     with pytest.raises(remote_context.WorkerUnavailable) as info:
-        remote_context.check_workers(["nohost.invalid:1"], 30.0)
+        remote_context.check_workers(["nohost.invalid:1"], 30.0, None)
     assert asked == ["nohost.invalid"]
     assert str(info.value) == (
         "worker nohost.invalid:1 is unreachable: cannot resolve host 'nohost.invalid' (Name or service not known)"
@@ -83,7 +83,7 @@ def test_an_unresolvable_worker_host_is_named_at_once(monkeypatch):
 def test_a_retired_workers_channels_and_thread_are_closed(monkeypatch):
     import grpc  # pylint: disable=g-import-not-at-top
 
-    monkeypatch.setattr(remote_context, "check_workers", lambda addresses, timeout_sec: None)
+    monkeypatch.setattr(remote_context, "check_workers", lambda addresses, timeout_sec, credentials: None)
     lines = []
     context = remote_context.FailoverContext(["127.0.0.1:9", "127.0.0.1:10"], 1.0, lines.append)
     context._context()  # pylint: disable=protected-access

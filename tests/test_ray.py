@@ -133,6 +133,10 @@ def test_secure_sums_across_actors_equal_the_in_process_sums(cluster, tmp_path):
     ours, lines = _run(_config(tmp_path, "ray", **small))
     theirs, _ = _run(_config(tmp_path, "inprocess", **small))
     assert any("secure sums use pairwise masking across actors" in line for line in lines)
+    assert any(line.startswith("secure sum: pairwise masks on the actors:") and "the launcher makes every seed" in line
+               for line in lines)
+    assert "transport: Ray, a private cluster on this machine: token authentication; traffic between nodes not " \
+           "encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)" in lines
     _close(ours, theirs)
 
 

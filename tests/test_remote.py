@@ -3,7 +3,6 @@
 import csv
 import dataclasses
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from conftest import REPO_ROOT, make_config, worker_processes
+from conftest import REPO_ROOT, make_config, start_worker, worker_processes
 from tffpipe import api
 from tffpipe import cli
 from tffpipe import doctor
@@ -29,27 +28,6 @@ from tffpipe.runtimes import processes
 from tffpipe.runtimes import remote_context as remote
 
 from tasks import digits
-
-
-def start_worker(env, port=0, timeout=60.0):
-    """Starts `python -m tffpipe.worker`; returns (process, its address, first line)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.worker", f"--port={port}"],
-        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("tffpipe worker ready at "):
-                served_port = int(line.split()[4].rsplit(":", 1)[1])
-                return proc, f"127.0.0.1:{served_port}", line.strip()
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited: {proc.stderr.read()[-2000:]}")
-    proc.kill()
-    raise AssertionError("worker did not get ready")
 
 
 def kill_worker(workers, i, marker):
@@ -108,7 +86,7 @@ def test_worker_on_a_taken_port_fails_in_one_line(marker_env):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "tffpipe.worker", f"--port={port}"],
+            [sys.executable, "-m", "tffpipe.worker", f"--port={port}", "--insecure_workers"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 1
@@ -124,7 +102,8 @@ def test_two_workers_started_at_once_on_one_port_leave_one_serving(marker_env):
 
     port = worker.free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tffpipe.worker", f"--port={port}"], cwd=REPO_ROOT, env=env,
+        subprocess.Popen([sys.executable, "-m", "tffpipe.worker", f"--port={port}", "--insecure_workers"],
+                         cwd=REPO_ROOT, env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
@@ -140,7 +119,8 @@ def test_two_workers_started_at_once_on_one_port_leave_one_serving(marker_env):
             f"error: port {port} is in use by another tffpipe worker on this machine; pick another with --port"
         ]
         (winner,) = [p for p in procs if p is not loser]
-        assert winner.stdout.readline().startswith(f"tffpipe worker ready at ")
+        assert winner.stdout.readline().startswith("warning: --insecure_workers: serving plaintext gRPC")
+        assert winner.stdout.readline().startswith("tffpipe worker ready at ")
         assert len(worker_processes(marker)) == 1
     finally:
         for p in procs:
@@ -197,20 +177,21 @@ def test_a_computation_with_dependent_aggregations_cannot_be_split():
 
 def test_config_accepts_ipv6_and_dns_worker_addresses():
     workers = ("[::1]:8000", "tffpipe-worker-0.tffpipe-worker:8000")
-    assert make_config(runtime="remote", workers=workers).runtime.remote.workers == workers
+    assert make_config(runtime="remote", workers=workers, insecure_workers=True).runtime.remote.workers == workers
 
 
 def test_doctor_checks_that_workers_answer(two_workers):
     _, addresses, _, _ = two_workers
     port = worker.free_port()
-    cfg = doctor.runtime_config("remote", workers=(*addresses, f"127.0.0.1:{port}"))
+    cfg = doctor.runtime_config("remote", workers=(*addresses, f"127.0.0.1:{port}"), insecure_workers=True)
     checks = doctor.check_runtime(dataclasses.replace(
         cfg, runtime=dataclasses.replace(cfg.runtime, remote=dataclasses.replace(cfg.runtime.remote, worker_wait_sec=1.0))), 0)
     assert [c.line() for c in checks] == [
+        "warn  transport: plaintext to the workers (--insecure_workers)",
         f"ok    worker {addresses[0]}: accepts connections",
         f"ok    worker {addresses[1]}: accepts connections",
         f"FAIL  worker 127.0.0.1:{port}: no TFF worker answered within 1 s "
-        f"(start one there with `python -m tffpipe.worker --port={port}`)",
+        f"(start one there with `python -m tffpipe.worker --port={port} --insecure_workers`)",
     ]
     with pytest.raises(errors.ConfigError, match="--runtime=remote needs --workers"):
         doctor.runtime_config("remote")
@@ -278,10 +259,14 @@ def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(
 
 def _service_of(worker_proc, marker):
     """The pid of the TFF service (`worker_binary`) that `python -m tffpipe.worker` started."""
-    for pid, _ in worker_processes(marker):
+    def parent(pid):
         with open(f"/proc/{pid}/stat") as f:
-            if int(f.read().rsplit(")", 1)[1].split()[1]) == worker_proc.pid:
-                return pid
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    for pid, _ in worker_processes(marker):
+        # Its parent is the relay into its private network, whose parent is the worker.
+        if worker_proc.pid in (parent(pid), parent(parent(pid))):
+            return pid
     raise AssertionError("no TFF service under that worker")
 
 
@@ -313,6 +298,7 @@ def _config(root, rounds=3, **values):
         digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
         client_batch_size=32, rounds=rounds, clients_per_round=5, eval_every=0, checkpoint_every=1,
         root_dir=str(root), experiment_name="r", **values,
+        **({"insecure_workers": True} if values.get("runtime") == "remote" else {}),
     )
 
 
@@ -373,7 +359,8 @@ def test_fedbuff_on_two_workers_matches_tff_cpp_runtime(two_workers, tmp_path):
     base = dict(digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
                 client_batch_size=32, rounds=3, eval_every=0, experiment_name="r", **values)
     remote_run = fedbuff.run(make_config(root_dir=str(tmp_path / "remote"), runtime="remote",
-                                         workers=addresses, **base), task, print_fn=lambda line: None)
+                                         workers=addresses, insecure_workers=True, **base), task,
+                                         print_fn=lambda line: None)
     local_run = fedbuff.run(make_config(root_dir=str(tmp_path / "cpp"), runtime="cpp", **base), task,
                             print_fn=lambda line: None)
     for ours, theirs in zip(remote_run.model_weights.trainable, local_run.model_weights.trainable):
@@ -409,7 +396,7 @@ def test_a_run_finishes_when_a_worker_is_killed_mid_run(two_workers, tmp_path):
         sys.executable, "-m", "tffpipe.train", "--task=digits", "--rounds=6",
         "--clients_per_round=10", "--eval_every=3", "--checkpoint_every=1",
         "--experiment_name=k", f"--root_dir={tmp_path}", "--runtime=remote",
-        f"--workers={','.join(addresses)}", "--worker_wait_sec=2",
+        f"--workers={','.join(addresses)}", "--worker_wait_sec=2", "--insecure_workers",
     ]
     launcher = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -443,13 +430,13 @@ def test_an_unreachable_worker_fails_in_one_line(tmp_path):
     # In this process (the launcher prints the same line after `error: `).
     port = worker.free_port()
     cfg = cli.parse(["train", "--experiment_name=e", f"--root_dir={tmp_path}", "--runtime=remote",
-                     f"--workers=127.0.0.1:{port}", "--worker_wait_sec=1"])
+                     f"--workers=127.0.0.1:{port}", "--worker_wait_sec=1", "--insecure_workers"])
     printed = []
     with pytest.raises(remote.WorkerUnavailable) as info:
         api.train(cfg, printed.append)
     assert str(info.value) == (
         f"worker 127.0.0.1:{port} is unreachable: no TFF worker answered within 1 s "
-        f"(start one there with `python -m tffpipe.worker --port={port}`)"
+        f"(start one there with `python -m tffpipe.worker --port={port} --insecure_workers`)"
     )
     assert not any(line.startswith("round") for line in printed)
     assert not os.path.exists(tmp_path / "e")

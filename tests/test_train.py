@@ -331,6 +331,9 @@ def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(mark
         "runtime inprocess: learning process on 2 client slot(s) over /device:CPU:0, up to 4 clients per "
         "TensorFlow call; secure sums use pairwise masking" in out
     )
+    # What the masks protect, said as it is: nothing from whoever runs the process.
+    assert ("secure sum: pairwise masks in this process: the summing code sees only masked vectors, but every "
+            "key is in this process" in out)
     assert (
         "learning process placement (client i of a round goes to slot i mod 2), first round: "
         "/device:CPU:0 (slot 0): clients [0, 2, 4, 6, 8]; /device:CPU:0 (slot 1): clients [1, 3, 5, 7, 9]"

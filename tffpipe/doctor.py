@@ -48,6 +48,8 @@ flags.DEFINE_string(
     "ray_address", "", "--runtime=ray: the Ray cluster to check (HOST:PORT or auto); with --runtime=all, "
     "ray is checked only when this is given.")
 flags.DEFINE_bool("ray_allow_unauthenticated", False, "--runtime=ray: accept a cluster without token authentication.")
+flags.DEFINE_string("tls_dir", "", "--runtime=remote: the launcher's certificate folder to check and call the workers with.")
+flags.DEFINE_bool("insecure_workers", False, "--runtime=remote: call the workers over plaintext gRPC.")
 flags.DEFINE_bool("smoke", True, "Run one round on synthetic data on each checked runtime.")
 FLAGS = flags.FLAGS
 
@@ -288,7 +290,8 @@ def run_checks(
 
 
 def _ray_flags() -> dict[str, object]:
-    return {"ray_address": FLAGS.ray_address, "ray_allow_unauthenticated": FLAGS.ray_allow_unauthenticated}
+    return {"ray_address": FLAGS.ray_address, "ray_allow_unauthenticated": FLAGS.ray_allow_unauthenticated,
+            "tls_dir": FLAGS.tls_dir, "insecure_workers": FLAGS.insecure_workers}
 
 
 def main(argv: list[str]) -> None:

@@ -1,10 +1,14 @@
-"""Serves TFF computations for `--runtime=remote`: `python -m tffpipe.worker --port=N`.
+"""Serves TFF computations for `--runtime=remote`: `python -m tffpipe.worker --port=N --tls_dir=DIR`.
 
-Starts the `worker_binary` of the installed TFF (its C++ executor service),
-prints `tffpipe worker ready at HOST:PORT` once it accepts connections, and
-stops it cleanly on SIGTERM or SIGINT (Kubernetes sends SIGTERM when it stops
-a pod). The service dies with this process, even on SIGKILL. Exit status: 0
-after a requested stop, 1 when the service could not start or died.
+Starts the `worker_binary` of the installed TFF (its C++ executor service) in
+a private network namespace where no other host reaches it
+(`runtimes/private_network.py`), and serves `--bind:--port` with a front that
+accepts only callers whose certificate the federation's CA signed
+(`runtimes/worker_front.py`; plaintext only with `--insecure_workers`). Prints
+`tffpipe worker ready at HOST:PORT` once it serves, and stops cleanly on
+SIGTERM or SIGINT (Kubernetes sends SIGTERM when it stops a pod). The service
+dies with this process, even on SIGKILL. Exit status: 0 after a requested
+stop, 1 when the service could not start or died, 2 on bad flags.
 
 Does not import TensorFlow, so it starts in a second.
 """
@@ -17,19 +21,31 @@ import sys
 import threading
 import time
 
-from absl import app
 from absl import flags
 
 from tffpipe.runtimes import processes
+from tffpipe.runtimes import tls
+from tffpipe.runtimes import worker_front
 
-flags.DEFINE_integer("port", 8000, "Port to serve on (all interfaces); 0 picks a free port.")
+# Its own flag set: the launcher and the doctor define --tls_dir in absl's global one.
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("port", 8000, "Port to serve on; 0 picks a free port.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "bind", "::", "Address to serve on: '::' (every interface, IPv4 included), an address of this "
+    "machine, or 127.0.0.1 / ::1 for this machine only.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tls_dir", "", "This worker's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=worker`): "
+    "serve mutual TLS, accepting only callers whose certificate the same CA signed.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "insecure_workers", False, "Serve plaintext gRPC to any caller instead of mutual TLS (a warning at every "
+    "start): only on a network where every host is trusted.", flag_values=FLAGS)
 flags.DEFINE_integer(
     "max_concurrent_computation_calls", -1,
     "Most calls of one computation run at once (e.g. clients trained in "
-    "parallel); -1: no limit. Lower it when the worker runs out of memory.")
+    "parallel); -1: no limit. Lower it when the worker runs out of memory.", flag_values=FLAGS)
 flags.DEFINE_float(
-    "ready_timeout", 60.0, "Seconds to wait for the service to accept connections.")
-FLAGS = flags.FLAGS
+    "ready_timeout", 60.0, "Seconds to wait for the service to accept connections.", flag_values=FLAGS)
+
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -80,13 +96,16 @@ def claim_port(port: int) -> socket.socket | None:
     return claim
 
 
-def _accepts_connections(port: int) -> bool:
-    # A plain TCP connect: the service binds its port only once it serves.
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _serves(target: str) -> bool:
+    # An unknown method: a gRPC server that serves answers UNIMPLEMENTED at once.
+    import grpc  # pylint: disable=g-import-not-at-top
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary("/tffpipe.Liveness/Probe")(b"", timeout=0.5)
+        except grpc.RpcError as e:
+            return e.code() == grpc.StatusCode.UNIMPLEMENTED
+    return True
 
 
 def start(port: int, max_concurrent_computation_calls: int = -1) -> subprocess.Popen:
@@ -101,14 +120,20 @@ def start(port: int, max_concurrent_computation_calls: int = -1) -> subprocess.P
     )
 
 
+def backend_target(port: int) -> str:
+    """The gRPC target of the worker service started on `port`: its private socket, or the port."""
+    path = processes.private_socket(port)
+    return f"unix:{path}" if path else f"127.0.0.1:{port}"
+
+
 def wait_until_ready(service: subprocess.Popen, port: int, timeout_sec: float) -> None:
-    """Returns once the service accepts connections.
+    """Returns once the service answers gRPC calls.
 
     Raises:
       RuntimeError: it exited, or did not get ready in time.
     """
     deadline = time.monotonic() + timeout_sec
-    while not _accepts_connections(port):
+    while not _serves(backend_target(port)):
         if service.poll() is not None:
             raise RuntimeError(
                 f"TFF's worker exited with status {service.returncode} before serving"
@@ -125,8 +150,22 @@ def stop(service: subprocess.Popen) -> None:
     service.wait()  # WorkerPopen kills it after a bounded wait
 
 
-def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float) -> int:
-    """Runs the worker service until a stop signal or its death; returns the exit status."""
+def _listen_address(bind: str, port: int) -> str:
+    host = bind.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float, bind: str = "::",
+          credentials: "tls.Credentials | None" = None) -> int:
+    """Runs the worker until a stop signal or its death; returns the exit status.
+
+    Args:
+      port: the port callers dial (0: a free one).
+      max_concurrent_computation_calls: passed to TFF's worker.
+      ready_timeout: seconds to wait for TFF's worker to serve.
+      bind: the address to serve on.
+      credentials: this worker's certificate; None serves plaintext.
+    """
     stop_requested = threading.Event()
 
     def request_stop(signum, frame):
@@ -146,13 +185,26 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
         claim.close()
         print(f"error: port {port} is in use; pick another with --port", file=sys.stderr, flush=True)
         return 1
-    service = start(port, max_concurrent_computation_calls)
+    exposure = processes.local_worker_exposure()
+    backend_port = free_port()
+    service = start(backend_port, max_concurrent_computation_calls)
+    serving = None
     try:
         try:
-            wait_until_ready(service, port, ready_timeout)
-        except RuntimeError as e:
+            wait_until_ready(service, backend_port, ready_timeout)
+            serving = worker_front.Front(_listen_address(bind, port), backend_target(backend_port),
+                                         credentials.server_credentials() if credentials else None)
+            serving.start()
+        except (RuntimeError, OSError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
+        if exposure:
+            print(f"warning: port {backend_port}: {exposure}", flush=True)
+        if credentials is None:
+            print(f"warning: {INSECURE_WARNING}", flush=True)
+        else:
+            print(f"transport: mutual TLS; callers need a certificate signed by CA {credentials.ca_fingerprint} "
+                  f"(this worker: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})", flush=True)
         print(f"tffpipe worker ready at {socket.getfqdn()}:{port} (pid {os.getpid()})", flush=True)
         while not stop_requested.wait(0.5):
             if service.poll() is not None:
@@ -162,8 +214,14 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
         print("tffpipe worker stopped", flush=True)
         return 0
     finally:
+        if serving is not None:
+            serving.stop()
         stop(service)
         claim.close()
+
+
+INSECURE_WARNING = ("--insecure_workers: serving plaintext gRPC to any caller; whoever reaches this port can run "
+                    "TensorFlow code here (read and write files) and read every example and model sent")
 
 
 def main(argv: list[str]) -> None:
@@ -173,15 +231,28 @@ def main(argv: list[str]) -> None:
     if not 0 <= FLAGS.port <= 65535:
         print(f"error: --port must be 0..65535, got {FLAGS.port}", file=sys.stderr)
         sys.exit(2)
+    if bool(FLAGS.tls_dir) == FLAGS.insecure_workers:
+        print("error: --tls_dir and --insecure_workers exclude each other" if FLAGS.tls_dir else
+              "error: give --tls_dir (this worker's folder from `python -m tffpipe.certs issue DIR NAME "
+              "--role=worker`), or --insecure_workers to serve plaintext to any caller", file=sys.stderr)
+        sys.exit(2)
+    credentials = None
     try:
-        code = serve(FLAGS.port, FLAGS.max_concurrent_computation_calls, FLAGS.ready_timeout)
-    except FileNotFoundError as e:
+        if FLAGS.tls_dir:
+            credentials = tls.load(FLAGS.tls_dir, "worker")
+        code = serve(FLAGS.port, FLAGS.max_concurrent_computation_calls, FLAGS.ready_timeout, FLAGS.bind,
+                     credentials)
+    except (FileNotFoundError, tls.TlsError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 1
     sys.exit(code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(f"usage: python -m tffpipe.worker [flags]\n\n{__doc__.split(chr(10) + chr(10))[1]}\n")
+        print(FLAGS.get_help())
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -190,4 +261,4 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    main(_parse_flags(sys.argv))

@@ -21,16 +21,28 @@ SECURE_INTRINSICS = (
     "federated_secure_select",
 )
 
+# What each runtime's secure sum protects, one line each (README "Security").
 SIMULATED_PROTOCOL_NOTE = (
-    "secure aggregation: the process uses secure-sum intrinsics, so it runs in TFF's "
-    "test runtime, which simulates the cryptographic protocol while its arithmetic "
-    "(quantisation, modular wrap-around) is exact"
+    "secure sum: simulated by TFF's test runtime: its arithmetic (quantisation, modular wrap-around) "
+    "is exact, no cryptographic protocol runs, and the summing code sees every client's value"
 )
 
 REMOTE_SECURE_NOTE = (
-    "secure aggregation: TFF's workers cannot run secure-sum intrinsics, so they run "
-    "their arithmetic (quantisation, modular wrap-around: exact) and the launcher "
-    "merges the workers' partial sums; the cryptographic protocol is simulated"
+    "secure sum: simulated: TFF's workers cannot run secure-sum intrinsics, so they run their "
+    "arithmetic (quantisation, modular wrap-around: exact) and the launcher merges the workers' "
+    "partial sums; no cryptographic protocol runs, and each worker sees its clients' values"
+)
+
+IN_PROCESS_MASKS_NOTE = (
+    "secure sum: pairwise masks in this process: the summing code sees only masked vectors, but every "
+    "key is in this process (it measures the protocol's cost and exactness, and protects nothing from "
+    "whoever runs it)"
+)
+
+RAY_MASKS_NOTE = (
+    "secure sum: pairwise masks on the actors: each actor masks its clients' values with only their pair "
+    "seeds and the launcher sums masked vectors, but the launcher makes every seed (the values are hidden "
+    "in transit and from the summing code, not from the launcher's operator)"
 )
 
 

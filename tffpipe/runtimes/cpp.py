@@ -4,6 +4,9 @@ TFF's default C++ context cannot run secure-sum intrinsics ("Cannot embed a
 federated value"); a process that calls them runs in TFF's test context,
 which replaces them with insecure bodies that keep their arithmetic (exact
 quantisation and modular wrap-around; the protocol is simulated).
+
+The worker runs in a private network namespace (`processes.WorkerPopen`);
+where the system refuses one, the run says so in its first lines.
 """
 
 import contextlib
@@ -18,11 +21,20 @@ class CppRuntime(base.Runtime):
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
         from tffpipe.runtimes import contexts  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
 
+        exposure = processes.local_worker_exposure()
+        print_fn(f"warning: {exposure}" if exposure else "runtime: TFF's worker in a private network namespace, "
+                 "reached through a Unix socket only this user can open")
         with contexts.execution_context_for(process, print_fn):
             yield process
 
     def doctor_checks(self, cfg, gpus_seen):
+        from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+
+        exposure = processes.local_worker_exposure()
+        yield (("warn", "local TFF worker", exposure) if exposure else
+               ("ok", "local TFF worker", "private network namespace: no other host or user reaches it"))
         if gpus_seen:
             yield ("warn", "runtime cpp", "clients train on the CPU: TFF's worker_binary is built "
                    "without CUDA; use --runtime=inprocess to train on the GPU(s)")

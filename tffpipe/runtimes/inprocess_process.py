@@ -29,6 +29,7 @@ from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
 from tffpipe.runtimes import client_half
+from tffpipe.runtimes import contexts
 from tffpipe.runtimes import secure_masking
 from tffpipe.runtimes import tf_parts
 
@@ -284,4 +285,6 @@ def build(
             + ("; next clients read ahead" if prefetch else "")
             + ("; secure sums use pairwise masking" if runtime.uses_secure_sum else "")
         )
+        if runtime.uses_secure_sum and what == "learning process":
+            print_fn(contexts.IN_PROCESS_MASKS_NOTE)
     return runtime

@@ -23,18 +23,22 @@ import ctypes
 import gc
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import types
 import weakref
 
 from tffpipe.runtimes import memory
+from tffpipe.runtimes import private_network
 
 _PR_SET_PDEATHSIG = 1
 _STOP_TIMEOUT_SEC = 5.0
 _live_workers: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
+_private_sockets: dict[int, str] = {}
 _install_lock = threading.Lock()
 _installed = False
 
@@ -59,8 +63,25 @@ def _has_fileno(stream) -> bool:
         return False
 
 
+def _port_of(args: list[str]) -> int | None:
+    for arg in args:
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+def private_socket(port: int) -> str | None:
+    """The Unix socket that reaches the private TFF worker started for `port`, if any."""
+    return _private_sockets.get(port)
+
+
 class WorkerPopen(subprocess.Popen):
-    """`subprocess.Popen` for TFF workers: tied to this process's lifetime.
+    """`subprocess.Popen` for TFF workers: tied to this process's lifetime, and private.
+
+    Where the system allows it, the worker runs in a network namespace of its
+    own and is reached through a Unix socket (`private_network`,
+    `private_socket(port)`); elsewhere it listens on every interface, as TFF
+    starts it.
 
     Note: PDEATHSIG fires when the *thread* that forked the child exits. TFF
     starts workers from its execution context's event-loop thread, which lives
@@ -68,6 +89,13 @@ class WorkerPopen(subprocess.Popen):
     """
 
     def __init__(self, args, **kwargs):
+        self.private_dir = None
+        port = _port_of(list(args))
+        if port is not None and private_network.unavailable_reason() is None:
+            self.private_dir = tempfile.mkdtemp(prefix="tffpipe-worker-")  # 0700: only this user reaches it
+            path = os.path.join(self.private_dir, "worker.sock")
+            args = private_network.command(path, port, list(args))
+            _private_sockets[port] = path
         if sys.platform.startswith("linux"):
             parent_pid = os.getpid()
             kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
@@ -89,12 +117,16 @@ class WorkerPopen(subprocess.Popen):
         full CPU) would hang the launcher's exit.
         """
         if timeout is not None:
-            return super().wait(timeout=timeout)
-        try:
-            return super().wait(timeout=_STOP_TIMEOUT_SEC)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return super().wait()
+            code = super().wait(timeout=timeout)
+        else:
+            try:
+                code = super().wait(timeout=_STOP_TIMEOUT_SEC)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                code = super().wait()
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+        return code
 
 
 def binary_path() -> str:
@@ -195,6 +227,23 @@ def _raise_interrupt_once(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _channel_to_worker(target: str, options=None, compression=None):
+    import grpc  # pylint: disable=g-import-not-at-top
+
+    host, _, port = target.rpartition(":")
+    path = private_socket(int(port)) if host == "localhost" and port.isdigit() else None
+    return grpc.insecure_channel(f"unix:{path}" if path else target, options, compression)
+
+
+def local_worker_exposure() -> str | None:
+    """None when TFF's local worker is private; otherwise one line on why it is reachable."""
+    reason = private_network.unavailable_reason()
+    if reason is None:
+        return None
+    return (f"TFF's local worker listens on every interface, unauthenticated: {reason}; anyone who reaches "
+            "this machine's ports can run code in it (see the README, 'Security')")
+
+
 def install_worker_reaper() -> None:
     """Ties TFF worker processes started from now on to this process.
 
@@ -216,5 +265,10 @@ def install_worker_reaper() -> None:
         shim.__dict__.update(vars(subprocess))
         shim.Popen = WorkerPopen
         executor_factory.subprocess = shim
+        # TFF connects to `localhost:PORT`; a private worker is at its Unix socket.
+        grpc_shim = types.ModuleType("grpc_for_tff_workers")
+        grpc_shim.__dict__.update(vars(executor_factory.grpc))
+        grpc_shim.insecure_channel = _channel_to_worker
+        executor_factory.grpc = grpc_shim
         atexit.register(_at_exit)
         _installed = True

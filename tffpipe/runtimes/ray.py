@@ -126,7 +126,9 @@ class RayRuntime(base.Runtime):
     def running(self, process, cfg, print_fn):
         from tffpipe.runtimes import ray_placement  # pylint: disable=g-import-not-at-top
 
-        self.connect(cfg, print_fn)
+        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+
+        print_fn(ray_cluster.describe_transport(self.connect(cfg, print_fn)))
         s = self.settings(cfg)
         engine = cfg.runtime.inprocess
         key = (s, engine.parallel_clients, engine.clients_per_call, engine.prefetch_clients)
@@ -194,6 +196,10 @@ def on_actors(process, pool, what: str = "learning process", print_fn=None):
             "per TensorFlow call; clients' data built on the actors"
             + ("; secure sums use pairwise masking across actors" if runner.uses_secure_sum else "")
         )
+        if runner.uses_secure_sum and what == "learning process":
+            from tffpipe.runtimes import contexts  # pylint: disable=g-import-not-at-top
+
+            print_fn(contexts.RAY_MASKS_NOTE)
     return runner
 
 

@@ -70,6 +70,16 @@ class Cluster:
             self.guard = None
 
 
+def describe_transport(cluster: "Cluster") -> str:
+    """The run's transport line for Ray."""
+    encrypted = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+    where = "a private cluster on this machine" if cluster.private else f"the cluster at {cluster.address}"
+    auth = "token authentication" if cluster.authenticated else "NO authentication (--ray_allow_unauthenticated)"
+    return (f"transport: Ray, {where}: {auth}; "
+            + ("traffic between nodes encrypted (Ray's TLS, RAY_USE_TLS=1)" if encrypted else
+               "traffic between nodes not encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)"))
+
+
 def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

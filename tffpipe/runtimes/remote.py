@@ -1,7 +1,9 @@
 """`--runtime=remote`: each round's clients split across TFF worker services on other machines.
 
-Workers are `python -m tffpipe.worker --port=N`; the engine, with bounded
-waits and failover, is `remote_context.FailoverContext`.
+Workers are `python -m tffpipe.worker --port=N --tls_dir=DIR`; the engine,
+with bounded waits and failover, is `remote_context.FailoverContext`. The
+launcher calls them over mutual TLS with its own certificate (`--tls_dir`,
+made by `python -m tffpipe.certs`), or plaintext with `--insecure_workers`.
 """
 
 import contextlib
@@ -30,6 +32,17 @@ class Settings:
         flag="worker_wait_sec", group="runtime", check=settings.at_least(0),
         applies=("runtime", ("remote",)), resume=settings.NOT_APPLICABLE,
     )
+    tls_dir: str = settings.setting(
+        "", "This launcher's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=launcher`): "
+        "workers are called over mutual TLS and must hold a certificate from the same CA.",
+        flag="tls_dir", group="runtime", applies=("runtime", ("remote",)), resume=settings.NOT_APPLICABLE,
+    )
+    insecure_workers: bool = settings.setting(
+        False, "Call the workers over plaintext gRPC instead of mutual TLS (a warning at every start): "
+        "anyone on the network can read the examples and the model, and reach the workers.",
+        flag="insecure_workers", group="runtime", applies=("runtime", ("remote",)),
+        resume=settings.NOT_APPLICABLE,
+    )
 
 
 class RemoteRuntime(base.Runtime):
@@ -51,12 +64,31 @@ class RemoteRuntime(base.Runtime):
                 raise ConfigError(f"--workers: {address!r} is not HOST:PORT")
         if len(set(s.workers)) != len(s.workers):
             raise ConfigError("--workers lists a worker twice")
+        if s.tls_dir and s.insecure_workers:
+            raise ConfigError("--tls_dir and --insecure_workers exclude each other")
+        if not s.tls_dir and not s.insecure_workers:
+            raise ConfigError(
+                "--runtime=remote needs --tls_dir (this launcher's folder from `python -m tffpipe.certs issue "
+                "DIR NAME --role=launcher`), or --insecure_workers to send everything in plaintext"
+            )
+
+    def credentials(self, cfg):
+        """The launcher's TLS credentials, or None with --insecure_workers (`ConfigError` in one line)."""
+        from tffpipe.runtimes import tls  # pylint: disable=g-import-not-at-top
+
+        s = self.settings(cfg)
+        if not s.tls_dir:
+            return None
+        try:
+            return tls.load(s.tls_dir, "launcher")
+        except tls.TlsError as e:
+            raise ConfigError(str(e)) from e
 
     def preflight(self, cfg, print_fn):
         from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top
 
         s = self.settings(cfg)
-        remote_context.check_workers(s.workers, max(s.worker_wait_sec, MIN_CONNECT_SEC))
+        remote_context.check_workers(s.workers, max(s.worker_wait_sec, MIN_CONNECT_SEC), self.credentials(cfg))
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
@@ -67,8 +99,10 @@ class RemoteRuntime(base.Runtime):
 
         s = self.settings(cfg)
         remote_context.check_mergeable(process.next)
-        context = remote_context.FailoverContext(s.workers, s.worker_wait_sec, print_fn)
+        credentials = self.credentials(cfg)
+        context = remote_context.FailoverContext(s.workers, s.worker_wait_sec, print_fn, credentials)
         print_fn(remote_context.describe(s.workers, s.worker_wait_sec))
+        print_fn(remote_context.describe_transport(len(s.workers), credentials))
         if contexts.uses_secure_sum(process.next):
             print_fn(contexts.REMOTE_SECURE_NOTE)
         # Every TFF computation, evaluation included, runs across the workers.
@@ -82,9 +116,17 @@ class RemoteRuntime(base.Runtime):
         from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top
 
         s = self.settings(cfg)
+        try:
+            credentials = self.credentials(cfg)
+        except ConfigError as e:
+            yield ("FAIL", "launcher certificate", str(e))
+            return
+        yield (("warn", "transport", "plaintext to the workers (--insecure_workers)") if credentials is None
+               else ("ok", "launcher certificate", credentials.describe()))
         for address in s.workers:
             try:
-                remote_context.check_workers([address], max(min(s.worker_wait_sec, 5.0), MIN_CONNECT_SEC))
+                remote_context.check_workers([address], max(min(s.worker_wait_sec, 5.0), MIN_CONNECT_SEC),
+                                             credentials)
                 yield ("ok", f"worker {address}", "accepts connections")
             except remote_context.WorkerUnavailable as e:
                 yield ("FAIL", f"worker {address}", str(e).split(": ", 1)[1])

@@ -59,6 +59,8 @@ from tensorflow_federated.python.core.impl.executors import remote_executor_grpc
 from tensorflow_federated.python.core.impl.types import placements
 
 from tffpipe import errors
+from tffpipe.runtimes import tls
+from tffpipe.runtimes import transport_security
 
 # The same limits TFF uses for its local worker: model weights of large
 # models exceed gRPC's default 4 MB message size.
@@ -100,13 +102,15 @@ class NotMergeable(errors.UserError, ValueError):
     """The computation cannot be split into per-worker parts and a merge."""
 
 
-def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, _CHANNEL_OPTIONS)
+def _channel(address: str, credentials: tls.Credentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address, _CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials.channel_credentials(), _CHANNEL_OPTIONS)
 
 
-def is_reachable(address: str, timeout_sec: float) -> bool:
+def is_reachable(address: str, timeout_sec: float, credentials: tls.Credentials | None) -> bool:
     """Whether a gRPC connection to `address` becomes ready in time."""
-    channel = _channel(address)
+    channel = _channel(address, credentials)
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_sec)
         return True
@@ -116,12 +120,12 @@ def is_reachable(address: str, timeout_sec: float) -> bool:
         channel.close()
 
 
-def check_workers(addresses: Sequence[str], timeout_sec: float) -> None:
-    """Waits up to `timeout_sec` for every worker to accept a connection.
+def check_workers(addresses: Sequence[str], timeout_sec: float, credentials: tls.Credentials | None) -> None:
+    """Waits up to `timeout_sec` for every worker to accept a connection (a TLS handshake with `credentials`).
 
     Raises:
       WorkerUnavailable: naming the first worker whose host does not resolve,
-        or that did not answer.
+        that did not answer, or whose TLS handshake failed (and why).
     """
     for address in addresses:
         host, _, port = address.rpartition(":")
@@ -129,7 +133,7 @@ def check_workers(addresses: Sequence[str], timeout_sec: float) -> None:
             socket.getaddrinfo(host.strip("[]"), int(port))
         except (socket.gaierror, UnicodeError) as e:
             raise WorkerUnavailable(address, f"cannot resolve host {host!r} ({e.strerror or e})") from e
-    channels = {address: _channel(address) for address in addresses}
+    channels = {address: _channel(address, credentials) for address in addresses}
     futures = {a: grpc.channel_ready_future(c) for a, c in channels.items()}
     deadline = time.monotonic() + timeout_sec
     try:
@@ -137,10 +141,14 @@ def check_workers(addresses: Sequence[str], timeout_sec: float) -> None:
             try:
                 future.result(timeout=max(deadline - time.monotonic(), 0.01))
             except grpc.FutureTimeoutError:
+                refused = transport_security.refusal(channels[address], credentials)
+                if refused:
+                    raise WorkerUnavailable(address, refused) from None
                 raise WorkerUnavailable(
                     address,
                     f"no TFF worker answered within {timeout_sec:g} s (start one there with "
-                    f"`python -m tffpipe.worker --port={address.rsplit(':', 1)[1]}`)",
+                    f"`python -m tffpipe.worker --port={address.rsplit(':', 1)[1]}"
+                    f"{' --tls_dir=DIR' if credentials else ' --insecure_workers'}`)",
                 ) from None
     finally:
         for channel in channels.values():
@@ -225,10 +233,10 @@ class _LoopThread:
 class _WorkerContext(async_execution_context.AsyncExecutionContext):
     """TFF's asynchronous context on one worker, with a bounded retry."""
 
-    def __init__(self, address: str, wait_sec: float):
-        self._channel = _channel(address)
+    def __init__(self, address: str, wait_sec: float, credentials: tls.Credentials | None):
+        self._channel = _channel(address, credentials)
         stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
-        self._probe_channel = _channel(address)
+        self._probe_channel = _channel(address, credentials)
         self._probe = self._probe_channel.unary_unary(_LIVENESS_METHOD)
 
         def executor_for(cardinalities):
@@ -349,6 +357,7 @@ class FailoverContext(context_base.SyncContext):
         addresses: Sequence[str],
         wait_sec: float,
         print_fn: Callable[[str], None],
+        credentials: tls.Credentials | None = None,
     ):
         """Connects to the workers.
 
@@ -357,11 +366,13 @@ class FailoverContext(context_base.SyncContext):
           wait_sec: how long a worker gets to answer, at the start and after
             it stopped answering.
           print_fn: receives a line for every worker lost or taken back.
+          credentials: the launcher's certificate for mutual TLS; None: plaintext.
 
         Raises:
           WorkerUnavailable: a worker does not answer within wait_sec.
         """
-        check_workers(addresses, max(wait_sec, MIN_CONNECT_SEC))
+        check_workers(addresses, max(wait_sec, MIN_CONNECT_SEC), credentials)
+        self._credentials = credentials
         self._addresses = list(addresses)
         self._lost: dict[str, float] = {}
         self._wait_sec = wait_sec
@@ -380,7 +391,7 @@ class FailoverContext(context_base.SyncContext):
         # Fresh per-worker contexts with every new set of workers: the old
         # ones may still hold executors of the attempt that failed.
         if self._mergeable is None:
-            self._workers = [_WorkerContext(a, self._wait_sec) for a in self.live_addresses]
+            self._workers = [_WorkerContext(a, self._wait_sec, self._credentials) for a in self.live_addresses]
             self._mergeable = mergeable.MergeableCompExecutionContext(
                 async_contexts=self._workers, compiler_fn=_to_mergeable_form,
             )
@@ -392,7 +403,7 @@ class FailoverContext(context_base.SyncContext):
             return
         self._last_probe = now
         for address in list(self._lost):
-            if is_reachable(address, _PROBE_SEC):
+            if is_reachable(address, _PROBE_SEC, self._credentials):
                 del self._lost[address]
                 self._retire_context()
                 self._print(f"worker {address} answers again; using it from now on")
@@ -453,3 +464,12 @@ def describe(addresses: Sequence[str], wait_sec: float) -> str:
         f"({', '.join(addresses)}); a lost worker is waited for {wait_sec:g} s, then its "
         "share runs on the others"
     )
+
+
+def describe_transport(workers: int, credentials: tls.Credentials | None) -> str:
+    """The run's transport line: what protects the traffic to the workers."""
+    if credentials is None:
+        return (f"transport: plaintext to {workers} worker(s) (--insecure_workers): the examples and the model "
+                "cross the network readable, and anyone who reaches a worker can use it")
+    return (f"transport: mutual TLS to {workers} worker(s) (CA fingerprint {credentials.ca_fingerprint}; "
+            f"this launcher: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})")
