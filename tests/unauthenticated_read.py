@@ -22,7 +22,7 @@ from tensorflow_federated.python.core.impl.executors import remote_executor_grpc
 def main(target: str, path: str) -> int:
     channel = grpc.insecure_channel(target)
     try:
-        grpc.channel_ready_future(channel).result(timeout=10)
+        grpc.channel_ready_future(channel).result(timeout=5)
     except grpc.FutureTimeoutError:
         print(f"refused: no connection to {target}")
         return 1
