@@ -233,29 +233,31 @@ def _marked_task():
 # The plaintext case shows the check can fail: the same capture holds the examples.
 @pytest.mark.parametrize("transport", ["tls", pytest.param("plaintext", marks=pytest.mark.slow)])
 def test_a_capture_between_launcher_and_worker_holds_no_example_over_tls(marker_env, federation, tmp_path, transport):
+    """A launcher trains on two workers; the traffic to one crosses a recording proxy."""
     env, _ = marker_env
     args = (f"--tls_dir={federation / 'ours' / '127.0.0.1'}",) if transport == "tls" else ("--insecure_workers",)
-    proc, address, _ = start_worker(env, args=args)
-    proxy = _RecordingProxy(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+    started = [start_worker(env, args=args) for _ in range(2)]
+    proxy = _RecordingProxy(("127.0.0.1", int(started[0][1].rsplit(":", 1)[1])))
     try:
         security = ({"tls_dir": str(federation / "ours" / "launcher")} if transport == "tls"
                     else {"insecure_workers": True})
-        cfg = make_config(runtime="remote", workers=[f"127.0.0.1:{proxy.port}"], rounds=1, clients_per_round=3,
-                          eval_every=0, root_dir=str(tmp_path), experiment_name="c", **security)
+        cfg = make_config(runtime="remote", workers=[f"127.0.0.1:{proxy.port}", started[1][1]], rounds=1,
+                          clients_per_round=4, eval_every=0, root_dir=str(tmp_path), experiment_name="c", **security)
         lines = []
         result = loop.run(cfg, _marked_task(), print_fn=lines.append)
-        assert result.rounds_done == 1
+        assert result.rounds_done == 1 and np.isfinite(result.final_eval["eval/loss"])
     finally:
         proxy.close()
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert len(proxy.seen) > 10_000  # the round crossed the proxy
+        for proc, _, _ in started:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert len(proxy.seen) > 10_000  # a share of the round crossed the proxy
     if transport == "tls":
         assert MARKER.tobytes() not in proxy.seen
-        assert any(line.startswith("transport: mutual TLS to 1 worker(s) (CA fingerprint ") for line in lines)
+        assert any(line.startswith("transport: mutual TLS to 2 worker(s) (CA fingerprint ") for line in lines)
     else:  # the same capture in plaintext shows the examples: the check above can fail
         assert MARKER.tobytes() in proxy.seen
-        assert any(line.startswith("transport: plaintext to 1 worker(s) (--insecure_workers)") for line in lines)
+        assert any(line.startswith("transport: plaintext to 2 worker(s) (--insecure_workers)") for line in lines)
 
 
 def _connect_as_nobody(path: str) -> str:

@@ -15,7 +15,11 @@ TFF offers no hook for this, so we wrap the `Popen` it uses:
 * programs turn SIGTERM into an exception (`raise_on_sigterm`), so the
   `atexit` hook runs.
 
-Workers also start with a bounded number of malloc arenas (`tffpipe.runtimes.memory`).
+Workers also start with a bounded number of malloc arenas (`tffpipe.runtimes.memory`),
+and, where the system allows it, in a network namespace of their own
+(`private_network`): TFF's worker listens on every interface without
+authentication, so TFF's `localhost:PORT` channel is pointed at the Unix
+socket that reaches it instead.
 """
 
 import atexit
