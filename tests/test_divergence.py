@@ -78,6 +78,7 @@ def test_a_learning_rate_far_too_high_stops_the_run_in_one_line(small_digits, tm
     assert result.resumed_from == 0 and result.rounds_done == 3
 
 
+@pytest.mark.slow  # 82 s in the default suite's last CI run; kept out of it for time
 def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_digits, tmp_path, monkeypatch):
     straight = loop.run(_config(tmp_path, "straight", rounds=2), small_digits, print_fn=lambda line: None)
     real = divergence.symptoms

@@ -133,3 +133,26 @@ def test_the_launcher_limits_its_own_arenas_unless_the_user_did(monkeypatch):
     assert memory.limit_arenas_in_this_process() is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert memory.limit_arenas_in_this_process() is False
+
+
+def test_private_worker_folders_of_killed_launchers_are_swept(tmp_path):
+    import socket  # pylint: disable=g-import-not-at-top
+
+    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+
+    stale, live = (tmp_path / f"tffpipe-worker-{n}" for n in ("stale", "live"))
+    for folder in (stale, live):
+        folder.mkdir()
+    other_file = tmp_path / "unrelated"
+    other_file.mkdir()
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale / "worker.sock"))
+    dead.close()  # bound, never listened, closed: what a SIGKILLed relay leaves
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(live / "worker.sock"))
+    listening.listen()
+    try:
+        assert processes.sweep_stale_private_folders(str(tmp_path)) == 1
+    finally:
+        listening.close()
+    assert not stale.exists() and live.exists() and other_file.exists()

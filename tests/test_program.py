@@ -45,6 +45,7 @@ def test_initial_weights_depend_only_on_the_seed(small_task):
     assert not np.array_equal(a.trainable[0], c.trainable[0])
 
 
+@pytest.mark.slow  # 30 s in the default suite's last CI run; kept out of it for time
 def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_path):
     lines = []
     first = loop.run(_config(tmp_path, 3, checkpoint_every=1), small_task, print_fn=lines.append)

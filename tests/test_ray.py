@@ -127,6 +127,7 @@ def test_an_actor_that_dies_mid_round_has_its_clients_run_again(cluster, referen
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]  # each round recorded once
 
 
+@pytest.mark.slow  # 92 s in the default suite's last CI run; kept out of it for time
 def test_secure_sums_across_actors_equal_the_in_process_sums(cluster, tmp_path):
     # One round of 6 clients: 3 on each actor, each masking with seeds it shares with the other actor's clients.
     small = dict(secure_aggregation=True, rounds=1, clients_per_round=6, eval_clients=2)
@@ -207,6 +208,7 @@ def test_sigkill_of_the_launcher_takes_every_ray_process_with_it(tmp_path):
     assert _wait_until_gone([guard, *ray_processes]), [p for p in [guard, *ray_processes] if _running(p)]
 
 
+@pytest.mark.slow  # 25 s in the default suite's last CI run; kept out of it for time
 def test_the_doctor_names_a_ray_cluster_it_cannot_reach(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tffpipe.doctor", "--runtime=ray", "--ray_address=127.0.0.1:9", "--nosmoke"],

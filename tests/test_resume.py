@@ -60,6 +60,7 @@ def _rounds_from_weights(task, cfg, weights, first_round, last_round):
     return losses
 
 
+@pytest.mark.slow  # 30 s in the default suite's last CI run; kept out of it for time
 def test_changed_learning_rates_are_what_trains_after_the_resume(small_task, tmp_path):
     old = {"client_learning_rate": 0.1, "server_learning_rate": 1.0}
     new = {"client_learning_rate": 0.02, "server_learning_rate": 0.3}

@@ -195,6 +195,7 @@ def test_the_in_process_runtime_runs_the_attacked_round_as_tff_does():
         ours.close()
 
 
+@pytest.mark.slow  # 24 s in the default suite's last CI run; kept out of it for time
 def test_an_update_attack_run_reports_its_attackers(tmp_path):
     cfg = make_config(
         digits_num_clients=12, digits_eval_clients=2, digits_alpha=1.0, client_epochs=1,

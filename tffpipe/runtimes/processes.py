@@ -29,10 +29,12 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 import weakref
 
@@ -74,6 +76,40 @@ def _port_of(args: list[str]) -> int | None:
     return None
 
 
+_PRIVATE_PREFIX = "tffpipe-worker-"
+_swept = False
+
+
+def sweep_stale_private_folders(folder: str | None = None) -> int:
+    """Removes this user's private-worker folders whose relay is gone (a SIGKILLed launcher's); returns how many.
+
+    A folder is stale when its socket refuses connections (no relay listens),
+    or when it has had no socket for a minute (a relay that never bound).
+    """
+    folder = folder or tempfile.gettempdir()
+    removed = 0
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        try:
+            if not name.startswith(_PRIVATE_PREFIX) or os.stat(path).st_uid != os.getuid():
+                continue
+            sock = os.path.join(path, "worker.sock")
+            if os.path.exists(sock):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    try:
+                        probe.connect(sock)
+                        continue  # a live relay
+                    except ConnectionRefusedError:
+                        pass
+            elif time.time() - os.stat(path).st_mtime < 60:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def private_socket(port: int) -> str | None:
     """The Unix socket that reaches the private TFF worker started for `port`, if any."""
     return _private_sockets.get(port)
@@ -96,7 +132,11 @@ class WorkerPopen(subprocess.Popen):
         self.private_dir = None
         port = _port_of(list(args))
         if port is not None and private_network.unavailable_reason() is None:
-            self.private_dir = tempfile.mkdtemp(prefix="tffpipe-worker-")  # 0700: only this user reaches it
+            global _swept
+            if not _swept:
+                _swept = True
+                sweep_stale_private_folders()
+            self.private_dir = tempfile.mkdtemp(prefix=_PRIVATE_PREFIX)  # 0700: only this user reaches it
             path = os.path.join(self.private_dir, "worker.sock")
             args = private_network.command(path, port, list(args))
             _private_sockets[port] = path
