@@ -11,6 +11,7 @@ import datetime
 import os
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -95,9 +96,7 @@ def load(folder: str, role: str | None = None, now: datetime.datetime | None = N
         raise TlsError(f"--tls_dir={folder}: {KEY} is not the key of {CERT}")
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError) as e:
-        raise TlsError(f"--tls_dir={folder}: {CERT} is not signed by the CA in {CA_CERT}") from e
-    except Exception as e:  # cryptography's InvalidSignature
+    except (ValueError, TypeError, InvalidSignature) as e:
         raise TlsError(f"--tls_dir={folder}: {CERT} is not signed by the CA in {CA_CERT}") from e
     now = now or datetime.datetime.now(datetime.timezone.utc)
     name = cert.subject.rfc4514_string()
