@@ -151,8 +151,16 @@ def test_private_worker_folders_of_killed_launchers_are_swept(tmp_path):
     listening = socket.socket(socket.AF_UNIX)
     listening.bind(str(live / "worker.sock"))
     listening.listen()
+    young = tmp_path / "tffpipe-worker-young"
+    young.mkdir()
+    young_dead = socket.socket(socket.AF_UNIX)
+    young_dead.bind(str(young / "worker.sock"))
+    young_dead.close()  # refusing, but its relay may still be starting: left alone
+    hour_ago = time.time() - 3600
+    for folder in (stale, live):
+        os.utime(folder, (hour_ago, hour_ago))
     try:
         assert processes.sweep_stale_private_folders(str(tmp_path)) == 1
     finally:
         listening.close()
-    assert not stale.exists() and live.exists() and other_file.exists()
+    assert not stale.exists() and live.exists() and young.exists() and other_file.exists()

@@ -131,6 +131,9 @@ def main(argv: list[str]) -> int:
         outside.bind(socket_path)
     finally:
         os.umask(old_mask)
+    # Listening from the moment the path exists: a caller (or the launcher's
+    # sweep of dead relays' folders) never finds it refusing while we start.
+    outside.listen(64)
     try:
         _enter_private_network()
     except OSError as e:

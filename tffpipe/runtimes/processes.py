@@ -83,8 +83,9 @@ _swept = False
 def sweep_stale_private_folders(folder: str | None = None) -> int:
     """Removes this user's private-worker folders whose relay is gone (a SIGKILLed launcher's); returns how many.
 
-    A folder is stale when its socket refuses connections (no relay listens),
-    or when it has had no socket for a minute (a relay that never bound).
+    A folder is stale when it is over a minute old and its socket refuses
+    connections (no relay listens), or it has no socket (a relay that never
+    bound). A young folder is never touched: its relay may be starting.
     """
     folder = folder or tempfile.gettempdir()
     removed = 0
@@ -92,6 +93,8 @@ def sweep_stale_private_folders(folder: str | None = None) -> int:
         path = os.path.join(folder, name)
         try:
             if not name.startswith(_PRIVATE_PREFIX) or os.stat(path).st_uid != os.getuid():
+                continue
+            if time.time() - os.stat(path).st_mtime < 60:
                 continue
             sock = os.path.join(path, "worker.sock")
             if os.path.exists(sock):
@@ -101,8 +104,6 @@ def sweep_stale_private_folders(folder: str | None = None) -> int:
                         continue  # a live relay
                     except ConnectionRefusedError:
                         pass
-            elif time.time() - os.stat(path).st_mtime < 60:
-                continue
         except OSError:
             continue
         shutil.rmtree(path, ignore_errors=True)
