@@ -25,6 +25,7 @@ from absl import flags
 
 from tffpipe.runtimes import processes
 from tffpipe.runtimes import tls
+from tffpipe.runtimes import transport_security
 from tffpipe.runtimes import worker_front
 
 # Its own flag set: the launcher and the doctor define --tls_dir in absl's global one.
@@ -102,7 +103,7 @@ def _serves(target: str) -> bool:
 
     with grpc.insecure_channel(target) as channel:
         try:
-            channel.unary_unary("/tffpipe.Liveness/Probe")(b"", timeout=0.5)
+            channel.unary_unary(transport_security.PROBE_METHOD)(b"", timeout=0.5)
         except grpc.RpcError as e:
             return e.code() == grpc.StatusCode.UNIMPLEMENTED
     return True

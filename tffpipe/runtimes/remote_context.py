@@ -61,10 +61,11 @@ from tensorflow_federated.python.core.impl.types import placements
 from tffpipe import errors
 from tffpipe.runtimes import tls
 from tffpipe.runtimes import transport_security
+from tffpipe.runtimes import worker_front
 
 # The same limits TFF uses for its local worker: model weights of large
 # models exceed gRPC's default 4 MB message size.
-_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_MAX_MESSAGE_BYTES = worker_front.MAX_MESSAGE_BYTES
 _CHANNEL_OPTIONS = [
     ("grpc.max_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -80,7 +81,7 @@ _PROBE_SEC = 0.5
 # While a call runs: how often its worker is probed, and the longest a probe waits.
 _LIVENESS_EVERY_SEC = 1.0
 _LIVENESS_MAX_WAIT_SEC = 5.0
-_LIVENESS_METHOD = "/tffpipe.Liveness/Probe"  # no server has it: UNIMPLEMENTED means alive
+_LIVENESS_METHOD = transport_security.PROBE_METHOD  # no server has it: UNIMPLEMENTED means alive
 # TFF's un-retried invoke: `AsyncExecutionContext.invoke` is wrapped in an
 # endless retry on gRPC UNAVAILABLE (functools.wraps keeps the original).
 _INVOKE_ONCE = async_execution_context.AsyncExecutionContext.invoke.__wrapped__

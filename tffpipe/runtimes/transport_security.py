@@ -6,7 +6,8 @@ its debug text; a user needs to know which side's certificate is wrong.
 
 import grpc
 
-_PROBE_METHOD = "/tffpipe.Liveness/Probe"
+# An unknown method: a live gRPC server answers it at once with UNIMPLEMENTED, busy or not.
+PROBE_METHOD = "/tffpipe.Liveness/Probe"
 # (substring of gRPC's text, what it means), first match wins.
 _REASONS = (
     ("CERTIFICATE_VERIFY_FAILED", "its certificate is not signed by this launcher's CA"),
@@ -24,7 +25,7 @@ _REASONS = (
 def refusal(channel: grpc.Channel, credentials) -> str | None:
     """One line on why `channel`'s TLS handshake failed, or None if that is not why it is not ready."""
     try:
-        channel.unary_unary(_PROBE_METHOD)(b"", timeout=2.0)
+        channel.unary_unary(PROBE_METHOD)(b"", timeout=2.0)
         return None
     except grpc.RpcError as e:
         text = f"{e.details()} {e.debug_error_string() if hasattr(e, 'debug_error_string') else ''}"

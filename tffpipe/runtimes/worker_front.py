@@ -17,10 +17,10 @@ import grpc
 from grpc import aio
 
 # As TFF's own channels: weights of large models exceed gRPC's 4 MB default.
-_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 _OPTIONS = [
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 # A second worker on the same port must fail, not share it (gRPC's default is SO_REUSEPORT).
 _SERVER_OPTIONS = [*_OPTIONS, ("grpc.so_reuseport", 0)]
