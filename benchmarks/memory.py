@@ -1,12 +1,13 @@
-"""Peak memory of a training run does not grow with the number of clients or rounds.
+"""Memory of a training run stays flat across rounds and does not grow with the population.
 
 Writes a synthetic EMNIST-shaped dataset (28x28 images, 62 classes, the real
-`emnist_all.sqlite` format) once with 3,400 clients and once with 340, then
-runs `python -m tffpipe.train --task=emnist` on each for 50 rounds of 50
-clients, exactly as a user would. The resident memory of the launcher and its
-TFF worker process together is sampled every 0.2 s; the script prints the
-peak of each run, their ratio, and the memory after rounds 1, 10 and 50
-(growth across rounds), split between launcher and worker at the end.
+`emnist_all.sqlite` format) once with 3,400 clients and once with 340 (kept
+in `--data_root` and reused by later runs), then runs `python -m
+tffpipe.train --task=emnist` on each for 50 rounds of 50 clients, exactly as
+a user would (the default runtime, evaluation every 10 rounds). The resident
+memory of the launcher and every process it starts is sampled every 0.2 s;
+the script prints each run's peak, the memory after rounds 1, 10 and the
+last, the growth from round 10 to the last, and the ratio of the peaks.
 
   uv run python benchmarks/memory.py
   uv run python benchmarks/memory.py --rounds=20 --clients=3400,340
@@ -30,6 +31,11 @@ flags.DEFINE_integer("clients_per_round", 50, "Clients sampled per round.")
 flags.DEFINE_list("clients", ["3400", "340"], "Total clients of each run.")
 flags.DEFINE_integer("examples_per_client", 20, "Training examples per synthetic client.")
 flags.DEFINE_string("model", "cnn_dropout", "--emnist_model of the runs.")
+flags.DEFINE_string(
+    "data_root", os.path.join(tempfile.gettempdir(), "tffpipe_memory"),
+    "Where the synthetic datasets are written once and reused.",
+)
+flags.DEFINE_list("train_args", [], "Extra flags for every run, e.g. --train_args=--runtime=cpp.")
 FLAGS = flags.FLAGS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,11 +68,17 @@ def _rss_bytes(root: int) -> tuple[int, int]:
 def _write_data(num_clients: int) -> str:
     from tasks import emnist  # pylint: disable=g-import-not-at-top
 
-    folder = tempfile.mkdtemp(prefix=f"tffpipe_memory_{num_clients}_")
+    folder = os.path.join(FLAGS.data_root, f"{num_clients}x{FLAGS.examples_per_client}")
+    done = os.path.join(folder, "complete")
+    if os.path.exists(done):
+        print(f"  reusing {folder}", flush=True)
+        return folder
+    os.makedirs(folder, exist_ok=True)
     start = time.monotonic()
     emnist.write_synthetic_data(
         folder, num_clients=num_clients, examples_per_client=FLAGS.examples_per_client
     )
+    open(done, "w").close()
     print(f"  wrote {num_clients} synthetic EMNIST clients in {time.monotonic() - start:.0f} s", flush=True)
     return folder
 
@@ -77,7 +89,8 @@ def _measure(num_clients: int) -> dict[str, float]:
         sys.executable, "-m", "tffpipe.train", "--task=emnist", f"--emnist_model={FLAGS.model}",
         f"--data_dir={data_dir}", f"--rounds={FLAGS.rounds}",
         f"--clients_per_round={FLAGS.clients_per_round}", "--client_epochs=1",
-        "--eval_every=10", f"--root_dir={data_dir}/runs",
+        "--eval_every=10", f"--root_dir={tempfile.mkdtemp(prefix='tffpipe_memory_runs_')}",
+        *FLAGS.train_args,
     ]
     launcher = subprocess.Popen(
         args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -104,7 +117,7 @@ def _measure(num_clients: int) -> dict[str, float]:
             if round_num % 10 == 0:
                 own, workers = (b / 2**20 for b in at_round[round_num])
                 print(
-                    f"  {line.strip()[:60]}  launcher {own:.0f} MiB, worker {workers:.0f} MiB",
+                    f"  {line.strip()[:60]}  launcher {own:.0f} MiB, its processes {workers:.0f} MiB",
                     flush=True,
                 )
     code = launcher.wait()
@@ -133,13 +146,14 @@ def main(argv):
         results[count] = _measure(count)
     print()
     last = f"round {FLAGS.rounds}"
-    print("resident MiB, launcher + worker (last round split as launcher / worker)")
-    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {last:>9} {'split':>12} {'wall s':>7}")
+    print("resident MiB, launcher + the processes it starts (last round split as launcher / others)")
+    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {last:>9} {'growth 10->' + str(FLAGS.rounds):>14} "
+          f"{'split':>12} {'wall s':>7}")
     for count, r in results.items():
         split = f"{r['launcher_last']:.0f} / {r['worker_last']:.0f}"
         print(
             f"{count:>8} {r['peak']:>6.0f} {r['first']:>8.0f} {r['r10']:>9.0f} "
-            f"{r['last']:>9.0f} {split:>12} {r['seconds']:>7.0f}"
+            f"{r['last']:>9.0f} {r['last'] - r['r10']:>14.0f} {split:>12} {r['seconds']:>7.0f}"
         )
     counts = list(results)
     if len(counts) >= 2:

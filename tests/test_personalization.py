@@ -130,3 +130,27 @@ def test_bad_personalization_settings_are_one_line_errors(flag, value, message):
     with pytest.raises(errors.ConfigError) as info:
         make_config(**{flag: value})
     assert str(info.value) == message
+
+
+def test_splitting_clients_adds_no_function_per_client_and_evaluation(task, tmp_path):
+    # Eager unbatch/reduce/filter registered functions for every client at
+    # every evaluation (about 0.5 MiB each, kept for good).
+    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+
+    personalizer, evaluator = _personalizer(task, tmp_path, personalize_batch_size=4)
+    ids = list(evaluator.client_ids)
+    first = [personalizer._parts(cid) for cid in ids]
+    before = len(context.context().list_function_names())
+    again = [personalizer._parts(cid) for cid in ids]
+    assert len(context.context().list_function_names()) == before
+    for one, other in zip(first, again):
+        for a, b in zip(one, other):
+            np.testing.assert_array_equal(_examples(a)[1], _examples(b)[1])
+    # The split is the mask's: fine-tuning and test examples partition the client's.
+    cid = ids[0]
+    tune, test = again[0]
+    x_all, y_all = _examples(task.eval_dataset(cid, 100))
+    mask = personalization.split_mask(len(y_all), personalizer._settings.split, 0, cid)
+    np.testing.assert_array_equal(_examples(test)[1], y_all[~mask])
+    epochs = personalizer._settings.epochs
+    np.testing.assert_array_equal(_examples(tune)[1], np.tile(y_all[mask], epochs))

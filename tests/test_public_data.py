@@ -82,3 +82,52 @@ def test_written_sql_client_data_reads_back_with_a_client_in_two_splits(tmp_path
     assert sorted(train.client_ids) == ["a", "b"] and test.client_ids == ["a"]
     assert sorted(int(e["v"]) for e in train.create_tf_dataset_for_client("a")) == [0, 1, 2]
     assert [int(e["v"]) for e in test.create_tf_dataset_for_client("a")] == [9]
+
+
+def _plan(path: str) -> str:
+    import sqlite3  # pylint: disable=g-import-not-at-top
+
+    with sqlite3.connect(path) as db:
+        query = "SELECT serialized_example_proto FROM examples WHERE client_id = 'a' and split_name ='train'"
+        return str(db.execute("EXPLAIN QUERY PLAN " + query).fetchall())
+
+
+def test_a_clients_examples_are_read_through_an_index_in_the_files_order(tmp_path, capsys):
+    # TFF's files have no index: every client read scanned the whole file.
+    values = np.arange(40, dtype=np.int64)
+    path = str(tmp_path / "emnist_all.sqlite")
+    public_data.write_sql_client_data(
+        path, {"train": {"a": {"v": values[::2]}, "b": {"v": values[1::2]}}}
+    )
+    assert "USING INDEX tffpipe_examples_by_client" in _plan(path)
+    spec = {"v": tf.TensorSpec([], tf.int64)}
+    train = tff.simulation.datasets.load_and_parse_sql_client_data(path, spec, split_name="train")
+    assert [int(e["v"]) for e in train.create_tf_dataset_for_client("a")] == list(values[::2])
+    # A file without the index (as TFF publishes them) gets it when a task asks for it.
+    import sqlite3  # pylint: disable=g-import-not-at-top
+
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX tffpipe_examples_by_client")
+    assert "SCAN examples" in _plan(path)
+    assert public_data.dataset_file(str(tmp_path), "emnist_all.sqlite", "unused.lzma") == path
+    assert "USING INDEX" in _plan(path)
+    assert [int(e["v"]) for e in train.create_tf_dataset_for_client("a")] == list(values[::2])
+
+
+def test_a_file_that_cannot_take_the_index_is_read_as_it_is_with_a_warning(tmp_path, capsys, monkeypatch):
+    import sqlite3  # pylint: disable=g-import-not-at-top
+
+    path = str(tmp_path / "emnist_all.sqlite")
+    public_data.write_sql_client_data(path, {"train": {"a": {"v": np.arange(3, dtype=np.int64)}}})
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX tffpipe_examples_by_client")
+    real = sqlite3.connect
+    # A file this process may only read (root may write any file, so chmod would not do).
+    monkeypatch.setattr(
+        public_data.sqlite3, "connect", lambda p, timeout=5.0: real(f"file:{p}?mode=ro", uri=True, timeout=timeout)
+    )
+    assert public_data.dataset_file(str(tmp_path), "emnist_all.sqlite", "unused.lzma") == path
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == (f"warning: {path} has no index by client and cannot be given one (attempt to write a "
+                    "readonly database); every client read scans the whole file")
+    assert "SCAN examples" in _plan(path)

@@ -238,3 +238,26 @@ def test_client_data_that_cannot_be_traced_is_built_eagerly_every_time():
     for _ in range(2):
         assert sum(int(x.shape[0]) for x, _ in task.client_dataset("a", spec, seed=0)) == 10
     assert list(task._builders.values()) == ["eager"]
+
+
+def _function_count() -> int:
+    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+
+    return len(context.context().list_function_names())
+
+
+def test_counting_a_clients_examples_adds_no_function_per_client():
+    # An eager `reduce` registered a new function per client counted, kept for
+    # good: a run's memory grew with every new client the clock counted.
+    task = _small_digits()
+    ids = task.train_data.client_ids
+    sizes = [len(list(task.train_data.create_tf_dataset_for_client(cid))) for cid in ids]
+    assert task.client_examples(ids[0]) == sizes[0]
+    before = _function_count()
+    assert [task.client_examples(cid) for cid in ids] == sizes
+    assert [task.client_examples(cid, max_elements=3) for cid in ids] == [min(3, n) for n in sizes]
+    after_capped_trace = _function_count()
+    assert [task.client_examples(cid, max_elements=3) for cid in ids] == [min(3, n) for n in sizes]
+    assert [task.client_examples(cid) for cid in ids] == sizes
+    assert _function_count() == after_capped_trace
+    assert after_capped_trace - before < 20  # one trace for the capped count, not one per client

@@ -51,6 +51,8 @@ def dataset_file(data_dir: str, filename: str, archive: str) -> str:
     """
     path = os.path.join(os.path.expanduser(data_dir), filename)
     if os.path.exists(path):
+        if path.endswith(".sqlite"):
+            index_by_client(path)
         return path
     url = os.environ.get(MIRROR_ENV, BASE_URL) + archive
     print(f"{path} not found; downloading {url}", flush=True)
@@ -68,7 +70,44 @@ def dataset_file(data_dir: str, filename: str, archive: str) -> str:
             f"download {url}, {'decompress it (unxz) ' if archive.endswith('.lzma') else 'extract it '}"
             f"into {os.path.dirname(path)}, or pass --data_dir=FOLDER holding {filename}"
         ) from e
+    if path.endswith(".sqlite"):
+        index_by_client(path)
     return path
+
+
+# TFF's SQLite files have no index: TFF reads a client's examples with
+# `WHERE client_id = ...`, a scan of the whole file for every client a round
+# trains, counts or evaluates (0.4 s a client for 3,400 synthetic EMNIST
+# clients here, 430 MB; more for the real files).
+_CLIENT_INDEX = "tffpipe_examples_by_client"
+
+
+def index_by_client(path: str) -> None:
+    """Gives a TFF SQLite file an index on (client_id, split_name), once.
+
+    Rows come back in the same order as without it (SQLite orders equal keys
+    by row id, the order of a scan). A file that cannot be written is read as
+    it is, with a warning.
+    """
+    with contextlib.closing(sqlite3.connect(path, timeout=600)) as db:
+        try:
+            present = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (_CLIENT_INDEX,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return  # not a database: TFF's loader says so
+        if present:
+            return
+        size = os.path.getsize(path)
+        if size > 100 * 2**20:
+            print(f"indexing {path} by client ({size / 2**30:.1f} GiB; once, so reading a client "
+                  "does not scan the whole file)...", flush=True)
+        try:
+            db.execute(f"CREATE INDEX IF NOT EXISTS {_CLIENT_INDEX} ON examples (client_id, split_name)")
+            db.commit()
+        except sqlite3.OperationalError as e:
+            print(f"warning: {path} has no index by client and cannot be given one ({e}); "
+                  "every client read scans the whole file", flush=True)
 
 
 @contextlib.contextmanager
@@ -132,5 +171,6 @@ def write_sql_client_data(
                     db.execute("INSERT INTO client_metadata SELECT * FROM part.client_metadata")
                     db.commit()
                     db.execute("DETACH DATABASE part")
+            index_by_client(temp_path)
 
     files.produce_file_atomic(path, produce)

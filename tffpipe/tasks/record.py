@@ -119,8 +119,8 @@ class Task:
         """Traced dataset builders by pipeline key (`_EAGER`: not traceable)."""
         return {}
 
-    def _build(self, key, pipeline, *args) -> tf.data.Dataset:
-        """Runs `pipeline(client_id, ...)` through one traced function per key.
+    def _build(self, key, pipeline, *args) -> Any:
+        """Runs `pipeline(client_id, ...)` (a dataset or a count) through one traced function per key.
 
         Building a dataset eagerly registers its map and parse functions in
         TensorFlow's global function library, which never shrinks: about
@@ -166,14 +166,17 @@ class Task:
     def client_examples(self, client_id: str, max_elements: int | None = None) -> int:
         """How many examples one pass over a training client's data yields (at most `max_elements`)."""
 
-        def pipeline(cid):
+        def count(cid):
             ds = _client_data_fn(self.train_data, cid)
             if max_elements:
                 ds = ds.take(max_elements)
-            return self._features(ds)
+            # Reduced inside the traced function: an eager `reduce` registers
+            # a new reducer function per call (about 145 KiB kept for good
+            # per client counted, so a run's memory grew with every new
+            # client the clock or the divergence check counted).
+            return self._features(ds).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
 
-        dataset = self._build(("count", max_elements), pipeline, client_id)
-        return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        return int(self._build(("count", max_elements), count, client_id))
 
     def eval_dataset(self, client_id: str, batch_size: int) -> tf.data.Dataset:
         """The batched dataset of one evaluation client."""
