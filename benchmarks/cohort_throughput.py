@@ -18,8 +18,15 @@ at 50 and 200 clients a round. FedAvg, one local epoch, batch 20, no zeroing.
 Each figure is the median of `--rounds` timed rounds after a warm-up round;
 (a) and (b) alternate round by round.
 
+Then the peer configuration (the shape of Flower's and TFF's tutorials:
+digits, 32 training clients of about 36 examples, 10 a round, batch 16, no
+evaluation): the whole program (`loop.run`, checkpoints and records
+included) for `--peer_rounds` rounds and for a quarter of them, and the
+difference divided by the difference in rounds: wall seconds per round with
+start-up taken out.
+
   uv run python benchmarks/cohort_throughput.py
-  uv run python benchmarks/cohort_throughput.py --workloads=digits:200 --rounds=3
+  uv run python benchmarks/cohort_throughput.py --workloads=digits:200 --rounds=3 --peer_rounds=0
 """
 
 import os
@@ -36,6 +43,7 @@ import tensorflow as tf
 
 from tffpipe import config
 from tffpipe.learning import builder
+from tffpipe.program import client_sources
 from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import processes
@@ -50,6 +58,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("rounds", 5, "Timed rounds per engine (after a warm-up round); the median is reported.")
 flags.DEFINE_integer("batch_size", 20, "The clients' batch size.")
+flags.DEFINE_integer("peer_rounds", 80, "Rounds of the peer configuration's long run (0: skip it).")
 FLAGS = flags.FLAGS
 
 
@@ -94,11 +103,12 @@ def _engine(task, cohort: int, per_call: int):
 
 
 def _round(engine, spec, task, state, cohort: int, round_num: int):
-    """One round as the program loop runs it: sample, build datasets, train."""
+    """One round as the program loop runs it: sample, build datasets (as the engine reads them), train."""
     started = time.perf_counter()
     ids = sampling.sample_clients(list(task.train_data.client_ids), cohort, seed=0, round_num=round_num)
-    datasets = [task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
-    state = engine.next(state, datasets).state
+    source = client_sources.TrainSource(client_sources.TaskRecipe(task.name, (), 0, None), spec)
+    keys = [(cid, sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
+    state = engine.next(state, client_sources.ClientDatasets(source, keys, task)).state
     return state, time.perf_counter() - started, ids
 
 
@@ -121,6 +131,27 @@ def _client_arrays(task, cid) -> tuple[np.ndarray, np.ndarray]:
     spec = loop.ClientSpec(num_epochs=1, batch_size=10**6, shuffle_buffer_size=1)
     x, y = next(iter(task.client_dataset(cid, spec, seed=0)))
     return np.asarray(x), np.asarray(y)
+
+
+def _peer_wall_per_round(rounds: int) -> tuple[float, float]:
+    """(wall seconds per round, examples a round) of the peer configuration's whole program."""
+    import tempfile  # pylint: disable=g-import-not-at-top
+
+    task = digits.create_task(num_clients=50, eval_clients=18, alpha=100.0, seed=0)
+    walls = {}
+    short = max(1, rounds // 4)
+    for count in (short, rounds):
+        cfg = config.from_values({
+            "task": "digits", "clients_per_round": 10, "client_epochs": 1, "client_batch_size": 16,
+            "rounds": count, "eval_every": 0, "runtime": "inprocess",
+            "root_dir": tempfile.mkdtemp(prefix="tffpipe_peer_"),
+        })
+        started = time.perf_counter()
+        loop.run(cfg, task, print_fn=lambda line: None)
+        walls[count] = time.perf_counter() - started
+    examples = sum(len(_client_arrays(task, cid)[1]) for cid in task.train_data.client_ids)
+    per_round = examples / len(task.train_data.client_ids) * 10
+    return (walls[rounds] - walls[short]) / (rounds - short), per_round
 
 
 def main(argv):
@@ -161,6 +192,11 @@ def main(argv):
         print(f"{model:<10} {cohort:>7} {examples:>8} {per_call:>3} {grouped:>10.3f}s {single:>9.3f}s "
               f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
               f"{single / grouped:>7.2f}")
+    if FLAGS.peer_rounds:
+        per_round, examples = _peer_wall_per_round(FLAGS.peer_rounds)
+        print(f"\npeer configuration (digits, 32 clients of ~{examples / 10:.0f} examples, 10 a round, batch 16, "
+              f"whole program, (run of {FLAGS.peer_rounds} - run of {max(1, FLAGS.peer_rounds // 4)}) / rounds): "
+              f"{per_round:.3f} s of wall time per round")
     processes.exit_now(0)
 
 

@@ -6,8 +6,10 @@ in `--data_root` and reused by later runs), then runs `python -m
 tffpipe.train --task=emnist` on each for 50 rounds of 50 clients, exactly as
 a user would (the default runtime, evaluation every 10 rounds). The resident
 memory of the launcher and every process it starts is sampled every 0.2 s;
-the script prints each run's peak, the memory after rounds 1, 10 and the
-last, the growth from round 10 to the last, and the ratio of the peaks.
+the script prints each run's peak, the memory after rounds 1, 10, 11 and
+the last, the growth from round 10 to the last, the range of the memory
+after every round from 11 on (the first evaluation is in round 10), and
+the ratio of the peaks.
 
   uv run python benchmarks/memory.py
   uv run python benchmarks/memory.py --rounds=20 --clients=3400,340
@@ -130,6 +132,8 @@ def _measure(num_clients: int) -> dict[str, float]:
         "peak": max(samples) / 2**20,
         "first": total(min(at_round)),
         "r10": total(10),
+        "r11": total(11),
+        "later": [total(r) for r in at_round if r >= 11],
         "last": total(max(at_round)),
         "launcher_last": at_round[max(at_round)][0] / 2**20,
         "worker_last": at_round[max(at_round)][1] / 2**20,
@@ -147,13 +151,14 @@ def main(argv):
     print()
     last = f"round {FLAGS.rounds}"
     print("resident MiB, launcher + the processes it starts (last round split as launcher / others)")
-    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {last:>9} {'growth 10->' + str(FLAGS.rounds):>14} "
-          f"{'split':>12} {'wall s':>7}")
+    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {'round 11':>9} {last:>9} "
+          f"{'growth 10->' + str(FLAGS.rounds):>14} {'range from 11':>14} {'split':>12} {'wall s':>7}")
     for count, r in results.items():
         split = f"{r['launcher_last']:.0f} / {r['worker_last']:.0f}"
+        later = f"{min(r['later']):.0f}-{max(r['later']):.0f}" if r["later"] else "-"
         print(
-            f"{count:>8} {r['peak']:>6.0f} {r['first']:>8.0f} {r['r10']:>9.0f} "
-            f"{r['last']:>9.0f} {r['last'] - r['r10']:>14.0f} {split:>12} {r['seconds']:>7.0f}"
+            f"{count:>8} {r['peak']:>6.0f} {r['first']:>8.0f} {r['r10']:>9.0f} {r['r11']:>9.0f} "
+            f"{r['last']:>9.0f} {r['last'] - r['r10']:>14.0f} {later:>14} {split:>12} {r['seconds']:>7.0f}"
         )
     counts = list(results)
     if len(counts) >= 2:

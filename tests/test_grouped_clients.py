@@ -75,12 +75,12 @@ def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
                 assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-5, abs=1e-6), column
 
 
-def _engine(task, per_call, slots=("/CPU:0",)):
+def _engine(task, per_call, slots=("/CPU:0",), prefetch=True):
     cfg = _config(".", "unused", per_call, zeroing=False)
     runtime = runtime_registry.get("inprocess")
     process, _ = builder.build_learning_process(
         task, cfg, task.train_data.client_ids, runtime.loop_implementation())
-    return inprocess_process.InProcessProcess(process, list(slots), clients_per_call=per_call)
+    return inprocess_process.InProcessProcess(process, list(slots), clients_per_call=per_call, prefetch=prefetch)
 
 
 def _datasets(task, count=5):
@@ -130,3 +130,40 @@ def test_an_exception_in_one_clients_work_names_that_client(task, tmp_path):
                 loop._next(engine, state, data, ["c0", "c1", "c2", "c3", "c4"], 7)  # pylint: disable=protected-access
         finally:
             engine.close()
+
+
+def test_groups_that_build_their_datasets_in_the_call_equal_datasets_built_in_python(task, monkeypatch):
+    # The program loop hands recipes (client id, seed); a group then builds its
+    # clients' datasets inside its own TensorFlow call.
+    from tffpipe.program import client_sources  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import tf_parts  # pylint: disable=g-import-not-at-top
+
+    spec = ClientSpec(num_epochs=2, batch_size=16, shuffle_buffer_size=100)
+    source = client_sources.TrainSource(client_sources.TaskRecipe(task.name, (), 0, None), spec)
+    calls = []
+    real = tf_parts.GroupedClientStep.by_keys
+    monkeypatch.setattr(tf_parts.GroupedClientStep, "by_keys",
+                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
+    initial = builder.initial_model_weights(task, 0)
+    results = {}
+    for how in ("keys", "list"):
+        engine = _engine(task, 3, slots=("/CPU:0", "/CPU:0"), prefetch=False)  # the CPU default
+        try:
+            state = engine.set_model_weights(engine.initialize(), initial)
+            for round_num in (1, 2):
+                ids = sampling.sample_clients(list(task.train_data.client_ids), 7, seed=0, round_num=round_num)
+                keys = [(cid, sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
+                if how == "keys":
+                    data = client_sources.ClientDatasets(source, keys, task)
+                else:
+                    data = [task.client_dataset(cid, spec, seed=seed) for cid, seed in keys]
+                output = engine.next(state, data)
+                state = output.state
+            results[how] = (engine.get_model_weights(state).trainable,
+                            output.metrics["client_work"]["train"]["num_examples"])
+        finally:
+            engine.close()
+    assert sorted(calls) == sorted([3, 1, 3] * 2)  # slot 0: clients 0,2,4 | 6; slot 1: 1,3,5; two rounds
+    assert results["keys"][1] == results["list"][1]
+    for ours, theirs in zip(results["keys"][0], results["list"][0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -128,6 +128,23 @@ class ClientDatasets(Sequence):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def traced_builder(self) -> tuple[Any, list[str], list[int]] | None:
+        """(client id, seed -> dataset as a traced function; ids; seeds), or None.
+
+        Lets a runtime build a group's datasets inside its own TensorFlow
+        call instead of one Python call per client (about 1.5 ms each). Only
+        for training datasets of a task whose dataset function traces, with
+        no attack simulation changing them.
+        """
+        if not isinstance(self.source, TrainSource) or self.source.attack is not None:
+            return None
+        task = self._task if self._task is not None else self.source.recipe.build()
+        function = getattr(task, "client_dataset_function", None)
+        build = function(self.source.spec) if function is not None else None
+        if build is None:
+            return None
+        return build, [cid for cid, _ in self.keys], [seed for _, seed in self.keys]
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             part = ClientDatasets(self.source, self.keys[index], self._task, self._simulation)

@@ -180,11 +180,14 @@ class ClientHalf:
             k: list(range(k, len(client_data), num_slots)) for k in range(min(num_slots, len(client_data)))
         }
         size = self.clients_per_call
+        keyed = self._keyed(client_data)
 
         def run_slot(slot: Slot, clients: list[int]):
             with slot.lock, tf.device(slot.device):
                 accumulator = self._zero()
                 groups = [clients[i : i + size] for i in range(0, len(clients), size)]
+                if keyed is not None:
+                    return self._run_keyed(slot, accumulator, groups, keyed, client_data, client_input, on_extra)
                 pending = self._load(groups[0], client_data)
                 for n, group in enumerate(groups):
                     group_data = pending.result()
@@ -200,6 +203,36 @@ class ClientHalf:
         accumulators = [f.result() for f in futures]
         self.last_assignment = {f"{self.slots[k].device} (slot {k})": ids for k, ids in assignment.items()}
         return accumulators
+
+    def _keyed(self, client_data: Sequence[Any]):
+        """(dataset function, ids, seeds) when groups can build their datasets inside their call."""
+        if self.clients_per_call == 1 or self._prefetch or self.grouping_failed:
+            return None
+        traced_builder = getattr(client_data, "traced_builder", None)
+        keyed = traced_builder() if traced_builder is not None else None
+        if keyed is None or tf_parts.num_leaves(self.data_type) != 1:
+            return None
+        return keyed
+
+    def _run_keyed(self, slot: Slot, accumulator, groups: list[list[int]], keyed, client_data, client_input, on_extra):
+        """A slot's groups, each one call that builds its clients' datasets and trains them.
+
+        A group that fails is run again with datasets built here, one client
+        at a time, so the client that fails is named as on the other path.
+        """
+        build, ids, seeds = keyed
+        for group in groups:
+            try:
+                accumulator, extras = slot.client_step.by_keys(
+                    accumulator, build, [ids[i] for i in group], [seeds[i] for i in group], client_input
+                )
+            except (tf.errors.OpError, ValueError, TypeError):
+                data = [tf_parts.flatten(client_data[i], self.data_type) for i in group]
+                accumulator, extras = self._run_group(slot, accumulator, group, data, client_input)
+            if on_extra is not None:
+                for index, extra in zip(group, extras):
+                    on_extra(index, extra)
+        return accumulator
 
     def _run_group(self, slot: Slot, accumulator, group: list[int], group_data, client_input):
         """Trains a group of clients in one call; on failure, names the client that failed.

@@ -163,6 +163,19 @@ class Task:
         key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
         return self._build(key, functools.partial(self._train_pipeline, spec), client_id, seed)
 
+    def client_dataset_function(self, spec: ClientSpec) -> Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset] | None:
+        """The traced function behind `client_dataset` (client id, seed -> dataset), if it traces.
+
+        Callable inside another `tf.function`, so a caller can build several
+        clients' datasets in one TensorFlow call. None when the task's
+        datasets are built eagerly (their dataset function cannot be traced).
+        """
+        key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
+        if key not in self._builders:
+            self.client_dataset(self.train_data.client_ids[0], spec, seed=0)
+        builder = self._builders[key]
+        return None if builder is _EAGER else builder
+
     def client_examples(self, client_id: str, max_elements: int | None = None) -> int:
         """How many examples one pass over a training client's data yields (at most `max_elements`)."""
 
