@@ -164,3 +164,44 @@ def test_private_worker_folders_of_killed_launchers_are_swept(tmp_path):
     finally:
         listening.close()
     assert not stale.exists() and live.exists() and young.exists() and other_file.exists()
+
+
+def test_a_private_worker_started_from_a_thread_outlives_the_thread(tmp_path):
+    # PR_SET_PDEATHSIG fires when the *thread* that started a process exits: a
+    # relay started from a thread that ended died with it (a zombie, its socket
+    # left behind), and the TFF call using it waited forever.
+    import socket  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+
+    from tffpipe.runtimes import private_network  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+
+    if private_network.unavailable_reason() is not None:
+        pytest.skip(private_network.unavailable_reason())
+    started = []
+    # A stand-in worker: listens on its --port inside the namespace, answers "ok".
+    server = ("import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1].split('=')[1]))); "
+              "s.listen(); c,_=s.accept(); c.sendall(b'ok'); c.close(); import time; time.sleep(600)")
+    port = 40000 + os.getpid() % 20000
+    thread = threading.Thread(
+        target=lambda: started.append(processes.WorkerPopen([sys.executable, "-c", server, f"--port={port}"])))
+    thread.start()
+    thread.join()
+    (worker,) = started
+    try:
+        time.sleep(1.5)  # the relay would have been killed at once
+        assert worker.poll() is None
+        path = processes.private_socket(port)
+        reply = b""
+        for _ in range(50):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                reply = s.recv(2)
+            if reply == b"ok":
+                break
+            time.sleep(0.1)  # the stand-in is not listening yet
+        assert reply == b"ok"
+    finally:
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=10) is not None
+    assert not os.path.exists(path)

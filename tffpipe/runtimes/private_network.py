@@ -65,7 +65,8 @@ def unavailable_reason() -> str | None:
 
 def command(socket_path: str, port: int, worker_args: list[str]) -> list[str]:
     """The command that runs `worker_args` (listening on `port`) privately, reachable at `socket_path`."""
-    return [sys.executable, "-m", "tffpipe.runtimes.private_network", socket_path, str(port), "--", *worker_args]
+    return [sys.executable, "-m", "tffpipe.runtimes.private_network", socket_path, str(port), str(os.getpid()),
+            "--", *worker_args]
 
 
 def _enter_private_network() -> None:
@@ -100,7 +101,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _relay(port: int, outside: socket.socket, worker: subprocess.Popen) -> int:
+async def _relay(port: int, outside: socket.socket, worker: subprocess.Popen, parent: int) -> int:
     async def connection(client_reader, client_writer):
         try:
             worker_reader, worker_writer = await asyncio.open_connection("127.0.0.1", port)
@@ -115,13 +116,23 @@ async def _relay(port: int, outside: socket.socket, worker: subprocess.Popen) ->
     server = await asyncio.start_unix_server(connection, sock=outside)
     async with server:
         while worker.poll() is None:
+            if os.getppid() != parent:  # the launcher is gone (SIGKILL included)
+                worker.kill()
+                worker.wait()
+                break
             await asyncio.sleep(0.1)
     return worker.returncode
 
 
 def main(argv: list[str]) -> int:
-    socket_path, port, worker_args = argv[0], int(argv[1]), argv[3:]
-    _die_with_parent()
+    socket_path, port, parent, worker_args = argv[0], int(argv[1]), int(argv[2]), argv[4:]
+    # Not PR_SET_PDEATHSIG: it fires when the launcher's *thread* that started
+    # us exits, and TFF starts workers from threads that may end before the
+    # launcher is done with the worker (a fresh-clone CI run hung on a TFF call
+    # whose relay had died that way: a zombie, its socket left behind). The
+    # relay watches its parent process instead, every 0.1 s.
+    if os.getppid() != parent:  # gone before we started
+        return 1
     # Bound before entering the namespace (a filesystem socket works from either side).
     outside = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(socket_path):
@@ -142,7 +153,7 @@ def main(argv: list[str]) -> int:
         return 1
     worker = subprocess.Popen(worker_args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)  # pylint: disable=subprocess-popen-preexec-fn
     try:
-        return abs(asyncio.run(_relay(port, outside, worker)))
+        return abs(asyncio.run(_relay(port, outside, worker, parent)))
     finally:
         if worker.poll() is None:
             worker.kill()

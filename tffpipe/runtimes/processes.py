@@ -124,9 +124,12 @@ class WorkerPopen(subprocess.Popen):
     `private_socket(port)`); elsewhere it listens on every interface, as TFF
     starts it.
 
-    Note: PDEATHSIG fires when the *thread* that forked the child exits. TFF
-    starts workers from its execution context's event-loop thread, which lives
-    as long as the context does, and the worker is useless without it.
+    Note: PDEATHSIG fires when the *thread* that forked the child exits. A
+    private worker's relay is therefore not given it: the relay watches its
+    parent process itself (`private_network`) and the worker is tied to the
+    relay. A worker started directly (no private network here) keeps
+    PDEATHSIG: TFF starts workers from its execution context's event-loop
+    thread, which lives as long as the context does.
     """
 
     def __init__(self, args, **kwargs):
@@ -141,7 +144,7 @@ class WorkerPopen(subprocess.Popen):
             path = os.path.join(self.private_dir, "worker.sock")
             args = private_network.command(path, port, list(args))
             _private_sockets[port] = path
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and self.private_dir is None:
             parent_pid = os.getpid()
             kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
         kwargs["env"] = memory.worker_environment(kwargs.get("env"))
