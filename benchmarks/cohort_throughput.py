@@ -133,8 +133,8 @@ def _client_arrays(task, cid) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x), np.asarray(y)
 
 
-def _peer_wall_per_round(rounds: int) -> tuple[float, float]:
-    """(wall seconds per round, examples a round) of the peer configuration's whole program."""
+def _peer_wall_per_round(rounds: int) -> tuple[float, int, float]:
+    """(wall seconds per round, rounds of the short run, examples per client) of the peer configuration."""
     import tempfile  # pylint: disable=g-import-not-at-top
 
     task = digits.create_task(num_clients=50, eval_clients=18, alpha=100.0, seed=0)
@@ -150,8 +150,7 @@ def _peer_wall_per_round(rounds: int) -> tuple[float, float]:
         loop.run(cfg, task, print_fn=lambda line: None)
         walls[count] = time.perf_counter() - started
     examples = sum(len(_client_arrays(task, cid)[1]) for cid in task.train_data.client_ids)
-    per_round = examples / len(task.train_data.client_ids) * 10
-    return (walls[rounds] - walls[short]) / (rounds - short), per_round
+    return (walls[rounds] - walls[short]) / (rounds - short), short, examples / len(task.train_data.client_ids)
 
 
 def main(argv):
@@ -193,9 +192,9 @@ def main(argv):
               f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
               f"{single / grouped:>7.2f}")
     if FLAGS.peer_rounds:
-        per_round, examples = _peer_wall_per_round(FLAGS.peer_rounds)
-        print(f"\npeer configuration (digits, 32 clients of ~{examples / 10:.0f} examples, 10 a round, batch 16, "
-              f"whole program, (run of {FLAGS.peer_rounds} - run of {max(1, FLAGS.peer_rounds // 4)}) / rounds): "
+        per_round, short, per_client = _peer_wall_per_round(FLAGS.peer_rounds)
+        print(f"\npeer configuration (digits, 32 clients of ~{per_client:.0f} examples, 10 a round, batch 16, "
+              f"whole program, (run of {FLAGS.peer_rounds} - run of {short}) / rounds): "
               f"{per_round:.3f} s of wall time per round")
     processes.exit_now(0)
 

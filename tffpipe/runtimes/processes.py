@@ -92,9 +92,10 @@ def sweep_stale_private_folders(folder: str | None = None) -> int:
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
         try:
-            if not name.startswith(_PRIVATE_PREFIX) or os.stat(path).st_uid != os.getuid():
+            if not name.startswith(_PRIVATE_PREFIX):
                 continue
-            if time.time() - os.stat(path).st_mtime < 60:
+            status = os.stat(path)
+            if status.st_uid != os.getuid() or time.time() - status.st_mtime < 60:
                 continue
             sock = os.path.join(path, "worker.sock")
             if os.path.exists(sock):

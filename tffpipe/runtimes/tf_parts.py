@@ -187,6 +187,15 @@ class GroupedClientStep:
         extra = self.num_extra
         return accumulator, [rest[i * extra : (i + 1) * extra] for i in range(size)]
 
+    def _train_group(self, works, accumulator, clients, client_input) -> list:
+        """Traced body of a group: each client's work on its own copy, accumulated in order; then the extras."""
+        accumulator, extra = list(accumulator), []
+        for work, client in zip(works, clients):
+            outputs = work.call(*client, *client_input)
+            accumulator = self._accumulate.call(*accumulator, *outputs[: self._num_update])
+            extra.extend(outputs[self._num_update :])
+        return [*accumulator, *extra]
+
     def _keyed_function(self, size: int, build):
         key = ("keys", size, id(build))
         if key not in self._traced:
@@ -196,16 +205,9 @@ class GroupedClientStep:
             input_specs = works[0].input_specs[self._num_client_leaves :]
 
             def step(*args):
-                accumulator = list(args[:n_acc])
                 ids, seeds = args[n_acc], args[n_acc + 1]
-                client_input = args[n_acc + 2 :]
-                extra = []
-                for k, work in enumerate(works):
-                    dataset = build(ids[k], seeds[k])
-                    outputs = work.call(*feeds_of([dataset]), *client_input)
-                    accumulator = self._accumulate.call(*accumulator, *outputs[: self._num_update])
-                    extra.extend(outputs[self._num_update :])
-                return [*accumulator, *extra]
+                clients = [feeds_of([build(ids[k], seeds[k])]) for k in range(size)]
+                return self._train_group(works, args[:n_acc], clients, args[n_acc + 2 :])
 
             traced = tf.function(
                 step,
@@ -229,18 +231,12 @@ class GroupedClientStep:
             works = self._works[:size]
             client_specs = works[0].input_specs[: self._num_client_leaves]
             input_specs = works[0].input_specs[self._num_client_leaves :]
-            n_acc, n_leaves, n_update = self._num_accumulator, self._num_client_leaves, self._num_update
+            n_acc, n_leaves = self._num_accumulator, self._num_client_leaves
 
             def step(*args):
-                accumulator = list(args[:n_acc])
-                clients = args[n_acc : n_acc + size * n_leaves]
-                client_input = args[n_acc + size * n_leaves :]
-                extra = []
-                for k, work in enumerate(works):
-                    outputs = work.call(*clients[k * n_leaves : (k + 1) * n_leaves], *client_input)
-                    accumulator = self._accumulate.call(*accumulator, *outputs[:n_update])
-                    extra.extend(outputs[n_update:])
-                return [*accumulator, *extra]
+                leaves = args[n_acc : n_acc + size * n_leaves]
+                clients = [leaves[k * n_leaves : (k + 1) * n_leaves] for k in range(size)]
+                return self._train_group(works, args[:n_acc], clients, args[n_acc + size * n_leaves :])
 
             traced = tf.function(
                 step,

@@ -50,10 +50,14 @@ def dataset_file(data_dir: str, filename: str, archive: str) -> str:
         names the file expected and where to get it.
     """
     path = os.path.join(os.path.expanduser(data_dir), filename)
-    if os.path.exists(path):
-        if path.endswith(".sqlite"):
-            index_by_client(path)
-        return path
+    if not os.path.exists(path):
+        _download(path, filename, archive)
+    if path.endswith(".sqlite"):
+        index_by_client(path)
+    return path
+
+
+def _download(path: str, filename: str, archive: str) -> None:
     url = os.environ.get(MIRROR_ENV, BASE_URL) + archive
     print(f"{path} not found; downloading {url}", flush=True)
     try:
@@ -70,9 +74,6 @@ def dataset_file(data_dir: str, filename: str, archive: str) -> str:
             f"download {url}, {'decompress it (unxz) ' if archive.endswith('.lzma') else 'extract it '}"
             f"into {os.path.dirname(path)}, or pass --data_dir=FOLDER holding {filename}"
         ) from e
-    if path.endswith(".sqlite"):
-        index_by_client(path)
-    return path
 
 
 # TFF's SQLite files have no index: TFF reads a client's examples with

@@ -119,8 +119,8 @@ class Task:
         """Traced dataset builders by pipeline key (`_EAGER`: not traceable)."""
         return {}
 
-    def _build(self, key, pipeline, *args) -> Any:
-        """Runs `pipeline(client_id, ...)` (a dataset or a count) through one traced function per key.
+    def _builder(self, key, pipeline, num_args: int) -> Any:
+        """The traced function for `pipeline(client_id, ...)` under `key`, made once (`_EAGER`: not traceable).
 
         Building a dataset eagerly registers its map and parse functions in
         TensorFlow's global function library, which never shrinks: about
@@ -132,7 +132,7 @@ class Task:
         """
         builder = self._builders.get(key)
         if builder is None:
-            signature = [tf.TensorSpec([], tf.string)] + [tf.TensorSpec([], tf.int64)] * (len(args) - 1)
+            signature = [tf.TensorSpec([], tf.string)] + [tf.TensorSpec([], tf.int64)] * (num_args - 1)
             traced = tf.function(pipeline, input_signature=signature)
             try:
                 traced.get_concrete_function()
@@ -146,9 +146,19 @@ class Task:
                 )
                 builder = _EAGER
             self._builders[key] = builder
+        return builder
+
+    def _build(self, key, pipeline, *args) -> Any:
+        """Runs `pipeline(client_id, ...)` (a dataset or a count) through `_builder`'s function."""
+        builder = self._builder(key, pipeline, len(args))
         if builder is _EAGER:
             return pipeline(*args)
         return builder(*(tf.constant(a, tf.int64 if i else tf.string) for i, a in enumerate(args)))
+
+    def _train_key_and_pipeline(self, spec: ClientSpec) -> tuple[tuple, Callable]:
+        """The key of the training pipeline for `spec` among the builders, and the pipeline."""
+        key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
+        return key, functools.partial(self._train_pipeline, spec)
 
     def client_dataset(
         self, client_id: str, spec: ClientSpec, *, seed: int
@@ -160,8 +170,7 @@ class Task:
           spec: epochs, batch size, element cap and shuffle buffer.
           seed: seeds the shuffle, so a round's data is reproducible.
         """
-        key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
-        return self._build(key, functools.partial(self._train_pipeline, spec), client_id, seed)
+        return self._build(*self._train_key_and_pipeline(spec), client_id, seed)
 
     def client_dataset_function(self, spec: ClientSpec) -> Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset] | None:
         """The traced function behind `client_dataset` (client id, seed -> dataset), if it traces.
@@ -170,10 +179,7 @@ class Task:
         clients' datasets in one TensorFlow call. None when the task's
         datasets are built eagerly (their dataset function cannot be traced).
         """
-        key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
-        if key not in self._builders:
-            self.client_dataset(self.train_data.client_ids[0], spec, seed=0)
-        builder = self._builders[key]
+        builder = self._builder(*self._train_key_and_pipeline(spec), num_args=2)
         return None if builder is _EAGER else builder
 
     def client_examples(self, client_id: str, max_elements: int | None = None) -> int:
