@@ -141,6 +141,35 @@ def test_secure_sums_across_actors_equal_the_in_process_sums(cluster, tmp_path):
     _close(ours, theirs)
 
 
+@pytest.mark.slow
+def test_ckks_across_actors_equals_masking_with_the_key_holder_an_actor_of_its_own(cluster, tmp_path, monkeypatch):
+    from tffpipe.runtimes import ray_key_holder
+
+    holders = []
+    start = ray_key_holder.start
+
+    def recording_start(key_dir, params):
+        import ray
+
+        handle, close = start(key_dir, params)
+        holders.append(ray.get(handle.actor.pid.remote()))
+        return handle, close
+
+    monkeypatch.setattr(ray_key_holder, "start", recording_start)
+    small = dict(secure_aggregation=True, rounds=2, clients_per_round=6, eval_clients=2)
+    ours, lines = _run(_config(tmp_path, "ray", secure_protocol="ckks", **small))
+    theirs, _ = _run(_config(tmp_path, "inprocess", **small))
+    assert any("secure sums use CKKS encryption (128-bit preset) across actors" in line for line in lines)
+    assert any("a key-holder actor of its own (the launcher's node) holds the secret key" in line for line in lines)
+    assert any("and their public CKKS key; no examples" in line for line in lines)
+    assert len(holders) == 1
+    holder_pid = holders[0]
+    actor_pids = {info["pid"] for info in ray_runtime.RUNTIME._pool.infos}  # pylint: disable=protected-access
+    assert holder_pid != os.getpid() and holder_pid not in actor_pids
+    assert (tmp_path / "ray" / "keys" / "ckks_secret_context.bin").exists()
+    _close(ours, theirs)
+
+
 def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
     port = ray_cluster._free_loopback_port()  # pylint: disable=protected-access
     temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")  # Ray's socket paths must stay short

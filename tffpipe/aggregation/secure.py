@@ -11,6 +11,9 @@ import dataclasses
 
 from tffpipe import settings
 from tffpipe.aggregation import base
+from tffpipe.aggregation.protocols import ckks as ckks_protocol
+from tffpipe.aggregation.protocols import registry as protocols
+from tffpipe.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +25,13 @@ class Settings:
         flag="secure_aggregation", group="aggregation", resume=settings.MUST_MATCH, short=True,
         effective=lambda cfg, value: value or uses_secure_sum(cfg),
     )
+    protocol: str = settings.setting(
+        "masking", "How the in-process and Ray runtimes execute secure sums: masking (pairwise masks that "
+        "cancel in the sum) or ckks (homomorphic encryption: the server adds ciphertexts, a key holder "
+        "decrypts only the sum).",
+        flag="secure_protocol", group="aggregation", choices=protocols.PROTOCOLS, resume=settings.MUST_MATCH,
+    )
+    ckks: ckks_protocol.Settings = settings.group(ckks_protocol.Settings)
 
 
 def uses_secure_sum(cfg) -> bool:
@@ -39,6 +49,24 @@ class SecureSum(base.Layer):
 
     def active(self, cfg) -> bool:
         return self.settings(cfg).enabled
+
+    def check(self, cfg) -> None:
+        s = self.settings(cfg)
+        if not protocols.needs_our_engine(s.protocol):
+            return
+        if not uses_secure_sum(cfg):
+            raise ConfigError(
+                f"--secure_protocol={s.protocol} protects secure sums and this run has none: add --secure_aggregation"
+            )
+        from tffpipe.runtimes import registry as runtimes  # pylint: disable=g-import-not-at-top
+
+        if not runtimes.get(cfg.runtime.name).executes_secure_sums:
+            raise ConfigError(
+                f"--secure_protocol={s.protocol} needs --runtime=inprocess, ray or auto: TFF's own runtime "
+                f"(--runtime={cfg.runtime.name}) executes secure sums itself and cannot run another protocol"
+            )
+        if s.protocol == "ckks":
+            ckks_protocol.parameters(s.ckks)
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top

@@ -10,12 +10,14 @@ measuring a run.
 
 import dataclasses
 import math
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import compat
+from tffpipe.aggregation.protocols import base as protocols_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,17 @@ def _flat_numbers(value) -> list[int]:
     return [int(np.asarray(v).max()) for v in tf.nest.flatten(value)]
 
 
-def client_traffic(process: tff.learning.templates.LearningProcess) -> ClientTraffic:
+def client_traffic(
+    process: tff.learning.templates.LearningProcess,
+    secure_upload: Callable[[Sequence[int], Sequence[int]], int] | None = None,
+) -> ClientTraffic:
     """Derives a round's traffic per client from `process.next`'s MapReduceForm.
+
+    Args:
+      process: the learning process.
+      secure_upload: (elements, bit widths) of the secure values -> bytes a
+        client uploads for them under the run's secure protocol (default:
+        the values at their bit widths, as masked vectors are).
 
     Raises:
       ValueError: the computation cannot be compiled to a MapReduceForm.
@@ -77,7 +88,7 @@ def client_traffic(process: tff.learning.templates.LearningProcess) -> ClientTra
     download = sum(_bytes(t) for t in _tensor_types(form.prepare.type_signature.result))
     work = form.work.type_signature.result
     plain = sum(_bytes(t) for t in _tensor_types(work[0]))
-    secure = 0
+    elements, widths = [], []
     for index, widths_fn in (
         (1, lambda: _flat_numbers(form.secure_sum_bitwidth())),
         (2, lambda: [max(1, math.ceil(math.log2(m + 1))) for m in _flat_numbers(form.secure_sum_max_input())]),
@@ -85,5 +96,9 @@ def client_traffic(process: tff.learning.templates.LearningProcess) -> ClientTra
     ):
         tensors = _tensor_types(work[index])
         if tensors:
-            secure += sum(_bytes(t, bits) for t, bits in zip(tensors, widths_fn()))
+            bits = widths_fn()
+            elements += [int(np.prod(t.shape)) if t.shape else 1 for t in tensors]
+            # One parameter may stand for every value of its kind, as the in-process engine reads it.
+            widths += bits * len(tensors) if len(bits) == 1 else bits
+    secure = (secure_upload or protocols_base.plain_upload_bytes)(elements, widths) if elements else 0
     return ClientTraffic(download, plain + secure, secure)

@@ -15,6 +15,7 @@ import tensorflow_federated as tff
 from tffpipe import compat
 from tffpipe import config as config_lib
 from tffpipe import errors
+from tffpipe.aggregation.protocols import registry as secure_protocols
 from tffpipe.attacks import simulation as attack_simulation
 from tffpipe.learning import builder
 from tffpipe.learning import registry as algorithm_registry
@@ -164,7 +165,7 @@ def run(
     if cfg.attack.name != "none":
         simulation = attack_simulation.Simulation(cfg, task)
         print_fn(simulation.describe())
-    traffic = traffic_metrics(process, print_fn)
+    traffic = traffic_metrics(process, print_fn, secure_protocols.upload_bytes(cfg))
     tracker = None
     if stack.dp_layer is not None:
         tracker = privacy_tracking.PrivacyTracker(cfg, stack, client_ids)
@@ -392,10 +393,17 @@ def build_clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, fl
         raise config_lib.ConfigError(str(e)) from e
 
 
-def traffic_metrics(process, print_fn: Callable[[str], None]) -> dict[str, float]:
-    """Prints and returns the bytes each client sends and receives per round."""
+def traffic_metrics(process, print_fn: Callable[[str], None], secure_upload=None) -> dict[str, float]:
+    """Prints and returns the bytes each client sends and receives per round.
+
+    Args:
+      process: the learning process.
+      print_fn: where the line goes.
+      secure_upload: the run's secure protocol's upload size (see
+        `communication.client_traffic`).
+    """
     try:
-        traffic = communication.client_traffic(process)
+        traffic = communication.client_traffic(process, secure_upload)
     except Exception as e:  # pylint: disable=broad-except
         # The sizes are a report, not a requirement: never fail a run on them.
         print_fn(f"traffic per client: not derivable ({type(e).__name__}: {e})")

@@ -36,6 +36,7 @@ class RunPaths:
         self.metrics_csv = os.path.join(run_dir, "results", "metrics.csv")
         self.clients_csv = os.path.join(run_dir, "results", "clients.csv")
         self.export = os.path.join(run_dir, "export")
+        self.keys = os.path.join(run_dir, "keys")  # a secure protocol's (CKKS), owner-only
 
 
 class MetricsLog:

@@ -17,6 +17,7 @@ from tffpipe.runtimes import ray
 class AutoRuntime(base.Runtime):
     key = "auto"
     chooses_another = True
+    executes_secure_sums = True  # refuses to fall back to cpp when the protocol needs the engine
     summary = "ray with --ray_address; else inprocess when the round compiles to a MapReduceForm, else cpp"
 
     def __init__(self):
@@ -49,6 +50,14 @@ class AutoRuntime(base.Runtime):
         try:
             runner = inprocess.RUNTIME.wrap(process, cfg, print_fn=lambda line: None)
         except errors.UserError as e:
+            from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
+
+            protocol = cfg.aggregation.secure.protocol
+            if protocols.needs_our_engine(protocol):
+                raise errors.UserError(
+                    f"--secure_protocol={protocol} needs the in-process runtime, and {e}; TFF's runtime, "
+                    "the fallback, cannot run that protocol"
+                ) from e
             print_fn(f"runtime: cpp (--runtime=auto: {e})")
             self._chosen = cpp.RUNTIME
             with cpp.RUNTIME.running(process, cfg, print_fn) as fallback:

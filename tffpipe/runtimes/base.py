@@ -22,6 +22,8 @@ class Runtime:
     Settings: type | None = None
     summary: str = ""  # one line for `--help` and the doctor
     chooses_another: bool = False  # picks one of the others (auto): the doctor checks those
+    # Runs secure sums with tffpipe's protocols (`--secure_protocol`) rather than TFF's own.
+    executes_secure_sums: bool = False
 
     def settings(self, cfg: Any) -> Any:
         return getattr(cfg.runtime, self.key)

@@ -20,7 +20,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
-from tffpipe.runtimes import secure_masking
+from tffpipe.aggregation.protocols import base as protocols_base
 from tffpipe.runtimes import tf_parts
 
 
@@ -128,43 +128,44 @@ class ClientHalf:
     def slot_devices(self) -> list[str]:
         return [s.device for s in self.slots]
 
-    def run_round(self, client_input, client_data, masks, moduli):
-        """(the slots' accumulators, each client's masked secure-sum inputs in round order)."""
-        accumulators, masked = self.run(client_input, client_data, masks, moduli)
-        return accumulators, [masked.get(i, []) for i in range(len(client_data))]
+    def run_round(self, client_input, client_data, keys, moduli):
+        """(the slots' accumulators, [the round's secure-sum inputs, protected and summed])."""
+        accumulators, partial = self.run(client_input, client_data, keys, moduli)
+        return accumulators, [partial]
 
     def run(self, client_input: Sequence[Any], client_data: Sequence[Any],
-            masks: secure_masking.PairwiseMasks | None = None, moduli: Sequence[int] = (),
-            indices: Sequence[int] | None = None) -> tuple[list[list[tf.Tensor]], dict[int, list[np.ndarray]]]:
+            keys: protocols_base.RoundKeys | None = None, moduli: Sequence[int] = (),
+            indices: Sequence[int] | None = None) -> tuple[list[list[tf.Tensor]], Any]:
         """Every client's work, accumulated per slot.
 
         Args:
           client_input: the broadcast (flat tensors).
           client_data: per client, its value of `data_type` (datasets).
-          masks: the round's pairwise masks (None: no secure sums); each
-            client masks its secure-sum inputs in its slot's thread.
+          keys: the round's secure-protocol keys (None: no secure sums);
+            each client protects its secure-sum inputs in its slot's thread,
+            and they are added to one running sum as they come.
           moduli: the modulus of each secure-sum input.
           indices: each client's position in the round (default: its
-            position here), which names it in masks and errors.
+            position here), which names it in keys and errors.
 
         Returns:
-          (the slots' accumulators in slot order, {round position: masked
-          secure-sum inputs}).
+          (the slots' accumulators in slot order, the protected sum of these
+          clients' secure-sum inputs, or None without secure sums).
 
         Raises:
           ClientWorkFailed: naming the round position of the client that failed.
         """
         indices = list(range(len(client_data))) if indices is None else list(indices)
-        masked: dict[int, list[np.ndarray]] = {}
+        partial = keys.partial_sum(moduli) if keys is not None else None
 
         def on_extra(position: int, extra: list[Any]) -> None:
-            index = indices[position]
-            masked[index] = secure_masking.mask_client(masks, index, [v.numpy() for v in extra], moduli)
+            partial.add(keys.protect(indices[position], [v.numpy() for v in extra], moduli))
 
         try:
-            return self._run(client_input, client_data, on_extra if masks is not None else None), masked
+            accumulators = self._run(client_input, client_data, on_extra if keys is not None else None)
         except ClientWorkFailed as e:
             raise ClientWorkFailed(indices[e.index], str(e)) from e
+        return accumulators, partial.value() if partial is not None else None
 
     def describe(self) -> str:
         """Which slot trained which clients (by position) in the last round."""

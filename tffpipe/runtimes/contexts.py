@@ -33,19 +33,6 @@ REMOTE_SECURE_NOTE = (
     "partial sums; no cryptographic protocol runs, and each worker sees its clients' values"
 )
 
-IN_PROCESS_MASKS_NOTE = (
-    "secure sum: pairwise masks in this process: the summing code sees only masked vectors, but every "
-    "key is in this process (it measures the protocol's cost and exactness, and protects nothing from "
-    "whoever runs it)"
-)
-
-RAY_MASKS_NOTE = (
-    "secure sum: pairwise masks on the actors: each actor masks its clients' values with only their pair "
-    "seeds and the launcher sums masked vectors, but the launcher makes every seed (the values are hidden "
-    "in transit and from the summing code, not from the launcher's operator)"
-)
-
-
 def uses_secure_sum(computation: tff.Computation) -> bool:
     """Whether the computation calls any secure aggregation intrinsic."""
     tree = computation.to_building_block()

@@ -1,7 +1,7 @@
 """`--runtime=inprocess`: the round compiled to TFF's MapReduceForm and run in this process.
 
 Clients train in TensorFlow on every chosen device (`devices.py`), several
-at once; secure sums use pairwise masking (`secure_masking.py`). The engine
+at once; secure sums use the run's protocol (`aggregation/protocols/`). The engine
 is `inprocess_process.InProcessProcess`.
 """
 
@@ -63,6 +63,7 @@ class Settings:
 class InProcessRuntime(base.Runtime):
     key = "inprocess"
     Settings = Settings
+    executes_secure_sums = True
     summary = "the round in this process, on every core and GPU"
 
     def configure_devices(self, cfg):
@@ -82,13 +83,14 @@ class InProcessRuntime(base.Runtime):
 
     def wrap(self, process, cfg, print_fn, what="learning process"):
         """`process` on this runtime (`InProcessUnsupported` if it cannot run here)."""
+        from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
         from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
         from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
 
         s = self.settings(cfg)
         return inprocess_process.build(
             process, devices.client_slots(s), what, print_fn, prefetch_clients=s.prefetch_clients,
-            clients_per_call=s.clients_per_call,
+            clients_per_call=s.clients_per_call, protocol=protocols.for_run(cfg),
         )
 
     @contextlib.contextmanager

@@ -7,7 +7,7 @@ devices of our choosing:
   prepare(server state)                         -> client input (broadcast)
   work(client dataset, client input)            -> client update, per client
   zero / accumulate / merge / report            -> the aggregate
-  secure-sum parts                              -> pairwise-masked sums
+  secure-sum parts                              -> the secure protocol's sums (masking, CKKS)
   update(server state, aggregates)              -> new state and metrics
 
 Each part is imported once (`tf_parts.ImportedComputation`); `work` and
@@ -28,9 +28,10 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
 
 from tffpipe import errors
+from tffpipe.aggregation.protocols import base as protocols_base
+from tffpipe.aggregation.protocols import masking
+from tffpipe.aggregation.protocols import pairwise_masks
 from tffpipe.runtimes import client_half
-from tffpipe.runtimes import contexts
-from tffpipe.runtimes import secure_masking
 from tffpipe.runtimes import tf_parts
 
 _SECURE_KINDS = (
@@ -84,6 +85,8 @@ class InProcessProcess:
         `client_half.ClientHalf`; both offer `run_round`, `describe`,
         `placement_rule`, `slot_devices`, `clients_per_call`,
         `grouping_failed`, `last_assignment` and `close`.
+      protocol: makes the protocol that executes secure sums, called only
+        when the process has any (default: pairwise masking).
     """
 
     # `next` takes `program.client_sources.ClientDatasets` as well as lists.
@@ -98,6 +101,7 @@ class InProcessProcess:
         print_fn: Callable[[str], None] | None = None,
         clients_per_call: int = 0,
         clients: Callable[[forms.MapReduceForm], Any] | None = None,
+        protocol: Callable[[], protocols_base.SecureProtocol] | None = None,
     ):
         self.process = process
         self._next_type = process.next.type_signature
@@ -133,6 +137,7 @@ class InProcessProcess:
             if len(params) == 1 and count > 1:
                 params = params * count
             self._secure.append((kind, count, params))
+        self.protocol = (protocol or masking.MaskingProtocol)() if self._secure else masking.MaskingProtocol()
 
     @property
     def uses_secure_sum(self) -> bool:
@@ -203,11 +208,14 @@ class InProcessProcess:
         with tf.device("/CPU:0"):
             client_input = self._prepare(*state_leaves)
         moduli = self._moduli(len(client_data))
-        masks = secure_masking.PairwiseMasks(len(client_data)) if self._secure else None
-        accumulators, secure_inputs = self.clients.run_round(client_input, client_data, masks, moduli)
+        keys = (
+            self.protocol.round_keys(len(client_data), moduli, self._largest_sums(len(client_data)))
+            if self._secure else None
+        )
+        accumulators, partial_sums = self.clients.run_round(client_input, client_data, keys, moduli)
         self._say_placement()
         report = self._report(*client_half.merge_all(self._merge, accumulators))
-        secure_sums = self._secure_sums(secure_inputs, moduli)
+        secure_sums = self._secure_sums(partial_sums, moduli)
         leaves = self._update(*state_leaves, *report, *secure_sums)
         return tf_parts.unflatten(leaves, self._next_type.result)
 
@@ -224,28 +232,31 @@ class InProcessProcess:
         """Per secure value: a modulus under which the round's sum is exact
         (empty without secure sums)."""
         return [
-            secure_masking.exact_sum_modulus(kind, bound, num_clients)
+            pairwise_masks.exact_sum_modulus(kind, bound, num_clients)
             for kind, _, params in self._secure
             for bound in params
         ]
 
-    def _secure_sums(self, secure_inputs, moduli) -> list[tf.Tensor]:
-        """The server's side: adds masked vectors; sees nothing else."""
+    def _largest_sums(self, num_clients: int) -> list[int]:
+        """Per secure value: the largest the round's sum can be before its modulus."""
+        return [
+            pairwise_masks.largest_sum(kind, bound, num_clients) for kind, _, params in self._secure for bound in params
+        ]
+
+    def _secure_sums(self, partial_sums, moduli) -> list[tf.Tensor]:
+        """The server's side: the protocol's sum of the protected partial sums; sees nothing else."""
         if not moduli:
             return []
         specs = self._update.input_specs[-len(moduli) :]
-        return [
-            tf.constant(
-                secure_masking.masked_sum([c[leaf] for c in secure_inputs], modulus).astype(
-                    specs[leaf].dtype.as_numpy_dtype
-                )
-            )
-            for leaf, modulus in enumerate(moduli)
-        ]
+        sums = self.protocol.total(partial_sums, moduli, [tuple(spec.shape) for spec in specs])
+        return [tf.constant(total.astype(spec.dtype.as_numpy_dtype)) for total, spec in zip(sums, specs)]
 
     def close(self) -> None:
-        """Stops the client half (threads, actors)."""
-        self.clients.close()
+        """Stops the client half (threads, actors) and the secure protocol's key holder."""
+        try:
+            self.clients.close()
+        finally:
+            self.protocol.close()
 
 
 def _tensors(leaves: Sequence[Any]) -> list[tf.Tensor]:
@@ -259,6 +270,7 @@ def build(
     print_fn: Callable[[str], None] | None = None,
     prefetch_clients: str = "auto",
     clients_per_call: int = 0,
+    protocol: Callable[[], protocols_base.SecureProtocol] | None = None,
 ) -> InProcessProcess:
     """`process` on the in-process runtime, with a line about placement.
 
@@ -269,10 +281,12 @@ def build(
       print_fn: where the placement lines go (None: nowhere).
       prefetch_clients: "on", "off", or "auto": on when a slot is a GPU.
       clients_per_call: clients per TensorFlow call (0: automatic).
+      protocol: makes the secure-sum protocol (default: pairwise masking).
     """
     prefetch = client_half.reads_ahead(prefetch_clients, slot_devices)
     runtime = InProcessProcess(
-        process, slot_devices, what, prefetch=prefetch, print_fn=print_fn, clients_per_call=clients_per_call
+        process, slot_devices, what, prefetch=prefetch, print_fn=print_fn, clients_per_call=clients_per_call,
+        protocol=protocol,
     )
     if print_fn is not None:
         devices = sorted(set(slot_devices))
@@ -283,8 +297,8 @@ def build(
             + (f"up to {per_call} clients per TensorFlow call" if per_call > 1 else "one client per TensorFlow call")
             + (f" (its client work cannot be grouped: {runtime.grouping_failed})" if runtime.grouping_failed else "")
             + ("; next clients read ahead" if prefetch else "")
-            + ("; secure sums use pairwise masking" if runtime.uses_secure_sum else "")
+            + (f"; secure sums use {runtime.protocol.summary}" if runtime.uses_secure_sum else "")
         )
         if runtime.uses_secure_sum and what == "learning process":
-            print_fn(contexts.IN_PROCESS_MASKS_NOTE)
+            print_fn(runtime.protocol.note("inprocess"))
     return runtime

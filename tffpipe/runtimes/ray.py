@@ -66,6 +66,7 @@ class RayRuntime(base.Runtime):
     key = "ray"
     Settings = Settings
     summary = "the in-process engine in Ray actors on every node of a Ray cluster"
+    executes_secure_sums = True
 
     def __init__(self):
         self._cluster = None
@@ -154,7 +155,11 @@ class RayRuntime(base.Runtime):
 
     def wrap(self, process, cfg, print_fn, what="learning process"):
         """`process` with its client half on the run's actors."""
-        return on_actors(process, self._pool, what, print_fn)
+        from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_key_holder  # pylint: disable=g-import-not-at-top
+
+        protocol = protocols.for_run(cfg, holder_factory=ray_key_holder.start)
+        return on_actors(process, self._pool, what, print_fn, protocol)
 
     def evaluation(self, process, cfg, print_fn):
         return self.wrap(process, cfg, None, "evaluation process")
@@ -169,7 +174,7 @@ class RayRuntime(base.Runtime):
         yield from ray_placement.doctor_checks(self.settings(cfg))
 
 
-def on_actors(process, pool, what: str = "learning process", print_fn=None):
+def on_actors(process, pool, what: str = "learning process", print_fn=None, protocol=None):
     """`process` run by the in-process engine with its client half on `pool`'s actors.
 
     Args:
@@ -178,6 +183,7 @@ def on_actors(process, pool, what: str = "learning process", print_fn=None):
       what: how messages name the process.
       print_fn: where the lines about the process and its first round's
         traffic go (None: nowhere).
+      protocol: makes the secure-sum protocol (default: pairwise masking).
     """
     from tffpipe.runtimes import client_half  # pylint: disable=g-import-not-at-top
     from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
@@ -189,17 +195,15 @@ def on_actors(process, pool, what: str = "learning process", print_fn=None):
 
         return ray_actors.RayClients(pool, mrf, f"{what} {next(_keys)}", what, local, print_fn)
 
-    runner = inprocess_process.InProcessProcess(process, [], what, clients=clients)
+    runner = inprocess_process.InProcessProcess(process, [], what, clients=clients, protocol=protocol)
     if print_fn is not None:
         print_fn(
             f"runtime ray: {what} on {len(pool.alive())} actor(s), up to {runner.clients_per_call} clients "
             "per TensorFlow call; clients' data built on the actors"
-            + ("; secure sums use pairwise masking across actors" if runner.uses_secure_sum else "")
+            + (f"; secure sums use {runner.protocol.summary} across actors" if runner.uses_secure_sum else "")
         )
         if runner.uses_secure_sum and what == "learning process":
-            from tffpipe.runtimes import contexts  # pylint: disable=g-import-not-at-top
-
-            print_fn(contexts.RAY_MASKS_NOTE)
+            print_fn(runner.protocol.note("ray"))
     return runner
 
 

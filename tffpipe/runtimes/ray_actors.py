@@ -20,11 +20,10 @@ import pickle
 from typing import Any, Callable, Sequence
 
 from absl import logging
-import numpy as np
 
 from tffpipe import errors
 from tffpipe.runtimes import client_half
-from tffpipe.runtimes import secure_masking
+from tffpipe.aggregation.protocols import base as protocols_base
 
 
 # When every actor is lost, how long a round waits for Ray to restart one.
@@ -116,8 +115,8 @@ class ClientActor:
         self._processes.clear()
 
     def run(self, key: str, client_input: list, source: Any, keys: list, fingerprint: tuple,
-            masks: secure_masking.PairwiseMasks | None, indices: list[int], moduli: list[int]):
-        """Trains the clients `keys` (round positions `indices`); returns (accumulator, masked inputs).
+            protection: protocols_base.RoundKeys | None, indices: list[int], moduli: list[int]):
+        """Trains the clients `keys` (round positions `indices`); returns (accumulator, their protected sum).
 
         Returns None when `key` is not loaded (a restarted actor): the
         launcher loads it and asks again.
@@ -127,8 +126,8 @@ class ClientActor:
         half, merge = self._processes[key]
         self._check_task(source, fingerprint)
         data = [source.build(k) for k in keys]
-        accumulators, masked = half.run(client_input, data, masks, moduli, indices)
-        return [t.numpy() for t in client_half.merge_all(merge, accumulators)], masked
+        accumulators, protected_sum = half.run(client_input, data, protection, moduli, indices)
+        return [t.numpy() for t in client_half.merge_all(merge, accumulators)], protected_sum
 
     def _check_task(self, source: Any, fingerprint: tuple) -> None:
         if source.recipe in self._checked:
@@ -270,15 +269,15 @@ class RayClients:
     def describe(self) -> str:
         return client_half.describe_assignment(self.last_assignment)
 
-    def run_round(self, client_input, client_data, masks, moduli):
-        """(the chunks' accumulators in chunk order, each client's masked secure-sum inputs)."""
+    def run_round(self, client_input, client_data, protection, moduli):
+        """(the chunks' accumulators in chunk order, each chunk's protected secure-sum inputs, summed)."""
         source = getattr(client_data, "source", None)
         if source is None:
             # Datasets built in the launcher (a backdoor's triggered evaluation):
             # trained here rather than shipped.
             if self._local is None:
                 self._local = self._make_local()
-            return self._local.run_round(client_input, client_data, masks, moduli)
+            return self._local.run_round(client_input, client_data, protection, moduli)
         import ray  # pylint: disable=g-import-not-at-top
 
         from tffpipe.program import client_sources  # pylint: disable=g-import-not-at-top
@@ -305,11 +304,11 @@ class RayClients:
             actor = alive[(chunk + attempt) % len(alive)]
             indices = chunks[chunk]
             keys = [client_data.keys[i] for i in indices]
-            chunk_masks = masks.for_clients(indices) if masks is not None else None
-            payload = (keys, chunk_masks, indices, moduli)
+            chunk_keys = protection.for_clients(indices) if protection is not None else None
+            payload = (keys, chunk_keys, indices, moduli)
             sent += len(pickle.dumps(payload))
             ref = self._pool.actors[actor].run.remote(
-                self._key, broadcast_ref, source_ref, keys, self._fingerprint, chunk_masks, indices, moduli
+                self._key, broadcast_ref, source_ref, keys, self._fingerprint, chunk_keys, indices, moduli
             )
             pending[ref] = (chunk, actor, attempt)
 
@@ -337,19 +336,15 @@ class RayClients:
                 continue
             results[chunk] = (result, actor)
         self._pool.bytes_last_round = sent
-        self.say_traffic(sent, broadcast_bytes, len(client_data), masks is not None)
+        self.say_traffic(sent, broadcast_bytes, len(client_data), protection)
         self.last_assignment = {f"ray actor {results[c][1]}": chunks[c] for c in sorted(results)}
-        secure_inputs: list[list[np.ndarray]] = [[] for _ in range(len(client_data))]
-        for (_, masked), _ in results.values():
-            for index, values in masked.items():
-                secure_inputs[index] = values
-        return [results[c][0][0] for c in sorted(results)], secure_inputs
+        return [results[c][0][0] for c in sorted(results)], [results[c][0][1] for c in sorted(results)]
 
-    def say_traffic(self, sent: int, broadcast: int, num_clients: int, masked: bool) -> None:
+    def say_traffic(self, sent: int, broadcast: int, num_clients: int, protection: Any) -> None:
         line = (
             f"ray: {self._what} round sent {sent:,} bytes to the actors: the broadcast ({broadcast:,} bytes, "
             f"once through the object store) and {num_clients} clients' ids and seeds"
-            + (" and their pairwise mask seeds" if masked else "") + "; no examples"
+            + (f" and their {protection.what_is_sent}" if protection is not None else "") + "; no examples"
         )
         if self.print_fn is not None:
             self.print_fn(line)

@@ -1,6 +1,6 @@
 """Secure sums of the parties' embeddings: pairwise masks over fixed-point values.
 
-The masking is the in-process runtime's (`runtimes/secure_masking.py`,
+The masking is the in-process runtime's (`aggregation/protocols/pairwise_masks.py`,
 Bonawitz et al. 2017): every pair of parties shares a fresh seed each step,
 and their masks cancel in the sum, so the active party learns only the sum
 of the embeddings. Embeddings are real numbers, so each party first encodes
@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from tffpipe.runtimes import secure_masking
+from tffpipe.aggregation.protocols import pairwise_masks
 
 FRACTION_BITS = 24
-MODULUS = secure_masking.MAX_MODULUS
+MODULUS = pairwise_masks.MAX_MODULUS
 _SCALE = float(2**FRACTION_BITS)
 # Sums must stay within (-MODULUS / 2, MODULUS / 2) in fixed point.
 LIMIT = MODULUS / 2 / _SCALE
@@ -40,7 +40,7 @@ class EmbeddingSum:
     """One step's secure sum of `num_parties` embeddings of the same shape."""
 
     def __init__(self, num_parties: int):
-        self._masks = secure_masking.PairwiseMasks(num_parties)
+        self._masks = pairwise_masks.PairwiseMasks(num_parties)
         self.num_parties = num_parties
 
     def masked(self, party: int, embedding: np.ndarray) -> np.ndarray:
@@ -57,4 +57,4 @@ class EmbeddingSum:
     @staticmethod
     def unmasked_sum(masked: Sequence[np.ndarray]) -> np.ndarray:
         """The sum of the parties' masked embeddings: the true sum, as float32."""
-        return decode(secure_masking.masked_sum(masked, MODULUS)).astype(np.float32)
+        return decode(pairwise_masks.masked_sum(masked, MODULUS)).astype(np.float32)

@@ -25,6 +25,12 @@ import numpy as np
 MAX_MODULUS = 2**63
 
 
+def largest_sum(kind: str, bound: int, num_clients: int) -> int:
+    """The largest sum of `num_clients` clients' values of this kind, before any modulus."""
+    largest_value = int(bound) - 1 if kind == "modular" else 2 ** int(bound) - 1 if kind == "bitwidth" else int(bound)
+    return num_clients * largest_value
+
+
 def exact_sum_modulus(kind: str, bound: int, num_clients: int) -> int:
     """The smallest modulus in which the masked sum still equals the true sum.
 
@@ -36,8 +42,7 @@ def exact_sum_modulus(kind: str, bound: int, num_clients: int) -> int:
     """
     if kind == "modular":
         return int(bound)
-    largest_value = 2 ** int(bound) - 1 if kind == "bitwidth" else int(bound)
-    return num_clients * largest_value + 1
+    return largest_sum(kind, bound, num_clients) + 1
 
 
 class PairwiseMasks:
