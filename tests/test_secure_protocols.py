@@ -177,7 +177,7 @@ def test_the_launcher_refuses_in_one_line_without_a_traceback(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def _digits_engine():
+def _digits_engine(**values):
     from tffpipe.learning import builder
     from tffpipe.runtimes import inprocess_process
     from tffpipe.runtimes import registry as runtime_registry
@@ -186,17 +186,26 @@ def _digits_engine():
 
     task = digits.create_task(num_clients=12, eval_clients=2, alpha=1.0, seed=0)
     cfg = make_config(digits_num_clients=12, digits_eval_clients=2, client_batch_size=16, clients_per_round=6,
-                      secure_aggregation=True, runtime="inprocess")
+                      secure_aggregation=True, runtime="inprocess", **values)
     process, _ = builder.build_learning_process(
         task, cfg, task.train_data.client_ids, runtime_registry.get("inprocess").loop_implementation())
     return task, builder.initial_model_weights(task, 0), inprocess_process.InProcessProcess(process, ["/CPU:0"] * 2)
 
 
-def test_three_digits_rounds_under_ckks_end_at_the_masking_runs_weights(tmp_path):
+COMPOSED = {
+    "adaptive_clipping_weighted": {},
+    # DP noise is drawn unseeded (right for privacy), so the composition is compared without it.
+    "dp_fixed_uniform": {"dp": "fixed", "dp_clip_norm": 0.5, "dp_noise_multiplier": 0.0, "zeroing": False},
+}
+
+
+@pytest.mark.parametrize("case", [c if c == "adaptive_clipping_weighted" else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in COMPOSED])
+def test_three_digits_rounds_under_ckks_end_at_the_masking_runs_weights(tmp_path, case):
     from tffpipe.program import sampling
     from tffpipe.tasks import ClientSpec
 
-    task, initial, engine = _digits_engine()
+    task, initial, engine = _digits_engine(**COMPOSED[case])
     ids = list(task.train_data.client_ids)
     spec = ClientSpec(num_epochs=1, batch_size=16)
     weights = {}
