@@ -144,7 +144,7 @@ def test_a_round_whose_sums_ckks_cannot_decode_exactly_is_refused(protocol):
      "encryption standard allows at most 218 bits); use fewer or smaller moduli, or a larger "
      "--ckks_poly_modulus_degree"),
     (dict(secure_protocol="ckks", secure_aggregation=True, ckks_security=256, ckks_poly_modulus_degree=8192),
-     "--secure_protocol=ckks: moduli of 200 bits at degree 8192 give less than 256-bit security (the homomorphic "
+     "--secure_protocol=ckks: moduli of 160 bits at degree 8192 give less than 256-bit security (the homomorphic "
      "encryption standard allows at most 118 bits); use fewer or smaller moduli, or a larger "
      "--ckks_poly_modulus_degree"),
     (dict(secure_protocol="ckks", secure_aggregation=True, ckks_coeff_mod_bits="60,40"),
@@ -246,7 +246,7 @@ def test_a_resumed_ckks_run_equals_a_straight_one_with_the_same_keys(tmp_path):
 
     straight, lines = run("straight", 3)
     assert any("secure sums use CKKS encryption (128-bit preset)" in line for line in lines)
-    assert any(line.startswith("secure sum: CKKS, 128-bit preset: degree 8192, moduli 60,40,40,60 bits, scale 2^40: "
+    assert any(line.startswith("secure sum: CKKS, 128-bit preset: degree 8192, moduli 60,40,60 bits, scale 2^40: "
                                "clients encrypt under the public key") for line in lines)
     run("resumed", 2)
     key_file = tmp_path / "resumed" / "keys" / ckks_keys.FILE_NAME

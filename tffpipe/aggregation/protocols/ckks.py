@@ -8,7 +8,7 @@ the key holder rounds the decrypted sum and gets it exactly, as long as the
 sum stays below 2^`exact_bits` (the double-precision decoding's limit, 2^47,
 and the room the moduli leave above the scale); a round whose sums could
 exceed it is refused in one line. The result is bit-for-bit that of
-masking, at the cost of ciphertext traffic (about 330 KB per 4,096 values at
+masking, at the cost of ciphertext traffic (about 235 KB per 4,096 values at
 the 128-bit preset).
 
 Roles (`base.py`): `CkksKeys` (clients: the public context only),
@@ -38,11 +38,15 @@ MAX_MODULUS_BITS = {
     256: {1024: 14, 2048: 29, 4096: 58, 8192: 118, 16384: 237, 32768: 476},
 }
 DEGREES = (1024, 2048, 4096, 8192, 16384, 32768)
-# security level -> (polynomial degree, coefficient moduli bits, scale bits)
+# security level -> (polynomial degree, coefficient moduli bits, scale bits).
+# Sums need no multiplicative depth, only room above the scale for 2^47: two
+# data primes and the special one. Against TenSEAL's usual 60,40,40,60
+# (depth 2), 60,40,60 encrypts in 3.4 ms a ciphertext instead of 4.3 and
+# sends 235 KB instead of 332 (measured here, degree 8192).
 PRESETS = {
-    128: (8192, (60, 40, 40, 60), 40),
-    192: (16384, (60, 40, 40, 60), 40),
-    256: (16384, (60, 40, 40, 60), 40),
+    128: (8192, (60, 40, 60), 40),
+    192: (8192, (50, 40, 50), 40),
+    256: (16384, (60, 40, 60), 40),
 }
 # SEAL decodes through double-precision FFTs: measured here (degree 8192 and
 # 16384), integer sums round exactly up to 2^50 (error 0.375) and not at 2^55
@@ -72,7 +76,8 @@ def _moduli_check(text: str) -> str | None:
 class Settings:
     security: int = settings.setting(
         128, "CKKS preset named by its security level in bits (homomorphic encryption standard): 128 "
-        "(degree 8192, moduli 60,40,40,60, scale 2^40), 192 or 256 (degree 16384, same moduli).",
+        "(degree 8192, moduli 60,40,60, scale 2^40), 192 (degree 8192, moduli 50,40,50) or 256 "
+        "(degree 16384, moduli 60,40,60).",
         flag="ckks_security", group="aggregation", choices=tuple(PRESETS), applies=_APPLIES,
         resume=settings.MUST_MATCH,
     )
