@@ -66,7 +66,10 @@ class AutoRuntime(base.Runtime):
         print_fn(
             f"runtime: inprocess (--runtime=auto: the round compiles to TFF's MapReduceForm; "
             f"{describe_slots(runner)})"
+            + (f"; secure sums use {runner.protocol.summary}" if runner.uses_secure_sum else "")
         )
+        if runner.uses_secure_sum:
+            print_fn(runner.protocol.note("inprocess"))
         self._chosen = inprocess.RUNTIME
         try:
             yield runner
