@@ -5,6 +5,7 @@ import functools
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 from absl import flags
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -290,7 +292,7 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
     assert "secure sums use pairwise masking" in out or "runtime: inprocess" in out
     assert "privacy: noise multiplier 1; 3 rounds spend epsilon" in out
     assert "privacy: (epsilon " in out and "after 3 rounds (replace-one client)" in out
-    rows = result.metrics.to_dict("records") if hasattr(result.metrics, "to_dict") else result.metrics
+    rows = [{k: v for k, v in row.items() if not pd.isna(v)} for row in result.metrics.to_dict("records")]
     assert [row["round"] for row in rows] == [1, 2, 3]
     epsilons = [row["privacy/epsilon"] for row in rows]
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2] == result.epsilon
@@ -304,6 +306,24 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
     # The returned model is the exported one.
     for ours, exported in zip(result.model.get_weights(), _export_weights(run_dir)):
         np.testing.assert_array_equal(ours, exported)
+    # The same folder read back: settings by flag name, the same metrics, the clients' rows.
+    loaded = tffpipe.load_run(str(run_dir))
+    assert loaded.config["rounds"] == 3 and loaded.config["dp"] == "fixed" and loaded.config["secure_aggregation"]
+    assert loaded.metrics["round"].tolist() == [1, 2, 3]
+    assert loaded.metrics["privacy/epsilon"].tolist() == pytest.approx(epsilons)
+    assert set(loaded.clients.columns) >= {"round", "client_id", "num_examples", "accuracy", "loss"}
+    assert sorted(loaded.clients["client_id"].unique()) == sorted(result.final_clients)
+    # Two runs side by side: a copy of this one whose learning rate is said to differ.
+    other = tmp_path / "notebook_lr"
+    shutil.copytree(run_dir, other)
+    saved = json.loads((other / "config.json").read_text())
+    saved["settings"]["client_optimizer"]["learning_rate"] = 0.5
+    (other / "config.json").write_text(json.dumps(saved))
+    both = tffpipe.load_runs(str(tmp_path / "notebook*"))
+    assert list(both.columns[:2]) == ["run", "client_learning_rate"]
+    assert both.groupby("run")["client_learning_rate"].first().to_dict() == {
+        "notebook": loaded.config["client_learning_rate"], "notebook_lr": 0.5}
+    assert both.groupby("run")["round"].apply(list).to_dict() == {"notebook": [1, 2, 3], "notebook_lr": [1, 2, 3]}
     with pytest.raises(errors.ConfigError, match="unknown setting 'roundz' \\(did you mean 'rounds'\\?\\)"):
         tffpipe.run(roundz=3)
 

@@ -28,4 +28,8 @@ def __getattr__(name):
         from tffpipe import api  # pylint: disable=g-import-not-at-top
 
         return getattr(api, name)
+    if name in ("load_run", "load_runs"):
+        from tffpipe import results  # pylint: disable=g-import-not-at-top
+
+        return getattr(results, name)
     raise AttributeError(f"module 'tffpipe' has no attribute {name!r}")

@@ -25,9 +25,9 @@ class Result:
     """What `run` returns.
 
     Attributes:
-      metrics: one dict per finished round (`round`, `train/loss`,
-        `eval/accuracy`, ...), read back from `results/metrics.csv`; a pandas
-        DataFrame when pandas is installed.
+      metrics: the finished rounds (`round`, `train/loss`,
+        `eval/accuracy`, ...), read back from `results/metrics.csv`, as a
+        pandas DataFrame (a row per round; NaN where a round has no value).
       model: the final global model as a Keras model.
       final_eval: the held-out metrics of the final model.
       final_clients: each evaluation client's own metrics of the final model
@@ -145,10 +145,8 @@ def _read_metrics(path: str) -> Any:
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 rows.append({k: _number(v) for k, v in row.items() if v not in ("", None)})
-    try:
-        import pandas  # pylint: disable=g-import-not-at-top
-    except ImportError:
-        return rows
+    import pandas  # pylint: disable=g-import-not-at-top
+
     return pandas.DataFrame(rows)
 
 
