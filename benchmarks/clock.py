@@ -23,6 +23,7 @@ import time
 
 from absl import app
 from absl import flags
+import pandas
 # TensorFlow loaded before `app.run`: first imported inside it, Keras builds
 # Sequential models wrongly (see tffpipe/train.py).
 import tensorflow as tf  # noqa: F401  pylint: disable=unused-import
@@ -55,9 +56,8 @@ def configurations():
 
 
 def _rows(result):
-    if isinstance(result.metrics, list):
-        return result.metrics
-    return result.metrics.to_dict("records")
+    # Rounds without a value (no evaluation that round) hold NaN in the DataFrame: left out, as in the CSV.
+    return [{k: v for k, v in row.items() if pandas.notna(v)} for row in result.metrics.to_dict("records")]
 
 
 def main(argv):

@@ -45,7 +45,7 @@ FEDRECON_COLUMNS = ("eval/accuracy", "eval_clients/accuracy_p10")
 
 
 def _last_row(result) -> dict:
-    return result.metrics[-1] if isinstance(result.metrics, list) else result.metrics.iloc[-1].to_dict()
+    return result.metrics.iloc[-1].to_dict()
 
 
 def main(argv):

@@ -50,7 +50,7 @@ def test_fedrecon_trains_a_tabular_task_and_keeps_the_head_local(tabular, tmp_pa
 def test_fedrecon_trains_digits_in_process_with_per_client_figures(tmp_path):
     result = api.run(quiet=True, task="digits", algorithm="fedrecon", local_layers="output", rounds=3,
                      clients_per_round=5, eval_every=3, root_dir=str(tmp_path), experiment_name="d")
-    last = result.metrics[-1] if isinstance(result.metrics, list) else result.metrics.iloc[-1].to_dict()
+    last = result.metrics.iloc[-1].to_dict()
     for name in ("train/loss", "eval/loss", "eval/accuracy", "eval_clients/accuracy_p10"):
         assert np.isfinite(last[name]), name
     assert len(result.final_clients) == 10

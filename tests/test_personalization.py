@@ -107,7 +107,7 @@ def test_fine_tuning_helps_strongly_non_iid_clients_in_a_seeded_run(tmp_path):
         quiet=True, task="digits", digits_alpha=0.1, rounds=3, eval_every=0, personalize_every=3,
         personalize_epochs=2, clients_per_round=5, root_dir=str(tmp_path), experiment_name="p",
     )
-    last = result.metrics[-1] if isinstance(result.metrics, list) else result.metrics.iloc[-1]
+    last = result.metrics.iloc[-1]
     assert last["personalized/accuracy_mean"] > last["personalized/baseline_accuracy_mean"] + 0.1
     assert last["personalized/gain_mean"] == pytest.approx(
         last["personalized/accuracy_mean"] - last["personalized/baseline_accuracy_mean"], abs=1e-9)
