@@ -6,7 +6,6 @@ it when called again with the same settings). `train` is the sequence both
 share.
 """
 
-import csv
 import dataclasses
 import os
 import tempfile
@@ -128,8 +127,11 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
 
         model = algorithm_registry.get(cfg.algorithm.name).keras_model(task, cfg, result.model_weights)
     run_dir = cfg.output.run_dir
+    # Imported here: pandas loads only when a run's results are read back.
+    from tffpipe import results  # pylint: disable=g-import-not-at-top
+
     return Result(
-        metrics=_read_metrics(os.path.join(run_dir, "results", "metrics.csv")),
+        metrics=results.read_csv(os.path.join(run_dir, "results", "metrics.csv")),
         model=model,
         final_eval=result.final_eval,
         run_dir=run_dir,
@@ -137,22 +139,3 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
         epsilon=result.epsilon,
         final_clients=getattr(result, "final_clients", {}),
     )
-
-
-def _read_metrics(path: str) -> Any:
-    rows = []
-    if os.path.exists(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: _number(v) for k, v in row.items() if v not in ("", None)})
-    import pandas  # pylint: disable=g-import-not-at-top
-
-    return pandas.DataFrame(rows)
-
-
-def _number(text: str) -> Any:
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -49,10 +49,15 @@ def flat_settings(nested: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _csv(path: str) -> pandas.DataFrame:
+def read_csv(path: str) -> pandas.DataFrame:
+    """A results CSV as a DataFrame (empty when the file is missing or empty; NaN for empty cells).
+
+    Floats are parsed round-trip, so each value is exactly the one written
+    (pandas' default parser can differ in the last bit).
+    """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return pandas.DataFrame()
-    return pandas.read_csv(path)
+    return pandas.read_csv(path, float_precision="round_trip")
 
 
 def load_run(path: str) -> Run:
@@ -74,8 +79,8 @@ def load_run(path: str) -> Run:
     return Run(
         path=path,
         config=flat_settings(nested),
-        metrics=_csv(os.path.join(results, "metrics.csv")),
-        clients=_csv(os.path.join(results, "clients.csv")),
+        metrics=read_csv(os.path.join(results, "metrics.csv")),
+        clients=read_csv(os.path.join(results, "clients.csv")),
     )
 
 
