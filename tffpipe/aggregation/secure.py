@@ -65,8 +65,7 @@ class SecureSum(base.Layer):
                 f"--secure_protocol={s.protocol} needs --runtime=inprocess, ray or auto: TFF's own runtime "
                 f"(--runtime={cfg.runtime.name}) executes secure sums itself and cannot run another protocol"
             )
-        if s.protocol == "ckks":
-            ckks_protocol.parameters(s.ckks)
+        protocols.check(s)
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top

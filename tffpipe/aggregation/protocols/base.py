@@ -58,6 +58,13 @@ class PartialSum(abc.ABC):
             self._add(protected)
             self.count += 1
 
+    def add_all(self, partials: Sequence[Any]) -> Any:
+        """Adds every upload or partial sum (None entries skipped); returns `value()`."""
+        for partial in partials:
+            if partial is not None:
+                self.add(partial)
+        return self.value()
+
     @abc.abstractmethod
     def _add(self, protected: Any) -> None:
         """Adds under the lock."""

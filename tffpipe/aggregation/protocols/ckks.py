@@ -155,6 +155,11 @@ def parameters(s: Settings) -> Parameters:
     return p
 
 
+def check(s: Settings) -> None:
+    """Refuses settings below the chosen security level or with too little room for the sum (`ConfigError`)."""
+    parameters(s)
+
+
 def make_context(p: Parameters) -> Any:
     """A new secret CKKS context (TenSEAL) with these parameters."""
     import tenseal as ts  # pylint: disable=g-import-not-at-top
@@ -258,11 +263,7 @@ class CkksAggregator:
 
     def add(self, partials: Sequence[Sequence[bytes] | None]) -> list[bytes]:
         """The ciphertext sum, piece by piece, of the partial sums (or single uploads)."""
-        total = CiphertextSum(self.context_blob)
-        for partial in partials:
-            if partial is not None:
-                total.add(partial)
-        return total.value() or []
+        return CiphertextSum(self.context_blob).add_all(partials) or []
 
 
 def decode_sum(values: np.ndarray, moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:

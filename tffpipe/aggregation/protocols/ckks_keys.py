@@ -36,17 +36,16 @@ class KeyHolder:
         import tenseal as ts  # pylint: disable=g-import-not-at-top
 
         path = os.path.join(key_dir, FILE_NAME)
-        wanted = dataclasses.asdict(params)
+        wanted = {**dataclasses.asdict(params), "moduli": list(params.moduli)}  # as JSON reads it back
         if os.path.exists(path):
             try:
                 with open(path, "rb") as f:
                     header, blob = f.read().split(b"\n", 1)
                 saved = json.loads(header)
-                saved["moduli"] = list(saved["moduli"])
                 context = ts.context_from(blob)
             except (OSError, ValueError) as e:
                 raise errors.UserError(f"cannot read the run's CKKS keys in {path}: {errors.first_line(e)}") from e
-            if saved != {**wanted, "moduli": list(params.moduli)}:
+            if saved != wanted:
                 raise errors.UserError(
                     f"the CKKS keys in {path} were made for {saved}, not {wanted}: resume with the run's "
                     "own --ckks_* settings, or start a new run"
@@ -55,7 +54,7 @@ class KeyHolder:
         context = ckks.make_context(params)
         blob = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
                                  save_relin_keys=False)
-        header = json.dumps({**wanted, "moduli": list(params.moduli)}).encode()
+        header = json.dumps(wanted).encode()
 
         def write(temp_path: str) -> None:
             os.chmod(temp_path, 0o600)

@@ -54,11 +54,7 @@ class MaskingProtocol(base.SecureProtocol):
         return MaskingKeys(pairwise_masks.PairwiseMasks(num_clients))
 
     def total(self, partials, moduli, shapes) -> list[np.ndarray]:
-        total = MaskedSum(moduli)
-        for partial in partials:
-            if partial is not None:
-                total.add(partial)
-        return total.value() or [np.zeros(shape, np.uint64) for shape in shapes]
+        return MaskedSum(moduli).add_all(partials) or [np.zeros(shape, np.uint64) for shape in shapes]
 
     def note(self, runtime: str) -> str:
         if runtime == "ray":

@@ -1,8 +1,9 @@
 """The secure-sum protocols (`--secure_protocol`).
 
 Adding one: a module in this folder with `build(settings, key_dir,
-holder_factory)` returning a `base.SecureProtocol` and `upload_bytes(settings)`
-(see `masking.py`), and its name here.
+holder_factory)` returning a `base.SecureProtocol`, `upload_bytes(settings)`
+and, if its settings can be refused, `check(settings)` (see `masking.py`,
+`ckks.py`), and its name here.
 """
 
 import importlib
@@ -21,24 +22,31 @@ def needs_our_engine(name: str) -> bool:
     return name not in TFF_STANDS_IN_FOR
 
 
-def build(name: str, settings: Any, key_dir: str, holder_factory: Callable | None = None) -> base.SecureProtocol:
-    """The protocol `name` with its own settings and the run's key folder."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown secure protocol {name!r}")
-    return importlib.import_module(f"tffpipe.aggregation.protocols.{name}").build(settings, key_dir, holder_factory)
+def _module_and_settings(secure: Any) -> tuple[Any, Any]:
+    """The module of the protocol the `secure` layer's settings name, and that protocol's own settings group."""
+    if secure.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown secure protocol {secure.protocol!r}")
+    module = importlib.import_module(f"tffpipe.aggregation.protocols.{secure.protocol}")
+    return module, getattr(secure, secure.protocol, None)
+
+
+def check(secure: Any) -> None:
+    """Refuses the chosen protocol's own settings if they cannot work (`ConfigError`; a module's `check`)."""
+    module, settings = _module_and_settings(secure)
+    if hasattr(module, "check"):
+        module.check(settings)
 
 
 def upload_bytes(cfg: Any) -> Callable:
     """(elements, bit widths) of a client's secure values -> the bytes it uploads under the run's protocol."""
-    secure = cfg.aggregation.secure
-    module = importlib.import_module(f"tffpipe.aggregation.protocols.{secure.protocol}")
-    return module.upload_bytes(getattr(secure, secure.protocol, None))
+    module, settings = _module_and_settings(cfg.aggregation.secure)
+    return module.upload_bytes(settings)
 
 
 def for_run(cfg: Any, holder_factory: Callable | None = None) -> Callable[[], base.SecureProtocol]:
     """Makes the run's protocol (`--secure_protocol`), its keys kept in the run folder's `keys/`."""
     from tffpipe.program import outputs  # pylint: disable=g-import-not-at-top
 
-    secure = cfg.aggregation.secure
+    module, settings = _module_and_settings(cfg.aggregation.secure)
     key_dir = outputs.RunPaths(cfg.output.run_dir).keys
-    return lambda: build(secure.protocol, getattr(secure, secure.protocol, None), key_dir, holder_factory)
+    return lambda: module.build(settings, key_dir, holder_factory)
