@@ -97,15 +97,16 @@ def test_helpshort_gives_each_flags_first_sentence_whole():
 def test_settings_that_must_match_are_refused_before_tensorflow_loads(tmp_path):
     from tffpipe.program import files  # pylint: disable=g-import-not-at-top
 
-    checkpoints_dir = tmp_path / "default" / "checkpoints"
+    checkpoints_dir = tmp_path / "e" / "checkpoints"
     os.makedirs(checkpoints_dir / "program_state_2")
-    saved = config.from_values({"root_dir": str(tmp_path)}).fingerprint()
+    saved = config.from_values({"root_dir": str(tmp_path), "experiment_name": "e"}).fingerprint()
     files.write_json_atomic(str(checkpoints_dir / "fingerprint.json"), saved)
     probe = (
         "import sys\n"
         "from tffpipe import config\n"
         "from tffpipe.program import saved_settings\n"
-        f"cfg = config.from_values({{'root_dir': {str(tmp_path)!r}, 'seed': 5, 'digits_alpha': 0.1}})\n"
+        f"cfg = config.from_values({{'root_dir': {str(tmp_path)!r}, 'experiment_name': 'e', 'seed': 5, "
+        "'digits_alpha': 0.1})\n"
         "try:\n"
         "    saved_settings.refuse_changed_settings(cfg)\n"
         "except saved_settings.ResumeError as e:\n"
@@ -119,7 +120,7 @@ def test_settings_that_must_match_are_refused_before_tensorflow_loads(tmp_path):
         "task_options.alpha: 0.5 -> 0.1); use the original settings or a new --experiment_name",
         "tensorflow not loaded",
     ], done.stderr
-    launched = _launch(f"--root_dir={tmp_path}", "--seed=5")
+    launched = _launch(f"--root_dir={tmp_path}", "--experiment_name=e", "--seed=5")
     assert launched.returncode == 2
     assert launched.stderr.strip().splitlines()[-1].startswith("error: the checkpoint of round 2 in ")
-    assert sorted(os.listdir(tmp_path / "default")) == ["checkpoints"]
+    assert sorted(os.listdir(tmp_path)) == [".e.lock", "e"] and os.listdir(tmp_path / "e") == ["checkpoints"]

@@ -177,7 +177,9 @@ def test_readme_example_is_short_and_trains_two_rounds(tmp_path, marker_env):
     done = [line for line in result.stdout.splitlines() if line.startswith("done: 2 rounds")]
     accuracy = float(re.search(r"eval/accuracy ([0-9.]+)", done[0]).group(1))
     assert 0.0 <= accuracy <= 1.0
-    assert (tmp_path / "runs" / "default" / "export" / "saved_model.pb").exists()
+    run_dir = re.search(r"outputs in (\S+)", result.stdout).group(1)
+    assert os.path.dirname(run_dir) == str(tmp_path / "runs")
+    assert os.path.exists(os.path.join(run_dir, "export", "saved_model.pb"))
 
 
 def _client_arrays(data):

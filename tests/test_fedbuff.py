@@ -113,7 +113,7 @@ def test_a_sigkilled_fedbuff_run_resumes_to_the_weights_of_an_uninterrupted_one(
     env, _ = marker_env
     args = [sys.executable, "-m", "tffpipe.train", "--algorithm=fedbuff", "--rounds=6", "--eval_every=0",
             "--checkpoint_every=2", "--async_concurrency=6", "--async_buffer_size=3",
-            "--client_speed=lognormal:50,1.0", "--client_dropout=0.1"]
+            "--client_speed=lognormal:50,1.0", "--client_dropout=0.1", "--experiment_name=fedbuff"]
     straight = subprocess.run([*args, f"--root_dir={tmp_path / 'a'}"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -133,13 +133,13 @@ def test_a_sigkilled_fedbuff_run_resumes_to_the_weights_of_an_uninterrupted_one(
     assert "from the checkpoint of round 2" in resumed.stdout
     for ours, theirs in zip(_export(tmp_path / "b"), _export(tmp_path / "a")):
         np.testing.assert_array_equal(ours, theirs)
-    assert [r["round"] for r in _metrics(tmp_path / "b" / "default")] == ["1", "2", "3", "4", "5", "6"]
+    assert [r["round"] for r in _metrics(tmp_path / "b" / "fedbuff")] == ["1", "2", "3", "4", "5", "6"]
 
 
 def _export(root):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    return tf.keras.models.load_model(root / "default" / "export").get_weights()
+    return tf.keras.models.load_model(root / "fedbuff" / "export").get_weights()
 
 
 def _metrics(run_dir):

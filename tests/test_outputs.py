@@ -3,6 +3,7 @@ import glob
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -140,17 +141,30 @@ def test_leftover_temporaries_are_removed(tmp_path):
     assert os.listdir(tmp_path / "results") == ["metrics.csv"]
 
 
-def test_hparams_summary_is_written(tmp_path):
+def test_hparams_summary_lists_the_task_algorithm_rounds_seed_then_what_differs(tmp_path):
+    from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+
+    from tffpipe import config  # pylint: disable=g-import-not-at-top
+    from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+
+    cfg = config.from_values({"client_learning_rate": 0.05, "digits_alpha": 0.1, "hparams": ["server_learning_rate"]})
+    shown = run_names.tensorboard_hparams(cfg)
+    assert list(shown) == ["task", "algorithm", "rounds", "seed", "server_learning_rate", "digits_alpha",
+                           "client_learning_rate"]
+    assert shown == {"task": "digits", "algorithm": "fedavg", "rounds": 50, "seed": 0, "server_learning_rate": 1.0,
+                     "digits_alpha": 0.1, "client_learning_rate": 0.05}
     logdir = str(tmp_path / "exp" / "logdir")
-    settings = outputs.flatten_settings({"schedule": {"rounds": 5}, "task": {"name": "digits", "options": {}}})
-    assert settings == {"schedule.rounds": 5, "task.name": "digits", "task.options": {}}
-    outputs.write_hparams(logdir, settings)
-    plugins = set()
+    outputs.write_hparams(logdir, shown)
+    recorded = {}
     for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                plugins.add(value.metadata.plugin_data.plugin_name)
-    assert "hparams" in plugins
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+                    recorded = {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+    assert recorded == shown
+    with pytest.raises(config.ConfigError, match="--hparams: 'nope' is not a setting of this run"):
+        config.from_values({"hparams": ["nope"]})
 
 
 def test_tensorboard_command_line_imports():

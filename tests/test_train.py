@@ -215,7 +215,7 @@ def test_an_error_building_the_task_is_one_line(tmp_path):
         f"(Connection refused); download http://127.0.0.1:9/emnist_all.sqlite.lzma, decompress it "
         f"(unxz) into {tmp_path}/data, or pass --data_dir=FOLDER holding emnist_all.sqlite"
     ]
-    assert not os.path.exists(tmp_path / "default")
+    assert [p for p in os.listdir(tmp_path) if not p.endswith(".lock")] == ["data"]
 
 
 @pytest.mark.parametrize(
@@ -243,7 +243,7 @@ def test_bad_flags_fail_in_one_line(argv, message):
     "argv, message",
     [
         ("--clients_per_round=41", "--clients_per_round=41 is larger than the 40 training clients of task 'digits'"),
-        ("--root_dir={file}/sub", "--root_dir: cannot write to {file}/sub/default: Not a directory"),
+        ("--root_dir={file}/sub", "--root_dir: cannot write to {file}/sub/digits: Not a directory"),
         ("--runtime=inprocess --gpus=1", "--gpus=1: no GPU 1; TensorFlow sees 0 GPU(s)"),
     ],
 )
@@ -335,7 +335,9 @@ def test_a_user_algorithm_given_by_path_trains(tmp_path, capsys):
         rounds=2, eval_every=0, root_dir=str(tmp_path), quiet=True,
     )
     assert result.rounds_done == 2 and np.isfinite(result.final_eval["eval/loss"])
-    settings = json.loads((tmp_path / "default" / "config.json").read_text())["settings"]
+    assert os.path.basename(result.run_dir).startswith(
+        "digits-algorithm=examples.decaying_fedavg:decaying_fedavg-decaying_fedavg_decay=0.5-eval_every=0-rounds=2-")
+    settings = json.loads((tmp_path / os.path.basename(result.run_dir) / "config.json").read_text())["settings"]
     assert settings["algorithm"]["options"] == {"initial_rate": 0.1, "decay": 0.5}
 
 

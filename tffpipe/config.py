@@ -454,8 +454,6 @@ MAX_NAME_BYTES = 255
 
 
 def _experiment_name_check(name: str) -> str | None:
-    if not name:
-        return "must not be empty"
     if os.sep in name or name in (".", ".."):
         return "must be a single folder name"
     control = [c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
@@ -468,7 +466,11 @@ def _experiment_name_check(name: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-    """Where a run writes (`root_dir/experiment_name/`) and how often it checkpoints."""
+    """Where a run writes (`root_dir/experiment_name/`) and how often it checkpoints.
+
+    An empty `experiment_name` is resolved when the `RunConfig` is built
+    (`tffpipe.run_names`), so `run_dir` always names one folder.
+    """
 
     root_dir: str = setting(
         os.path.join(tempfile.gettempdir(), "tffpipe"),
@@ -476,9 +478,18 @@ class OutputConfig:
         flag="root_dir", group="outputs", resume=NOT_APPLICABLE, short=True,
     )
     experiment_name: str = setting(
-        "default", "Name of this run's folder; rerunning with the same name resumes it.",
+        "", "Name of this run's folder; rerunning with the same name resumes it. Empty: named "
+        "after the task and the settings that must match on resume and differ from their "
+        "defaults, with a short hash of them (digits-digits_alpha=0.1-1a2b3c4d; digits at "
+        "every default), so rerunning a command resumes it and another command gets its own.",
         flag="experiment_name", group="outputs", check=_experiment_name_check,
         resume=NOT_APPLICABLE, short=True,
+    )
+    hparams: tuple[str, ...] = setting(
+        (), "Settings (by flag name) TensorBoard's HParams table lists for this run besides the task, "
+        "algorithm, rounds, seed and every setting that differs from its default (a sweep passes "
+        "the settings it sweeps).",
+        flag="hparams", group="outputs", resume=NOT_APPLICABLE,
     )
     checkpoint_every: int = setting(
         5, "Save a checkpoint every this many rounds (and after the last).",
@@ -515,6 +526,12 @@ class RunConfig:
 
     def __post_init__(self):
         validate(self)
+        if not self.output.experiment_name:
+            from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+
+            # Frozen, so set the resolved name the way dataclasses' own __init__ sets fields.
+            named = dataclasses.replace(self.output, experiment_name=run_names.name_for(self))
+            object.__setattr__(self, "output", named)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -567,6 +584,9 @@ def validate(config: RunConfig) -> None:
         attack_registry.get(config.attack.name).check(config)
     for runtime in runtime_registry.runtimes():
         runtime.check(config)
+    from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+
+    run_names.check_hparams(config)
 
 
 # --- Plug-in options: --<task>_<option>, --<aggregator>_<option>, ... ---------
@@ -642,6 +662,8 @@ def from_values(values: Mapping[str, Any]) -> RunConfig:
             plugin=dataclasses.replace(config.aggregation.plugin, options=options["aggregator"]),
         ),
         algorithm=dataclasses.replace(config.algorithm, options=options["algorithm"]),
+        # Named again now that the plug-ins' options are in (an empty name is resolved on build).
+        output=dataclasses.replace(config.output, experiment_name=values.get("experiment_name", "")),
     )
     given = frozenset(values)
     settings.check_applies(config, given)

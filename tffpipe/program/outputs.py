@@ -130,18 +130,6 @@ def write_hparams(logdir: str, settings: Mapping[str, Any]) -> None:
     writer.close()
 
 
-def flatten_settings(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for HParams."""
-    flat = {}
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, Mapping) and item:
-            flat.update(flatten_settings(item, name + "."))
-        else:
-            flat[name] = item
-    return flat
-
-
 def remove_leftover_temporaries(paths: RunPaths) -> list[str]:
     """Removes what writes killed mid-way left behind; returns the removed names.
 

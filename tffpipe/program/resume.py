@@ -13,6 +13,7 @@ from typing import Any, Callable
 from absl import logging
 
 from tffpipe import config as config_lib
+from tffpipe import run_names
 from tffpipe import settings
 from tffpipe.program import checkpoints
 from tffpipe.program import files
@@ -115,7 +116,7 @@ def open_records(
     )
     log = outputs.MetricsLog(paths)
     if start_round is None:
-        outputs.write_hparams(paths.logdir, outputs.flatten_settings(cfg.to_dict()))
+        outputs.write_hparams(paths.logdir, run_names.tensorboard_hparams(cfg))
     return log
 
 

@@ -49,7 +49,7 @@ _install_lock = threading.Lock()
 _installed = False
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Runs in the forked child before exec: ask for SIGKILL on parent death."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -147,7 +147,7 @@ class WorkerPopen(subprocess.Popen):
             _private_sockets[port] = path
         if sys.platform.startswith("linux") and self.private_dir is None:
             parent_pid = os.getpid()
-            kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
+            kwargs["preexec_fn"] = lambda: die_with_parent(parent_pid)
         kwargs["env"] = memory.worker_environment(kwargs.get("env"))
         for stream in ("stdout", "stderr"):
             # TFF hands the worker `sys.stdout`/`sys.stderr`; in a notebook or
