@@ -35,6 +35,33 @@ def test_metrics_log_writes_csv_rows_and_flushed_scalars(tmp_path):
     log.close()
 
 
+def test_simulated_time_copies_are_tags_of_the_same_run_and_stay_out_of_rebuilt_rows(tmp_path):
+    paths = outputs.RunPaths(str(tmp_path))
+    log = outputs.MetricsLog(paths)
+    elapsed = {1: 12.5, 2: 30.0, 3: 61.25}
+    for r, sim in elapsed.items():
+        log.release({"train/loss": 1.0 / r, "eval/accuracy": 0.1 * r, "sim/elapsed_sec": sim, "round_time_sec": 0.5}, r)
+    log.close()
+    assert sorted(os.listdir(paths.logdir)) == sorted(  # one TensorBoard run: no sim_clock folder
+        os.path.basename(p) for p in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")))
+    stamped = {}
+    for path in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag.startswith("sim_clock/"):
+                    stamped.setdefault(value.tag, []).append((event.step, event.wall_time, value.simple_value))
+    assert sorted(stamped) == ["sim_clock/eval/accuracy", "sim_clock/train/loss"]
+    assert sorted(stamped["sim_clock/eval/accuracy"]) == [(r, elapsed[r], pytest.approx(0.1 * r)) for r in (1, 2, 3)]
+    # metrics.csv rebuilt from TensorBoard holds the run's own columns only.
+    os.remove(paths.metrics_csv)
+    records.reconcile(paths, 2)
+    with open(paths.metrics_csv) as f:
+        reader = csv.DictReader(f)
+        assert not any(name.startswith("sim_clock/") for name in reader.fieldnames)
+        assert [float(row["sim/elapsed_sec"]) for row in reader] == [12.5, 30.0]
+    assert sorted(scalar_steps(paths.logdir)["sim_clock/train/loss"]) == [1, 2]  # truncated with the rest
+
+
 def _log_rounds(paths, rounds, **extra):
     log = outputs.MetricsLog(paths)
     for r in rounds:

@@ -271,3 +271,137 @@ def _children(pid):
             except (OSError, ValueError, IndexError):
                 continue
     return found
+
+
+# --- Search: Optuna proposes, ASHA stops, Ray Tune runs ---------------------------------------
+
+def test_search_settings_are_checked_before_anything_starts():
+    from tffpipe.experiments import search  # pylint: disable=g-import-not-at-top
+
+    assert search.parse_distribution(["loguniform:0.001:0.3"]) == ("loguniform", 0.001, 0.3)
+    assert search.parse_distribution(["int:1:5"]) == ("int", 1.0, 5.0)
+    assert search.parse_distribution(["0.1", "0.2"]) is None and search.parse_distribution(["fedavg"]) is None
+    found = search.make_search({"client_learning_rate": ["loguniform:0.001:0.3"], "algorithm": ["fedavg", "fedprox"],
+                                "client_epochs": ["int:1:3"]}, ["--rounds=18", "--seed=4"], 5, "eval/loss", "min",
+                               "asha", None)
+    assert found.axes == {"client_learning_rate": ("loguniform", 0.001, 0.3), "algorithm": ["fedavg", "fedprox"],
+                          "client_epochs": ("int", 1.0, 3.0)}
+    assert (found.rounds, found.grace_rounds, found.seed, found.trials) == (18, 2, 4, 5)
+    values = {"client_learning_rate": 0.0123456789, "algorithm": "fedprox", "client_epochs": 2}
+    assert search.trial_name("9114ffb9", values) == (
+        "trial_9114ffb9-client_learning_rate=0.01235-algorithm=fedprox-client_epochs=2")
+    assert search.trial_flags(found, values)[2:] == [
+        "--client_learning_rate=0.0123456789", "--algorithm=fedprox", "--client_epochs=2",
+        "--hparams=client_learning_rate,algorithm,client_epochs"]
+    assert re.fullmatch(r"search-client_learning_rate,algorithm,client_epochs-[0-9a-f]{8}", search.default_name(found))
+    from ray import tune  # pylint: disable=g-import-not-at-top
+
+    space = search.tune_space(found)
+    assert isinstance(space["client_learning_rate"], tune.search.sample.Float)
+    assert space["client_learning_rate"].lower == 0.001 and space["client_learning_rate"].upper == 0.3
+    assert space["algorithm"].categories == ["fedavg", "fedprox"]
+    assert (space["client_epochs"].lower, space["client_epochs"].upper) == (1, 4)  # Tune's upper end is exclusive
+
+
+@pytest.mark.parametrize("axes, extra, message", [
+    ({}, {}, "--search=optuna needs at least one --grid setting to search"),
+    ({"client_learning_rate": ["loguniform:0:1"]}, {}, "--grid client_learning_rate: 'loguniform:0:1': needs LOW < HIGH, both above 0"),
+    ({"client_learning_rate": ["uniform:0.1"]}, {}, "--grid client_learning_rate: 'uniform:0.1': expected uniform:LOW:HIGH"),
+    ({"client_learning_rate": ["uniform:-1:0.5"]}, {}, "--grid client_learning_rate=-1.0: --client_learning_rate must be positive"),
+    ({"client_epochs": ["int:1:2.5"]}, {}, "--grid client_epochs: 'int:1:2.5': needs LOW < HIGH, whole numbers"),
+    ({"algorithm": ["fedavg", "nope"]}, {}, "--grid algorithm=nope: --algorithm must be one of: fedavg, fedprox"),
+    ({"client_learning_rate": ["0.1"]}, {"trials": 0}, "--trials must be at least 1, got 0"),
+    ({"client_learning_rate": ["0.1"]}, {"metric": "accuracy"}, "--metric=accuracy: expected a metrics column"),
+    ({"client_learning_rate": ["0.1"]}, {"grace": 99}, "--grace_rounds must be between 1 and --rounds (50), got 99"),
+])
+def test_a_bad_search_is_one_line(axes, extra, message):
+    from tffpipe.experiments import search  # pylint: disable=g-import-not-at-top
+
+    with pytest.raises(errors.UserError) as info:
+        search.make_search(axes, [], extra.get("trials", 3), extra.get("metric", "eval/accuracy"), "max", "asha",
+                           extra.get("grace"))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search=optuna", "--grid", "client_learning_rate=loguniform:0.01:0.1", "--seeds=2"],
+     "error: --seeds applies to grid sweeps; a search samples settings with one seed"),
+    (["--grid", "client_learning_rate=0.1", "--ray_address=127.0.0.1:9"],
+     "error: --ray_address applies to --search=optuna; a grid sweep runs its trials on this machine"),
+    (["--search=optuna", "--grid", "client_learning_rate=0.1", "--mode=up"],
+     "error: argument --mode: invalid choice: 'up' (choose from 'max', 'min')"),
+])
+def test_the_command_refuses_a_bad_search_in_one_line(tmp_path, args, message):
+    done = _sweep(*args, f"--root_dir={tmp_path}", timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_search_samples_trials_stops_poor_ones_early_and_resumes_as_finished(tmp_path):
+    args = ["--search=optuna", "--trials=6", "--grid", "client_learning_rate=loguniform:0.001:0.5", "--rounds=9",
+            "--eval_every=1", "--grace_rounds=1", "--parallel=2", f"--root_dir={tmp_path}"]
+    done = _sweep(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""  # Ray's and Tune's own messages go to logs/ray.log
+    sweep_dir = re.search(r"outputs in (\S+)", done.stdout).group(1)
+    table = pandas.read_csv(os.path.join(sweep_dir, "summary.csv"))
+    assert len(table) == 6 and set(table["status"]) == {"finished", "stopped early"}
+    assert list(table["eval/accuracy_best_mean"]) == sorted(table["eval/accuracy_best_mean"], reverse=True)
+    from tffpipe import results  # pylint: disable=g-import-not-at-top
+
+    for _, row in table.iterrows():
+        run = results.load_run(os.path.join(sweep_dir, "trials", row["trial"]))
+        # Each trial is an ordinary run with its sampled rate; the summary holds what its metrics.csv holds.
+        assert run.config["client_learning_rate"] == pytest.approx(float(row["client_learning_rate"]), rel=1e-3)
+        assert 0.001 <= run.config["client_learning_rate"] <= 0.5
+        evaluated = run.metrics["eval/accuracy"].dropna()
+        assert row["eval/accuracy_best_mean"] == pytest.approx(evaluated.max())
+        assert (row["rounds"] == 9) == (row["status"] == "finished")
+        assert int(run.metrics["round"].max()) >= row["rounds"]
+    assert (table["status"] == "stopped early").sum() >= 1
+    # The same command restores the finished experiment: nothing runs again.
+    again = _sweep(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the Tune experiment" in again.stdout and ": started" not in again.stdout
+    pandas.testing.assert_frame_equal(pandas.read_csv(os.path.join(sweep_dir, "summary.csv")), table)
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_a_token_authenticated_cluster_it_joins(tmp_path):
+    import secrets  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+
+    from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import ray_guard  # pylint: disable=g-import-not-at-top
+
+    token = secrets.token_hex(32)
+    env = dict(user_env(), **ray_cluster.QUIET_ENVIRONMENT, **ray_cluster.PRIVATE_ENVIRONMENT,
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    port = ray_cluster._free_loopback_port()  # pylint: disable=protected-access
+    temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")
+    start = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    guard = subprocess.Popen([sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
+    try:
+        assert guard.stdout.readline().startswith(ray_guard.READY)
+        args = ["--search=optuna", "--trials=2", "--grid", "client_learning_rate=0.05,0.1", "--rounds=2",
+                "--eval_every=1", "--early_stopping=none", f"--ray_address=127.0.0.1:{port}", f"--root_dir={tmp_path}"]
+        done = subprocess.run([sys.executable, "-m", "tffpipe.sweep", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "starting a private cluster" not in done.stdout and done.stdout.count(": finished") == 2
+        table = pandas.read_csv(os.path.join(re.search(r"outputs in (\S+)", done.stdout).group(1), "summary.csv"))
+        assert sorted(table["status"]) == ["finished", "finished"]
+        # Without the token the cluster is not joined.
+        refused = subprocess.run([sys.executable, "-m", "tffpipe.sweep", *args],
+                                 cwd=REPO_ROOT, env={k: v for k, v in env.items() if not k.startswith("RAY_AUTH")},
+                                 capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+            f"error: --ray_address=127.0.0.1:{port}: the Ray cluster requires token authentication")
+    finally:
+        guard.stdin.close()
+        guard.wait(timeout=60)

@@ -58,12 +58,31 @@ def _parser() -> _Parser:
     parser.add_argument("--root_dir", default=DEFAULT_ROOT, help="folder holding sweeps (default %(default)s)")
     parser.add_argument("--sweep_name", default="", help="the sweep's folder under --root_dir (default: "
                         "sweep-<swept settings>-<hash of the other flags>, so the same command resumes it)")
+    search = parser.add_argument_group("search (Optuna proposes, ASHA stops poor trials early; run by Ray Tune)")
+    search.add_argument("--search", choices=("grid", "optuna"), default="grid",
+                        help="grid: every combination; optuna: --trials samples of the --grid choices and ranges "
+                        "(SETTING=loguniform:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH)")
+    search.add_argument("--trials", type=int, default=10, help="optuna: trials to sample (default %(default)s)")
+    search.add_argument("--metric", default="eval/accuracy", help="optuna: the metrics column to optimise "
+                        "(default %(default)s)")
+    search.add_argument("--mode", choices=("max", "min"), default=None,
+                        help="optuna: maximise or minimise --metric (default: min for *loss*, else max)")
+    search.add_argument("--early_stopping", choices=("asha", "none"), default="asha",
+                        help="optuna: stop trials that trail at ASHA's rungs (rounds 1x, 3x, 9x --grace_rounds)")
+    search.add_argument("--grace_rounds", type=int, default=None,
+                        help="optuna: rounds every trial runs before ASHA may stop it (default: --rounds / 9)")
+    search.add_argument("--ray_address", default="", help="optuna: run trials on this Ray cluster (HOST:PORT, "
+                        "token-authenticated; --root_dir must be on storage every node shares) instead of a "
+                        "private one on this machine")
+    search.add_argument("--ray_allow_unauthenticated", action="store_true",
+                        help="accept a --ray_address cluster without token authentication")
     return parser
 
 
 def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
     """Runs a sweep; returns the exit code (0 when every trial finished)."""
     from tffpipe.experiments import grid  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
     from tffpipe.experiments import runner  # pylint: disable=g-import-not-at-top
 
     args, trial_flags = _parser().parse_known_args(list(argv))
@@ -81,6 +100,10 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
     seeds = args.seeds if args.seeds is not None else seeds
     if args.parallel < 1:
         raise errors.ConfigError(f"--parallel must be at least 1, got {args.parallel}")
+    if args.search == "optuna":
+        return _run_search(args, axes, seeds, [*common, *trial_flags], print_fn)
+    if args.ray_address:
+        raise errors.ConfigError("--ray_address applies to --search=optuna; a grid sweep runs its trials on this machine")
     plan = grid.make_plan(axes, seeds, [*common, *trial_flags])
     sweep_dir = os.path.join(args.root_dir, args.sweep_name or plan.default_name())
     _save_plan(plan, sweep_dir)
@@ -88,21 +111,62 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
     print_fn(f"sweep: {len(plan.trials)} trials ({combinations} combinations x {len(plan.seeds)} seeds), "
              f"{min(args.parallel, len(plan.trials))} at a time; outputs in {sweep_dir}")
     try:
-        outcomes = runner.run_trials(plan, sweep_dir, args.parallel, print_fn, describe=_final_metrics)
+        outcomes = runner.run_trials(plan, sweep_dir, args.parallel, print_fn, describe=report.final_metrics)
     except (KeyboardInterrupt, errors.Terminated) as e:
         outcomes = getattr(e, "outcomes", [])
-        _report(plan, sweep_dir, outcomes, print_fn)
+        report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
         stopped = sum(o.status == runner.INTERRUPTED for o in outcomes)
         what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
         raise SweepStopped(
             f"{what}: {stopped} running trial(s) stopped at their last checkpoint; rerun the same command to "
             "resume them", code) from e
-    _report(plan, sweep_dir, outcomes, print_fn)
+    report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
     failed = [o for o in outcomes if o.status == runner.FAILED]
     if failed:
         raise SweepStopped(f"{len(failed)} of {len(outcomes)} trials failed (first: {failed[0].trial.name}: "
                            f"{failed[0].message}); the others are in the summary", 1)
     return 0
+
+
+def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common: list[str],
+                print_fn: Callable[[str], None]) -> int:
+    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import search as search_lib  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import summary  # pylint: disable=g-import-not-at-top
+
+    if seeds is not None:
+        raise errors.ConfigError("--seeds applies to grid sweeps; a search samples settings with one seed (repeat "
+                                 "its best settings over seeds with a grid sweep)")
+    mode = args.mode or ("min" if summary.lower_is_better(args.metric) else "max")
+    found = search_lib.make_search(axes, common, args.trials, args.metric, mode, args.early_stopping,
+                                   args.grace_rounds)
+    sweep_dir = os.path.join(args.root_dir, args.sweep_name or search_lib.default_name(found))
+    os.makedirs(sweep_dir, exist_ok=True)
+    stopping = (f"ASHA may stop a trial from round {found.grace_rounds}" if found.early_stopping == "asha"
+                else "no early stopping")
+    print_fn(f"search: {found.trials} trials sampled by Optuna over {', '.join(found.axes)} ({mode} "
+             f"{found.metric}; {stopping}), {args.parallel} at a time; outputs in {sweep_dir}")
+    from tffpipe.experiments import tune_run  # pylint: disable=g-import-not-at-top (loads Ray Tune)
+
+    try:
+        trials = tune_run.run(found, sweep_dir, args.parallel, print_fn, args.ray_address,
+                              args.ray_allow_unauthenticated)
+    except (KeyboardInterrupt, errors.Terminated) as e:
+        what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
+        raise SweepStopped(f"{what}: the search stopped; its trials keep their last checkpoints; rerun the same "
+                           "command to resume it", code) from e
+    report.write_search(found, trials, sweep_dir, print_fn)
+    failed = [t for t in trials if t.status == "failed"]
+    if failed:
+        raise SweepStopped(f"{len(failed)} of {len(trials)} trials failed (first: {failed[0].name}; its log is "
+                           f"{os.path.join(sweep_dir, 'logs', failed[0].name + '.log')})", 1)
+    return 0
+
+
+def _done(outcomes) -> list:
+    from tffpipe.experiments import runner  # pylint: disable=g-import-not-at-top
+
+    return [o.trial for o in outcomes if o.status in (runner.FINISHED, runner.SKIPPED)]
 
 
 def _save_plan(plan, sweep_dir: str) -> None:
@@ -111,52 +175,6 @@ def _save_plan(plan, sweep_dir: str) -> None:
         "axes": plan.axes, "seeds": plan.seeds, "common_flags": list(plan.common_flags),
         "trials": [{"name": t.name, "values": t.values, "flags": list(t.flags)} for t in plan.trials],
     })
-
-
-def _final_metrics(folder: str) -> str:
-    from tffpipe import results  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import summary  # pylint: disable=g-import-not-at-top
-
-    metrics = results.read_csv(os.path.join(folder, "results", "metrics.csv"))
-    shown = []
-    for metric in summary.eval_metrics(metrics)[:2]:
-        values = metrics[metric].dropna()
-        if len(values):
-            shown.append(f"{metric} {values.iloc[-1]:.4f}")
-    return ", ".join(shown)
-
-
-def _report(plan, sweep_dir: str, outcomes, print_fn: Callable[[str], None]) -> None:
-    """summary.csv, the printed table, plots/ and the HParams configuration, from the finished trials."""
-    from tffpipe import results  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import hparams  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import plots  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import runner  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import summary  # pylint: disable=g-import-not-at-top
-
-    done = [o.trial for o in outcomes if o.status in (runner.FINISHED, runner.SKIPPED)]
-    if not done:
-        print_fn("no trial finished yet: nothing to summarise")
-        return
-    runs = {t.name: results.load_run(runner.run_dir(sweep_dir, t)) for t in done}
-    table = summary.summarize(plan, runs)
-    summary.write_csv(table, os.path.join(sweep_dir, "summary.csv"))
-    print_fn(summary.table_text(table, list(plan.axes)))
-    clock_on = any(_clock_on(run.config) for run in runs.values())
-    written = plots.write_plots(plan, runs, os.path.join(sweep_dir, "plots"), against_sim_time=clock_on)
-    metrics = sorted({m for run in runs.values() for m in summary.eval_metrics(run.metrics)})
-    hparams.write_config(sweep_dir, plan.swept, metrics)
-    print_fn(f"summary: {os.path.join(sweep_dir, 'summary.csv')}; {len(written)} plots in "
-             f"{os.path.join(sweep_dir, 'plots')}; tensorboard --logdir {sweep_dir}")
-
-
-def _clock_on(config: dict) -> bool:
-    """Whether a run simulated devices (a clock setting away from its default)."""
-    from tffpipe import config as config_lib  # pylint: disable=g-import-not-at-top
-    from tffpipe import settings  # pylint: disable=g-import-not-at-top
-
-    return any(item.spec.group == "clock" and config.get(flag, item.default) != item.default
-               for flag, item in settings.by_flag(config_lib.RunConfig).items())
 
 
 def run_main() -> None:

@@ -143,9 +143,9 @@ def make_plan(axes: dict[str, list[str]], seeds: int | None, common_flags: Seque
     if seeds is not None and SEED in axes:
         raise errors.ConfigError("--grid seed and --seeds both choose seeds; give one")
     common = tuple(f for f in common_flags if not f.startswith(tuple(f"--{n}=" for n in _NOT_SWEPT)))
-    base = _parse(common, "the common flags")
+    base = check_flags(common, "the common flags")
     for name, values in axes.items():  # a wrong name or value is reported as the grid's
-        _parse(common + (f"--{name}={values[0]}",), f"--grid {name}")
+        check_flags(common + (f"--{name}={values[0]}",), f"--grid {name}")
     first_seed = base.schedule.seed
     seed_values = [first_seed + i for i in range(seeds or 1)]
     trials = []
@@ -155,7 +155,7 @@ def make_plan(axes: dict[str, list[str]], seeds: int | None, common_flags: Seque
             trial_values = {**values, **({SEED: str(seed)} if seeds else {})}
             trial_flags = common + tuple(f"--{n}={v}" for n, v in trial_values.items()) + _hparams_flag(common, axes)
             name = run_names.safe("-".join(f"{n}={v}" for n, v in trial_values.items())) or "trial"
-            cfg = _parse(trial_flags, f"trial {name}")
+            cfg = check_flags(trial_flags, f"trial {name}")
             trials.append(Trial(name, trial_values, trial_flags, cfg.schedule.rounds))
     return Plan(axes=dict(axes), seeds=seed_values, common_flags=common, trials=trials)
 
@@ -167,7 +167,12 @@ def _hparams_flag(common: Sequence[str], axes: dict[str, list[str]]) -> tuple[st
     return (f"--hparams={','.join(names)}",) if names else ()
 
 
-def _parse(trial_flags: Sequence[str], what: str) -> config_lib.RunConfig:
+def check_flags(trial_flags: Sequence[str], what: str) -> config_lib.RunConfig:
+    """The config a launcher would build from `trial_flags`; its refusal names `what`.
+
+    Raises:
+      ConfigError, TaskError: `what: <the launcher's one-line error>`.
+    """
     try:
         return cli.parse(["train", *trial_flags])
     except flags.Error as e:

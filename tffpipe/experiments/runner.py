@@ -135,10 +135,10 @@ def _outcome(trial: grid.Trial, code: int, seconds: float, sweep_dir: str) -> Ou
         return Outcome(trial, FINISHED, seconds)
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         return Outcome(trial, INTERRUPTED, seconds)
-    return Outcome(trial, FAILED, seconds, f"{_last_error(log_path(sweep_dir, trial))} (log: {log_path(sweep_dir, trial)})")
+    return Outcome(trial, FAILED, seconds, f"{last_error(log_path(sweep_dir, trial))} (log: {log_path(sweep_dir, trial)})")
 
 
-def _last_error(path: str) -> str:
+def last_error(path: str) -> str:
     """The launcher's one-line error: the log's last `error:` line, else its last line."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

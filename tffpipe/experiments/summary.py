@@ -65,13 +65,15 @@ def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def table_text(summary: pandas.DataFrame, axes: Sequence[str]) -> str:
-    """The summary as aligned text: the swept settings, seeds, then `final` and `best` of each metric as mean ± std."""
+def table_text(summary: pandas.DataFrame, leading: Sequence[str]) -> str:
+    """The summary as aligned text: the `leading` columns, the seeds (finished/planned) when pooled, then
+    `final` and `best` of each metric as mean ± std."""
     metrics = [c.removesuffix("_final_mean") for c in summary.columns if c.endswith("_final_mean")]
-    header = [*axes, "seeds"] + [f"{m} {kind}" for m in metrics for kind in ("final", "best")]
+    pooled = SEEDS in summary
+    header = [*leading, *(["seeds"] if pooled else [])] + [f"{m} {kind}" for m in metrics for kind in ("final", "best")]
     lines = []
     for _, row in summary.iterrows():
-        cells = [str(row[a]) for a in axes] + [f"{row[SEEDS]}/{row[SEEDS_PLANNED]}"]
+        cells = [str(row[c]) for c in leading] + ([f"{row[SEEDS]}/{row[SEEDS_PLANNED]}"] if pooled else [])
         for metric in metrics:
             for kind in ("final", "best"):
                 cells.append(_mean_std_text(row[f"{metric}_{kind}_mean"], row[f"{metric}_{kind}_std"]))

@@ -12,6 +12,7 @@ Layout under `root_dir/experiment_name/`:
 import asyncio
 import glob
 import os
+import socket
 import shutil
 import time
 from typing import Any, Mapping
@@ -58,7 +59,7 @@ class MetricsLog:
             key_fieldname=ROUND_KEY,
         )
         self._writer = tf.summary.create_file_writer(paths.logdir)
-        self._sim_clock = SimClockEvents(os.path.join(paths.logdir, SIM_CLOCK_RUN))
+        self._sim_clock = SimClockEvents(paths.logdir)
 
     def release(
         self,
@@ -83,16 +84,19 @@ class MetricsLog:
 
 
 SIM_ELAPSED = "sim/elapsed_sec"
-SIM_CLOCK_RUN = "sim_clock"
+# The tags of the simulated-time copies, in the run's own TensorBoard run.
+SIM_CLOCK_PREFIX = "sim_clock/"
 
 
 class SimClockEvents:
-    """The round's train and eval scalars again, stamped with the simulated time.
+    """The round's train and eval scalars again, as `sim_clock/<name>`, stamped with the simulated time.
 
     TensorBoard's x-axis can be the step, or the events' wall time ("Relative",
     "Wall"). TF2 summary writers stamp the real time, so these events are
-    written as `Event` records with `wall_time` = `sim/elapsed_sec`: in the
-    `sim_clock` run, the Relative axis is simulated time.
+    written as `Event` records with `wall_time` = `sim/elapsed_sec`, to a file
+    of their own in the run's folder: one TensorBoard run per experiment, in
+    which the Relative axis of the `sim_clock/` charts is simulated time
+    (TensorBoard measures it from each chart's first point).
     """
 
     def __init__(self, directory: str):
@@ -102,13 +106,13 @@ class SimClockEvents:
     def write(self, round_num: int, elapsed_sec: float, metrics: Mapping[str, float]) -> None:
         if self._writer is None:
             os.makedirs(self._directory, exist_ok=True)
-            path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}.sim_clock")
+            path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.sim_clock")
             self._writer = tf.io.TFRecordWriter(path)
             self._writer.write(tf.compat.v1.Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
         values = [
-            tf.compat.v1.Summary.Value(tag=name, simple_value=float(value))
+            tf.compat.v1.Summary.Value(tag=SIM_CLOCK_PREFIX + name, simple_value=float(value))
             for name, value in metrics.items()
-            if name.startswith(("train/", "eval/", "eval_clients/"))
+            if name.startswith(("train/", "eval/"))
         ]
         event = tf.compat.v1.Event(wall_time=elapsed_sec, step=round_num, summary=tf.compat.v1.Summary(value=values))
         self._writer.write(event.SerializeToString())

@@ -110,15 +110,17 @@ def event_files(logdir: str) -> list[str]:
 def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
     """The scalars of every step in the TensorBoard logs (corrupt records skipped).
 
-    Only the run's own event files: the `sim_clock` folder repeats some
-    scalars against simulated time.
+    The `sim_clock/` copies (some scalars against simulated time) are left
+    out, as are the files of a `sim_clock` folder that runs before these
+    copies moved into the run's own files left.
     """
     found: dict[int, dict[str, float]] = {}
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         for data in event_reader.read(path).records:
             event = tf.compat.v1.Event.FromString(data)
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
+                if value.metadata.plugin_data.plugin_name not in ("scalars", "") or value.tag.startswith(
+                        outputs.SIM_CLOCK_PREFIX):
                     continue
                 scalar = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
                 if np.ndim(scalar) == 0:
