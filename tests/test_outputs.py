@@ -127,13 +127,25 @@ def test_an_unreadable_metrics_csv_is_moved_aside_and_rebuilt(tmp_path):
 
 def test_missing_tensorboard_logs_are_rebuilt_from_the_csv(tmp_path):
     paths = outputs.RunPaths(str(tmp_path))
-    _log_rounds(paths, range(1, 4))
+    _log_rounds(paths, range(1, 4), **{"comm/upload_bytes_per_client": 7.0})
     for path in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")):
         os.remove(path)
     result = records.reconcile(paths, 3)
     assert result.notes == ["TensorBoard logs: rebuilt rounds 1-3 from metrics.csv"]
-    assert sorted(scalar_steps(paths.logdir)["train/loss"]) == [1, 2, 3]
-    assert records.read_scalars(paths.logdir)[2]["train/loss"] == 2.0
+    steps = scalar_steps(paths.logdir)
+    assert sorted(steps["train/loss"]) == [1, 2, 3]
+    assert sorted(steps["stats/comm/upload_bytes_per_client"]) == [1, 2, 3]  # filed as the writer files it
+    assert records.read_scalars(paths.logdir)[2] == {"train/loss": 2.0, "comm/upload_bytes_per_client": 7.0}
+
+
+def test_tensorboard_files_aggregator_clients_and_comm_under_stats_so_evaluation_comes_first():
+    names = ["aggregator/zeroed_count", "clients/dropped", "comm/upload_bytes_per_client", "eval/accuracy",
+             "eval_clients/accuracy_mean", "examples_per_sec", "privacy/epsilon", "round_time_sec", "train/loss"]
+    tags = [outputs.tensorboard_tag(n) for n in names]
+    groups = sorted({t.split("/")[0] for t in tags})
+    assert groups[0] == "eval" and "stats" in groups
+    assert [outputs.metric_name(t) for t in tags] == names
+    assert outputs.metric_name("stats/other") == "stats/other"  # only the three groups move
 
 
 def test_rounds_missing_from_both_records_are_named(tmp_path):
@@ -168,7 +180,7 @@ def test_leftover_temporaries_are_removed(tmp_path):
     assert os.listdir(tmp_path / "results") == ["metrics.csv"]
 
 
-def test_hparams_summary_lists_the_task_algorithm_rounds_seed_then_what_differs(tmp_path):
+def test_hparams_summary_lists_the_task_algorithm_rounds_then_what_differs(tmp_path):
     from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
 
     from tffpipe import config  # pylint: disable=g-import-not-at-top
@@ -176,9 +188,9 @@ def test_hparams_summary_lists_the_task_algorithm_rounds_seed_then_what_differs(
 
     cfg = config.from_values({"client_learning_rate": 0.05, "digits_alpha": 0.1, "hparams": ["server_learning_rate"]})
     shown = run_names.tensorboard_hparams(cfg)
-    assert list(shown) == ["task", "algorithm", "rounds", "seed", "server_learning_rate", "digits_alpha",
+    assert list(shown) == ["task", "algorithm", "rounds", "server_learning_rate", "digits_alpha",
                            "client_learning_rate"]
-    assert shown == {"task": "digits", "algorithm": "fedavg", "rounds": 50, "seed": 0, "server_learning_rate": 1.0,
+    assert shown == {"task": "digits", "algorithm": "fedavg", "rounds": 50, "server_learning_rate": 1.0,
                      "digits_alpha": 0.1, "client_learning_rate": 0.05}
     logdir = str(tmp_path / "exp" / "logdir")
     outputs.write_hparams(logdir, shown)

@@ -14,7 +14,6 @@ import pytest
 
 from tffpipe import errors
 from tffpipe.experiments import grid
-from tffpipe.experiments import hparams
 from tffpipe.experiments import plots
 from tffpipe.experiments import runner
 from tffpipe.experiments import summary
@@ -38,7 +37,7 @@ def test_a_grid_times_seeds_becomes_checked_trials():
     assert first.name == "client_learning_rate=0.02-algorithm=fedavg-seed=10"
     assert last.values == {"client_learning_rate": "0.05", "algorithm": "fedprox", "seed": "12"}
     assert last.flags == ("--rounds=4", "--seed=10", "--client_learning_rate=0.05", "--algorithm=fedprox",
-                          "--seed=12", "--hparams=client_learning_rate,algorithm")
+                          "--seed=12", "--hparams=client_learning_rate,algorithm,seed")
     assert first.rounds == 4
     assert len({t.name for t in plan.trials}) == 12
     # Where trials write is the sweep's: a common --root_dir or --experiment_name is not passed on.
@@ -169,19 +168,29 @@ def test_the_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     np.testing.assert_allclose(curve["std"], np.std(loss[3:5], axis=0, ddof=1))
 
 
-def test_the_sweep_folder_holds_one_hparams_configuration_of_the_swept_settings(tmp_path):
+def test_a_folder_of_runs_holds_one_hparams_configuration_task_algorithm_rounds_first(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
     from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
 
-    for metrics in (["eval/loss"], ["eval/accuracy", "eval/loss"]):  # rewritten: the older one goes
-        hparams.write_config(str(tmp_path), ["client_learning_rate", "algorithm", "seed"], metrics)
-    assert len(os.listdir(tmp_path)) == 1
+    from tffpipe.program import hparams_config  # pylint: disable=g-import-not-at-top
+
+    # As a sweep's launchers would add theirs, then the sweep its swept settings.
+    hparams_config.add(str(tmp_path), hparams=["seed", "task", "algorithm", "rounds", "client_learning_rate"])
+    hparams_config.add(str(tmp_path), metrics=["eval/loss"])
+    hparams_config.add(str(tmp_path), hparams=["task", "algorithm", "rounds", "seed", "dp", "client_learning_rate"],
+                       metrics=["eval/loss", "eval/accuracy"])
+    hparams_config.add(str(tmp_path), hparams=["client_learning_rate", "seed"], metrics=["eval/accuracy"])
+    events = [p for p in os.listdir(tmp_path) if "tfevents" in p]
+    assert len(events) == 1  # rewritten as it grew: the older configurations go
     accumulator = event_accumulator.EventAccumulator(str(tmp_path))
     accumulator.Reload()
     content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.EXPERIMENT_TAG]
     experiment = metadata.parse_experiment_plugin_data(content)
-    assert [h.name for h in experiment.hparam_infos] == ["client_learning_rate", "algorithm", "seed"]
+    assert [h.name for h in experiment.hparam_infos] == ["task", "algorithm", "rounds", "seed", "client_learning_rate",
+                                                          "dp"]  # task, algorithm, rounds first; then as they came
     assert [m.name.tag for m in experiment.metric_infos] == ["eval/accuracy", "eval/loss"]
+    assert hparams_config.read(str(tmp_path)) == {"hparams": [h.name for h in experiment.hparam_infos],
+                                                  "metrics": ["eval/accuracy", "eval/loss"]}
 
 
 def test_finished_trials_are_skipped_without_starting_a_process(tmp_path, monkeypatch):

@@ -301,7 +301,8 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
         {k: (int(v) if k == "round" else float(v)) for k, v in r.items() if v} for r in _rows(run_dir)
     ]
     steps = scalar_steps(run_dir / "logdir")
-    for tag in ("privacy/epsilon", "comm/upload_bytes_per_client", "comm/download_bytes_per_client"):
+    # TensorBoard files the comm/ figures under stats/, so that its evaluation charts come first.
+    for tag in ("privacy/epsilon", "stats/comm/upload_bytes_per_client", "stats/comm/download_bytes_per_client"):
         assert sorted(steps[tag]) == [1, 2, 3], tag
     # The returned model is the exported one.
     for ours, exported in zip(result.model.get_weights(), _export_weights(run_dir)):

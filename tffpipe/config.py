@@ -486,9 +486,9 @@ class OutputConfig:
         resume=NOT_APPLICABLE, short=True,
     )
     hparams: tuple[str, ...] = setting(
-        (), "Settings (by flag name) TensorBoard's HParams table lists for this run besides the task, "
-        "algorithm, rounds, seed and every setting that differs from its default (a sweep passes "
-        "the settings it sweeps).",
+        (), "Settings (by flag name) TensorBoard's HParams table lists for this run, right after the "
+        "task, algorithm and rounds and before the other settings that differ from their defaults "
+        "(a sweep passes the settings it sweeps).",
         flag="hparams", group="outputs", resume=NOT_APPLICABLE,
     )
     checkpoint_every: int = setting(

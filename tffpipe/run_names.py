@@ -76,10 +76,10 @@ def differences(config: Any) -> dict[str, Any]:
 
 
 def tensorboard_hparams(config: Any) -> dict[str, Any]:
-    """What TensorBoard's HParams table shows for a run, in order: task, algorithm, rounds, seed,
-    the `--hparams` settings, then every other setting that differs from its default."""
+    """What TensorBoard's HParams table shows for a run, in order: task, algorithm, rounds, the
+    `--hparams` settings, then every other setting that differs from its default (the seed among them)."""
     values = flag_values(config)
-    shown = {name: values[name] for name in ("task", "algorithm", "rounds", "seed", *config.output.hparams)}
+    shown = {name: values[name] for name in ("task", "algorithm", "rounds", *config.output.hparams)}
     shown.update(differences(config))
     return shown
 

@@ -153,14 +153,15 @@ def make_plan(axes: dict[str, list[str]], seeds: int | None, common_flags: Seque
         values = dict(zip(axes, combination))
         for seed in seed_values:
             trial_values = {**values, **({SEED: str(seed)} if seeds else {})}
-            trial_flags = common + tuple(f"--{n}={v}" for n, v in trial_values.items()) + _hparams_flag(common, axes)
+            swept = [*axes, *([SEED] if seeds and seeds > 1 else [])]
+            trial_flags = common + tuple(f"--{n}={v}" for n, v in trial_values.items()) + _hparams_flag(common, swept)
             name = run_names.safe("-".join(f"{n}={v}" for n, v in trial_values.items())) or "trial"
             cfg = check_flags(trial_flags, f"trial {name}")
             trials.append(Trial(name, trial_values, trial_flags, cfg.schedule.rounds))
     return Plan(axes=dict(axes), seeds=seed_values, common_flags=common, trials=trials)
 
 
-def _hparams_flag(common: Sequence[str], axes: dict[str, list[str]]) -> tuple[str, ...]:
+def _hparams_flag(common: Sequence[str], axes: Sequence[str]) -> tuple[str, ...]:
     """`--hparams` naming the swept settings (with any the common flags name), so TensorBoard lists them for every trial."""
     given = [f.split("=", 1)[1] for f in common if f.startswith("--hparams=")]
     names = list(dict.fromkeys([n for text in given[-1:] for n in text.split(",") if n] + list(axes)))

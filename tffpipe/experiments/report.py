@@ -5,10 +5,10 @@ from typing import Any, Callable, Sequence
 
 from tffpipe import results
 from tffpipe.experiments import grid
-from tffpipe.experiments import hparams
 from tffpipe.experiments import plots
 from tffpipe.experiments import runner
 from tffpipe.experiments import summary
+from tffpipe.program import hparams_config
 
 
 def write_grid(plan: grid.Plan, sweep_dir: str, done: Sequence[grid.Trial], print_fn: Callable[[str], None]) -> None:
@@ -63,7 +63,8 @@ def _write(plan: grid.Plan, sweep_dir: str, runs: dict[str, results.Run], table:
     clock_on = any(_clock_on(run.config) for run in runs.values())
     written = plots.write_plots(plan, runs, os.path.join(sweep_dir, "plots"), against_sim_time=clock_on)
     metrics = sorted({m for run in runs.values() for m in summary.eval_metrics(run.metrics)})
-    hparams.write_config(sweep_dir, plan.swept, metrics)
+    # The trials' folder holds the one HParams configuration of the sweep; the swept settings are in it.
+    hparams_config.add(grid.trial_root(sweep_dir), hparams=plan.swept, metrics=metrics)
     print_fn(f"summary: {os.path.join(sweep_dir, 'summary.csv')}; {len(written)} plots in "
              f"{os.path.join(sweep_dir, 'plots')}; tensorboard --logdir {sweep_dir}")
 

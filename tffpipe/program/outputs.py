@@ -12,8 +12,8 @@ Layout under `root_dir/experiment_name/`:
 import asyncio
 import glob
 import os
-import socket
 import shutil
+import socket
 import time
 from typing import Any, Mapping
 
@@ -22,6 +22,7 @@ import tensorflow_federated as tff
 from tensorboard.plugins.hparams import api as hparams_api
 
 from tffpipe.program import files
+from tffpipe.program import hparams_config
 
 ROUND_KEY = "round"
 
@@ -60,6 +61,8 @@ class MetricsLog:
         )
         self._writer = tf.summary.create_file_writer(paths.logdir)
         self._sim_clock = SimClockEvents(paths.logdir)
+        self._root = os.path.dirname(os.path.normpath(paths.run_dir))
+        self._eval_metrics: set[str] = set()
 
     def release(
         self,
@@ -71,16 +74,37 @@ class MetricsLog:
         asyncio.run(self._csv.release(dict(metrics), round_num))
         with self._writer.as_default(step=round_num):
             for name, value in metrics.items():
-                tf.summary.scalar(name, value)
+                tf.summary.scalar(tensorboard_tag(name), value)
             for name, values in (histograms or {}).items():
                 tf.summary.histogram(name, values)
         self._writer.flush()
         if SIM_ELAPSED in metrics:
             self._sim_clock.write(round_num, metrics[SIM_ELAPSED], metrics)
+        evaluated = {n for n in metrics if n.startswith("eval/") and not n.startswith("eval/num_")}
+        if evaluated - self._eval_metrics:  # the HParams table's metric columns: evaluation only
+            self._eval_metrics |= evaluated
+            hparams_config.add(self._root, metrics=sorted(evaluated))
 
     def close(self) -> None:
         self._writer.close()
         self._sim_clock.close()
+
+
+# TensorBoard lists chart groups alphabetically. These three go under one
+# `stats/` group there, so that the evaluation charts come first;
+# metrics.csv keeps their names.
+_STATS_GROUPS = ("aggregator/", "clients/", "comm/")
+STATS_PREFIX = "stats/"
+
+
+def tensorboard_tag(name: str) -> str:
+    """A metric's TensorBoard tag: `comm/upload_bytes_per_client` -> `stats/comm/upload_bytes_per_client`."""
+    return STATS_PREFIX + name if name.startswith(_STATS_GROUPS) else name
+
+
+def metric_name(tag: str) -> str:
+    """The metrics.csv name of a TensorBoard tag (the inverse of `tensorboard_tag`)."""
+    return tag.removeprefix(STATS_PREFIX) if tag.startswith(tuple(STATS_PREFIX + g for g in _STATS_GROUPS)) else tag
 
 
 SIM_ELAPSED = "sim/elapsed_sec"
@@ -121,6 +145,12 @@ class SimClockEvents:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def record_hparams(paths: RunPaths, settings: Mapping[str, Any]) -> None:
+    """The run's HParams session, and its settings' names in the configuration of the folder of runs."""
+    write_hparams(paths.logdir, settings)
+    hparams_config.add(os.path.dirname(os.path.normpath(paths.run_dir)), hparams=list(settings))
 
 
 def write_hparams(logdir: str, settings: Mapping[str, Any]) -> None:

@@ -124,7 +124,7 @@ def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
                     continue
                 scalar = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
                 if np.ndim(scalar) == 0:
-                    found.setdefault(event.step, {})[value.tag] = float(scalar)
+                    found.setdefault(event.step, {})[outputs.metric_name(value.tag)] = float(scalar)
     return found
 
 
@@ -280,7 +280,7 @@ def _write_scalars(logdir: str, rows: dict[int, dict[str, Any]]) -> None:
                 if name == outputs.ROUND_KEY or text in ("", None):
                     continue
                 try:
-                    tf.summary.scalar(name, float(text), step=round_num)
+                    tf.summary.scalar(outputs.tensorboard_tag(name), float(text), step=round_num)
                 except ValueError:
                     continue
     writer.close()

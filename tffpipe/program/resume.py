@@ -8,6 +8,7 @@ would keep training with the old values whatever the flags now say.
 """
 
 import json
+import os
 from typing import Any, Callable
 
 from absl import logging
@@ -116,7 +117,7 @@ def open_records(
     )
     log = outputs.MetricsLog(paths)
     if start_round is None:
-        outputs.write_hparams(paths.logdir, run_names.tensorboard_hparams(cfg))
+        outputs.record_hparams(paths, run_names.tensorboard_hparams(cfg))
     return log
 
 
