@@ -160,7 +160,7 @@ def test_the_launcher_resumes_a_rerun_command_and_gives_another_command_its_own_
     assert f"{folder} already holds 1 rounds" in launch()
     other = launch("--digits_alpha=0.1")
     assert "already holds" not in other and "done: 1 rounds" in other
-    assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".")) == sorted(
+    assert sorted(p.name for p in os.scandir(tmp_path) if p.is_dir()) == sorted(
         [os.path.basename(folder), re.search(r"outputs in (\S+)", other).group(1).rsplit("/", 1)[1]])
 
 

@@ -215,7 +215,7 @@ def test_a_sweep_runs_its_trials_and_reruns_only_what_is_missing(tmp_path):
     done = _sweep(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_dir = re.search(r"outputs in (\S+)", done.stdout).group(1)
-    trials = sorted(p for p in os.listdir(os.path.join(sweep_dir, "trials")) if not p.startswith("."))
+    trials = sorted(p.name for p in os.scandir(os.path.join(sweep_dir, "trials")) if p.is_dir())
     assert trials == ["client_learning_rate=0.05-seed=0", "client_learning_rate=0.05-seed=1",
                       "client_learning_rate=0.2-seed=0", "client_learning_rate=0.2-seed=1"]
     from tffpipe import results  # pylint: disable=g-import-not-at-top
@@ -336,7 +336,7 @@ def test_a_bad_search_is_one_line(axes, extra, message):
     (["--search=optuna", "--grid", "client_learning_rate=loguniform:0.01:0.1", "--seeds=2"],
      "error: --seeds applies to grid sweeps; a search samples settings with one seed"),
     (["--grid", "client_learning_rate=0.1", "--ray_address=127.0.0.1:9"],
-     "error: --ray_address applies to --search=optuna; a grid sweep runs its trials on this machine"),
+     "error: --ray_address=127.0.0.1:9: cannot reach a Ray cluster there"),
     (["--search=optuna", "--grid", "client_learning_rate=0.1", "--mode=up"],
      "error: argument --mode: invalid choice: 'up' (choose from 'max', 'min')"),
 ])
@@ -378,7 +378,7 @@ def test_a_search_samples_trials_stops_poor_ones_early_and_resumes_as_finished(t
 
 
 @pytest.mark.slow
-def test_a_search_runs_on_a_token_authenticated_cluster_it_joins(tmp_path):
+def test_a_search_and_a_grid_run_on_a_token_authenticated_cluster_they_join(tmp_path):
     import secrets  # pylint: disable=g-import-not-at-top
     import tempfile  # pylint: disable=g-import-not-at-top
 
@@ -405,6 +405,25 @@ def test_a_search_runs_on_a_token_authenticated_cluster_it_joins(tmp_path):
         assert "starting a private cluster" not in done.stdout and done.stdout.count(": finished") == 2
         table = pandas.read_csv(os.path.join(re.search(r"outputs in (\S+)", done.stdout).group(1), "summary.csv"))
         assert sorted(table["status"]) == ["finished", "finished"]
+        # A grid sweep on the same cluster: its trials as Tune trials, the summary pooled over seeds.
+        grid_args = ["--grid", "client_learning_rate=0.05,0.1", "--seeds=2", "--rounds=2", "--eval_every=1",
+                     f"--ray_address=127.0.0.1:{port}", f"--root_dir={tmp_path}"]
+        swept = subprocess.run([sys.executable, "-m", "tffpipe.sweep", *grid_args], cwd=REPO_ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert swept.returncode == 0, swept.stderr[-3000:]
+        assert swept.stdout.count(": started") == 4 and swept.stdout.count(": finished") == 4
+        sweep_dir = re.search(r"outputs in (\S+)", swept.stdout).group(1)
+        from tffpipe import results  # pylint: disable=g-import-not-at-top
+
+        runs = results.load_runs(os.path.join(sweep_dir, "trials", "*"))
+        finals = runs[runs["round"] == 2].groupby("client_learning_rate")["eval/accuracy"]
+        pooled = pandas.read_csv(os.path.join(sweep_dir, "summary.csv"))
+        assert list(pooled["seeds"]) == [2, 2]
+        np.testing.assert_allclose(pooled["eval/accuracy_final_mean"], finals.mean().to_numpy(), rtol=1e-12)
+        again = subprocess.run([sys.executable, "-m", "tffpipe.sweep", *grid_args], cwd=REPO_ROOT, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0 and "resuming the Tune experiment" in again.stdout
+        assert ": started" not in again.stdout
         # Without the token the cluster is not joined.
         refused = subprocess.run([sys.executable, "-m", "tffpipe.sweep", *args],
                                  cwd=REPO_ROOT, env={k: v for k, v in env.items() if not k.startswith("RAY_AUTH")},

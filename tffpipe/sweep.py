@@ -71,9 +71,9 @@ def _parser() -> _Parser:
                         help="optuna: stop trials that trail at ASHA's rungs (rounds 1x, 3x, 9x --grace_rounds)")
     search.add_argument("--grace_rounds", type=int, default=None,
                         help="optuna: rounds every trial runs before ASHA may stop it (default: --rounds / 9)")
-    search.add_argument("--ray_address", default="", help="optuna: run trials on this Ray cluster (HOST:PORT, "
-                        "token-authenticated; --root_dir must be on storage every node shares) instead of a "
-                        "private one on this machine")
+    search.add_argument("--ray_address", default="", help="run trials on this Ray cluster (HOST:PORT, "
+                        "token-authenticated; --root_dir must be on storage every node shares): a grid's trials one "
+                        "per Ray worker, a search's instead of on a private Ray on this machine")
     search.add_argument("--ray_allow_unauthenticated", action="store_true",
                         help="accept a --ray_address cluster without token authentication")
     return parser
@@ -102,14 +102,15 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
         raise errors.ConfigError(f"--parallel must be at least 1, got {args.parallel}")
     if args.search == "optuna":
         return _run_search(args, axes, seeds, [*common, *trial_flags], print_fn)
-    if args.ray_address:
-        raise errors.ConfigError("--ray_address applies to --search=optuna; a grid sweep runs its trials on this machine")
     plan = grid.make_plan(axes, seeds, [*common, *trial_flags])
+    _check_cluster(args)
     sweep_dir = os.path.join(args.root_dir, args.sweep_name or plan.default_name())
     _save_plan(plan, sweep_dir)
     combinations = len(plan.trials) // len(plan.seeds) if seeds else len(plan.trials)
     print_fn(f"sweep: {len(plan.trials)} trials ({combinations} combinations x {len(plan.seeds)} seeds), "
              f"{min(args.parallel, len(plan.trials))} at a time; outputs in {sweep_dir}")
+    if args.ray_address:
+        return _run_grid_on_ray(plan, sweep_dir, args, print_fn)
     try:
         outcomes = runner.run_trials(plan, sweep_dir, args.parallel, print_fn, describe=report.final_metrics)
     except (KeyboardInterrupt, errors.Terminated) as e:
@@ -140,6 +141,7 @@ def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common:
     mode = args.mode or ("min" if summary.lower_is_better(args.metric) else "max")
     found = search_lib.make_search(axes, common, args.trials, args.metric, mode, args.early_stopping,
                                    args.grace_rounds)
+    _check_cluster(args)
     sweep_dir = os.path.join(args.root_dir, args.sweep_name or search_lib.default_name(found))
     os.makedirs(sweep_dir, exist_ok=True)
     stopping = (f"ASHA may stop a trial from round {found.grace_rounds}" if found.early_stopping == "asha"
@@ -161,6 +163,35 @@ def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common:
         raise SweepStopped(f"{len(failed)} of {len(trials)} trials failed (first: {failed[0].name}; its log is "
                            f"{os.path.join(sweep_dir, 'logs', failed[0].name + '.log')})", 1)
     return 0
+
+
+def _run_grid_on_ray(plan, sweep_dir: str, args: argparse.Namespace, print_fn: Callable[[str], None]) -> int:
+    """The grid's trials as Ray Tune trials on the cluster at --ray_address, one per worker (1 CPU each)."""
+    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import tune_run  # pylint: disable=g-import-not-at-top (loads Ray Tune)
+
+    try:
+        trials = tune_run.run_grid(plan, sweep_dir, args.parallel, print_fn, args.ray_address,
+                                   args.ray_allow_unauthenticated)
+    except (KeyboardInterrupt, errors.Terminated) as e:
+        what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
+        raise SweepStopped(f"{what}: the sweep stopped; its trials keep their last checkpoints; rerun the same "
+                           "command to resume it", code) from e
+    finished = {t.name for t in trials if t.status == "finished"}
+    report.write_grid(plan, sweep_dir, [t for t in plan.trials if t.name in finished], print_fn)
+    failed = [t for t in trials if t.status == "failed"]
+    if failed:
+        raise SweepStopped(f"{len(failed)} of {len(plan.trials)} trials failed (first: {failed[0].name}; its log is "
+                           f"{os.path.join(sweep_dir, 'logs', failed[0].name + '.log')})", 1)
+    return 0
+
+
+def _check_cluster(args: argparse.Namespace) -> None:
+    """A --ray_address nothing answers at is one line before anything is written (RayUnavailable)."""
+    if args.ray_address:
+        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+
+        ray_cluster.requires_token(args.ray_address)
 
 
 def _done(outcomes) -> list:

@@ -35,7 +35,8 @@ def write_search(search: Any, trials: Sequence[Any], sweep_dir: str, print_fn: C
     table = table[table[summary.SEEDS] > 0].drop(columns=[summary.SEEDS, summary.SEEDS_PLANNED])
     best = f"{search.metric}_best_mean"
     if best in table:
-        table = table.sort_values(best, ascending=search.mode == "min", kind="stable")
+        # Ties (trials stopped at the same rung with the same value) in name order, whatever order Tune lists them in.
+        table = table.sort_values([best, "trial"], ascending=[search.mode == "min", True], kind="stable")
     _write(plan, sweep_dir, runs, table, ["trial", *plan.axes, "status", "rounds"], print_fn)
 
 

@@ -31,6 +31,8 @@ from tffpipe.experiments import runner
 OBJECTIVE = "objective"  # the reported metric's key in Tune (metric names hold "/", Tune's nesting separator)
 ROUND = "round"
 EXPERIMENT = "search"
+GRID_TRIAL = "trial"  # a grid sweep's only Tune parameter: the trial's name
+GRID_METRIC = "eval/accuracy"  # what a grid trial reports to Tune (progress lines only)
 DISTRIBUTIONS = ("loguniform", "uniform", "int")
 _POLL_SEC = 0.5
 
@@ -167,18 +169,38 @@ def trial_flags(search: Search, values: dict[str, Any]) -> list[str]:
 
 
 def trainable(config: dict[str, Any], search: Search, sweep_dir: str) -> None:
-    """One Tune trial: runs the launcher and reports the metric at each evaluated round."""
+    """One Tune trial of a search: the launcher with the sampled settings."""
     from ray import tune  # pylint: disable=g-import-not-at-top
-    from tffpipe import results  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
 
     values = {name: config[name] for name in search.axes}
     name = trial_name(tune.get_context().get_trial_id(), values)
+    launch_and_report(name, trial_flags(search, values), search.metric, sweep_dir)
+
+
+def grid_trainable(config: dict[str, Any], trials: dict[str, tuple[tuple[str, ...], int]], sweep_dir: str) -> None:
+    """One Tune trial of a grid sweep on Ray: `config["trial"]` names it; `trials` maps names to (flags, rounds).
+
+    A trial whose folder already holds its rounds and model is not started again.
+    """
+    name = config[GRID_TRIAL]
+    flags, rounds = trials[name]
+    if runner.is_finished(os.path.join(grid.trial_root(sweep_dir), name), rounds):
+        _report_rows(name, GRID_METRIC, sweep_dir, 0)
+        return
+    launch_and_report(name, list(flags), GRID_METRIC, sweep_dir)
+
+
+def launch_and_report(name: str, flags: list[str], metric: str, sweep_dir: str) -> None:
+    """Runs `python -m tffpipe.train` as trial `name` and reports `metric` to Tune at each evaluated round.
+
+    Raises:
+      RuntimeError: the launcher failed (its one-line error).
+    """
+    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+
     root = grid.trial_root(sweep_dir)
-    metrics_csv = os.path.join(root, name, "results", "metrics.csv")
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
-    command = [sys.executable, "-m", "tffpipe.train", *trial_flags(search, values), f"--root_dir={root}",
-               f"--experiment_name={name}"]
+    command = [sys.executable, "-m", "tffpipe.train", *flags, f"--root_dir={root}", f"--experiment_name={name}"]
     parent = os.getpid()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
     with open(os.path.join(sweep_dir, "logs", f"{name}.log"), "a", encoding="utf-8") as log:
@@ -190,11 +212,7 @@ def trainable(config: dict[str, Any], search: Search, sweep_dir: str) -> None:
     try:
         while True:
             finished = proc.poll() is not None
-            frame = results.read_csv(metrics_csv) if os.path.exists(metrics_csv) else None
-            if frame is not None and search.metric in frame:
-                for _, row in frame[frame["round"] > reported].dropna(subset=[search.metric]).iterrows():
-                    reported = int(row["round"])
-                    tune.report({ROUND: reported, OBJECTIVE: float(row[search.metric]), "trial": name})
+            reported = _report_rows(name, metric, sweep_dir, reported)
             if finished:
                 break
             time.sleep(_POLL_SEC)
@@ -208,3 +226,17 @@ def trainable(config: dict[str, Any], search: Search, sweep_dir: str) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _report_rows(name: str, metric: str, sweep_dir: str, after: int) -> int:
+    """Reports the trial's evaluated rounds after round `after`; returns the last one reported."""
+    from ray import tune  # pylint: disable=g-import-not-at-top
+    from tffpipe import results  # pylint: disable=g-import-not-at-top
+
+    frame = results.read_csv(os.path.join(grid.trial_root(sweep_dir), name, "results", "metrics.csv"))
+    if metric not in frame:
+        return after
+    for _, row in frame[frame["round"] > after].dropna(subset=[metric]).iterrows():
+        after = int(row["round"])
+        tune.report({ROUND: after, OBJECTIVE: float(row[metric]), "trial": name})
+    return after

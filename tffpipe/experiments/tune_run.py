@@ -1,4 +1,4 @@
-"""Runs a `search.Search` as a Ray Tune experiment on a private Ray cluster (or the one `--ray_address` names).
+"""Runs a search (or a grid sweep on Ray) as a Ray Tune experiment on a private Ray cluster or the one `--ray_address` names.
 
 Prints a line per trial event, and returns one `TrialResult` per trial for
 the summary. The private cluster is `ray_cluster`'s: token-authenticated,
@@ -23,6 +23,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # pylint: dis
 from ray.tune.schedulers import ASHAScheduler  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ray.tune.search.optuna import OptunaSearch  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tffpipe.experiments import grid  # pylint: disable=wrong-import-position
 from tffpipe.experiments import search as search_lib  # pylint: disable=wrong-import-position
 from tffpipe.runtimes import ray_cluster  # pylint: disable=wrong-import-position
 
@@ -42,6 +43,19 @@ def trial_name(trial_id: str, config: dict[str, Any], search: search_lib.Search)
     return search_lib.trial_name(trial_id, {n: config[n] for n in search.axes})
 
 
+@dataclasses.dataclass
+class _Experiment:
+    """What differs between a search and a grid on Ray: the trainable, its space and config, how trials are named."""
+
+    trainable: Any
+    param_space: dict[str, Any]
+    tune_config: Any
+    name_of: Callable[[Any], str]  # a Tune Trial -> its folder name
+    rounds_of: Callable[[str], int]  # a folder name -> the rounds that trial trains
+    total: int
+    metric: str
+    stops_early: bool  # whether a scheduler may stop trials before their rounds
+
 def run(search: search_lib.Search, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
         ray_address: str = "", allow_unauthenticated: bool = False) -> list[TrialResult]:
     """Runs (or resumes) the search; returns its trials in the order Tune made them.
@@ -51,8 +65,40 @@ def run(search: search_lib.Search, sweep_dir: str, parallel: int, print_fn: Call
     import optuna  # pylint: disable=g-import-not-at-top
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial
+    scheduler = ASHAScheduler(time_attr=search_lib.ROUND, max_t=search.rounds, grace_period=search.grace_rounds,
+                              reduction_factor=3) if search.early_stopping == "asha" else None
+    experiment = _Experiment(
+        trainable=tune.with_parameters(search_lib.trainable, search=search, sweep_dir=os.path.abspath(sweep_dir)),
+        param_space=search_lib.tune_space(search),
+        tune_config=tune.TuneConfig(metric=search_lib.OBJECTIVE, mode=search.mode,
+                                    search_alg=OptunaSearch(seed=search.seed), scheduler=scheduler,
+                                    num_samples=search.trials, max_concurrent_trials=parallel),
+        name_of=lambda trial: trial_name(trial.trial_id, trial.config, search),
+        rounds_of=lambda name: search.rounds, total=search.trials, metric=search.metric,
+        stops_early=scheduler is not None)
+    return _run_logged(experiment, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
+
+
+def run_grid(plan: grid.Plan, sweep_dir: str, parallel: int, print_fn: Callable[[str], None], ray_address: str,
+             allow_unauthenticated: bool) -> list[TrialResult]:
+    """Runs (or resumes) a grid sweep's trials as Tune trials, one per Ray worker; returns them in the plan's order."""
+    trials = {t.name: (t.flags, t.rounds) for t in plan.trials}
+    experiment = _Experiment(
+        trainable=tune.with_parameters(search_lib.grid_trainable, trials=trials, sweep_dir=os.path.abspath(sweep_dir)),
+        param_space={search_lib.GRID_TRIAL: tune.grid_search([t.name for t in plan.trials])},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=parallel),
+        name_of=lambda trial: trial.config[search_lib.GRID_TRIAL],
+        rounds_of=lambda name: trials[name][1], total=len(plan.trials), metric=search_lib.GRID_METRIC,
+        stops_early=False)
+    found = {r.name: r for r in _run_logged(experiment, sweep_dir, parallel, print_fn, ray_address,
+                                            allow_unauthenticated)}
+    return [found[t.name] for t in plan.trials if t.name in found]
+
+
+def _run_logged(experiment: _Experiment, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
+                ray_address: str, allow_unauthenticated: bool) -> list[TrialResult]:
     with _stderr_to(os.path.join(sweep_dir, "logs", "ray.log")):
-        return _run(search, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
+        return _run(experiment, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
 
 
 @contextlib.contextmanager
@@ -77,67 +123,58 @@ def _stderr_to(path: str) -> Iterator[None]:
         os.close(saved)
 
 
-def _run(search: search_lib.Search, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
+def _run(experiment: _Experiment, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
          ray_address: str, allow_unauthenticated: bool) -> list[TrialResult]:
     cluster = (ray_cluster.join(ray_address, allow_unauthenticated, print_fn) if ray_address
                else ray_cluster.start_private(parallel, 0, print_fn))
     try:
         storage = os.path.abspath(os.path.join(sweep_dir, "tune"))
-        experiment = os.path.join(storage, search_lib.EXPERIMENT)
-        trainable = tune.with_resources(
-            tune.with_parameters(search_lib.trainable, search=search, sweep_dir=os.path.abspath(sweep_dir)), {"cpu": 1})
-        progress = _Progress(search, print_fn)
-        if tune.Tuner.can_restore(experiment):
-            print_fn(f"search: resuming the Tune experiment in {experiment}")
-            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        path = os.path.join(storage, search_lib.EXPERIMENT)
+        trainable = tune.with_resources(experiment.trainable, {"cpu": 1})
+        progress = _Progress(experiment, print_fn)
+        if tune.Tuner.can_restore(path):
+            print_fn(f"sweep: resuming the Tune experiment in {path}")
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            scheduler = ASHAScheduler(time_attr=search_lib.ROUND, max_t=search.rounds, grace_period=search.grace_rounds,
-                                      reduction_factor=3) if search.early_stopping == "asha" else None
-            tuner = tune.Tuner(
-                trainable,
-                param_space=search_lib.tune_space(search),
-                tune_config=tune.TuneConfig(
-                    metric=search_lib.OBJECTIVE, mode=search.mode, search_alg=OptunaSearch(seed=search.seed),
-                    scheduler=scheduler, num_samples=search.trials, max_concurrent_trials=parallel),
-                run_config=tune.RunConfig(name=search_lib.EXPERIMENT, storage_path=storage, verbose=0,
-                                          callbacks=_callbacks(progress)),
-            )
+            tuner = tune.Tuner(trainable, param_space=experiment.param_space, tune_config=experiment.tune_config,
+                               run_config=tune.RunConfig(name=search_lib.EXPERIMENT, storage_path=storage, verbose=0,
+                                                         callbacks=_callbacks(progress)))
         # A restored Tuner keeps its callbacks from the saved run config; ours prints this session's lines.
         tuner._local_tuner.get_run_config().callbacks = _callbacks(progress)  # pylint: disable=protected-access
         found = tuner.fit()
     finally:
         cluster.close()
     # Tune's Trial records (status, config, last result) for every trial, those that never reported included.
-    return [_result(trial, search) for trial in found._experiment_analysis.trials]  # pylint: disable=protected-access
+    return [_result(trial, experiment) for trial in found._experiment_analysis.trials]  # pylint: disable=protected-access
 
 
 def _callbacks(progress: "_Progress") -> list[Any]:
     return [progress, JsonLoggerCallback(), CSVLoggerCallback()]
 
 
-def _result(trial: Any, search: search_lib.Search) -> TrialResult:
-    name = trial_name(trial.trial_id, trial.config, search)
+def _result(trial: Any, experiment: _Experiment) -> TrialResult:
+    name = experiment.name_of(trial)
     rounds = int((trial.last_result or {}).get(search_lib.ROUND, 0))
     if trial.status == "ERROR":
         return TrialResult(name, trial.config, rounds, "failed", "see its log in logs/")
     if trial.status != "TERMINATED":
         return TrialResult(name, trial.config, rounds, "not finished")
-    return TrialResult(name, trial.config, rounds, "finished" if rounds >= search.rounds else "stopped early")
+    stopped = experiment.stops_early and rounds < experiment.rounds_of(name)
+    return TrialResult(name, trial.config, rounds, "stopped early" if stopped else "finished")
 
 
 class _Progress(tune.Callback):
     """A line per trial start, end, early stop and failure (Tune's own tables are off)."""
 
-    def __init__(self, search: search_lib.Search, print_fn: Callable[[str], None]):
-        self.search = search
+    def __init__(self, experiment: _Experiment, print_fn: Callable[[str], None]):
+        self.experiment = experiment
         self.print_fn = print_fn
         self.rounds: dict[str, int] = {}
         self.order: dict[str, int] = {}  # trial id -> the order it started in, this session
 
     def _line(self, trial: Any, text: str) -> None:
-        name = trial_name(trial.trial_id, trial.config, self.search)
         number = self.order.setdefault(trial.trial_id, len(self.order) + 1)
-        self.print_fn(f"[{number}/{self.search.trials}] {name}: {text}")
+        self.print_fn(f"[{number}/{self.experiment.total}] {self.experiment.name_of(trial)}: {text}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._line(trial, "started")
@@ -148,8 +185,9 @@ class _Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         rounds = self.rounds.get(trial.trial_id, 0)
         value = (trial.last_result or {}).get(search_lib.OBJECTIVE)
-        shown = f"; {self.search.metric} {value:.4f} at round {rounds}" if value is not None else ""
-        self._line(trial, ("finished" if rounds >= self.search.rounds else "stopped early by ASHA") + shown)
+        shown = f"; {self.experiment.metric} {value:.4f} at round {rounds}" if value is not None else ""
+        done = not self.experiment.stops_early or rounds >= self.experiment.rounds_of(self.experiment.name_of(trial))
+        self._line(trial, ("finished" if done else "stopped early by ASHA") + shown)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "failed (see its log in logs/)")
