@@ -24,6 +24,7 @@ from tffpipe.program import files
 from tffpipe.runtimes import processes
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), "tffpipe")
+_TUNE_STOPPED = "the {what} stopped; its trials keep their last checkpoints; rerun the same command to resume it"
 
 
 class SweepStopped(errors.UserError):
@@ -32,6 +33,22 @@ class SweepStopped(errors.UserError):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+    @classmethod
+    def by_signal(cls, error: BaseException, detail: str) -> "SweepStopped":
+        """Ctrl-C (exit 130) or SIGTERM (143), in one line: `interrupted: <detail>`."""
+        if isinstance(error, KeyboardInterrupt):
+            return cls(f"interrupted: {detail}", 130)
+        return cls(f"terminated (SIGTERM): {detail}", 143)
+
+    @classmethod
+    def failed_on_tune(cls, trials: list, total: int, sweep_dir: str) -> "SweepStopped | None":
+        """The exit (1) of a Tune sweep with failed trials, naming the first and its log; None without."""
+        failed = [t for t in trials if t.status == "failed"]
+        if not failed:
+            return None
+        log = os.path.join(sweep_dir, "logs", failed[0].name + ".log")
+        return cls(f"{len(failed)} of {total} trials failed (first: {failed[0].name}; its log is {log})", 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,10 +134,8 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
         outcomes = getattr(e, "outcomes", [])
         report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
         stopped = sum(o.status == runner.INTERRUPTED for o in outcomes)
-        what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
-        raise SweepStopped(
-            f"{what}: {stopped} running trial(s) stopped at their last checkpoint; rerun the same command to "
-            "resume them", code) from e
+        raise SweepStopped.by_signal(e, f"{stopped} running trial(s) stopped at their last checkpoint; rerun the "
+                                        "same command to resume them") from e
     report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
     failed = [o for o in outcomes if o.status == runner.FAILED]
     if failed:
@@ -154,14 +169,11 @@ def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common:
         trials = tune_run.run(found, sweep_dir, args.parallel, print_fn, args.ray_address,
                               args.ray_allow_unauthenticated)
     except (KeyboardInterrupt, errors.Terminated) as e:
-        what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
-        raise SweepStopped(f"{what}: the search stopped; its trials keep their last checkpoints; rerun the same "
-                           "command to resume it", code) from e
+        raise SweepStopped.by_signal(e, _TUNE_STOPPED.format(what="search")) from e
     report.write_search(found, trials, sweep_dir, print_fn)
-    failed = [t for t in trials if t.status == "failed"]
-    if failed:
-        raise SweepStopped(f"{len(failed)} of {len(trials)} trials failed (first: {failed[0].name}; its log is "
-                           f"{os.path.join(sweep_dir, 'logs', failed[0].name + '.log')})", 1)
+    failure = SweepStopped.failed_on_tune(trials, len(trials), sweep_dir)
+    if failure:
+        raise failure
     return 0
 
 
@@ -174,15 +186,12 @@ def _run_grid_on_ray(plan, sweep_dir: str, args: argparse.Namespace, print_fn: C
         trials = tune_run.run_grid(plan, sweep_dir, args.parallel, print_fn, args.ray_address,
                                    args.ray_allow_unauthenticated)
     except (KeyboardInterrupt, errors.Terminated) as e:
-        what, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated (SIGTERM)", 143)
-        raise SweepStopped(f"{what}: the sweep stopped; its trials keep their last checkpoints; rerun the same "
-                           "command to resume it", code) from e
+        raise SweepStopped.by_signal(e, _TUNE_STOPPED.format(what="sweep")) from e
     finished = {t.name for t in trials if t.status == "finished"}
     report.write_grid(plan, sweep_dir, [t for t in plan.trials if t.name in finished], print_fn)
-    failed = [t for t in trials if t.status == "failed"]
-    if failed:
-        raise SweepStopped(f"{len(failed)} of {len(plan.trials)} trials failed (first: {failed[0].name}; its log is "
-                           f"{os.path.join(sweep_dir, 'logs', failed[0].name + '.log')})", 1)
+    failure = SweepStopped.failed_on_tune(trials, len(plan.trials), sweep_dir)
+    if failure:
+        raise failure
     return 0
 
 

@@ -23,7 +23,7 @@ from tffpipe.runtimes import processes
 FINISHED, SKIPPED, FAILED, INTERRUPTED = "finished", "skipped", "failed", "interrupted"
 _POLL_SEC = 0.2
 # A launcher saves nothing on Ctrl-C beyond its checkpoints; it only needs to stop its workers.
-_STOP_WAIT_SEC = 60.0
+STOP_WAIT_SEC = 60.0
 
 
 @dataclasses.dataclass
@@ -107,10 +107,8 @@ def run_trials(
                          f"{_duration(outcome.seconds)}" + (f"; {detail}" if detail else ""))
             time.sleep(_POLL_SEC)
     except BaseException as e:
-        for index, (proc, started) in running.items():
-            _interrupt(proc)
-        for index, (proc, started) in running.items():
-            _wait_or_kill(proc)
+        processes.stop([proc for proc, _ in running.values()], STOP_WAIT_SEC)
+        for index, (_, started) in running.items():
             outcomes[index] = Outcome(plan.trials[index], INTERRUPTED, time.monotonic() - started)
         e.outcomes = [outcomes[i] for i in sorted(outcomes)]  # type: ignore[attr-defined]
         raise
@@ -147,22 +145,6 @@ def last_error(path: str) -> str:
         return "exited with an error"
     errors_seen = [line for line in lines if line.startswith("error:")]
     return (errors_seen or lines or ["exited with an error"])[-1]
-
-
-def _interrupt(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_or_kill(proc: subprocess.Popen) -> None:
-    try:
-        proc.wait(timeout=_STOP_WAIT_SEC)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _duration(seconds: float) -> str:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -219,13 +218,7 @@ def launch_and_report(name: str, flags: list[str], metric: str, sweep_dir: str) 
         if proc.returncode != 0:
             raise RuntimeError(runner.last_error(log.name))
     finally:
-        if proc.poll() is None:  # ASHA stopped the trial, or Tune is shutting down
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.stop([proc], runner.STOP_WAIT_SEC)  # ASHA stopped the trial, or Tune is shutting down
 
 
 def _report_rows(name: str, metric: str, sweep_dir: str, after: int) -> int:

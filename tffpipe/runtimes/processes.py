@@ -188,18 +188,23 @@ def binary_path() -> str:
 
 def stop_workers(timeout: float = _STOP_TIMEOUT_SEC) -> None:
     """Stops every worker process started through `WorkerPopen`."""
-    workers = [w for w in list(_live_workers) if w.poll() is None]
-    for worker in workers:
+    stop(list(_live_workers), timeout)
+
+
+def stop(children: "list[subprocess.Popen]", timeout: float) -> None:
+    """Sends SIGINT to each of `children` still running, then waits up to `timeout` for each, killing what is left."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
         try:
-            worker.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGINT)
         except ProcessLookupError:
             pass
-    for worker in workers:
+    for child in running:
         try:
-            worker.wait(timeout=timeout)
+            child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+            child.kill()
+            child.wait()
 
 
 def exit_now(code: int) -> None:
