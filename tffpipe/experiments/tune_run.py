@@ -35,8 +35,7 @@ class TrialResult:
     name: str
     values: dict[str, Any]
     rounds: int
-    status: str  # "finished", "stopped early", "failed", "not finished"
-    error: str = ""
+    status: str  # "finished", "stopped early", "failed" (its log says why), "not finished"
 
 
 def trial_name(trial_id: str, config: dict[str, Any], search: search_lib.Search) -> str:
@@ -156,7 +155,7 @@ def _result(trial: Any, experiment: _Experiment) -> TrialResult:
     name = experiment.name_of(trial)
     rounds = int((trial.last_result or {}).get(search_lib.ROUND, 0))
     if trial.status == "ERROR":
-        return TrialResult(name, trial.config, rounds, "failed", "see its log in logs/")
+        return TrialResult(name, trial.config, rounds, "failed")
     if trial.status != "TERMINATED":
         return TrialResult(name, trial.config, rounds, "not finished")
     stopped = experiment.stops_early and rounds < experiment.rounds_of(name)
