@@ -199,3 +199,31 @@ def test_settings_flags_and_registries_load_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_task_options_are_read_when_another_thread_trips_cpythons_ast_builder(monkeypatch):
+    # python/cpython#106905: on 3.11 a parse in another thread can make ours
+    # fail once with a SystemError; CI met it in cli.parse.
+    import ast
+    from tffpipe import plugins
+
+    real_parse = ast.parse
+    failures = []
+
+    def parse_failing_once(source, filename="<unknown>", *args, **kwargs):
+        if not failures:
+            failures.append(filename)
+            raise SystemError("AST constructor recursion depth mismatch (before=153, after=201)")
+        return real_parse(source, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", parse_failing_once)
+    options = config.plugin_options("task", "digits")
+    assert failures and failures[0].endswith("digits.py")
+    assert "alpha" in options
+
+    def parse_failing_otherwise(source, filename="<unknown>", *args, **kwargs):
+        raise SystemError("some other failure")
+
+    monkeypatch.setattr(ast, "parse", parse_failing_otherwise)
+    with pytest.raises(SystemError, match="some other failure"):
+        plugins.parse_source("x = 1", "x.py")

@@ -143,7 +143,7 @@ def options(
     if source_file and source_file.endswith(".py"):
         try:
             with open(source_file, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), source_file)
+                tree = parse_source(f.read(), source_file)
         except (SyntaxError, UnicodeDecodeError, OSError) as e:
             raise error(
                 f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {errors.first_line(e)}"
@@ -153,6 +153,35 @@ def options(
             if isinstance(node, ast.FunctionDef) and node.name == attr:
                 return _options_of_node(node, constants, reserved)
     return options_of(load(path, error, kind), reserved)
+
+
+_AST_RACE = "AST constructor recursion depth mismatch"
+
+
+def parse_source(source: str, filename: str, attempts: int = 3) -> ast.Module:
+    """`ast.parse`, retried when CPython 3.11's AST builder trips over another thread.
+
+    Before 3.12, the AST builder kept its recursion counter in per-interpreter
+    state; a thread that parses while another is switched out mid-parse (TF's
+    autograph parses in TFF's worker threads) makes the first call fail with
+    a spurious `SystemError` (python/cpython#106905). The counter is reset by
+    every call, so parsing again succeeds.
+
+    Args:
+      source: the module's text.
+      filename: its path, for error messages.
+      attempts: how many times to try before letting the `SystemError` through.
+
+    Returns:
+      The parsed module.
+    """
+    for attempt in range(attempts):
+        try:
+            return ast.parse(source, filename)
+        except SystemError as e:
+            if _AST_RACE not in str(e) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _module_constants(tree: ast.Module) -> dict[str, Any]:
