@@ -49,8 +49,8 @@ from tffpipe.program import sampling
 from tffpipe.runtimes import processes
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import from_arrays
-from tasks import digits
-from tasks import emnist
+from tffpipe_tasks import digits
+from tffpipe_tasks import emnist
 
 flags.DEFINE_list(
     "workloads", ["digits:10", "digits:50", "digits:200", "digits:1000", "emnist:50", "emnist:200"],

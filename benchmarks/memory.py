@@ -68,7 +68,7 @@ def _rss_bytes(root: int) -> tuple[int, int]:
 
 
 def _write_data(num_clients: int) -> str:
-    from tasks import emnist  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import emnist  # pylint: disable=g-import-not-at-top
 
     folder = os.path.join(FLAGS.data_root, f"{num_clients}x{FLAGS.examples_per_client}")
     done = os.path.join(folder, "complete")

@@ -40,7 +40,7 @@ from tffpipe.runtimes import processes
 from tffpipe.runtimes import remote_context as remote
 from tffpipe.program import sampling
 from tffpipe.tasks import ClientSpec
-from tasks import digits
+from tffpipe_tasks import digits
 import local_workers
 
 flags.DEFINE_integer("clients", 200, "Clients per round.")

@@ -36,7 +36,7 @@ from tffpipe.program import files
 from tffpipe.program import loop
 from tffpipe.runtimes import processes
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 flags.DEFINE_integer("rounds", 50, "Rounds per run.")
 flags.DEFINE_integer("clients_per_round", 20, "Clients per round.")

@@ -37,7 +37,7 @@ from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.runtimes import memory
 from tffpipe.runtimes import processes
 from tffpipe import tasks as tasks_lib
-from tasks import digits
+from tffpipe_tasks import digits
 
 flags.DEFINE_list("models", ["digits", "emnist"], "Models to measure: digits, emnist.")
 flags.DEFINE_integer("clients", 50, "Clients per round.")

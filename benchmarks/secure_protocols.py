@@ -50,7 +50,7 @@ PROTOCOLS = {
 
 
 def _emnist_data() -> str:
-    from tasks import emnist  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import emnist  # pylint: disable=g-import-not-at-top
 
     folder = os.path.join(FLAGS.data_root, f"emnist_{FLAGS.emnist_clients}x20")
     done = os.path.join(folder, "complete")

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
-from tasks import breast_cancer
-from tasks import vertical_split
+from . import breast_cancer
+from . import vertical_split
 from tffpipe.tasks import VerticalTask, vertical_from_arrays
 
 PARTIES = {"imaging": "ten mean features and the diagnosis (active)", "pathology": "ten standard-error and ten worst features"}

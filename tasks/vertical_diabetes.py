@@ -24,7 +24,7 @@ patients are a small, hard test set).
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
-from tasks import vertical_split
+from . import vertical_split
 from tffpipe.tasks import VerticalTask, vertical_from_arrays
 
 CLINIC = ("age", "sex", "bmi", "bp")

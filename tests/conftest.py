@@ -70,7 +70,7 @@ SMALL_DIGITS_FLAGS = {
 
 @pytest.fixture(scope="module")
 def small_digits():
-    from tasks import digits  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import digits  # pylint: disable=g-import-not-at-top
 
     return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
 

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 
 def _alive(client_id) -> bool:

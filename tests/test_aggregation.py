@@ -11,7 +11,7 @@ from tffpipe.aggregation import stack as aggregation
 from tffpipe.learning import builder
 from tffpipe.runtimes import contexts as runtime
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 DIM = 500
 CLIENT_IDS = [f"c{i}" for i in range(40)]

@@ -16,7 +16,7 @@ from conftest import make_config
 from tffpipe.privacy import accounting as privacy
 from tffpipe.program import loop
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 TASK_OPTIONS = {"num_clients": 12, "eval_clients": 2, "alpha": 1.0}
 NUM_TRAIN, K = 10, 3

@@ -16,7 +16,7 @@ from tffpipe.attacks import selection
 from tffpipe.attacks import simulation
 from tffpipe.program import loop
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 IDS = [f"client_{i:04d}" for i in range(40)]
 
@@ -89,7 +89,7 @@ def test_attack_settings_are_checked_with_the_flags(flags, message):
 def test_an_attack_that_does_not_fit_the_task_is_refused(small_task):
     with pytest.raises(errors.ConfigError, match=r"^--attack_target=10 is not a class of task 'digits' \(0..9\)$"):
         simulation.Simulation(make_config(attack="backdoor", attack_target=10), small_task)
-    from tasks import diabetes  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import diabetes  # pylint: disable=g-import-not-at-top
     with pytest.raises(errors.ConfigError, match=r"^--attack=label_flip needs integer class labels; task 'diabetes' has none$"):
         simulation.Simulation(make_config(attack="label_flip"), diabetes.create_task(seed=0))
 

@@ -13,11 +13,11 @@ from conftest import make_config
 from tffpipe.program import loop
 from tffpipe import tasks
 
-from tasks import breast_cancer
-from tasks import cifar100
-from tasks import emnist
-from tasks import shakespeare
-from tasks import stackoverflow_nwp
+from tffpipe_tasks import breast_cancer
+from tffpipe_tasks import cifar100
+from tffpipe_tasks import emnist
+from tffpipe_tasks import shakespeare
+from tffpipe_tasks import stackoverflow_nwp
 
 
 @pytest.fixture(scope="module")

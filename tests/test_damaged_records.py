@@ -16,7 +16,7 @@ from tffpipe.program import loop
 from tffpipe.program import outputs
 from tffpipe.program import records
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 TAGS = ("train/loss", "train/accuracy", "eval/loss")
 

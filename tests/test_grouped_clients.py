@@ -15,7 +15,7 @@ from tffpipe.runtimes import inprocess_process
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 SMALL = {"digits_num_clients": 14, "digits_eval_clients": 4, "digits_alpha": 1.0}
 

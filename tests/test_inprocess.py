@@ -20,7 +20,7 @@ from tffpipe.runtimes import inprocess_process as inprocess
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 CLIENTS_PER_ROUND = 3
 SPEC = ClientSpec(num_epochs=1, batch_size=32)
@@ -231,7 +231,7 @@ PLACEMENT_SCRIPT = textwrap.dedent(
     from tffpipe.runtimes import inprocess_process as inprocess
     from tffpipe.runtimes import processes
     from tffpipe.tasks import ClientSpec
-    from tasks import digits
+    from tffpipe_tasks import digits
 
     processes.install_worker_reaper()
     cfg = config.from_values({"runtime": "inprocess", "cpu_devices": 3, "parallel_clients": 1})

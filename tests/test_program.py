@@ -11,7 +11,7 @@ from tffpipe import config
 from tffpipe.learning import builder
 from tffpipe.program import loop
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 
 @pytest.fixture(scope="module")

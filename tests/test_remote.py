@@ -27,7 +27,7 @@ from tffpipe.runtimes import contexts as runtime
 from tffpipe.runtimes import processes
 from tffpipe.runtimes import remote_context as remote
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 
 def kill_worker(workers, i, marker):

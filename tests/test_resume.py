@@ -15,7 +15,7 @@ from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 SMALL = {"digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0}
 

@@ -14,7 +14,7 @@ from tffpipe import errors
 from tffpipe.aggregation import stack as aggregation
 from tffpipe.program import loop
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 CLIENT_IDS = [f"c{i}" for i in range(40)]
 VALUE_TYPE = tff.StructWithPythonType(

@@ -182,7 +182,7 @@ def _digits_engine(**values):
     from tffpipe.runtimes import inprocess_process
     from tffpipe.runtimes import registry as runtime_registry
 
-    from tasks import digits
+    from tffpipe_tasks import digits
 
     task = digits.create_task(num_clients=12, eval_clients=2, alpha=1.0, seed=0)
     cfg = make_config(digits_num_clients=12, digits_eval_clients=2, client_batch_size=16, clients_per_round=6,
@@ -233,7 +233,7 @@ def test_a_resumed_ckks_run_equals_a_straight_one_with_the_same_keys(tmp_path):
 
     from tffpipe.program import loop
 
-    from tasks import digits
+    from tffpipe_tasks import digits
 
     task = digits.create_task(num_clients=12, eval_clients=2, alpha=1.0, seed=0)
 

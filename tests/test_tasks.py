@@ -8,7 +8,7 @@ import tensorflow as tf
 from tffpipe.tasks import partition
 from tffpipe import tasks
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 
 def _small_digits():
@@ -96,7 +96,7 @@ def test_unknown_task_lists_the_valid_names():
 
 def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
     (tmp_path / "my_tasks.py").write_text(textwrap.dedent('''
-        from tasks import digits
+        from tffpipe_tasks import digits
 
         def create_task(*, clients: int = 12, seed: int = 0):
             """A user's task.
@@ -180,7 +180,7 @@ def test_installed_packages_register_tasks_through_entry_points(tmp_path, monkey
     (tmp_path / "plugin_tasks.py").write_text(textwrap.dedent('''
         """`plugin`: a task an installed package registers."""
         from typing import Literal
-        from tasks import digits
+        from tffpipe_tasks import digits
 
         def create_task(*, size: Literal["small", "large"] = "small", seed: int = 0):
             """A plug-in task.

@@ -25,7 +25,7 @@ from tffpipe.program import sampling
 from tffpipe.runtimes import inprocess_process
 from tffpipe.tasks import ClientSpec
 
-from tasks import digits
+from tffpipe_tasks import digits
 
 K = 3.0
 OPTIONS = base.UpdateOptions(scale=K, alie_z=0.5)

@@ -31,7 +31,7 @@ def registered_tasks() -> dict[str, TaskEntry]:
 
     A plug-in cannot shadow a built-in name; it is left out.
     """
-    from tasks import TASKS  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import TASKS  # pylint: disable=g-import-not-at-top
 
     return plugins.entries(TASKS, ENTRY_POINT_GROUP)
 
