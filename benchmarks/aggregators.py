@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import contextlib  # pylint: disable=g-import-not-at-top
+import contextlib
 import statistics
 import sys
 import time
@@ -68,10 +68,15 @@ def _time_rounds(process, state, datasets, rounds):
 
 
 def _measure(task, datasets, aggregation, rounds, force_test_runtime=False):
-    cfg = config.from_values(dict(
-        aggregation, client_epochs=1, rounds=rounds + 1, clients_per_round=FLAGS.clients_per_round,
-        runtime="cpp",
-    ))
+    cfg = config.from_values(
+        dict(
+            aggregation,
+            client_epochs=1,
+            rounds=rounds + 1,
+            clients_per_round=FLAGS.clients_per_round,
+            runtime="cpp",
+        )
+    )
     with compat.quiet_tensorflow_errors():
         process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     secure = runtime.uses_secure_sum(process.next)
@@ -89,8 +94,11 @@ def main(argv):
     ids = sampling.sample_clients(list(task.train_data.client_ids), FLAGS.clients_per_round, seed=0, round_num=1)
     spec = tasks.ClientSpec(num_epochs=1, batch_size=20)
     datasets = [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids)]
-    print(f"digits CNN, {FLAGS.clients_per_round} clients x 1 local epoch, median of "
-          f"{FLAGS.rounds} rounds after a warm-up round", flush=True)
+    print(
+        f"digits CNN, {FLAGS.clients_per_round} clients x 1 local epoch, median of "
+        f"{FLAGS.rounds} rounds after a warm-up round",
+        flush=True,
+    )
     results = {}
     for name, aggregation in STACKS.items():
         results[name] = _measure(task, datasets, aggregation, FLAGS.rounds)

@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import statistics  # pylint: disable=g-import-not-at-top
+import statistics
 import time
 
 from absl import app
@@ -43,6 +43,22 @@ def _median_seconds(call, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _measure(runtime: str, task, weights) -> tuple[float, float, float]:
+    """Median seconds of evaluation before, with per-client figures, and of personalization."""
+    cfg = config.from_values({"runtime": runtime, "eval_clients": 0, "personalize_every": 1})
+    evaluator = evaluation.Evaluator(task, cfg, lambda line: None)
+    personalizer = personalization.Personalizer(task, cfg, evaluator, lambda line: None)
+
+    def federated_only():
+        datasets = [task.eval_dataset(cid, cfg.schedule.eval_batch_size) for cid in evaluator.client_ids]
+        evaluator.evaluate(weights, datasets)
+
+    before = _median_seconds(federated_only, FLAGS.repeats)
+    now = _median_seconds(lambda: evaluator(weights), FLAGS.repeats)
+    personalized = _median_seconds(lambda: personalizer(weights), FLAGS.repeats)
+    return before, now, personalized
+
+
 def main(argv):
     del argv
     processes.install_worker_reaper()
@@ -54,19 +70,8 @@ def main(argv):
     print("| runtime | evaluation as before | with per-client figures | ratio | personalization (1 epoch) |")
     print("|---|---|---|---|---|")
     for runtime in FLAGS.runtimes:
-        cfg = config.from_values({"runtime": runtime, "eval_clients": 0, "personalize_every": 1})
-        evaluator = evaluation.Evaluator(task, cfg, lambda line: None)
-        personalizer = personalization.Personalizer(task, cfg, evaluator, lambda line: None)
-
-        def federated_only():
-            datasets = [task.eval_dataset(cid, cfg.schedule.eval_batch_size) for cid in evaluator.client_ids]
-            evaluator.evaluate(weights, datasets)
-
-        before = _median_seconds(federated_only, FLAGS.repeats)
-        now = _median_seconds(lambda: evaluator(weights), FLAGS.repeats)
-        personalized = _median_seconds(lambda: personalizer(weights), FLAGS.repeats)
-        print(f"| {runtime} | {before:.3f} s | {now:.3f} s | {now / before:.1f}x | {personalized:.3f} s |",
-              flush=True)
+        before, now, personalized = _measure(runtime, task, weights)
+        print(f"| {runtime} | {before:.3f} s | {now:.3f} s | {now / before:.1f}x | {personalized:.3f} s |", flush=True)
     processes.exit_now(0)
 
 

@@ -17,16 +17,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import statistics  # pylint: disable=g-import-not-at-top
+import statistics
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 import pandas
+
 # TensorFlow loaded before `app.run`: first imported inside it, Keras builds
 # Sequential models wrongly (see tffpipe/train.py).
-import tensorflow as tf  # noqa: F401  pylint: disable=unused-import
+import tensorflow as tf  # noqa: F401
 
 import tffpipe
 from tffpipe import compat
@@ -50,7 +51,10 @@ def configurations():
         "over-selection 1.3": {"over_selection": 1.3},
         "8-bit compression of uploads": {"compression": "uniform_quantization", "compression_bits": 8},
         "FedBuff, 10 training at once, buffer 5": {
-            "algorithm": "fedbuff", "async_concurrency": 10, "async_buffer_size": 5, "zeroing": False,
+            "algorithm": "fedbuff",
+            "async_concurrency": 10,
+            "async_buffer_size": 5,
+            "zeroing": False,
         },
     }
 
@@ -67,12 +71,16 @@ def main(argv):
     root = tempfile.mkdtemp(prefix="tffpipe_clock_")
     s = FLAGS.sigma
     population = dict(
-        client_speed=f"lognormal:50,{s}", client_downlink=f"lognormal:1e6,{s}",
-        client_uplink=f"lognormal:2.5e5,{s}", client_dropout=0.1,
+        client_speed=f"lognormal:50,{s}",
+        client_downlink=f"lognormal:1e6,{s}",
+        client_uplink=f"lognormal:2.5e5,{s}",
+        client_dropout=0.1,
     )
     print(f"digits, 10 clients a round, devices: {POPULATION.format(s=s)}; seeds {','.join(FLAGS.seeds)}\n")
-    print(f"| configuration | simulated seconds to {FLAGS.target:.0%} | rounds | seeds reaching it | "
-          "simulated seconds per round |")
+    print(
+        f"| configuration | simulated seconds to {FLAGS.target:.0%} | rounds | seeds reaching it | "
+        "simulated seconds per round |"
+    )
     print("|---|---|---|---|---|")
     for name, extra in configurations().items():
         reached, rounds, per_round = [], [], []
@@ -80,8 +88,15 @@ def main(argv):
         most = FLAGS.rounds * (2 if extra.get("algorithm") == "fedbuff" else 1)
         for seed in FLAGS.seeds:
             result = tffpipe.run(
-                quiet=True, task="digits", rounds=most, eval_every=1, seed=int(seed), root_dir=root,
-                experiment_name=f"{name.replace(' ', '_')}_{seed}", **population, **extra,
+                quiet=True,
+                task="digits",
+                rounds=most,
+                eval_every=1,
+                seed=int(seed),
+                root_dir=root,
+                experiment_name=f"{name.replace(' ', '_')}_{seed}",
+                **population,
+                **extra,
             )
             rows = _rows(result)
             per_round.append(rows[-1]["sim/elapsed_sec"] / len(rows))
@@ -91,8 +106,11 @@ def main(argv):
                 rounds.append(hit["round"])
         seconds = f"{statistics.mean(reached):.1f}" if reached else f"not within {most} rounds"
         mean_rounds = f"{statistics.mean(rounds):.1f}" if rounds else "-"
-        print(f"| {name} | {seconds} | {mean_rounds} | {len(reached)} of {len(FLAGS.seeds)} | "
-              f"{statistics.mean(per_round):.2f} |  ({time.monotonic() - start:.0f} s)", flush=True)
+        print(
+            f"| {name} | {seconds} | {mean_rounds} | {len(reached)} of {len(FLAGS.seeds)} | "
+            f"{statistics.mean(per_round):.2f} |  ({time.monotonic() - start:.0f} s)",
+            flush=True,
+        )
     processes.exit_now(0)
 
 

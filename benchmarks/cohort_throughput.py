@@ -53,7 +53,8 @@ from tffpipe_tasks import digits
 from tffpipe_tasks import emnist
 
 flags.DEFINE_list(
-    "workloads", ["digits:10", "digits:50", "digits:200", "digits:1000", "emnist:50", "emnist:200"],
+    "workloads",
+    ["digits:10", "digits:50", "digits:200", "digits:1000", "emnist:50", "emnist:200"],
     "MODEL:CLIENTS_PER_ROUND pairs to measure.",
 )
 flags.DEFINE_integer("rounds", 5, "Timed rounds per engine (after a warm-up round); the median is reported.")
@@ -71,34 +72,56 @@ def _task(model: str, cohort: int):
         num_clients = cohort + cohort // 4
         repeats = -(-7 * num_clients // len(x))
         return from_arrays(
-            "digits_repeated", np.tile(x, (repeats, 1, 1, 1)), np.tile(y, repeats), digits.build_cnn,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-            num_clients=num_clients, partition="iid", eval_fraction=0.2, seed=0,
+            "digits_repeated",
+            np.tile(x, (repeats, 1, 1, 1)),
+            np.tile(y, repeats),
+            digits.build_cnn,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            num_clients=num_clients,
+            partition="iid",
+            eval_fraction=0.2,
+            seed=0,
         )
     rng = np.random.default_rng(0)
     num_clients = cohort + cohort // 4
     x = rng.random((num_clients * 20, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 62, num_clients * 20)
     return from_arrays(
-        "emnist_shaped", x, y, lambda: emnist._MODELS["cnn_dropout"](only_digits=False),  # pylint: disable=protected-access
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"],
-        num_clients=num_clients, partition="iid", eval_fraction=0.2, seed=0,
+        "emnist_shaped",
+        x,
+        y,
+        lambda: emnist._MODELS["cnn_dropout"](only_digits=False),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+        num_clients=num_clients,
+        partition="iid",
+        eval_fraction=0.2,
+        seed=0,
     )
 
 
 def _config(task, cohort: int, per_call: int) -> config.RunConfig:
-    return config.from_values({
-        "task": "digits", "clients_per_round": cohort, "client_epochs": 1, "client_batch_size": FLAGS.batch_size,
-        "zeroing": False, "runtime": "inprocess", "clients_per_call": per_call,
-        "digits_num_clients": 1000000,  # unused: the task object is built here
-    })
+    return config.from_values(
+        {
+            "task": "digits",
+            "clients_per_round": cohort,
+            "client_epochs": 1,
+            "client_batch_size": FLAGS.batch_size,
+            "zeroing": False,
+            "runtime": "inprocess",
+            "clients_per_call": per_call,
+            "digits_num_clients": 1000000,  # unused: the task object is built here
+        }
+    )
 
 
 def _engine(task, cohort: int, per_call: int):
     cfg = _config(task, cohort, per_call)
     runtime = runtime_registry.get("inprocess")
     process, _ = builder.build_learning_process(
-        task, cfg, list(task.train_data.client_ids), runtime.loop_implementation())
+        task, cfg, list(task.train_data.client_ids), runtime.loop_implementation()
+    )
     return runtime.wrap(process, cfg, lambda line: None), loop.client_spec(cfg)
 
 
@@ -135,17 +158,24 @@ def _client_arrays(task, cid) -> tuple[np.ndarray, np.ndarray]:
 
 def _peer_wall_per_round(rounds: int) -> tuple[float, int, float]:
     """(wall seconds per round, rounds of the short run, examples per client) of the peer configuration."""
-    import tempfile  # pylint: disable=g-import-not-at-top
+    import tempfile
 
     task = digits.create_task(num_clients=50, eval_clients=18, alpha=100.0, seed=0)
     walls = {}
     short = max(1, rounds // 4)
     for count in (short, rounds):
-        cfg = config.from_values({
-            "task": "digits", "clients_per_round": 10, "client_epochs": 1, "client_batch_size": 16,
-            "rounds": count, "eval_every": 0, "runtime": "inprocess",
-            "root_dir": tempfile.mkdtemp(prefix="tffpipe_peer_"),
-        })
+        cfg = config.from_values(
+            {
+                "task": "digits",
+                "clients_per_round": 10,
+                "client_epochs": 1,
+                "client_batch_size": 16,
+                "rounds": count,
+                "eval_every": 0,
+                "runtime": "inprocess",
+                "root_dir": tempfile.mkdtemp(prefix="tffpipe_peer_"),
+            }
+        )
         started = time.perf_counter()
         loop.run(cfg, task, print_fn=lambda line: None)
         walls[count] = time.perf_counter() - started
@@ -181,21 +211,29 @@ def main(argv):
         keras_effective = _keras(task, ids, effective)
         grouped, single = statistics.median(times[0]), statistics.median(times[1])
         rows.append((model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective))
-        print(f"measured {item}: grouped {grouped:.3f} s, per-client {single:.3f} s, "
-              f"keras {keras_batch:.3f} s (batch {FLAGS.batch_size}), {keras_effective:.3f} s (batch {effective})",
-              flush=True)
+        print(
+            f"measured {item}: grouped {grouped:.3f} s, per-client {single:.3f} s, "
+            f"keras {keras_batch:.3f} s (batch {FLAGS.batch_size}), {keras_effective:.3f} s (batch {effective})",
+            flush=True,
+        )
     print()
-    print(f"{'workload':<10} {'clients':>7} {'examples':>8} {'K':>3} {'(a) grouped':>11} {'(b) 1/call':>10} "
-          f"{'(c) keras':>9} {'(c) eff. batch':>14} {'(a)/(c)':>7} {'(b)/(a)':>7}")
+    print(
+        f"{'workload':<10} {'clients':>7} {'examples':>8} {'K':>3} {'(a) grouped':>11} {'(b) 1/call':>10} "
+        f"{'(c) keras':>9} {'(c) eff. batch':>14} {'(a)/(c)':>7} {'(b)/(a)':>7}"
+    )
     for model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective in rows:
-        print(f"{model:<10} {cohort:>7} {examples:>8} {per_call:>3} {grouped:>10.3f}s {single:>9.3f}s "
-              f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
-              f"{single / grouped:>7.2f}")
+        print(
+            f"{model:<10} {cohort:>7} {examples:>8} {per_call:>3} {grouped:>10.3f}s {single:>9.3f}s "
+            f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
+            f"{single / grouped:>7.2f}"
+        )
     if FLAGS.peer_rounds:
         per_round, short, per_client = _peer_wall_per_round(FLAGS.peer_rounds)
-        print(f"\npeer configuration (digits, 32 clients of ~{per_client:.0f} examples, 10 a round, batch 16, "
-              f"whole program, (run of {FLAGS.peer_rounds} - run of {short}) / rounds): "
-              f"{per_round:.3f} s of wall time per round")
+        print(
+            f"\npeer configuration (digits, 32 clients of ~{per_client:.0f} examples, 10 a round, batch 16, "
+            f"whole program, (run of {FLAGS.peer_rounds} - run of {short}) / rounds): "
+            f"{per_round:.3f} s of wall time per round"
+        )
     processes.exit_now(0)
 
 

@@ -20,8 +20,11 @@ from tffpipe.runtimes import tls
 def certificates() -> tuple[str, tls.Credentials]:
     """A fresh federation in a temporary folder: (a worker's folder for 127.0.0.1, the launcher's credentials)."""
     root = tempfile.mkdtemp(prefix="tffpipe-bench-certs-")
-    for args in (["init", root], ["issue", root, "127.0.0.1", "--role=worker"],
-                 ["issue", root, "launcher", "--role=launcher"]):
+    for args in (
+        ["init", root],
+        ["issue", root, "127.0.0.1", "--role=worker"],
+        ["issue", root, "launcher", "--role=launcher"],
+    ):
         subprocess.run([sys.executable, "-m", "tffpipe.certs", *args], check=True, capture_output=True)
     return os.path.join(root, "127.0.0.1"), tls.load(os.path.join(root, "launcher"), "launcher")
 
@@ -29,8 +32,12 @@ def certificates() -> tuple[str, tls.Credentials]:
 def start(tls_dir: str | None) -> tuple[subprocess.Popen, str]:
     """One `python -m tffpipe.worker` on a free loopback port; (its process, its address)."""
     security = [f"--tls_dir={tls_dir}"] if tls_dir else ["--insecure_workers"]
-    proc = subprocess.Popen([sys.executable, "-m", "tffpipe.worker", "--port=0", "--bind=127.0.0.1", *security],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tffpipe.worker", "--port=0", "--bind=127.0.0.1", *security],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     line, deadline = b"", time.monotonic() + 60
     while time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 0.5)[0]:

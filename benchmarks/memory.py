@@ -34,7 +34,8 @@ flags.DEFINE_list("clients", ["3400", "340"], "Total clients of each run.")
 flags.DEFINE_integer("examples_per_client", 20, "Training examples per synthetic client.")
 flags.DEFINE_string("model", "cnn_dropout", "--emnist_model of the runs.")
 flags.DEFINE_string(
-    "data_root", os.path.join(tempfile.gettempdir(), "tffpipe_memory"),
+    "data_root",
+    os.path.join(tempfile.gettempdir(), "tffpipe_memory"),
     "Where the synthetic datasets are written once and reused.",
 )
 flags.DEFINE_list("train_args", [], "Extra flags for every run, e.g. --train_args=--runtime=cpp.")
@@ -68,7 +69,7 @@ def _rss_bytes(root: int) -> tuple[int, int]:
 
 
 def _write_data(num_clients: int) -> str:
-    from tffpipe_tasks import emnist  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import emnist
 
     folder = os.path.join(FLAGS.data_root, f"{num_clients}x{FLAGS.examples_per_client}")
     done = os.path.join(folder, "complete")
@@ -77,9 +78,7 @@ def _write_data(num_clients: int) -> str:
         return folder
     os.makedirs(folder, exist_ok=True)
     start = time.monotonic()
-    emnist.write_synthetic_data(
-        folder, num_clients=num_clients, examples_per_client=FLAGS.examples_per_client
-    )
+    emnist.write_synthetic_data(folder, num_clients=num_clients, examples_per_client=FLAGS.examples_per_client)
     open(done, "w").close()
     print(f"  wrote {num_clients} synthetic EMNIST clients in {time.monotonic() - start:.0f} s", flush=True)
     return folder
@@ -88,14 +87,25 @@ def _write_data(num_clients: int) -> str:
 def _measure(num_clients: int) -> dict[str, float]:
     data_dir = _write_data(num_clients)
     args = [
-        sys.executable, "-m", "tffpipe.train", "--task=emnist", f"--emnist_model={FLAGS.model}",
-        f"--data_dir={data_dir}", f"--rounds={FLAGS.rounds}",
-        f"--clients_per_round={FLAGS.clients_per_round}", "--client_epochs=1",
-        "--eval_every=10", f"--root_dir={tempfile.mkdtemp(prefix='tffpipe_memory_runs_')}",
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        "--task=emnist",
+        f"--emnist_model={FLAGS.model}",
+        f"--data_dir={data_dir}",
+        f"--rounds={FLAGS.rounds}",
+        f"--clients_per_round={FLAGS.clients_per_round}",
+        "--client_epochs=1",
+        "--eval_every=10",
+        f"--root_dir={tempfile.mkdtemp(prefix='tffpipe_memory_runs_')}",
         *FLAGS.train_args,
     ]
     launcher = subprocess.Popen(
-        args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        args,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         stdin=subprocess.DEVNULL,
     )
     samples: list[int] = []
@@ -127,7 +137,10 @@ def _measure(num_clients: int) -> dict[str, float]:
     sampler.join()
     if code != 0:
         raise SystemExit(f"the run with {num_clients} clients failed:\n" + "\n".join(tail))
-    total = lambda r: sum(at_round.get(r, (0, 0))) / 2**20
+
+    def total(r):
+        return sum(at_round.get(r, (0, 0))) / 2**20
+
     return {
         "peak": max(samples) / 2**20,
         "first": total(min(at_round)),
@@ -151,8 +164,10 @@ def main(argv):
     print()
     last = f"round {FLAGS.rounds}"
     print("resident MiB, launcher + the processes it starts (last round split as launcher / others)")
-    print(f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {'round 11':>9} {last:>9} "
-          f"{'growth 10->' + str(FLAGS.rounds):>14} {'range from 11':>14} {'split':>12} {'wall s':>7}")
+    print(
+        f"{'clients':>8} {'peak':>6} {'round 1':>8} {'round 10':>9} {'round 11':>9} {last:>9} "
+        f"{'growth 10->' + str(FLAGS.rounds):>14} {'range from 11':>14} {'split':>12} {'wall s':>7}"
+    )
     for count, r in results.items():
         split = f"{r['launcher_last']:.0f} / {r['worker_last']:.0f}"
         later = f"{min(r['later']):.0f}-{max(r['later']):.0f}" if r["later"] else "-"

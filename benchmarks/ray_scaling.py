@@ -44,6 +44,7 @@ from tffpipe.runtimes import ray_placement
 from tffpipe.runtimes import remote_context as remote
 from tffpipe.tasks import ClientSpec
 import local_workers
+import contextlib
 
 flags.DEFINE_integer("clients", 200, "Clients per round.")
 flags.DEFINE_integer("rounds", 2, "Rounds per timing.")
@@ -57,10 +58,8 @@ _SPEC = ClientSpec(num_epochs=1, batch_size=20)
 def _pin(pid: int, cores: set[int]) -> None:
     """Pins every thread of `pid` (threads it starts later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(tid), cores)
-        except ProcessLookupError:
-            pass
 
 
 def _seconds_per_round(process, rounds_data) -> float:
@@ -81,8 +80,15 @@ def main(argv):
     processes.install_worker_reaper()
     compat.quiet_library_logs()
     options = {"num_clients": FLAGS.clients + 50, "eval_clients": 10}
-    cfg = config.from_values(dict(task="digits", digits_num_clients=options["num_clients"],
-                                  digits_eval_clients=10, clients_per_round=FLAGS.clients, seed=0))
+    cfg = config.from_values(
+        dict(
+            task="digits",
+            digits_num_clients=options["num_clients"],
+            digits_eval_clients=10,
+            clients_per_round=FLAGS.clients,
+            seed=0,
+        )
+    )
     recipe = client_sources.TaskRecipe.of(cfg)
     task = recipe.build()
     with compat.quiet_tensorflow_errors():
@@ -100,8 +106,11 @@ def main(argv):
     data = [round_data(r) for r in range(1, FLAGS.rounds + 1)]
     examples = sum(sum(1 for _ in ds.unbatch()) for ds in data[0])
     cores = sorted(os.sched_getaffinity(0))
-    print(f"digits, {FLAGS.clients} clients a round ({examples:,} examples in round 1), batch 20, "
-          f"{FLAGS.rounds} rounds a timing, fastest of {FLAGS.repeats}, {len(cores)} cores", flush=True)
+    print(
+        f"digits, {FLAGS.clients} clients a round ({examples:,} examples in round 1), batch 20, "
+        f"{FLAGS.rounds} rounds a timing, fastest of {FLAGS.repeats}, {len(cores)} cores",
+        flush=True,
+    )
     if len(cores) < 2:
         sys.exit("error: needs at least 2 cores")
     results = {}
@@ -118,15 +127,19 @@ def main(argv):
     try:
         for actors in (1, 2):
             settings = config.from_values(dict(runtime="ray", ray_actors=actors, ray_cpus_per_actor=1))
-            pool = ray_placement.start_actors(settings.runtime.ray, settings.runtime.inprocess,
-                                              lambda line: print(line, file=sys.stderr))
+            pool = ray_placement.start_actors(
+                settings.runtime.ray, settings.runtime.inprocess, lambda line: print(line, file=sys.stderr)
+            )
             for k, info in enumerate(pool.infos):
                 _pin(info["pid"], {cores[k]})
             runner = ray_runtime.on_actors(process, pool)
             name = f"ray, {actors} actor{'s' if actors > 1 else ''}"
             results[name] = _seconds_per_round(runner, data)
-            print(f"  {name}: {results[name]:.2f} s/round ({pool.bytes_last_round:,} bytes to the actors a round)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name}: {results[name]:.2f} s/round ({pool.bytes_last_round:,} bytes to the actors a round)",
+                file=sys.stderr,
+                flush=True,
+            )
             runner.close()
             pool.close()
     finally:
@@ -156,11 +169,15 @@ def main(argv):
     print(f"{'engine (one core per actor / worker)':40s} {'s/round':>8s} {'rounds/s':>9s}")
     for name, seconds in results.items():
         print(f"{name:40s} {seconds:8.2f} {1 / seconds:9.3f}")
-    print(f"ray 2 actors / ray 1 actor (speed-up): {results['ray, 1 actor'] / results['ray, 2 actors']:.2f} "
-          "(target >= 1.8)")
+    print(
+        f"ray 2 actors / ray 1 actor (speed-up): {results['ray, 1 actor'] / results['ray, 2 actors']:.2f} "
+        "(target >= 1.8)"
+    )
     if "remote, 2 workers" in results:
-        print(f"ray 2 actors / remote 2 workers (speed-up): "
-              f"{results['remote, 2 workers'] / results['ray, 2 actors']:.2f} (target >= 2)")
+        print(
+            f"ray 2 actors / remote 2 workers (speed-up): "
+            f"{results['remote, 2 workers'] / results['ray, 2 actors']:.2f} (target >= 2)"
+        )
 
 
 if __name__ == "__main__":

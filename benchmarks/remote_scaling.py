@@ -52,13 +52,8 @@ _SPEC = ClientSpec(num_epochs=1, batch_size=20)
 
 
 def _round_data(task, round_num):
-    ids = sampling.sample_clients(
-        list(task.train_data.client_ids), FLAGS.clients, seed=0, round_num=round_num
-    )
-    return [
-        task.client_dataset(cid, _SPEC, seed=sampling.client_seed(0, round_num, i))
-        for i, cid in enumerate(ids)
-    ]
+    ids = sampling.sample_clients(list(task.train_data.client_ids), FLAGS.clients, seed=0, round_num=round_num)
+    return [task.client_dataset(cid, _SPEC, seed=sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
 
 
 def _rounds_per_sec(process, state, data) -> float:
@@ -85,9 +80,11 @@ def main(argv):
         process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
     data = [_round_data(task, r) for r in range(1, FLAGS.rounds + 1)]
     examples = sum(sum(1 for _ in ds.unbatch()) for ds in data[0])
-    print(f"digits, {FLAGS.clients} clients a round ({examples:,} examples in round 1), "
-          f"{FLAGS.rounds} rounds a timing, fastest of {FLAGS.repeats}, {os.cpu_count()} cores",
-          flush=True)
+    print(
+        f"digits, {FLAGS.clients} clients a round ({examples:,} examples in round 1), "
+        f"{FLAGS.rounds} rounds a timing, fastest of {FLAGS.repeats}, {os.cpu_count()} cores",
+        flush=True,
+    )
 
     # Three workers: one for the 1-worker timings, two for the 2-worker
     # ones. A TFF worker that also holds another context's executors ran the
@@ -103,20 +100,30 @@ def main(argv):
         creds = credentials if transport == "tls" else None
         try:
             if transport == "tls":
-                shared = _measure(process, data, {
-                    "1 worker": remote.FailoverContext(one, 30, print, creds),
-                    "2 workers": remote.FailoverContext(two, 30, print, creds),
-                    "cpp": None,  # TFF's default local context: the reference
-                }, "shared cores")
+                shared = _measure(
+                    process,
+                    data,
+                    {
+                        "1 worker": remote.FailoverContext(one, 30, print, creds),
+                        "2 workers": remote.FailoverContext(two, 30, print, creds),
+                        "cpp": None,  # TFF's default local context: the reference
+                    },
+                    "shared cores",
+                )
             if len(all_cores) >= 2:
                 # One core per worker, as if each were a one-core machine.
                 local_workers.pin(services[0], {all_cores[0]})
                 local_workers.pin(services[1], {all_cores[0]})
                 local_workers.pin(services[2], {all_cores[1]})
-                best = _measure(process, data, {
-                    "1 worker": remote.FailoverContext(one, 30, print, creds),
-                    "2 workers": remote.FailoverContext(two, 30, print, creds),
-                }, f"one core per worker, {transport}")
+                best = _measure(
+                    process,
+                    data,
+                    {
+                        "1 worker": remote.FailoverContext(one, 30, print, creds),
+                        "2 workers": remote.FailoverContext(two, 30, print, creds),
+                    },
+                    f"one core per worker, {transport}",
+                )
                 if transport == "tls":
                     pinned = best
                 else:
@@ -126,16 +133,21 @@ def main(argv):
                 local_workers.stop(service)
 
     print(f"{'workers':50s} {'rounds/s':>9s} {'s/round':>8s}")
-    for label, best in (("sharing the machine's cores, TLS", shared), ("one core each, TLS", pinned),
-                        ("one core each, plaintext", plaintext)):
+    for label, best in (
+        ("sharing the machine's cores, TLS", shared),
+        ("one core each, TLS", pinned),
+        ("one core each, plaintext", plaintext),
+    ):
         if best is None:
             continue
         for name in ("1 worker", "2 workers"):
             print(f"{name + ', ' + label:50s} {best[name]:9.3f} {1 / best[name]:8.2f}")
         print(f"  2 workers / 1 worker: {best['2 workers'] / best['1 worker']:.2f}")
     if pinned and plaintext:
-        print(f"  TLS / plaintext time per round, 2 workers one core each: "
-              f"{plaintext['2 workers'] / pinned['2 workers']:.2f}")
+        print(
+            f"  TLS / plaintext time per round, 2 workers one core each: "
+            f"{plaintext['2 workers'] / pinned['2 workers']:.2f}"
+        )
     print(f"{'cpp runtime (reference)':50s} {shared['cpp']:9.3f} {1 / shared['cpp']:8.2f}")
 
 
@@ -153,6 +165,7 @@ def _measure(process, data, contexts, label) -> dict[str, float]:
             best[name] = max(best[name], rate)
             print(f"  {label}, repeat {repeat}: {name} {rate:.3f} rounds/s", file=sys.stderr, flush=True)
     return best
+
 
 if __name__ == "__main__":
     app.run(main)

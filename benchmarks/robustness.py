@@ -19,7 +19,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import json  # pylint: disable=g-import-not-at-top
+import json
 import statistics
 import sys
 import tempfile
@@ -53,9 +53,15 @@ NUM_BYZANTINE = 4  # f for Krum, Multi-Krum and Bulyan: 20% of 20 clients (Bulya
 
 def _flags(defence: str, attack: str, seed: int) -> dict:
     values = dict(
-        rounds=FLAGS.rounds, clients_per_round=FLAGS.clients_per_round, seed=seed, eval_every=0,
-        checkpoint_every=FLAGS.rounds, client_weighting="uniform", root_dir=FLAGS.root_dir,
-        experiment_name=f"{defence}-{attack}-{seed}", runtime="auto",
+        rounds=FLAGS.rounds,
+        clients_per_round=FLAGS.clients_per_round,
+        seed=seed,
+        eval_every=0,
+        checkpoint_every=FLAGS.rounds,
+        client_weighting="uniform",
+        root_dir=FLAGS.root_dir,
+        experiment_name=f"{defence}-{attack}-{seed}",
+        runtime="auto",
     )
     if defence == "norm_bound":
         values["robust_norm_bound"] = NORM_BOUND
@@ -98,15 +104,24 @@ def main(argv):
                     final_eval = loop.run(cfg, task, print_fn=lambda line: None).final_eval
                     files.write_json_atomic(_finished_path(cfg), final_eval)
                 cells.setdefault((defence, attack), []).append(final_eval)
-                print(f"seed {seed} {defence:>16} x {attack:<10} accuracy "
-                      f"{final_eval['eval/accuracy']:.3f}"
-                      + (f", backdoor {final_eval['eval/backdoor_success']:.3f}"
-                         if "eval/backdoor_success" in final_eval else "")
-                      + f"  ({time.monotonic() - run_start:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"seed {seed} {defence:>16} x {attack:<10} accuracy "
+                    f"{final_eval['eval/accuracy']:.3f}"
+                    + (
+                        f", backdoor {final_eval['eval/backdoor_success']:.3f}"
+                        if "eval/backdoor_success" in final_eval
+                        else ""
+                    )
+                    + f"  ({time.monotonic() - run_start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    print(f"\nheld-out accuracy after {FLAGS.rounds} rounds, {FLAGS.clients_per_round} clients a "
-          f"round, {FLAGS.attack_fraction:.0%} attackers, mean of {FLAGS.seeds} seed(s)"
-          + ("; backdoor: accuracy / backdoor success" if "backdoor" in FLAGS.attacks else ""))
+    print(
+        f"\nheld-out accuracy after {FLAGS.rounds} rounds, {FLAGS.clients_per_round} clients a "
+        f"round, {FLAGS.attack_fraction:.0%} attackers, mean of {FLAGS.seeds} seed(s)"
+        + ("; backdoor: accuracy / backdoor success" if "backdoor" in FLAGS.attacks else "")
+    )
     print("| defence | " + " | ".join(FLAGS.attacks) + " |")
     print("|---|" + "---|" * len(FLAGS.attacks))
     for defence in FLAGS.defences:

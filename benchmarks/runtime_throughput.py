@@ -44,9 +44,7 @@ flags.DEFINE_integer("clients", 50, "Clients per round.")
 flags.DEFINE_integer("examples_per_client", 100, "Examples per client.")
 flags.DEFINE_integer("batch_size", 20, "Batch size, for every runtime.")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions after the warm-up; the fastest is reported.")
-flags.DEFINE_list(
-    "parallel_clients", ["1", "2", "4"], "--parallel_clients values to measure inprocess with."
-)
+flags.DEFINE_list("parallel_clients", ["1", "2", "4"], "--parallel_clients values to measure inprocess with.")
 FLAGS = flags.FLAGS
 
 _LEARNING_RATE = 0.02
@@ -69,10 +67,16 @@ def _task(model: str):
     num_clients = FLAGS.clients + 1  # one held out, as from_arrays needs
     x, y, model_fn, logits = _arrays(model, num_clients * FLAGS.examples_per_client, np.random.default_rng(0))
     task = tasks_lib.from_arrays(
-        f"{model}-benchmark", x, y, model_fn,
+        f"{model}-benchmark",
+        x,
+        y,
+        model_fn,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
-        metrics=["accuracy"], num_clients=num_clients, partition="iid",
-        eval_fraction=1 / num_clients, seed=0,
+        metrics=["accuracy"],
+        num_clients=num_clients,
+        partition="iid",
+        eval_fraction=1 / num_clients,
+        seed=0,
     )
     return task, x, y
 
@@ -103,16 +107,20 @@ def _keras_fit(task, x, y):
 
 
 def _round_fn(process, task, runtime_name):
-    cfg = config.from_values(dict(
-        runtime=runtime_name, client_epochs=1, client_batch_size=FLAGS.batch_size,
-        client_shuffle_buffer=0, client_optimizer="sgd", client_learning_rate=_LEARNING_RATE,
-        zeroing=False,
-    ))
+    cfg = config.from_values(
+        dict(
+            runtime=runtime_name,
+            client_epochs=1,
+            client_batch_size=FLAGS.batch_size,
+            client_shuffle_buffer=0,
+            client_optimizer="sgd",
+            client_learning_rate=_LEARNING_RATE,
+            zeroing=False,
+        )
+    )
     loop_implementation = runtime_registry.get(runtime_name).loop_implementation()
     with compat.quiet_tensorflow_errors():
-        learning, _ = builder.build_learning_process(
-            task, cfg, task.train_data.client_ids, loop_implementation
-        )
+        learning, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
     runner = learning if process is None else process(learning)
     state = runner.initialize()
     spec = tasks_lib.ClientSpec(num_epochs=1, batch_size=FLAGS.batch_size)
@@ -130,9 +138,12 @@ def main(argv):
     processes.install_worker_reaper()
     memory.limit_arenas_in_this_process()
     examples = FLAGS.clients * FLAGS.examples_per_client
-    print(f"{FLAGS.clients} clients x {FLAGS.examples_per_client} examples, batch "
-          f"{FLAGS.batch_size}, 1 local epoch, FedAvg; fastest of {FLAGS.repeats} after a "
-          f"warm-up; {os.cpu_count()} CPU(s), {devices.describe()}", flush=True)
+    print(
+        f"{FLAGS.clients} clients x {FLAGS.examples_per_client} examples, batch "
+        f"{FLAGS.batch_size}, 1 local epoch, FedAvg; fastest of {FLAGS.repeats} after a "
+        f"warm-up; {os.cpu_count()} CPU(s), {devices.describe()}",
+        flush=True,
+    )
     rows = []
     for model in FLAGS.models:
         task, x, y = _task(model)
@@ -142,19 +153,15 @@ def main(argv):
         for k in FLAGS.parallel_clients:
             settings = config.from_values(dict(runtime="inprocess", parallel_clients=int(k))).runtime.inprocess
             fns[k], runner = _round_fn(
-                lambda p, s=settings: inprocess.InProcessProcess(
-                    p, devices.client_slots(s), prefetch=False
-                ),
-                task, "inprocess",
+                lambda p, s=settings: inprocess.InProcessProcess(p, devices.client_slots(s), prefetch=False),
+                task,
+                "inprocess",
             )
             runners.append(runner)
         # Last: building TFF processes makes Keras models in graph mode, which
         # invalidates Keras models made before them.
         fns = {"fit": _keras_fit(task, x, y), **fns}
-        rates = {
-            name: examples / seconds
-            for name, seconds in _interleaved_fastest(fns, FLAGS.repeats).items()
-        }
+        rates = {name: examples / seconds for name, seconds in _interleaved_fastest(fns, FLAGS.repeats).items()}
         for runner in runners:
             runner.close()
         a, b = rates["fit"], rates["cpp"]
@@ -162,8 +169,10 @@ def main(argv):
         for k in FLAGS.parallel_clients:
             print(f"  {model}: inprocess x{k} {rates[k]:,.0f} examples/s", file=sys.stderr, flush=True)
             rows.append((model, int(k), a, b, rates[k]))
-    print(f"{'model':8s} {'slots':>5s} {'(a) fit':>9s} {'(b) cpp':>9s} {'(c) inproc':>10s} "
-          f"{'b/a':>6s} {'c/a':>6s} {'c/b':>6s}   (examples/s)")
+    print(
+        f"{'model':8s} {'slots':>5s} {'(a) fit':>9s} {'(b) cpp':>9s} {'(c) inproc':>10s} "
+        f"{'b/a':>6s} {'c/a':>6s} {'c/b':>6s}   (examples/s)"
+    )
     for model, k, a, b, c in rows:
         print(f"{model:8s} {k:5d} {a:9,.0f} {b:9,.0f} {c:10,.0f} {b / a:6.2f} {c / a:6.2f} {c / b:6.2f}")
     processes.exit_now(0)

@@ -36,7 +36,8 @@ flags.DEFINE_integer("digits_rounds", 10, "Rounds of each digits run.")
 flags.DEFINE_integer("emnist_rounds", 4, "Rounds of each EMNIST run.")
 flags.DEFINE_integer("emnist_clients", 100, "Synthetic EMNIST clients (20 examples each); 10 train a round.")
 flags.DEFINE_string(
-    "data_root", os.path.join(tempfile.gettempdir(), "tffpipe_secure_protocols"),
+    "data_root",
+    os.path.join(tempfile.gettempdir(), "tffpipe_secure_protocols"),
     "Where the synthetic EMNIST data is written once and reused.",
 )
 FLAGS = flags.FLAGS
@@ -50,7 +51,7 @@ PROTOCOLS = {
 
 
 def _emnist_data() -> str:
-    from tffpipe_tasks import emnist  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import emnist
 
     folder = os.path.join(FLAGS.data_root, f"emnist_{FLAGS.emnist_clients}x20")
     done = os.path.join(folder, "complete")
@@ -64,14 +65,29 @@ def _emnist_data() -> str:
 def _workload_args(name: str) -> list[str]:
     if name == "digits":
         return ["--task=digits", f"--rounds={FLAGS.digits_rounds}"]
-    return ["--task=emnist", "--emnist_model=cnn_dropout", f"--data_dir={_emnist_data()}",
-            f"--rounds={FLAGS.emnist_rounds}", "--clients_per_round=10", "--eval_clients=20"]
+    return [
+        "--task=emnist",
+        "--emnist_model=cnn_dropout",
+        f"--data_dir={_emnist_data()}",
+        f"--rounds={FLAGS.emnist_rounds}",
+        "--clients_per_round=10",
+        "--eval_clients=20",
+    ]
 
 
 def _run(workload: str, protocol: str, root: str) -> dict[str, float]:
-    args = [sys.executable, "-m", "tffpipe.train", *_workload_args(workload), *PROTOCOLS[protocol],
-            "--runtime=inprocess", "--eval_every=0", "--seed=0", f"--root_dir={root}",
-            f"--experiment_name={workload}_{protocol}"]
+    args = [
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        *_workload_args(workload),
+        *PROTOCOLS[protocol],
+        "--runtime=inprocess",
+        "--eval_every=0",
+        "--seed=0",
+        f"--root_dir={root}",
+        f"--experiment_name={workload}_{protocol}",
+    ]
     started = time.monotonic()
     proc = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
@@ -95,16 +111,23 @@ def main(argv):
     for workload in FLAGS.workloads:
         for protocol in PROTOCOLS:
             results[workload, protocol] = r = _run(workload, protocol, root)
-            print(f"measured {workload} {protocol}: {r['sec_per_round']:.3f} s/round, "
-                  f"{r['upload_bytes'] / 1e6:.2f} MB uploaded per client, accuracy {r['accuracy']:.4f} after "
-                  f"{r['rounds']} rounds ({r['wall']:.0f} s in all)", flush=True)
+            print(
+                f"measured {workload} {protocol}: {r['sec_per_round']:.3f} s/round, "
+                f"{r['upload_bytes'] / 1e6:.2f} MB uploaded per client, accuracy {r['accuracy']:.4f} after "
+                f"{r['rounds']} rounds ({r['wall']:.0f} s in all)",
+                flush=True,
+            )
     print()
-    print(f"{'workload':<8} {'protocol':<8} {'s/round':>8} {'upload/client':>14} {'x plain':>8} "
-          f"{'accuracy':>9} {'rounds':>6}")
+    print(
+        f"{'workload':<8} {'protocol':<8} {'s/round':>8} {'upload/client':>14} {'x plain':>8} "
+        f"{'accuracy':>9} {'rounds':>6}"
+    )
     for (workload, protocol), r in results.items():
         plain = results[workload, "plain"]["upload_bytes"]
-        print(f"{workload:<8} {protocol:<8} {r['sec_per_round']:>8.3f} {r['upload_bytes'] / 1e6:>11.2f} MB "
-              f"{r['upload_bytes'] / plain:>8.1f} {r['accuracy']:>9.4f} {r['rounds']:>6}")
+        print(
+            f"{workload:<8} {protocol:<8} {r['sec_per_round']:>8.3f} {r['upload_bytes'] / 1e6:>11.2f} MB "
+            f"{r['upload_bytes'] / plain:>8.1f} {r['accuracy']:>9.4f} {r['rounds']:>6}"
+        )
 
 
 if __name__ == "__main__":

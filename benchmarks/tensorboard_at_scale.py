@@ -15,7 +15,6 @@ groups in order, the HParams columns) and the PNG files to look at.
 import argparse
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -27,36 +26,62 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tffpipe import config  # pylint: disable=wrong-import-position
-from tffpipe import results  # pylint: disable=wrong-import-position
-from tffpipe import run_names  # pylint: disable=wrong-import-position
-from tffpipe.runtimes import processes  # pylint: disable=wrong-import-position
+from tffpipe import config  # noqa: E402 (after sys.path)
+from tffpipe import results  # noqa: E402 (after sys.path)
+from tffpipe import run_names  # noqa: E402 (after sys.path)
+from tffpipe.runtimes import processes  # noqa: E402 (after sys.path)
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium tries Google's hosts, which this network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _real_run(root: str, rounds: int) -> results.Run:
     folder = os.path.join(root, "template")
-    subprocess.run([sys.executable, "-m", "tffpipe.train", f"--root_dir={root}", "--experiment_name=template",
-                    f"--rounds={rounds}", "--eval_every=2", "--client_speed=lognormal:50,1.0"],
-                   cwd=REPO, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tffpipe.train",
+            f"--root_dir={root}",
+            "--experiment_name=template",
+            f"--rounds={rounds}",
+            "--eval_every=2",
+            "--client_speed=lognormal:50,1.0",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     return results.load_run(folder)
 
 
 def _synthetic_runs(root: str, template: results.Run, count: int, rounds: int) -> list[str]:
     """`count` run folders with the template's columns, one setting changed per run, through tffpipe's writers."""
-    from tffpipe.program import outputs  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import outputs
 
     rng = np.random.default_rng(0)
     columns = [c for c in template.metrics.columns if c != "round"]
     rates = np.geomspace(0.01, 1.0, 10)
     folders = []
     for i in range(count):
-        values = {"root_dir": root, "rounds": rounds, "client_learning_rate": float(rates[i % 10]), "seed": i // 10,
-                  "algorithm": ("fedavg", "fedprox")[i % 2], "eval_every": 2}
+        values = {
+            "root_dir": root,
+            "rounds": rounds,
+            "client_learning_rate": float(rates[i % 10]),
+            "seed": i // 10,
+            "algorithm": ("fedavg", "fedprox")[i % 2],
+            "eval_every": 2,
+        }
         cfg = config.from_values(values)
         paths = outputs.RunPaths(cfg.output.run_dir)
         os.makedirs(paths.run_dir, exist_ok=True)
@@ -90,10 +115,20 @@ def _free_port() -> int:
 def _serve(logdir: str) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     parent = os.getpid()
-    board = subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
-        [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1", f"--port={port}",
-         "--load_fast=false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: processes.die_with_parent(parent))
+    board = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            f"--logdir={logdir}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--load_fast=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: processes.die_with_parent(parent),  # noqa: PLW1509 (the death signal must be set in the child, before exec)
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -106,7 +141,7 @@ def _serve(logdir: str) -> tuple[subprocess.Popen, int]:
 
 
 def _screenshots(port: int, out: str, runs: int) -> None:
-    from playwright.sync_api import sync_playwright  # pylint: disable=g-import-not-at-top
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -116,9 +151,13 @@ def _screenshots(port: int, out: str, runs: int) -> None:
         _shot(page, out, "timeseries.png")
         boxes = page.locator("runs-table input[type=checkbox]")
         checked = page.locator("runs-table input[type=checkbox]:checked")
-        print(f"time series, as opened: {checked.count()} of {boxes.count()} run-selector boxes ticked "
-              f"({runs} runs, the root's HParams configuration and the select-all box)")
-        groups = [t.strip() for t in page.locator("metrics-card-group-toolbar .group-title, .group-title").all_inner_texts()]
+        print(
+            f"time series, as opened: {checked.count()} of {boxes.count()} run-selector boxes ticked "
+            f"({runs} runs, the root's HParams configuration and the select-all box)"
+        )
+        groups = [
+            t.strip() for t in page.locator("metrics-card-group-toolbar .group-title, .group-title").all_inner_texts()
+        ]
         print(f"chart groups in order: {groups}")
         page.goto(f"http://127.0.0.1:{port}/#hparams")
         page.wait_for_timeout(8000)
@@ -154,12 +193,14 @@ def main() -> None:
     parser.add_argument("--keep", default="", help="write the runs here and keep them (default: a temporary folder)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="tb_scale_")) as work:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="tb_scale_") as work:
         template = _real_run(os.path.join(work, "template_root"), args.rounds)
         root = os.path.join(work, "runs")
         folders = _synthetic_runs(root, template, args.runs, args.rounds)
-        print(f"{len(folders)} runs under {root}, e.g. {os.path.basename(folders[-1])}; "
-              f"{len([c for c in template.metrics.columns if c != 'round'])} scalars each")
+        print(
+            f"{len(folders)} runs under {root}, e.g. {os.path.basename(folders[-1])}; "
+            f"{len([c for c in template.metrics.columns if c != 'round'])} scalars each"
+        )
         board, port = _serve(root)
         try:
             _screenshots(port, args.out, len(folders))

@@ -19,7 +19,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import statistics  # pylint: disable=g-import-not-at-top
+import statistics
 import sys
 import tempfile
 import time
@@ -48,14 +48,19 @@ METRIC = {"vertical_diabetes": ("eval/loss", "MSE"), "vertical_breast_cancer": (
 
 def _rows(task, alignment):
     """Each party's features on the aligned training and held-out rows, and the labels."""
+
     def pick(ids, party_ids, values):
         row = {sample_id: i for i, sample_id in enumerate(party_ids)}
         return values[[row[i] for i in ids]]
 
-    x = {split: {p.name: pick(ids, p.ids, p.features) for p in task.parties}
-         for split, ids in (("train", alignment.train_ids), ("test", alignment.test_ids))}
-    y = {split: pick(ids, task.active.ids, task.labels)
-         for split, ids in (("train", alignment.train_ids), ("test", alignment.test_ids))}
+    x = {
+        split: {p.name: pick(ids, p.ids, p.features) for p in task.parties}
+        for split, ids in (("train", alignment.train_ids), ("test", alignment.test_ids))
+    }
+    y = {
+        split: pick(ids, task.active.ids, task.labels)
+        for split, ids in (("train", alignment.train_ids), ("test", alignment.test_ids))
+    }
     return x, y
 
 
@@ -76,8 +81,11 @@ def _central(task, cfg, x, y, names, metric_key):
     """Trains with Keras on the columns of `names`; returns (held-out metric, seconds per epoch)."""
     tf.keras.utils.set_random_seed(cfg.schedule.seed)
     model = _keras_model(task, names, task.combine)
-    model.compile(optimizer=tf.keras.optimizers.SGD(cfg.client_optimizer.learning_rate),
-                  loss=task.loss_builder(), metrics=task.metrics_builder())
+    model.compile(
+        optimizer=tf.keras.optimizers.SGD(cfg.client_optimizer.learning_rate),
+        loss=task.loss_builder(),
+        metrics=task.metrics_builder(),
+    )
     train = {n: x["train"][n] for n in names}
     start = time.perf_counter()
     model.fit(train, y["train"], batch_size=cfg.client.batch_size, epochs=cfg.schedule.rounds, verbose=0)
@@ -96,13 +104,22 @@ def main(argv):
         metric_key, label = METRIC[name]
         cells = {"vertical": [], "central": [], "alone": [], "ratio": []}
         for seed in range(FLAGS.seeds):
-            cfg = config.from_values(dict(task=name, seed=seed, rounds=FLAGS.rounds, root_dir=FLAGS.root_dir,
-                                          experiment_name=f"{name}-{seed}-{FLAGS.learning_rate:g}", eval_every=0,
-                                          client_learning_rate=FLAGS.learning_rate))
+            cfg = config.from_values(
+                dict(
+                    task=name,
+                    seed=seed,
+                    rounds=FLAGS.rounds,
+                    root_dir=FLAGS.root_dir,
+                    experiment_name=f"{name}-{seed}-{FLAGS.learning_rate:g}",
+                    eval_every=0,
+                    client_learning_rate=FLAGS.learning_rate,
+                )
+            )
             result, task = api.train(cfg, lambda line: None)
             seconds = _epoch_seconds(cfg)
-            alignment = psi.align({p.name: p.ids for p in task.parties}, task.active.name,
-                                  test_fraction=task.test_fraction, seed=seed)
+            alignment = psi.align(
+                {p.name: p.ids for p in task.parties}, task.active.name, test_fraction=task.test_fraction, seed=seed
+            )
             x, y = _rows(task, alignment)
             everyone = [p.name for p in task.parties]
             central, central_seconds = _central(task, cfg, x, y, everyone, metric_key)
@@ -111,13 +128,18 @@ def main(argv):
             cells["central"].append(central)
             cells["alone"].append(alone)
             cells["ratio"].append(seconds / central_seconds)
-            print(f"{name} seed {seed}: vertical {result.final_eval[metric_key]:.4f}, central {central:.4f}, "
-                  f"{task.active.name} alone {alone:.4f}; {seconds:.3f} s/epoch vs {central_seconds:.3f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{name} seed {seed}: vertical {result.final_eval[metric_key]:.4f}, central {central:.4f}, "
+                f"{task.active.name} alone {alone:.4f}; {seconds:.3f} s/epoch vs {central_seconds:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
         rows.append((name, label, *(statistics.mean(cells[k]) for k in ("vertical", "central", "alone", "ratio"))))
-    print(f"\nheld-out metric after {FLAGS.rounds} epochs at learning rate {FLAGS.learning_rate:g}, mean of "
-          f"{FLAGS.seeds} seed(s); "
-          "time per epoch of vertical training relative to central")
+    print(
+        f"\nheld-out metric after {FLAGS.rounds} epochs at learning rate {FLAGS.learning_rate:g}, mean of "
+        f"{FLAGS.seeds} seed(s); "
+        "time per epoch of vertical training relative to central"
+    )
     print("| task | metric | (a) vertical | (b) central | (c) active party alone | (a)/(b) time per epoch |")
     print("|---|---|---|---|---|---|")
     for name, label, vertical, central, alone, ratio in rows:
@@ -128,7 +150,7 @@ def main(argv):
 
 def _epoch_seconds(cfg) -> float:
     """The run's mean round_time_sec from its metrics.csv."""
-    import csv  # pylint: disable=g-import-not-at-top
+    import csv
 
     with open(os.path.join(cfg.output.run_dir, "results", "metrics.csv")) as f:
         return float(np.mean([float(r["round_time_sec"]) for r in csv.DictReader(f)]))

@@ -42,10 +42,7 @@ class BinaryF1(tf.keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         actual = tf.cast(tf.reshape(y_true, [-1]), tf.float32)
         predicted = tf.cast(tf.reshape(y_pred, [-1]) > self.threshold, tf.float32)
-        weight = (
-            tf.ones_like(actual) if sample_weight is None
-            else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
-        )
+        weight = tf.ones_like(actual) if sample_weight is None else tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
         self.true_positives.assign_add(tf.reduce_sum(weight * actual * predicted))
         self.false_positives.assign_add(tf.reduce_sum(weight * (1 - actual) * predicted))
         self.false_negatives.assign_add(tf.reduce_sum(weight * actual * (1 - predicted)))

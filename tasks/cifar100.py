@@ -64,7 +64,11 @@ def create_task(*, crop_size: int = 24, data_dir: str = public_data.DEFAULT_DATA
 
 
 def write_synthetic_data(
-    data_dir: str, *, num_train_clients: int, num_test_clients: int, images_per_client: int,
+    data_dir: str,
+    *,
+    num_train_clients: int,
+    num_test_clients: int,
+    images_per_client: int,
     seed: int = 0,
 ) -> str:
     """Writes random images in the format and splits of `cifar100.sqlite`.

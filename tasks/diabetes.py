@@ -24,9 +24,7 @@ from tffpipe.tasks import Task, from_arrays
 
 
 def _linear_model() -> tf.keras.Model:
-    return tf.keras.Sequential(
-        [tf.keras.layers.InputLayer(input_shape=(10,)), tf.keras.layers.Dense(1)]
-    )
+    return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(10,)), tf.keras.layers.Dense(1)])
 
 
 def create_task(

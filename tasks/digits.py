@@ -71,9 +71,7 @@ def create_task(
       seed: seeds the partition and which clients are held out.
     """
     if not 1 <= eval_clients < num_clients:
-        raise ValueError(
-            f"eval_clients must be between 1 and num_clients - 1, got {eval_clients}"
-        )
+        raise ValueError(f"eval_clients must be between 1 and num_clients - 1, got {eval_clients}")
     images, labels = load_arrays()
     return from_arrays(
         "digits",

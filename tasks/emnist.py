@@ -56,9 +56,7 @@ def create_task(
       data_dir: the folder holding emnist_all.sqlite.
     """
     public_data.dataset_file(data_dir, FILENAME, FILENAME + ".lzma")
-    train, test = tff.simulation.datasets.emnist.load_data(
-        only_digits=only_digits, cache_dir=data_dir
-    )
+    train, test = tff.simulation.datasets.emnist.load_data(only_digits=only_digits, cache_dir=data_dir)
     classes = 10 if only_digits else 62
     return Task(
         name="emnist",
@@ -73,9 +71,7 @@ def create_task(
     )
 
 
-def write_synthetic_data(
-    data_dir: str, *, num_clients: int, examples_per_client: int, seed: int = 0
-) -> str:
+def write_synthetic_data(data_dir: str, *, num_clients: int, examples_per_client: int, seed: int = 0) -> str:
     """Writes random EMNIST-shaped data in the real file's format and tables.
 
     For tests and benchmarks: the same SQLite layout, split names and

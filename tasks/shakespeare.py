@@ -34,7 +34,7 @@ PAD, OOV, _BOS, _EOS = preprocessing.get_special_tokens()
 
 def _regroup(sequence_length: int):
     """Snippets -> fixed-length token sequences of `sequence_length + 1` ids."""
-    to_tokens = preprocessing._build_tokenize_fn(split_length=sequence_length + 1)  # pylint: disable=protected-access
+    to_tokens = preprocessing._build_tokenize_fn(split_length=sequence_length + 1)
 
     def regroup(ds: tf.data.Dataset) -> tf.data.Dataset:
         ds = ds.map(to_tokens, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -65,9 +65,7 @@ def create_task(*, sequence_length: int = 80, data_dir: str = public_data.DEFAUL
             vocab_size=VOCAB_SIZE, sequence_length=sequence_length
         ),
         loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics_builder=lambda: [
-            keras_metrics.MaskedCategoricalAccuracy(name="accuracy", masked_tokens=[PAD, OOV])
-        ],
+        metrics_builder=lambda: [keras_metrics.MaskedCategoricalAccuracy(name="accuracy", masked_tokens=[PAD, OOV])],
         train_data=train,
         eval_data=test,
         to_features=_features,
@@ -76,9 +74,7 @@ def create_task(*, sequence_length: int = 80, data_dir: str = public_data.DEFAUL
     )
 
 
-def write_synthetic_data(
-    data_dir: str, *, num_clients: int, snippets_per_client: int, seed: int = 0
-) -> str:
+def write_synthetic_data(data_dir: str, *, num_clients: int, snippets_per_client: int, seed: int = 0) -> str:
     """Writes random play lines in the format and splits of `shakespeare.sqlite`.
 
     For tests: `create_task` reads the file through TFF's own loader. Lines mix

@@ -24,7 +24,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.baselines import keras_metrics
 from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_models
-from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_preprocessing as preprocessing
+from tensorflow_federated.python.simulation.baselines.stackoverflow import (
+    word_prediction_preprocessing as preprocessing,
+)
 
 from tffpipe.program import files
 from tffpipe.tasks import public_data
@@ -96,9 +98,7 @@ def create_task(
         description=f"Stack Overflow next-word prediction by user, {len(vocab):,}-word LSTM",
         model_builder=lambda: word_prediction_models.create_recurrent_model(extended_vocab),
         loss_builder=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics_builder=lambda: [
-            keras_metrics.MaskedCategoricalAccuracy(name="accuracy", masked_tokens=masked)
-        ],
+        metrics_builder=lambda: [keras_metrics.MaskedCategoricalAccuracy(name="accuracy", masked_tokens=masked)],
         train_data=train,
         eval_data=test,
         to_features=_to_features(vocab, sequence_length),
@@ -106,9 +106,7 @@ def create_task(
     )
 
 
-def write_synthetic_data(
-    data_dir: str, *, num_clients: int, sentences_per_client: int, seed: int = 0
-) -> str:
+def write_synthetic_data(data_dir: str, *, num_clients: int, sentences_per_client: int, seed: int = 0) -> str:
     """Writes random posts and word counts in the formats of the real files.
 
     For tests: `stackoverflow.sqlite` with the train, heldout and test splits

@@ -25,21 +25,29 @@ from . import breast_cancer
 from . import vertical_split
 from tffpipe.tasks import VerticalTask, vertical_from_arrays
 
-PARTIES = {"imaging": "ten mean features and the diagnosis (active)", "pathology": "ten standard-error and ten worst features"}
+PARTIES = {
+    "imaging": "ten mean features and the diagnosis (active)",
+    "pathology": "ten standard-error and ten worst features",
+}
 EMBEDDING = 8
 
 
 def _bottom(width: int):
-    return lambda: tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(width,)),
-        tf.keras.layers.Dense(EMBEDDING, activation="relu"),
-    ])
+    return lambda: tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(width,)),
+            tf.keras.layers.Dense(EMBEDDING, activation="relu"),
+        ]
+    )
 
 
 def _top(width: int) -> tf.keras.Model:
-    return tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(width,)), tf.keras.layers.Dense(1, activation="sigmoid"),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(width,)),
+            tf.keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
 
 
 def create_task(*, vertical_overlap: float = 0.8, seed: int = 0) -> VerticalTask:

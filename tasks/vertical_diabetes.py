@@ -34,10 +34,12 @@ EMBEDDING = 4
 
 
 def _bottom(width: int):
-    return lambda: tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(width,)),
-        tf.keras.layers.Dense(EMBEDDING),
-    ])
+    return lambda: tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(width,)),
+            tf.keras.layers.Dense(EMBEDDING),
+        ]
+    )
 
 
 def _top(width: int) -> tf.keras.Model:

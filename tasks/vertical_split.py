@@ -1,6 +1,6 @@
 """Shared by the built-in vertical tasks: which people each party holds."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

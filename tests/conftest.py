@@ -13,6 +13,7 @@ import pytest
 
 from tffpipe import config
 from tffpipe.runtimes import processes
+import contextlib
 
 # Workers started by in-process tests die with pytest, quietly.
 processes.install_worker_reaper()
@@ -27,9 +28,9 @@ def _build_once_per_configuration():
     immutable TFF computations, so reusing them changes nothing a test sees.
     The key holds the task object itself, so its id cannot be reused.
     """
-    import json  # pylint: disable=g-import-not-at-top
+    import json
 
-    from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+    from tffpipe.learning import builder
 
     learning, evaluation = {}, {}
     build_learning, build_evaluation = builder.build_learning_process, builder.build_evaluation_process
@@ -63,14 +64,19 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small digits task (9 training clients, 3 held out) and its flags, for
 # tests that train a few short rounds.
 SMALL_DIGITS_FLAGS = {
-    "digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0, "client_epochs": 1,
-    "client_batch_size": 32, "rounds": 3, "eval_every": 0,
+    "digits_num_clients": 12,
+    "digits_eval_clients": 3,
+    "digits_alpha": 1.0,
+    "client_epochs": 1,
+    "client_batch_size": 32,
+    "rounds": 3,
+    "eval_every": 0,
 }
 
 
 @pytest.fixture(scope="module")
 def small_digits():
-    from tffpipe_tasks import digits  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import digits
 
     return digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
 
@@ -120,8 +126,12 @@ def start_worker(env, port=0, timeout=60.0, args=("--insecure_workers",)):
     """Starts `python -m tffpipe.worker` with `args`; returns (process, its address, its ready line)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tffpipe.worker", f"--port={port}", *args],
-        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + timeout
     line = b""
@@ -158,10 +168,8 @@ def marker_env():
     env[key] = value
     yield env, marker
     for pid, _ in processes_with_marker(marker):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 def run_train(args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -179,7 +187,7 @@ def run_train(args, env=None, timeout=600) -> subprocess.CompletedProcess:
 
 def scalar_steps(logdir) -> dict[str, list[int]]:
     """TensorBoard tag -> the steps it was written at, over every event file."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     steps = {}
     for path in glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")):
@@ -197,6 +205,11 @@ def run_readme_command(command: str, cwd, env, root_dir) -> subprocess.Completed
     assert command.startswith(README_PREFIX), command
     env = dict(env, PYTHONPATH=".")
     return subprocess.run(
-        [sys.executable, *shlex.split(command[len(README_PREFIX):]), f"--root_dir={root_dir}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        [sys.executable, *shlex.split(command[len(README_PREFIX) :]), f"--root_dir={root_dir}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )

@@ -9,6 +9,7 @@ launcher, the in-process runtime) the task is digits unchanged.
 
 import dataclasses
 import os
+import pathlib
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -22,7 +23,9 @@ def _alive(client_id) -> bool:
         return True
     with open(marker + ".client") as f:
         chosen = f.read().strip()
-    if client_id.numpy().decode() == chosen and "ray::" in open("/proc/self/cmdline", "rb").read().decode(errors="replace"):
+    if client_id.numpy().decode() == chosen and "ray::" in pathlib.Path("/proc/self/cmdline").read_bytes().decode(
+        errors="replace"
+    ):
         open(marker, "w").close()
         os._exit(1)  # the actor's process ends mid-round, as on a crashed node
     return True

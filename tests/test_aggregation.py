@@ -19,8 +19,12 @@ CLIENT_IDS = [f"c{i}" for i in range(40)]
 
 def _cfg(clients_per_round=4, zeroing=False, secure=False, weighting="auto", **dp):
     return make_config(
-        rounds=10, clients_per_round=clients_per_round, zeroing=zeroing,
-        secure_aggregation=secure, client_weighting=weighting, **dp,
+        rounds=10,
+        clients_per_round=clients_per_round,
+        zeroing=zeroing,
+        secure_aggregation=secure,
+        client_weighting=weighting,
+        **dp,
     )
 
 
@@ -86,9 +90,7 @@ def test_secure_sum_equals_plain_sum_within_quantisation_error():
 
 def test_secure_sum_under_dp_equals_the_clipped_mean():
     updates = _vectors(4, 3.0)
-    process, params = _process(
-        _cfg(4, secure=True, dp="fixed", dp_clip_norm=1.0, dp_noise_multiplier=0.0)
-    )
+    process, params = _process(_cfg(4, secure=True, dp="fixed", dp_clip_norm=1.0, dp_noise_multiplier=0.0))
     assert params.summary == "clipping -> DP -> secure sum -> mean"
     clipped = [u / np.linalg.norm(u) for u in updates]
     with runtime.test_runtime():
@@ -98,9 +100,7 @@ def test_secure_sum_under_dp_equals_the_clipped_mean():
 
 def test_distributed_dp_without_noise_recovers_the_mean():
     updates = _vectors(4, 0.5)
-    process, params = _process(
-        _cfg(4, dp="distributed", dp_clip_norm=1.0, dp_noise_multiplier=0.0)
-    )
+    process, params = _process(_cfg(4, dp="distributed", dp_clip_norm=1.0, dp_noise_multiplier=0.0))
     assert params.uses_secure_sum
     with runtime.test_runtime():
         output = process.next(process.initialize(), updates)
@@ -125,8 +125,10 @@ def test_target_epsilon_solves_the_noise(monkeypatch):
     from tffpipe.privacy import accounting as privacy
 
     spent = privacy.RunAccountant(
-        noise_multiplier=params.noise_multiplier, clients_per_round=10,
-        num_clients=40, delta=1e-5,
+        noise_multiplier=params.noise_multiplier,
+        clients_per_round=10,
+        num_clients=40,
+        delta=1e-5,
     ).epsilon(10)
     assert spent == pytest.approx(3.0, rel=1e-3) and spent <= 3.0 + 1e-3
 
@@ -161,9 +163,7 @@ def test_nan_client_update_is_zeroed_and_the_round_completes():
 
 def _run_two_rounds(factory, updates, weighted):
     value_type = tff.TensorType(np.float32, [DIM])
-    process = (
-        factory.create(value_type, tff.TensorType(np.float32)) if weighted else factory.create(value_type)
-    )
+    process = factory.create(value_type, tff.TensorType(np.float32)) if weighted else factory.create(value_type)
     state, results = process.initialize(), []
     for round_updates in updates:
         args = (state, round_updates, [1.0, 2.0, 3.0, 4.0]) if weighted else (state, round_updates)
@@ -195,8 +195,12 @@ def test_stacks_equal_tffs_own_aggregators(secure, weighted):
 def test_a_user_layer_from_a_path_wraps_the_stack():
     # examples/norm_bound.py is the README's user layer, given by path.
     cfg = make_config(
-        rounds=10, clients_per_round=4, zeroing=False, client_weighting="uniform",
-        aggregator="examples.norm_bound:norm_bound", norm_bound_max_norm=0.5,
+        rounds=10,
+        clients_per_round=4,
+        zeroing=False,
+        client_weighting="uniform",
+        aggregator="examples.norm_bound:norm_bound",
+        norm_bound_max_norm=0.5,
     )
     assert cfg.aggregation.plugin.options == {"max_norm": 0.5}
     process, stack = _process(cfg)

@@ -28,9 +28,7 @@ def task():
 
 
 def _fixed_epsilon(z, rounds):
-    accountant = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
-    )
+    accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(
         dp_accounting.SampledWithoutReplacementDpEvent(NUM_TRAIN, K, dp_accounting.GaussianDpEvent(z)),
         rounds,
@@ -41,12 +39,22 @@ def _fixed_epsilon(z, rounds):
 def _run(task, root, name, rounds=3, **values):
     # On TFF's runtime, which starts faster for three rounds; the in-process
     # runtime's parity with it is tests/test_inprocess.py's.
-    cfg = make_config(**{
-        "task": "digits", **{f"digits_{k}": v for k, v in TASK_OPTIONS.items()},
-        "client_epochs": 1, "client_batch_size": 32, "rounds": rounds, "clients_per_round": K,
-        "eval_every": 0, "checkpoint_every": rounds, "root_dir": str(root), "experiment_name": name,
-        "runtime": "cpp", **values,
-    })
+    cfg = make_config(
+        **{
+            "task": "digits",
+            **{f"digits_{k}": v for k, v in TASK_OPTIONS.items()},
+            "client_epochs": 1,
+            "client_batch_size": 32,
+            "rounds": rounds,
+            "clients_per_round": K,
+            "eval_every": 0,
+            "checkpoint_every": rounds,
+            "root_dir": str(root),
+            "experiment_name": name,
+            "runtime": "cpp",
+            **values,
+        }
+    )
     lines = []
     result = loop.run(cfg, task, print_fn=lines.append)
     with open(os.path.join(root, name, "results", "metrics.csv")) as f:
@@ -70,7 +78,13 @@ def test_fedavg_with_fixed_dp_reports_epsilon_and_stops_at_the_budget(task, tmp_
     z = 1.0
     budget = (_fixed_epsilon(z, 3) + _fixed_epsilon(z, 4)) / 2
     result, rows, out = _run(
-        task, tmp_path, "fixed", rounds=6, dp="fixed", dp_noise_multiplier=z, dp_clip_norm=0.5,
+        task,
+        tmp_path,
+        "fixed",
+        rounds=6,
+        dp="fixed",
+        dp_noise_multiplier=z,
+        dp_clip_norm=0.5,
         dp_max_epsilon=budget,
     )
     _assert_trained(result, rows, rounds=3)
@@ -99,8 +113,14 @@ def test_fedprox_with_adaptive_clipping(task, tmp_path):
 
 def test_fedsgd_with_tree_aggregation_meets_the_target_epsilon(task, tmp_path):
     result, rows, out = _run(
-        task, tmp_path, "tree", algorithm="fedsgd", server_learning_rate=0.5, dp="tree",
-        dp_target_epsilon=8.0, dp_clip_norm=0.5,
+        task,
+        tmp_path,
+        "tree",
+        algorithm="fedsgd",
+        server_learning_rate=0.5,
+        dp="tree",
+        dp_target_epsilon=8.0,
+        dp_clip_norm=0.5,
     )
     _assert_trained(result, rows)
     assert "solved for --dp_target_epsilon=8 after 3 rounds" in out
@@ -109,9 +129,7 @@ def test_fedsgd_with_tree_aggregation_meets_the_target_epsilon(task, tmp_path):
 
 @pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_mime_lite_with_secure_aggregation(task, tmp_path):
-    result, rows, out = _run(
-        task, tmp_path, "mime", algorithm="mime_lite", secure_aggregation=True
-    )
+    result, rows, out = _run(task, tmp_path, "mime", algorithm="mime_lite", secure_aggregation=True)
     _assert_trained(result, rows)
     assert "secure sum: simulated by TFF's test runtime" in out
     # Model deltas and full gradients go up: twice the download.
@@ -122,8 +140,14 @@ def test_mime_lite_with_secure_aggregation(task, tmp_path):
 @pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedadam_with_compression_uploads_less(task, tmp_path):
     result, rows, out = _run(
-        task, tmp_path, "adam", server_optimizer="adam", server_learning_rate=0.01,
-        compression="uniform_quantization", compression_bits=4, compression_min_elements=1000,
+        task,
+        tmp_path,
+        "adam",
+        server_optimizer="adam",
+        server_learning_rate=0.01,
+        compression="uniform_quantization",
+        compression_bits=4,
+        compression_min_elements=1000,
     )
     _assert_trained(result, rows)
     up, down = float(rows[0]["comm/upload_bytes_per_client"]), float(rows[0]["comm/download_bytes_per_client"])
@@ -138,8 +162,14 @@ def test_fedadam_with_compression_uploads_less(task, tmp_path):
 @pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedyogi_with_distributed_dp(task, tmp_path):
     result, rows, out = _run(
-        task, tmp_path, "ddp", server_optimizer="yogi", server_learning_rate=0.01, dp="distributed",
-        dp_noise_multiplier=0.5, dp_clip_norm=0.5,
+        task,
+        tmp_path,
+        "ddp",
+        server_optimizer="yogi",
+        server_learning_rate=0.01,
+        dp="distributed",
+        dp_noise_multiplier=0.5,
+        dp_clip_norm=0.5,
     )
     _assert_trained(result, rows)
     inflation = float(rows[-1]["privacy/sensitivity_inflation"])
@@ -151,11 +181,18 @@ def test_fedyogi_with_distributed_dp(task, tmp_path):
 @pytest.mark.slow  # one algorithm-stack pairing of several; the stacks' arithmetic is test_aggregation's
 def test_fedadagrad_with_secure_fixed_dp(task, tmp_path):
     result, rows, out = _run(
-        task, tmp_path, "securedp", server_optimizer="adagrad", server_learning_rate=0.01,
-        secure_aggregation=True, dp="fixed", dp_noise_multiplier=0.5, dp_clip_norm=0.5,
+        task,
+        tmp_path,
+        "securedp",
+        server_optimizer="adagrad",
+        server_learning_rate=0.01,
+        secure_aggregation=True,
+        dp="fixed",
+        dp_noise_multiplier=0.5,
+        dp_clip_norm=0.5,
     )
     _assert_trained(result, rows)
     assert "clipped values in [-0.5, 0.5]" in out
-    assert result.epsilon == pytest.approx(privacy.RunAccountant(
-        noise_multiplier=0.5, clients_per_round=K, num_clients=NUM_TRAIN, delta=1e-5
-    ).epsilon(3))
+    assert result.epsilon == pytest.approx(
+        privacy.RunAccountant(noise_multiplier=0.5, clients_per_round=K, num_clients=NUM_TRAIN, delta=1e-5).epsilon(3)
+    )

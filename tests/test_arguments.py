@@ -33,9 +33,15 @@ from tffpipe.program import progress
         ({"dp": "fixed", "dp_noise_multiplier": "1"}, "--dp_noise_multiplier must be a number, got '1' (str)"),
         ({"digits_alpha": "0.1"}, "--digits_alpha must be a number, got '0.1' (str)"),
         ({"on_divergence": "ignore"}, "--on_divergence='ignore' is not one of: stop, warn"),
-        ({"experiment_name": "a\nb"}, "--experiment_name must not contain control characters (it holds '\\n'), got 'a\\nb'"),
-        ({"experiment_name": "x" * 300}, "--experiment_name must be at most 255 bytes long, the longest folder name a "
-                                         f"filesystem takes, got '{'x' * 57}...'"),
+        (
+            {"experiment_name": "a\nb"},
+            "--experiment_name must not contain control characters (it holds '\\n'), got 'a\\nb'",
+        ),
+        (
+            {"experiment_name": "x" * 300},
+            "--experiment_name must be at most 255 bytes long, the longest folder name a "
+            f"filesystem takes, got '{'x' * 57}...'",
+        ),
     ],
 )
 def test_run_refuses_a_wrong_type_in_one_line_before_writing_anything(values, message, tmp_path):
@@ -46,7 +52,7 @@ def test_run_refuses_a_wrong_type_in_one_line_before_writing_anything(values, me
 
 
 def test_python_numbers_of_the_right_kind_are_taken():
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import numpy as np
 
     cfg = config.from_values({"rounds": np.int64(3), "client_learning_rate": 1, "digits_alpha": 1, "zeroing": np.True_})
     assert cfg.schedule.rounds == 3 and type(cfg.schedule.rounds) is int
@@ -63,8 +69,13 @@ def test_the_eta_of_a_huge_run_is_words_not_an_overflow():
 
 def _launch(*args):
     return subprocess.run(
-        [sys.executable, "-m", "tffpipe.train", *args], cwd=REPO_ROOT, env=user_env(),
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "tffpipe.train", *args],
+        cwd=REPO_ROOT,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -95,7 +106,7 @@ def test_helpshort_gives_each_flags_first_sentence_whole():
 
 
 def test_settings_that_must_match_are_refused_before_tensorflow_loads(tmp_path):
-    from tffpipe.program import files  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import files
 
     checkpoints_dir = tmp_path / "e" / "checkpoints"
     os.makedirs(checkpoints_dir / "program_state_2")
@@ -113,8 +124,9 @@ def test_settings_that_must_match_are_refused_before_tensorflow_loads(tmp_path):
         "    print(e)\n"
         "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded')\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=user_env(), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=user_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.stdout.splitlines() == [
         f"the checkpoint of round 2 in {checkpoints_dir} was written with different settings (seed: 0 -> 5; "
         "task_options.alpha: 0.5 -> 0.1); use the original settings or a new --experiment_name",

@@ -33,10 +33,18 @@ def data_dir(tmp_path_factory):
 
 def _train_two_rounds(tmp_path, name, options, data_dir=None, clients=2):
     cfg = make_config(
-        task=name, **{f"{name}_{k}": v for k, v in options.items()},
+        task=name,
+        **{f"{name}_{k}": v for k, v in options.items()},
         **({"data_dir": data_dir} if data_dir else {}),
-        client_epochs=1, client_batch_size=4, rounds=2, clients_per_round=clients, eval_every=0,
-        eval_clients=3, checkpoint_every=2, root_dir=str(tmp_path), experiment_name=name,
+        client_epochs=1,
+        client_batch_size=4,
+        rounds=2,
+        clients_per_round=clients,
+        eval_every=0,
+        eval_clients=3,
+        checkpoint_every=2,
+        root_dir=str(tmp_path),
+        experiment_name=name,
         runtime="cpp",  # starts faster than the in-process runtime for two rounds
     )
     task = tasks.create_task(name, options, seed=0, data_dir=data_dir)
@@ -101,10 +109,13 @@ def test_stackoverflow_vocab_and_special_tokens(data_dir):
 
 
 @pytest.mark.slow  # LSTMs traced by TFF: about 35 s each
-@pytest.mark.parametrize("name, options", [
-    ("shakespeare", {"sequence_length": 80}),
-    ("stackoverflow_nwp", {"vocab_size": 10, "sequence_length": 20}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("shakespeare", {"sequence_length": 80}),
+        ("stackoverflow_nwp", {"vocab_size": 10, "sequence_length": 20}),
+    ],
+)
 def test_text_tasks_train_two_rounds(tmp_path, data_dir, name, options):
     _, result, _ = _train_two_rounds(tmp_path, name, options, data_dir)
     assert 0 <= result.final_eval["eval/accuracy"] <= 1
@@ -135,12 +146,12 @@ def test_breast_cancer_sites_and_metrics(tmp_path, model):
     task, result, _ = _train_two_rounds(tmp_path, "breast_cancer", options, clients=5)
     sizes = sorted(
         len(list(data.create_tf_dataset_for_client(cid)))
-        for data in (task.train_data, task.eval_data) for cid in data.client_ids
+        for data in (task.train_data, task.eval_data)
+        for cid in data.client_ids
     )
     assert sum(sizes) == 569 and len(sizes) == 6 and sizes[-1] > 2 * sizes[0]
     assert len(task.eval_data.client_ids) == 1
-    assert set(result.final_eval) >= {
-        f"eval/{m}" for m in ("accuracy", "precision", "recall", "f1", "auc", "loss")}
+    assert set(result.final_eval) >= {f"eval/{m}" for m in ("accuracy", "precision", "recall", "f1", "auc", "loss")}
     assert task.model_builder().count_params() == (31 if model == "logistic" else 513)
 
 
@@ -160,10 +171,13 @@ def test_diabetes_linear_regression(tmp_path):
     task, result, _ = _train_two_rounds(tmp_path, "diabetes", {"num_sites": 5}, clients=4)
     assert task.model_builder().count_params() == 11
     assert set(result.final_eval) >= {"eval/mse", "eval/mae", "eval/loss"}
-    targets = np.concatenate([
-        [float(e["y"][0]) for e in data.create_tf_dataset_for_client(cid)]
-        for data in (task.train_data, task.eval_data) for cid in data.client_ids
-    ])
+    targets = np.concatenate(
+        [
+            [float(e["y"][0]) for e in data.create_tf_dataset_for_client(cid)]
+            for data in (task.train_data, task.eval_data)
+            for cid in data.client_ids
+        ]
+    )
     assert len(targets) == 442
     assert abs(targets.mean()) < 1e-5 and targets.std() == pytest.approx(1.0, rel=1e-5)
 
@@ -180,8 +194,14 @@ def test_only_sampled_clients_get_datasets(tmp_path):
     base = tasks.create_task("digits", {}, seed=0)
     task = CountingTask(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
     cfg = make_config(
-        client_epochs=1, client_batch_size=4, rounds=2, clients_per_round=3, eval_every=0,
-        eval_clients=2, root_dir=str(tmp_path), runtime="cpp",
+        client_epochs=1,
+        client_batch_size=4,
+        rounds=2,
+        clients_per_round=3,
+        eval_every=0,
+        eval_clients=2,
+        root_dir=str(tmp_path),
+        runtime="cpp",
     )
     loop.run(cfg, task, print_fn=lambda line: None)
     assert len(built) == 6  # 2 rounds x 3 clients, of 40

@@ -17,11 +17,13 @@ from tffpipe.tasks import from_arrays
 
 
 def _model():
-    return tf.keras.Sequential([
-        tf.keras.layers.Input((6,)),
-        tf.keras.layers.Dense(8, activation="relu"),
-        tf.keras.layers.Dense(3, activation="softmax"),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.Input((6,)),
+            tf.keras.layers.Dense(8, activation="relu"),
+            tf.keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,16 @@ def task():
     x = rng.normal(size=(600, 6)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
     return from_arrays(
-        "three_class", x, y, _model, loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"], num_clients=20, alpha=0.3, eval_fraction=0.3, seed=1,
+        "three_class",
+        x,
+        y,
+        _model,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        num_clients=20,
+        alpha=0.3,
+        eval_fraction=0.3,
+        seed=1,
     )
 
 
@@ -62,9 +72,12 @@ def test_distribution_is_numpys():
     values = [0.9, 0.1, 0.5, 0.7, 0.3, 1.0, 0.0]
     got = client_metrics.distribution(values)
     assert got == {
-        "mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values)),
-        "min": 0.0, "p10": pytest.approx(np.percentile(values, 10)),
-        "p50": pytest.approx(np.median(values)), "p90": pytest.approx(np.percentile(values, 90)),
+        "mean": pytest.approx(np.mean(values)),
+        "std": pytest.approx(np.std(values)),
+        "min": 0.0,
+        "p10": pytest.approx(np.percentile(values, 10)),
+        "p50": pytest.approx(np.median(values)),
+        "p90": pytest.approx(np.percentile(values, 90)),
     }
     per_client = {f"c{i}": {"accuracy": v, "loss": 1 - v, "num_examples": 10} for i, v in enumerate(values)}
     flat = client_metrics.distribution_metrics("eval_clients/", per_client)
@@ -78,8 +91,7 @@ def test_worst_decile_ranks_by_accuracy_or_by_loss():
     assert client_metrics.worst_decile(per_client, "accuracy") == ["c00", "c01"]
     assert client_metrics.worst_decile(per_client, "loss") == ["c00", "c01"]
     line = client_metrics.worst_decile_line(per_client)
-    assert line == ("worst-served decile by accuracy (2 of 20 evaluation clients; mean 0.4750): "
-                    "c00 0.0000, c01 0.0500")
+    assert line == ("worst-served decile by accuracy (2 of 20 evaluation clients; mean 0.4750): c00 0.0000, c01 0.0500")
     regression = {"a": {"loss": 3.0}, "b": {"loss": 1.0}}
     assert client_metrics.worst_decile_line(regression).endswith("a 3.0000")
 
@@ -88,8 +100,13 @@ def test_clients_csv_keeps_each_round_and_client_once_and_trims_on_resume(tmp_pa
     paths = outputs.RunPaths(str(tmp_path))
     log = clients_csv.ClientsLog(paths.clients_csv)
     for round_num in (2, 4):
-        log.record(round_num, {"a": {"accuracy": 0.5, "num_examples": 3, "num_batches": 1},
-                               "b": {"accuracy": 0.25, "num_examples": 4, "num_batches": 1}})
+        log.record(
+            round_num,
+            {
+                "a": {"accuracy": 0.5, "num_examples": 3, "num_batches": 1},
+                "b": {"accuracy": 0.25, "num_examples": 4, "num_batches": 1},
+            },
+        )
     log.record(4, {"a": {"accuracy": 0.75}}, prefix="personalized/")
     with open(paths.clients_csv) as f:
         rows = list(csv.DictReader(f))

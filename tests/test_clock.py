@@ -1,6 +1,5 @@
 """The simulated clock: client times, deadlines, over-selection, dropouts."""
 
-import math
 import shutil
 
 import numpy as np
@@ -14,7 +13,6 @@ from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import from_arrays
-
 
 
 def test_a_clients_time_is_download_plus_training_plus_upload():
@@ -37,8 +35,12 @@ def test_over_selection_keeps_the_first_to_finish_in_sampled_order():
     # b dropped; d and e tie at 4 s (sampled order breaks it), then a at 7 s.
     assert plan.reporting == ["a", "d", "e"] and plan.dropped == ["b"] and plan.late == ["c"]
     assert plan.round_sec == 7.0
-    assert plan.metrics() == {"sim/round_sec": 7.0, "clients/reported": 3.0, "clients/dropped": 1.0,
-                              "clients/late": 1.0}
+    assert plan.metrics() == {
+        "sim/round_sec": 7.0,
+        "clients/reported": 3.0,
+        "clients/dropped": 1.0,
+        "clients/late": 1.0,
+    }
     assert clock.cohort(10, 1.3) == 13 and clock.cohort(10, 1.0) == 10 and clock.cohort(3, 1.5) == 5
 
 
@@ -65,19 +67,33 @@ def test_profiles_are_seeded_draws_and_dropouts_have_the_asked_rate():
     assert [population.drops_out(c, 3) for c in ids[:50]] == [again.drops_out(c, 3) for c in ids[:50]]
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(client_speed="lognormal:-5,1"), "--client_speed speeds and bandwidths must be positive (and sigma >= 0), got 'lognormal:-5,1'"),
-    (dict(client_uplink="constant:0"), "--client_uplink speeds and bandwidths must be positive (and sigma >= 0), got 'constant:0'"),
-    (dict(client_downlink="gamma:1,2"), "--client_downlink must be constant:V, lognormal:MEDIAN,SIGMA or uniform:LOW,HIGH, got 'gamma:1,2'"),
-    (dict(client_speed="uniform:5"), "--client_speed uniform takes 2 number(s), not 1, got 'uniform:5'"),
-    (dict(client_dropout=1.0), "--client_dropout must be in [0, 1), got 1"),
-    (dict(client_dropout=-0.1), "--client_dropout must be in [0, 1), got -0.1"),
-    (dict(round_deadline_sec=-1), "--round_deadline_sec must be at least 0, got -1"),
-    (dict(over_selection=0.5), "--over_selection must be at least 1, got 0.5"),
-    (dict(client_dropout=0.1, dp="fixed", dp_noise_multiplier=1.0, client_weighting="uniform"),
-     "--dp=fixed with --client_dropout: the privacy accounting assumes a cohort sampled uniformly at "
-     "random, but which clients report depends on their speed and availability"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(client_speed="lognormal:-5,1"),
+            "--client_speed speeds and bandwidths must be positive (and sigma >= 0), got 'lognormal:-5,1'",
+        ),
+        (
+            dict(client_uplink="constant:0"),
+            "--client_uplink speeds and bandwidths must be positive (and sigma >= 0), got 'constant:0'",
+        ),
+        (
+            dict(client_downlink="gamma:1,2"),
+            "--client_downlink must be constant:V, lognormal:MEDIAN,SIGMA or uniform:LOW,HIGH, got 'gamma:1,2'",
+        ),
+        (dict(client_speed="uniform:5"), "--client_speed uniform takes 2 number(s), not 1, got 'uniform:5'"),
+        (dict(client_dropout=1.0), "--client_dropout must be in [0, 1), got 1"),
+        (dict(client_dropout=-0.1), "--client_dropout must be in [0, 1), got -0.1"),
+        (dict(round_deadline_sec=-1), "--round_deadline_sec must be at least 0, got -1"),
+        (dict(over_selection=0.5), "--over_selection must be at least 1, got 0.5"),
+        (
+            dict(client_dropout=0.1, dp="fixed", dp_noise_multiplier=1.0, client_weighting="uniform"),
+            "--dp=fixed with --client_dropout: the privacy accounting assumes a cohort sampled uniformly at "
+            "random, but which clients report depends on their speed and availability",
+        ),
+    ],
+)
 def test_bad_clock_settings_are_one_line_errors(values, message):
     with pytest.raises(config.ConfigError) as info:
         make_config(**values)
@@ -102,10 +118,17 @@ def small_task(small_digits):
 
 
 def _config(root, **values):
-    return make_config(**{
-        **SMALL_DIGITS_FLAGS, "clients_per_round": 4, "root_dir": str(root), "experiment_name": "c",
-        "zeroing": False, "runtime": "cpp", **values,
-    })
+    return make_config(
+        **{
+            **SMALL_DIGITS_FLAGS,
+            "clients_per_round": 4,
+            "root_dir": str(root),
+            "experiment_name": "c",
+            "zeroing": False,
+            "runtime": "cpp",
+            **values,
+        }
+    )
 
 
 def _weights_of_rounds(task, cfg, reporting_of):
@@ -117,8 +140,11 @@ def _weights_of_rounds(task, cfg, reporting_of):
     state = process.set_model_weights(process.initialize(), builder.initial_model_weights(task, 0))
     for round_num in range(1, cfg.schedule.rounds + 1):
         sampled, reporting = reporting_of(round_num)
-        datasets = [task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
-                    for i, cid in enumerate(sampled) if cid in reporting]
+        datasets = [
+            task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
+            for i, cid in enumerate(sampled)
+            if cid in reporting
+        ]
         state = process.next(state, datasets).state
     return process.get_model_weights(state)
 
@@ -164,11 +190,14 @@ def test_a_slow_client_with_a_poisoned_update_misses_the_deadline(tmp_path):
     y = (x @ np.array([1.0, -1.0, 0.5], np.float32)).reshape(-1, 1)
     task = from_arrays("linear", x, y, _linear, loss="mse", num_clients=6, partition="iid", seed=0)
     first = task.train_data.client_ids[0]
-    poisoned = from_arrays("linear", x, _poison(task, first, y), _linear, loss="mse", num_clients=6,
-                           partition="iid", seed=0)
+    poisoned = from_arrays(
+        "linear", x, _poison(task, first, y), _linear, loss="mse", num_clients=6, partition="iid", seed=0
+    )
     profiles = tmp_path / "devices.csv"
-    profiles.write_text("client_id,speed,downlink,uplink\n" + "".join(
-        f"{c},{1 if c == first else 1000},1e9,1e9\n" for c in poisoned.train_data.client_ids))
+    profiles.write_text(
+        "client_id,speed,downlink,uplink\n"
+        + "".join(f"{c},{1 if c == first else 1000},1e9,1e9\n" for c in poisoned.train_data.client_ids)
+    )
     values = dict(rounds=1, clients_per_round=5, client_profiles=str(profiles), round_deadline_sec=5.0)
     run = loop.run(_config(tmp_path, **values), poisoned, print_fn=lambda line: None)
     honest = loop.run(_config(tmp_path / "honest", **values), task, print_fn=lambda line: None)
@@ -181,7 +210,7 @@ def test_a_slow_client_with_a_poisoned_update_misses_the_deadline(tmp_path):
 
 
 def _linear():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     return tf.keras.Sequential([tf.keras.layers.Input((3,)), tf.keras.layers.Dense(1)])
 
@@ -195,7 +224,7 @@ def _poison(task, client_id, y):
 
 
 def _metrics(run_dir):
-    import csv  # pylint: disable=g-import-not-at-top
+    import csv
 
     with open(run_dir / "results" / "metrics.csv") as f:
         return list(csv.DictReader(f))

@@ -83,7 +83,7 @@ def test_a_corrupt_record_in_the_middle_costs_only_itself(tmp_path):
     after = event_files.read(path)
     assert after.corrupt == 1 and not after.partial_tail
     assert after.corrupt_bytes == 16 + length
-    assert after.records == before.records[:index] + before.records[index + 1:]
+    assert after.records == before.records[:index] + before.records[index + 1 :]
 
 
 def test_a_corrupt_length_is_skipped_to_the_next_whole_record(tmp_path):
@@ -102,7 +102,8 @@ def test_reconcile_keeps_valid_events_and_rebuilds_the_lost_values_from_csv(tmp_
     offsets = _record_offsets(path)
     # The record holding round 2's eval/loss.
     index = next(
-        i for i, data in enumerate(before.records)
+        i
+        for i, data in enumerate(before.records)
         if _step_of(data) == 2 and any(v.tag == "eval/loss" for v in tf.compat.v1.Event.FromString(data).summary.value)
     )
     offset, length = offsets[index]
@@ -162,11 +163,14 @@ def test_a_cut_metrics_row_missing_from_tensorboard_too_is_retrained(tmp_path):
 
 def test_clients_csv_cut_mid_line_names_the_incomplete_round(tmp_path):
     path = str(tmp_path / "clients.csv")
-    _write(path, (
-        "round,client_id,num_examples,accuracy\r\n"
-        "2,client_0001,38,0.5\r\n2,client_0002,30,0.25\r\n2,client_0003,12,1.0\r\n"
-        "4,client_0001,38,0.75\r\n4,client_0002,30,0.3157"
-    ))
+    _write(
+        path,
+        (
+            "round,client_id,num_examples,accuracy\r\n"
+            "2,client_0001,38,0.5\r\n2,client_0002,30,0.25\r\n2,client_0003,12,1.0\r\n"
+            "4,client_0001,38,0.75\r\n4,client_0002,30,0.3157"
+        ),
+    )
     assert clients_csv.incomplete_rounds(path) == {4: "its last line was cut short ('4,client_0002,30,0.3157')"}
     _, rows = clients_csv.read(path)
     assert sorted(rows) == [(2, "client_0001"), (2, "client_0002"), (2, "client_0003"), (4, "client_0001")]
@@ -196,11 +200,20 @@ def small_task():
 
 
 def _config(root, name, **values):
-    return make_config(**{
-        **SMALL, "client_batch_size": 32, "rounds": 2, "clients_per_round": 3, "eval_every": 1,
-        "checkpoint_every": 1, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
-        **values,
-    })
+    return make_config(
+        **{
+            **SMALL,
+            "client_batch_size": 32,
+            "rounds": 2,
+            "clients_per_round": 3,
+            "eval_every": 1,
+            "checkpoint_every": 1,
+            "root_dir": str(root),
+            "experiment_name": name,
+            "runtime": "inprocess",
+            **values,
+        }
+    )
 
 
 @pytest.mark.slow  # 59 s in the default suite's last CI run; kept out of it for time

@@ -75,8 +75,7 @@ def test_the_launcher_lists_every_worker_pod_by_its_dns_name(objects):
     assert _flag_value(args, "runtime") == "remote"
     port = service["spec"]["ports"][0]["port"]
     expected = [
-        f"{sts['metadata']['name']}-{i}.{service['metadata']['name']}:{port}"
-        for i in range(sts["spec"]["replicas"])
+        f"{sts['metadata']['name']}-{i}.{service['metadata']['name']}:{port}" for i in range(sts["spec"]["replicas"])
     ]
     assert _flag_value(args, "workers").split(",") == expected
     assert container["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -108,11 +107,7 @@ def test_the_launcher_args_make_a_valid_run_config(objects):
 def test_the_image_copies_what_the_package_needs():
     with open(os.path.join(REPO_ROOT, "deploy", "Dockerfile")) as f:
         dockerfile = f.read()
-    copied = [
-        path
-        for line in dockerfile.splitlines() if line.startswith("COPY ")
-        for path in line.split()[1:-1]
-    ]
+    copied = [path for line in dockerfile.splitlines() if line.startswith("COPY ") for path in line.split()[1:-1]]
     for path in copied:
         assert os.path.exists(os.path.join(REPO_ROOT, path)), path
     # The packages pyproject.toml installs are all in the image.
@@ -147,7 +142,9 @@ def test_workers_and_launcher_hold_certificates_and_only_the_launcher_reaches_th
     worker_pod, launcher_pod = sts["spec"]["template"]["spec"], job["spec"]["template"]["spec"]
     assert _tls_secret(worker_pod, worker_pod["containers"][0]) == "tffpipe-worker-tls"
     assert _tls_secret(launcher_pod, launcher_pod["containers"][0]) == "tffpipe-launcher-tls"
-    assert "insecure_workers" not in " ".join(worker_pod["containers"][0]["command"] + launcher_pod["containers"][0]["args"])
+    assert "insecure_workers" not in " ".join(
+        worker_pod["containers"][0]["command"] + launcher_pod["containers"][0]["args"]
+    )
     for pod in (worker_pod, launcher_pod):
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     policy = objects[("NetworkPolicy", "tffpipe-worker")]["spec"]
@@ -184,7 +181,7 @@ def test_the_ray_cluster_requires_the_token_the_launcher_holds(ray_objects):
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
     # The cluster runs the Ray the launcher was locked with, in the launcher's image.
-    import ray  # pylint: disable=g-import-not-at-top
+    import ray
 
     assert cluster["spec"]["rayVersion"] == ray.__version__
     for group in _ray_pods(cluster):

@@ -34,10 +34,16 @@ def test_each_sign_of_divergence_is_named():
 
 
 def _config(root, name, **values):
-    return make_config(**{
-        **SMALL_DIGITS_FLAGS, "clients_per_round": 3, "root_dir": str(root), "experiment_name": name,
-        "runtime": "inprocess", **values,
-    })
+    return make_config(
+        **{
+            **SMALL_DIGITS_FLAGS,
+            "clients_per_round": 3,
+            "root_dir": str(root),
+            "experiment_name": name,
+            "runtime": "inprocess",
+            **values,
+        }
+    )
 
 
 def _rows(run_dir):
@@ -45,19 +51,22 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("algorithm", [
-    "fedavg",
-    pytest.param("fedprox", marks=pytest.mark.slow),
-    pytest.param("fedsgd", marks=pytest.mark.slow),
-    pytest.param("mime_lite", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "fedavg",
+        pytest.param("fedprox", marks=pytest.mark.slow),
+        pytest.param("fedsgd", marks=pytest.mark.slow),
+        pytest.param("mime_lite", marks=pytest.mark.slow),
+    ],
+)
 def test_a_healthy_round_counts_every_example_the_check_expects(small_digits, tmp_path, algorithm):
     # The shortfall check relies on it: train/num_examples of a healthy round
     # is every example of the reporting clients, epochs and caps included.
     cfg = _config(tmp_path, algorithm, algorithm=algorithm, rounds=1, client_epochs=2, client_max_elements=7)
     result = loop.run(cfg, small_digits, print_fn=lambda line: None)
     assert result.diverged_rounds == ()
-    from tffpipe.program import sampling  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import sampling
 
     sampled = sampling.sample_clients(list(small_digits.train_data.client_ids), 3, seed=0, round_num=1)
     sizes = [len(small_digits.train_data.create_tf_dataset_for_client(cid)) for cid in sampled]
@@ -90,9 +99,12 @@ def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_di
 
     monkeypatch.setattr(divergence, "symptoms", round_three_diverges)
     # No checkpoint was due before round 3 (every 5): the run saves round 2's finite state itself.
-    with pytest.raises(divergence.Diverged, match=r"^round 3 diverged: the training loss is nan; .*the checkpoint "
-                       r"of round 2 holds the last finite weights: lower the rate and rerun to resume from it, "
-                       r"or pass --on_divergence=warn to go on$"):
+    with pytest.raises(
+        divergence.Diverged,
+        match=r"^round 3 diverged: the training loss is nan; .*the checkpoint "
+        r"of round 2 holds the last finite weights: lower the rate and rerun to resume from it, "
+        r"or pass --on_divergence=warn to go on$",
+    ):
         loop.run(_config(tmp_path, "d", rounds=4, checkpoint_every=5), small_digits, print_fn=lambda line: None)
     assert checkpoints.newest_round(str(tmp_path / "d" / "checkpoints")) == 2
     monkeypatch.setattr(divergence, "symptoms", real)
@@ -105,7 +117,11 @@ def test_a_diverged_round_keeps_the_last_finite_weights_as_a_checkpoint(small_di
 @pytest.mark.slow
 def test_the_launcher_stops_a_diverging_run_in_one_line(tmp_path):
     args = [f"--{k}={v}" for k, v in SMALL_DIGITS_FLAGS.items()] + [
-        "--task=digits", "--rounds=2", "--clients_per_round=3", f"--root_dir={tmp_path}", "--client_learning_rate=1e6",
+        "--task=digits",
+        "--rounds=2",
+        "--clients_per_round=3",
+        f"--root_dir={tmp_path}",
+        "--client_learning_rate=1e6",
     ]
     stopped = run_train(args)
     assert stopped.returncode == 2
@@ -117,8 +133,11 @@ def test_the_launcher_stops_a_diverging_run_in_one_line(tmp_path):
 @pytest.mark.slow  # 19 s; the stopping case stays in the default suite
 def test_warn_goes_on_and_the_summary_never_says_done(small_digits, tmp_path):
     lines = []
-    result = loop.run(_config(tmp_path, "w", client_learning_rate=1e6, on_divergence="warn", rounds=2),
-                      small_digits, print_fn=lines.append)
+    result = loop.run(
+        _config(tmp_path, "w", client_learning_rate=1e6, on_divergence="warn", rounds=2),
+        small_digits,
+        print_fn=lines.append,
+    )
     assert result.diverged_rounds == (1, 2) and result.rounds_done == 2
     warnings = [line for line in lines if line.startswith("warning: round ")]
     assert [w.split(" diverged: ")[0] for w in warnings] == ["warning: round 1", "warning: round 2"]
@@ -131,11 +150,18 @@ def test_warn_goes_on_and_the_summary_never_says_done(small_digits, tmp_path):
 
 
 def test_fedbuff_stops_on_a_diverged_server_update(small_digits, tmp_path):
-    cfg = make_config(**{
-        **SMALL_DIGITS_FLAGS, "algorithm": "fedbuff", "async_concurrency": 3, "async_buffer_size": 2,
-        "root_dir": str(tmp_path), "experiment_name": "fb", "client_learning_rate": 1e6,
-    })
-    from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+    cfg = make_config(
+        **{
+            **SMALL_DIGITS_FLAGS,
+            "algorithm": "fedbuff",
+            "async_concurrency": 3,
+            "async_buffer_size": 2,
+            "root_dir": str(tmp_path),
+            "experiment_name": "fb",
+            "client_learning_rate": 1e6,
+        }
+    )
+    from tffpipe.program import fedbuff
 
     with pytest.raises(divergence.Diverged, match=r"^round 1 diverged: .*examples were not finite and were left out"):
         fedbuff.run(cfg, small_digits, print_fn=lambda line: None)

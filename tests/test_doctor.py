@@ -12,9 +12,7 @@ from tffpipe.tasks import public_data
 
 
 def test_python_outside_the_supported_range_fails():
-    assert doctor.check_python(">=3.11,<3.12").status == (
-        doctor.OK if sys.version_info[:2] == (3, 11) else doctor.FAIL
-    )
+    assert doctor.check_python(">=3.11,<3.12").status == (doctor.OK if sys.version_info[:2] == (3, 11) else doctor.FAIL)
     check = doctor.check_python(">=3.12")
     assert check.status == doctor.FAIL
     assert check.detail.endswith("but tffpipe needs >=3.12")
@@ -30,8 +28,7 @@ def test_package_checks_compare_installed_versions_with_the_pins():
 
     checks = list(
         doctor.check_packages(
-            ["tensorflow==2.14.1", "absl-py<2,>=1.4", "packaging>=22",
-             "nvidia-cudnn-cu11==8.7.0.84; extra == 'gpu'"],
+            ["tensorflow==2.14.1", "absl-py<2,>=1.4", "packaging>=22", "nvidia-cudnn-cu11==8.7.0.84; extra == 'gpu'"],
             installed,
         )
     )
@@ -43,7 +40,7 @@ def test_package_checks_compare_installed_versions_with_the_pins():
 
 
 def test_robust_server_memory_is_cohort_times_model_size():
-    from tffpipe.aggregation import robust  # pylint: disable=g-import-not-at-top
+    from tffpipe.aggregation import robust
 
     assert robust.server_memory_bytes(50, 1_206_590) == 50 * 1_206_590 * 4  # EMNIST cnn_dropout: 241 MB
     check = doctor.check_memory(300 * 2**20, 200 * 2**20, "--robust", name="memory under --robust")
@@ -92,16 +89,28 @@ def test_doctor_passes_here_and_smoke_tests_both_runtimes():
     configs = {name: doctor.runtime_config(name) for name in ("cpp", "inprocess")}
     lines = _lines(list(doctor.run_checks("digits", public_data.DEFAULT_DATA_DIR, 10, configs, smoke=True)))
     names = [line[6:].split(":")[0] for line in lines[:-1]]
-    for name in ("python", "tensorflow-federated", "tensorflow", "tensorflow devices",
-                 "runtime cpp", "runtime inprocess", "worker binary", "task digits", "memory",
-                 "smoke round cpp", "smoke round inprocess"):
+    for name in (
+        "python",
+        "tensorflow-federated",
+        "tensorflow",
+        "tensorflow devices",
+        "runtime cpp",
+        "runtime inprocess",
+        "worker binary",
+        "task digits",
+        "memory",
+        "smoke round cpp",
+        "smoke round inprocess",
+    ):
         assert name in names, name
     assert all(line.startswith(("ok ", "warn ")) for line in lines[:-1]), lines
     assert "ok    runtime inprocess: 2 client slot(s) on /device:CPU:0" in lines
     assert "ok    task digits: 40 training clients, model of 85,066 parameters" in lines
     # --robust gathers the cohort's updates at the server: 10 x 85,066 x 4 bytes.
-    assert any(line.startswith("ok    memory under --robust: ") and "(the server holds all 10 updates, 3.2 MiB more)" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("ok    memory under --robust: ") and "(the server holds all 10 updates, 3.2 MiB more)" in line
+        for line in lines
+    ), lines
     smoke = [line for line in lines if line.startswith("ok    smoke round")]
     assert len(smoke) == 2 and all(" 45 examples trained in " in line for line in smoke), smoke
     assert lines[-1] == "all checks passed"
@@ -122,8 +131,13 @@ def test_the_doctor_command_exits_0_and_leaves_no_worker(marker_env):
     # The command as a user runs it, without the smoke rounds the test above runs.
     env, marker = marker_env
     result = subprocess.run(
-        [sys.executable, "-m", "tffpipe.doctor", "--nosmoke"], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "tffpipe.doctor", "--nosmoke"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == "all checks passed"

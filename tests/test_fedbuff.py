@@ -18,24 +18,30 @@ from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 
 
-
 @pytest.fixture(scope="module")
 def small_task(small_digits):
     return small_digits
 
 
 def _config(root, **values):
-    return make_config(**{
-        **SMALL_DIGITS_FLAGS, "root_dir": str(root), "experiment_name": "b", "algorithm": "fedbuff", **values,
-    })
+    return make_config(
+        **{
+            **SMALL_DIGITS_FLAGS,
+            "root_dir": str(root),
+            "experiment_name": "b",
+            "algorithm": "fedbuff",
+            **values,
+        }
+    )
 
 
 def test_one_client_at_a_time_with_a_buffer_of_one_is_sequential_fedavg(small_task, tmp_path):
     cfg = _config(tmp_path, async_concurrency=1, async_buffer_size=1, server_learning_rate=0.7)
     result = fedbuff.run(cfg, small_task, print_fn=lambda line: None)
     # FedAvg with one client a round: the n-th round's client is the n-th client FedBuff started.
-    reference_cfg = make_config(**{**{k: v for k, v in _flags(cfg).items()}, "algorithm": "fedavg",
-                                   "clients_per_round": 1, "zeroing": False})
+    reference_cfg = make_config(
+        **{**{k: v for k, v in _flags(cfg).items()}, "algorithm": "fedavg", "clients_per_round": 1, "zeroing": False}
+    )
     ids = list(small_task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
     process, _ = builder.build_learning_process(small_task, reference_cfg, ids, runtime.loop_implementation())
@@ -50,14 +56,24 @@ def test_one_client_at_a_time_with_a_buffer_of_one_is_sequential_fedavg(small_ta
 
 
 def _flags(cfg):
-    return {**SMALL_DIGITS_FLAGS, "root_dir": cfg.output.root_dir, "experiment_name": "ref",
-            "server_learning_rate": cfg.server_optimizer.learning_rate}
+    return {
+        **SMALL_DIGITS_FLAGS,
+        "root_dir": cfg.output.root_dir,
+        "experiment_name": "ref",
+        "server_learning_rate": cfg.server_optimizer.learning_rate,
+    }
 
 
 @pytest.mark.slow  # 137 s in the default suite's last CI run; kept out of it for time
 def test_fedbuff_is_deterministic_and_resumes_to_the_same_weights(small_task, tmp_path):
-    values = dict(async_concurrency=4, async_buffer_size=2, client_dropout=0.2,
-                  client_speed="lognormal:50,1.0", checkpoint_every=1, personalize_every=4)
+    values = dict(
+        async_concurrency=4,
+        async_buffer_size=2,
+        client_dropout=0.2,
+        client_speed="lognormal:50,1.0",
+        checkpoint_every=1,
+        personalize_every=4,
+    )
     straight = fedbuff.run(_config(tmp_path / "a", rounds=4, **values), small_task, print_fn=lambda line: None)
     # A second run, stopped after 2 server updates and resumed: the same weights.
     fedbuff.run(_config(tmp_path / "c", rounds=2, **values), small_task, print_fn=lambda line: None)
@@ -83,20 +99,31 @@ def test_staleness_weights():
     assert fedbuff_lib.staleness_weight("constant", 7) == 1.0
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(algorithm="fedbuff", async_concurrency=3, async_buffer_size=4),
-     "--async_buffer_size=4 is larger than --async_concurrency=3: the buffer would wait for more updates "
-     "than clients are training"),
-    (dict(algorithm="fedbuff", secure_aggregation=True),
-     "--algorithm=fedbuff cannot run with the secure aggregation layer: its buffer aggregates in the "
-     "launcher, outside the aggregation stack (DP noise, secure sums, compression and robust rules would not apply)"),
-    (dict(algorithm="fedbuff", round_deadline_sec=5),
-     "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff has none "
-     "(a late client's update arrives stale instead)"),
-    (dict(async_concurrency=3), "--async_concurrency applies to --algorithm=fedbuff, not --algorithm=fedavg"),
-    (dict(algorithm="fedbuff", clients_per_round=5),
-     "--clients_per_round does not apply to --algorithm=fedbuff; it has --async_concurrency and --async_buffer_size"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(algorithm="fedbuff", async_concurrency=3, async_buffer_size=4),
+            "--async_buffer_size=4 is larger than --async_concurrency=3: the buffer would wait for more updates "
+            "than clients are training",
+        ),
+        (
+            dict(algorithm="fedbuff", secure_aggregation=True),
+            "--algorithm=fedbuff cannot run with the secure aggregation layer: its buffer aggregates in the "
+            "launcher, outside the aggregation stack (DP noise, secure sums, compression and robust rules would not apply)",
+        ),
+        (
+            dict(algorithm="fedbuff", round_deadline_sec=5),
+            "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff has none "
+            "(a late client's update arrives stale instead)",
+        ),
+        (dict(async_concurrency=3), "--async_concurrency applies to --algorithm=fedbuff, not --algorithm=fedavg"),
+        (
+            dict(algorithm="fedbuff", clients_per_round=5),
+            "--clients_per_round does not apply to --algorithm=fedbuff; it has --async_concurrency and --async_buffer_size",
+        ),
+    ],
+)
 def test_bad_fedbuff_settings_are_one_line_errors(values, message):
     with pytest.raises(config.ConfigError) as info:
         make_config(**values)
@@ -111,14 +138,32 @@ def test_more_concurrent_clients_than_training_clients_is_refused(small_task, tm
 @pytest.mark.slow
 def test_a_sigkilled_fedbuff_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, marker_env):
     env, _ = marker_env
-    args = [sys.executable, "-m", "tffpipe.train", "--algorithm=fedbuff", "--rounds=6", "--eval_every=0",
-            "--checkpoint_every=2", "--async_concurrency=6", "--async_buffer_size=3",
-            "--client_speed=lognormal:50,1.0", "--client_dropout=0.1", "--experiment_name=fedbuff"]
-    straight = subprocess.run([*args, f"--root_dir={tmp_path / 'a'}"], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        "--algorithm=fedbuff",
+        "--rounds=6",
+        "--eval_every=0",
+        "--checkpoint_every=2",
+        "--async_concurrency=6",
+        "--async_buffer_size=3",
+        "--client_speed=lognormal:50,1.0",
+        "--client_dropout=0.1",
+        "--experiment_name=fedbuff",
+    ]
+    straight = subprocess.run(
+        [*args, f"--root_dir={tmp_path / 'a'}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
-    proc = subprocess.Popen([*args, f"--root_dir={tmp_path / 'b'}"], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*args, f"--root_dir={tmp_path / 'b'}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.startswith("round 3/6"):
@@ -127,8 +172,9 @@ def test_a_sigkilled_fedbuff_run_resumes_to_the_weights_of_an_uninterrupted_one(
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    resumed = subprocess.run([*args, f"--root_dir={tmp_path / 'b'}"], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [*args, f"--root_dir={tmp_path / 'b'}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "from the checkpoint of round 2" in resumed.stdout
     for ours, theirs in zip(_export(tmp_path / "b"), _export(tmp_path / "a")):
@@ -137,13 +183,13 @@ def test_a_sigkilled_fedbuff_run_resumes_to_the_weights_of_an_uninterrupted_one(
 
 
 def _export(root):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     return tf.keras.models.load_model(root / "fedbuff" / "export").get_weights()
 
 
 def _metrics(run_dir):
-    import csv  # pylint: disable=g-import-not-at-top
+    import csv
 
     with open(run_dir / "results" / "metrics.csv") as f:
         return list(csv.DictReader(f))

@@ -1,7 +1,6 @@
 """Grouped client work (several clients per TensorFlow call) equals the per-client path."""
 
 import csv
-import os
 
 import numpy as np
 import pytest
@@ -26,11 +25,21 @@ def task():
 
 
 def _config(root, name, per_call, **values):
-    return make_config(**{
-        **SMALL, "client_epochs": 1, "client_batch_size": 16, "rounds": 2, "clients_per_round": 7,
-        "eval_every": 2, "root_dir": str(root), "experiment_name": name, "runtime": "inprocess",
-        "clients_per_call": per_call, **values,
-    })
+    return make_config(
+        **{
+            **SMALL,
+            "client_epochs": 1,
+            "client_batch_size": 16,
+            "rounds": 2,
+            "clients_per_round": 7,
+            "eval_every": 2,
+            "root_dir": str(root),
+            "experiment_name": name,
+            "runtime": "inprocess",
+            "clients_per_call": per_call,
+            **values,
+        }
+    )
 
 
 def _rows(path):
@@ -42,8 +51,13 @@ CASES = {
     "fedavg": {},
     "secure_sum": {"secure_aggregation": True},
     "sign_flip_median": {"attack": "sign_flip", "robust": "median", "zeroing": False},
-    "fedprox_dp": {"algorithm": "fedprox", "zeroing": False, "dp": "fixed", "dp_clip_norm": 1.0,
-                   "dp_noise_multiplier": 0.0},
+    "fedprox_dp": {
+        "algorithm": "fedprox",
+        "zeroing": False,
+        "dp": "fixed",
+        "dp_clip_norm": 1.0,
+        "dp_noise_multiplier": 0.0,
+    },
     "fedsgd_personalized": {"algorithm": "fedsgd", "personalize_every": 2},
 }
 # Mime Lite is left out: on the in-process runtime two identical runs already
@@ -68,7 +82,8 @@ def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
         assert float(a["sim/elapsed_sec"]) == float(b["sim/elapsed_sec"])
     clients_grouped, clients_single = (_rows(tmp_path / n / "results" / "clients.csv") for n in ("k3", "k1"))
     assert [(r["round"], r["client_id"], r["num_examples"]) for r in clients_grouped] == [
-        (r["round"], r["client_id"], r["num_examples"]) for r in clients_single]
+        (r["round"], r["client_id"], r["num_examples"]) for r in clients_single
+    ]
     for a, b in zip(clients_grouped, clients_single):
         for column in a:
             if column not in ("round", "client_id") and a[column]:
@@ -78,8 +93,7 @@ def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
 def _engine(task, per_call, slots=("/CPU:0",), prefetch=True):
     cfg = _config(".", "unused", per_call, zeroing=False)
     runtime = runtime_registry.get("inprocess")
-    process, _ = builder.build_learning_process(
-        task, cfg, task.train_data.client_ids, runtime.loop_implementation())
+    process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids, runtime.loop_implementation())
     return inprocess_process.InProcessProcess(process, list(slots), clients_per_call=per_call, prefetch=prefetch)
 
 
@@ -99,12 +113,13 @@ def test_groups_larger_than_the_cohort_and_empty_clients_match(task):
         try:
             state = engine.set_model_weights(engine.initialize(), initial)
             output = engine.next(state, data)
-            results[per_call] = (engine.get_model_weights(output.state).trainable,
-                                 output.metrics["client_work"]["train"]["num_examples"])
+            results[per_call] = (
+                engine.get_model_weights(output.state).trainable,
+                output.metrics["client_work"]["train"]["num_examples"],
+            )
         finally:
             engine.close()
-    assert results[16][1] == results[1][1] == sum(
-        len(list(d.unbatch())) for i, d in enumerate(data) if i != 2)
+    assert results[16][1] == results[1][1] == sum(len(list(d.unbatch())) for i, d in enumerate(data) if i != 2)
     for ours, theirs in zip(results[16][0], results[1][0]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
@@ -126,8 +141,10 @@ def test_an_exception_in_one_clients_work_names_that_client(task, tmp_path):
                 engine.next(state, data)
             assert info.value.index == 3
             assert "poisoned client data" in str(info.value)
-            with pytest.raises(loop.ClientFailed, match=r"^round 7: the work of client c3 failed: .*poisoned client data"):
-                loop._next(engine, state, data, ["c0", "c1", "c2", "c3", "c4"], 7)  # pylint: disable=protected-access
+            with pytest.raises(
+                loop.ClientFailed, match=r"^round 7: the work of client c3 failed: .*poisoned client data"
+            ):
+                loop._next(engine, state, data, ["c0", "c1", "c2", "c3", "c4"], 7)
         finally:
             engine.close()
 
@@ -135,15 +152,16 @@ def test_an_exception_in_one_clients_work_names_that_client(task, tmp_path):
 def test_groups_that_build_their_datasets_in_the_call_equal_datasets_built_in_python(task, monkeypatch):
     # The program loop hands recipes (client id, seed); a group then builds its
     # clients' datasets inside its own TensorFlow call.
-    from tffpipe.program import client_sources  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import tf_parts  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import client_sources
+    from tffpipe.runtimes import tf_parts
 
     spec = ClientSpec(num_epochs=2, batch_size=16, shuffle_buffer_size=100)
     source = client_sources.TrainSource(client_sources.TaskRecipe(task.name, (), 0, None), spec)
     calls = []
     real = tf_parts.GroupedClientStep.by_keys
-    monkeypatch.setattr(tf_parts.GroupedClientStep, "by_keys",
-                        lambda self, *args: calls.append(len(args[2])) or real(self, *args))
+    monkeypatch.setattr(
+        tf_parts.GroupedClientStep, "by_keys", lambda self, *args: calls.append(len(args[2])) or real(self, *args)
+    )
     initial = builder.initial_model_weights(task, 0)
     results = {}
     for how in ("keys", "list"):
@@ -159,8 +177,10 @@ def test_groups_that_build_their_datasets_in_the_call_equal_datasets_built_in_py
                     data = [task.client_dataset(cid, spec, seed=seed) for cid, seed in keys]
                 output = engine.next(state, data)
                 state = output.state
-            results[how] = (engine.get_model_weights(state).trainable,
-                            output.metrics["client_work"]["train"]["num_examples"])
+            results[how] = (
+                engine.get_model_weights(state).trainable,
+                output.metrics["client_work"]["train"]["num_examples"],
+            )
         finally:
             engine.close()
     assert sorted(calls) == sorted([3, 1, 3] * 2)  # slot 0: clients 0,2,4 | 6; slot 1: 1,3,5; two rounds

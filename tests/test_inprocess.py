@@ -33,9 +33,19 @@ def task():
 
 def _config(root=".", rounds=3, runtime_name="cpp", **values):
     return make_config(
-        digits_num_clients=12, digits_eval_clients=3, digits_alpha=1.0, client_epochs=1,
-        client_batch_size=32, rounds=rounds, clients_per_round=CLIENTS_PER_ROUND, eval_every=0,
-        checkpoint_every=1, root_dir=str(root), experiment_name="p", runtime=runtime_name, **values,
+        digits_num_clients=12,
+        digits_eval_clients=3,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=rounds,
+        clients_per_round=CLIENTS_PER_ROUND,
+        eval_every=0,
+        checkpoint_every=1,
+        root_dir=str(root),
+        experiment_name="p",
+        runtime=runtime_name,
+        **values,
     )
 
 
@@ -55,13 +65,8 @@ ALGORITHMS = {
 
 
 def _round_data(task, round_num):
-    ids = sampling.sample_clients(
-        list(task.train_data.client_ids), CLIENTS_PER_ROUND, seed=0, round_num=round_num
-    )
-    return [
-        task.client_dataset(cid, SPEC, seed=sampling.client_seed(0, round_num, i))
-        for i, cid in enumerate(ids)
-    ]
+    ids = sampling.sample_clients(list(task.train_data.client_ids), CLIENTS_PER_ROUND, seed=0, round_num=round_num)
+    return [task.client_dataset(cid, SPEC, seed=sampling.client_seed(0, round_num, i)) for i, cid in enumerate(ids)]
 
 
 def _three_rounds(runner, task, initial):
@@ -79,10 +84,7 @@ _SLOW_PARITY = {"fedprox", "fedadam", "dp_fixed_noise_0", "secure_fedavg"}
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_PARITY else name
-        for name in ALGORITHMS
-    ],
+    [pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_PARITY else name for name in ALGORITHMS],
 )
 def test_three_rounds_match_tff_cpp_runtime(task, name):
     cfg = _config(**ALGORITHMS[name])
@@ -103,20 +105,17 @@ def test_three_rounds_match_tff_cpp_runtime(task, name):
         hparams = local.get_hparams(state)
         tf.nest.map_structure(np.testing.assert_allclose, hparams, cpp_hparams)
         doubled = tf.nest.map_structure(lambda x: np.float32(x) * 2, hparams)
-        tf.nest.map_structure(
-            np.testing.assert_allclose, local.get_hparams(local.set_hparams(state, doubled)), doubled
-        )
+        tf.nest.map_structure(np.testing.assert_allclose, local.get_hparams(local.set_hparams(state, doubled)), doubled)
     finally:
         local.close()
     assert local.uses_secure_sum == (name == "secure_fedavg")
     for ours, theirs in zip(weights.trainable, cpp_weights.trainable):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
     # Same structure and values of the round metrics, as the program loop sees them.
-    assert tff.structure.to_odict(
-        tff.structure.from_container(metrics, recursive=True), recursive=True
-    ).keys() == tff.structure.to_odict(
-        tff.structure.from_container(cpp_metrics, recursive=True), recursive=True
-    ).keys()
+    assert (
+        tff.structure.to_odict(tff.structure.from_container(metrics, recursive=True), recursive=True).keys()
+        == tff.structure.to_odict(tff.structure.from_container(cpp_metrics, recursive=True), recursive=True).keys()
+    )
     train, cpp_train = metrics["client_work"]["train"], cpp_metrics["client_work"]["train"]
     assert train["num_examples"] == cpp_train["num_examples"] > 0
     np.testing.assert_allclose(train["loss"], cpp_train["loss"], rtol=1e-4)
@@ -129,15 +128,13 @@ def test_checkpoints_move_between_runtimes(task, tmp_path):
     lines = []
     first = loop.run(_config(tmp_path / "b", 2, "inprocess"), task, print_fn=lines.append)
     assert first.rounds_done == 2
-    assert any(l.startswith("runtime inprocess: learning process on 2 client slot(s)") for l in lines)
+    assert any(line.startswith("runtime inprocess: learning process on 2 client slot(s)") for line in lines)
     resumed = loop.run(_config(tmp_path / "b", 3), task, print_fn=lines.append)
     assert resumed.resumed_from == 2 and resumed.rounds_done == 3
     for ours, theirs in zip(resumed.model_weights.trainable, straight.model_weights.trainable):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
     assert resumed.final_eval.keys() == straight.final_eval.keys()
-    np.testing.assert_allclose(
-        resumed.final_eval["eval/loss"], straight.final_eval["eval/loss"], rtol=1e-4
-    )
+    np.testing.assert_allclose(resumed.final_eval["eval/loss"], straight.final_eval["eval/loss"], rtol=1e-4)
 
 
 def test_next_clients_data_is_loaded_while_a_client_trains(task):
@@ -203,9 +200,7 @@ def test_a_round_that_is_not_a_map_reduce_fails_with_one_line():
     def add(a, b):
         return a + b
 
-    @tff.federated_computation(
-        tff.FederatedType(np.float32, tff.SERVER), tff.FederatedType(np.float32, tff.CLIENTS)
-    )
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.SERVER), tff.FederatedType(np.float32, tff.CLIENTS))
     def two_aggregations(server, clients):
         # Aggregating, broadcasting the total and aggregating again is two
         # rounds of MapReduce; TFF cannot compile it to one MapReduceForm.
@@ -261,14 +256,15 @@ PLACEMENT_SCRIPT = textwrap.dedent(
 def test_clients_are_spread_over_logical_devices():
     """The GPU code path on a CPU split into three logical devices."""
     out = subprocess.run(
-        [sys.executable, "-c", PLACEMENT_SCRIPT], cwd=REPO_ROOT, capture_output=True,
-        text=True, timeout=300,
+        [sys.executable, "-c", PLACEMENT_SCRIPT],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert lines[0] == (
-        "slots ['/device:CPU:0', '/device:CPU:1', '/device:CPU:2']"
-    )
+    assert lines[0] == ("slots ['/device:CPU:0', '/device:CPU:1', '/device:CPU:2']")
     assert lines[1] == (
         "assignment [('/device:CPU:0 (slot 0)', [0, 3]), ('/device:CPU:1 (slot 1)', [1, 4]), "
         "('/device:CPU:2 (slot 2)', [2])]"
@@ -288,6 +284,5 @@ def test_a_process_limited_to_one_core_gets_an_inter_op_thread_per_client_slot()
         devices.configure(config.from_values(dict(runtime="inprocess", parallel_clients=3)).runtime.inprocess)
         print(devices.usable_cpus(), tf.config.threading.get_inter_op_parallelism_threads())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert proc.stdout.split() == ["1", "3"], proc.stderr[-2000:]

@@ -13,8 +13,6 @@ from tffpipe.program import records
 from conftest import scalar_steps
 
 
-
-
 def test_metrics_log_writes_csv_rows_and_flushed_scalars(tmp_path):
     paths = outputs.RunPaths(str(tmp_path))
     log = outputs.MetricsLog(paths)
@@ -43,7 +41,8 @@ def test_simulated_time_copies_are_tags_of_the_same_run_and_stay_out_of_rebuilt_
         log.release({"train/loss": 1.0 / r, "eval/accuracy": 0.1 * r, "sim/elapsed_sec": sim, "round_time_sec": 0.5}, r)
     log.close()
     assert sorted(os.listdir(paths.logdir)) == sorted(  # one TensorBoard run: no sim_clock folder
-        os.path.basename(p) for p in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")))
+        os.path.basename(p) for p in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*"))
+    )
     stamped = {}
     for path in glob.glob(os.path.join(paths.logdir, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -139,8 +138,17 @@ def test_missing_tensorboard_logs_are_rebuilt_from_the_csv(tmp_path):
 
 
 def test_tensorboard_files_aggregator_clients_and_comm_under_stats_so_evaluation_comes_first():
-    names = ["aggregator/zeroed_count", "clients/dropped", "comm/upload_bytes_per_client", "eval/accuracy",
-             "eval_clients/accuracy_mean", "examples_per_sec", "privacy/epsilon", "round_time_sec", "train/loss"]
+    names = [
+        "aggregator/zeroed_count",
+        "clients/dropped",
+        "comm/upload_bytes_per_client",
+        "eval/accuracy",
+        "eval_clients/accuracy_mean",
+        "examples_per_sec",
+        "privacy/epsilon",
+        "round_time_sec",
+        "train/loss",
+    ]
     tags = [outputs.tensorboard_tag(n) for n in names]
     groups = sorted({t.split("/")[0] for t in tags})
     assert groups[0] == "eval" and "stats" in groups
@@ -174,24 +182,38 @@ def test_leftover_temporaries_are_removed(tmp_path):
     open(str(tmp_path / "results" / ".tmp_xyzmetrics.csv"), "w").close()
     open(paths.metrics_csv, "w").close()
     assert outputs.remove_leftover_temporaries(paths) == [
-        ".tmp_exportabc123", "results/.tmp_xyzmetrics.csv", "results/metrics.csv_temp1234"
+        ".tmp_exportabc123",
+        "results/.tmp_xyzmetrics.csv",
+        "results/metrics.csv_temp1234",
     ]
     assert sorted(os.listdir(tmp_path)) == ["results"]
     assert os.listdir(tmp_path / "results") == ["metrics.csv"]
 
 
 def test_hparams_summary_lists_the_task_algorithm_rounds_then_what_differs(tmp_path):
-    from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+    from tensorboard.plugins.hparams import metadata
 
-    from tffpipe import config  # pylint: disable=g-import-not-at-top
-    from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+    from tffpipe import config
+    from tffpipe import run_names
 
     cfg = config.from_values({"client_learning_rate": 0.05, "digits_alpha": 0.1, "hparams": ["server_learning_rate"]})
     shown = run_names.tensorboard_hparams(cfg)
-    assert list(shown) == ["task", "algorithm", "rounds", "server_learning_rate", "digits_alpha",
-                           "client_learning_rate"]
-    assert shown == {"task": "digits", "algorithm": "fedavg", "rounds": 50, "server_learning_rate": 1.0,
-                     "digits_alpha": 0.1, "client_learning_rate": 0.05}
+    assert list(shown) == [
+        "task",
+        "algorithm",
+        "rounds",
+        "server_learning_rate",
+        "digits_alpha",
+        "client_learning_rate",
+    ]
+    assert shown == {
+        "task": "digits",
+        "algorithm": "fedavg",
+        "rounds": 50,
+        "server_learning_rate": 1.0,
+        "digits_alpha": 0.1,
+        "client_learning_rate": 0.05,
+    }
     logdir = str(tmp_path / "exp" / "logdir")
     outputs.write_hparams(logdir, shown)
     recorded = {}
@@ -209,7 +231,7 @@ def test_hparams_summary_lists_the_task_algorithm_rounds_then_what_differs(tmp_p
 def test_tensorboard_command_line_imports():
     # `uv run tensorboard --logdir ...` (README) starts from this module; it
     # failed once for lack of pkg_resources.
-    from tensorboard import main  # pylint: disable=g-import-not-at-top
+    from tensorboard import main
 
     assert callable(main.run_main)
 

@@ -30,14 +30,18 @@ def test_the_package_list_names_every_folder_of_tffpipe():
 
 
 def test_the_wheel_installs_tffpipe_and_tffpipe_tasks_and_requires_no_test_tool(tmp_path):
-    subprocess.run([_uv(), "build", "--wheel", "--out-dir", str(tmp_path), REPO_ROOT],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [_uv(), "build", "--wheel", "--out-dir", str(tmp_path), REPO_ROOT], check=True, capture_output=True, text=True
+    )
     (wheel,) = glob.glob(str(tmp_path / "*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
-        requires = [line.split(":", 1)[1].strip() for line in archive.read(metadata).decode().splitlines()
-                    if line.startswith("Requires-Dist:")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
     top_level = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
     assert top_level == {"tffpipe", "tffpipe_tasks"}
     built_in_tasks = {os.path.basename(p) for p in glob.glob(os.path.join(REPO_ROOT, "tasks", "*.py"))}
@@ -58,8 +62,9 @@ def test_built_in_tasks_load_outside_the_repository_and_no_top_level_tasks_is_in
         "print(registry.load_factory('vertical_breast_cancer').__module__)\n"
         "print(importlib.util.find_spec('tasks'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                         check=True, capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     assert out[0] == "tffpipe_tasks.vertical_breast_cancer:create_task"
     assert out[1] != "[]"
     assert out[2] == "tffpipe_tasks.vertical_breast_cancer"

@@ -54,11 +54,14 @@ def test_different_leaves_get_different_masks():
     assert not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("values, modulus, message", [
-    (np.array([-1, 2]), 16, "outside \\[0, 16\\)"),
-    (np.array([16]), 16, "outside \\[0, 16\\)"),
-    (np.array([1]), 2**64, "modulus"),
-])
+@pytest.mark.parametrize(
+    "values, modulus, message",
+    [
+        (np.array([-1, 2]), 16, "outside \\[0, 16\\)"),
+        (np.array([16]), 16, "outside \\[0, 16\\)"),
+        (np.array([1]), 2**64, "modulus"),
+    ],
+)
 def test_out_of_range_inputs_are_refused(values, modulus, message):
     with pytest.raises(ValueError, match=message):
         pairwise_masks.PairwiseMasks(2).mask(0, 0, values, modulus)

@@ -67,9 +67,7 @@ def test_bad_arguments_are_rejected(kwargs, message):
 def test_to_client_data_holds_the_chosen_examples():
     x = np.arange(10, dtype=np.float32)
     y = np.arange(10, dtype=np.int32) % 2
-    data = partition.to_client_data(
-        {"x": x, "y": y}, [np.array([0, 2]), np.array([5])], ["a", "b"]
-    )
+    data = partition.to_client_data({"x": x, "y": y}, [np.array([0, 2]), np.array([5])], ["a", "b"])
     assert sorted(data.client_ids) == ["a", "b"]
     got = [e["x"].numpy() for e in data.create_tf_dataset_for_client("a")]
     assert got == [0.0, 2.0]

@@ -16,11 +16,13 @@ from tffpipe.tasks import from_arrays
 
 
 def _model():
-    return tf.keras.Sequential([
-        tf.keras.layers.Input((5,)),
-        tf.keras.layers.Dense(6, activation="relu"),
-        tf.keras.layers.Dense(4, activation="softmax"),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.Input((5,)),
+            tf.keras.layers.Dense(6, activation="relu"),
+            tf.keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,16 @@ def task():
     y = rng.integers(0, 4, size=800).astype(np.int32)
     x[np.arange(800), y] += 2.0  # learnable
     return from_arrays(
-        "four_class", x, y, _model, loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"], num_clients=16, alpha=0.1, eval_fraction=0.25, seed=2,
+        "four_class",
+        x,
+        y,
+        _model,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        num_clients=16,
+        alpha=0.1,
+        eval_fraction=0.25,
+        seed=2,
     )
 
 
@@ -57,8 +67,9 @@ def test_the_split_is_seeded_by_run_and_client_and_leaves_both_sides_non_empty()
 
 
 def test_fine_tuning_is_plain_sgd_on_the_clients_batches(task, tmp_path):
-    personalizer, _ = _personalizer(task, tmp_path, personalize_learning_rate=0.3,
-                                    personalize_epochs=2, personalize_batch_size=4)
+    personalizer, _ = _personalizer(
+        task, tmp_path, personalize_learning_rate=0.3, personalize_epochs=2, personalize_batch_size=4
+    )
     weights = builder.initial_model_weights(task, 1)
     tune, _ = personalizer._parts(task.eval_data.client_ids[0])
     tuned = personalizer.fine_tuned(weights, tune)
@@ -104,13 +115,22 @@ def test_zero_epochs_gains_exactly_nothing_and_measures_the_global_model(task, t
 def test_fine_tuning_helps_strongly_non_iid_clients_in_a_seeded_run(tmp_path):
     # Dirichlet alpha 0.1: each held-out client sees few classes.
     result = api.run(
-        quiet=True, task="digits", digits_alpha=0.1, rounds=3, eval_every=0, personalize_every=3,
-        personalize_epochs=2, clients_per_round=5, root_dir=str(tmp_path), experiment_name="p",
+        quiet=True,
+        task="digits",
+        digits_alpha=0.1,
+        rounds=3,
+        eval_every=0,
+        personalize_every=3,
+        personalize_epochs=2,
+        clients_per_round=5,
+        root_dir=str(tmp_path),
+        experiment_name="p",
     )
     last = result.metrics.iloc[-1]
     assert last["personalized/accuracy_mean"] > last["personalized/baseline_accuracy_mean"] + 0.1
     assert last["personalized/gain_mean"] == pytest.approx(
-        last["personalized/accuracy_mean"] - last["personalized/baseline_accuracy_mean"], abs=1e-9)
+        last["personalized/accuracy_mean"] - last["personalized/baseline_accuracy_mean"], abs=1e-9
+    )
     with open(tmp_path / "p" / "results" / "clients.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and all(r["round"] == "3" for r in rows)
@@ -120,12 +140,15 @@ def test_fine_tuning_helps_strongly_non_iid_clients_in_a_seeded_run(tmp_path):
     assert all(0 < n < float(r["num_examples"]) for n, r in zip(tuned, rows))
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("personalize_split", 1.0, "--personalize_split must be in (0, 1), got 1"),
-    ("personalize_split", 0, "--personalize_split must be in (0, 1), got 0"),
-    ("personalize_epochs", -1, "--personalize_epochs must be at least 0, got -1"),
-    ("personalize_learning_rate", 0.0, "--personalize_learning_rate must be positive, got 0"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("personalize_split", 1.0, "--personalize_split must be in (0, 1), got 1"),
+        ("personalize_split", 0, "--personalize_split must be in (0, 1), got 0"),
+        ("personalize_epochs", -1, "--personalize_epochs must be at least 0, got -1"),
+        ("personalize_learning_rate", 0.0, "--personalize_learning_rate must be positive, got 0"),
+    ],
+)
 def test_bad_personalization_settings_are_one_line_errors(flag, value, message):
     with pytest.raises(errors.ConfigError) as info:
         make_config(**{flag: value})
@@ -135,7 +158,7 @@ def test_bad_personalization_settings_are_one_line_errors(flag, value, message):
 def test_splitting_clients_adds_no_function_per_client_and_evaluation(task, tmp_path):
     # Eager unbatch/reduce/filter registered functions for every client at
     # every evaluation (about 0.5 MiB each, kept for good).
-    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.eager import context
 
     personalizer, evaluator = _personalizer(task, tmp_path, personalize_batch_size=4)
     ids = list(evaluator.client_ids)

@@ -45,9 +45,7 @@ def test_noise_for_target_epsilon_is_the_smallest_that_meets_it():
 
 
 def _replace_one_epsilon(z, rounds, k, n, delta):
-    accountant = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
-    )
+    accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(
         dp_accounting.SampledWithoutReplacementDpEvent(n, k, dp_accounting.GaussianDpEvent(z)),
         rounds,
@@ -57,9 +55,7 @@ def _replace_one_epsilon(z, rounds, k, n, delta):
 
 @pytest.mark.parametrize("z, rounds, k, n", [(1.0, 50, 10, 40), (1.2, 100, 120, 3383)])
 def test_run_accountant_uses_the_programs_fixed_size_sampling(z, rounds, k, n):
-    acc = privacy.RunAccountant(
-        noise_multiplier=z, clients_per_round=k, num_clients=n, delta=1e-5
-    )
+    acc = privacy.RunAccountant(noise_multiplier=z, clients_per_round=k, num_clients=n, delta=1e-5)
     assert acc.epsilon(rounds) == pytest.approx(_replace_one_epsilon(z, rounds, k, n, 1e-5), rel=1e-9)
     assert acc.epsilon(0) == 0.0
     assert acc.epsilon(rounds // 2) < acc.epsilon(rounds)
@@ -70,12 +66,8 @@ def test_run_accountant_uses_the_programs_fixed_size_sampling(z, rounds, k, n):
 
 def test_run_accountant_prefers_the_aggregators_event():
     # Adaptive clipping's event: the value and the clipped count, composed.
-    event = dp_accounting.ComposedDpEvent(
-        [dp_accounting.GaussianDpEvent(1.5), dp_accounting.GaussianDpEvent(2.0)]
-    )
-    acc = privacy.RunAccountant(
-        noise_multiplier=1.2, clients_per_round=10, num_clients=100, delta=1e-5
-    )
+    event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(1.5), dp_accounting.GaussianDpEvent(2.0)])
+    acc = privacy.RunAccountant(noise_multiplier=1.2, clients_per_round=10, num_clients=100, delta=1e-5)
     accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, event), 20)
     assert acc.epsilon(20, event) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
@@ -97,7 +89,10 @@ def test_tree_sensitivity_counts_every_completed_node():
 def test_tree_epsilon_is_a_gaussian_with_the_tree_sensitivity():
     participation = [[1, 3], [2], [4]]
     acc = privacy.RunAccountant(
-        noise_multiplier=3.0, clients_per_round=1, num_clients=3, delta=1e-5,
+        noise_multiplier=3.0,
+        clients_per_round=1,
+        num_clients=3,
+        delta=1e-5,
         participation=participation,
     )
     sensitivity = privacy.tree_sensitivity(participation, 4)
@@ -105,7 +100,11 @@ def test_tree_epsilon_is_a_gaussian_with_the_tree_sensitivity():
     accountant.compose(dp_accounting.GaussianDpEvent(3.0 / sensitivity))
     assert acc.epsilon(4) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     noise = privacy.noise_for_run(
-        acc.epsilon(4), 4, clients_per_round=1, num_clients=3, delta=1e-5,
+        acc.epsilon(4),
+        4,
+        clients_per_round=1,
+        num_clients=3,
+        delta=1e-5,
         participation=participation,
     )
     assert noise == pytest.approx(3.0, rel=1e-3)

@@ -54,8 +54,8 @@ CASES = [("normal", None), ("exception", None), ("wait", "SIGINT"), ("wait", "SI
 @pytest.fixture(scope="module")
 def ready_scripts(tmp_path_factory):
     """Every case's script, started at once (each imports TFF: about 15 s) and ready."""
-    from conftest import user_env  # pylint: disable=g-import-not-at-top
-    import uuid  # pylint: disable=g-import-not-at-top
+    from conftest import user_env
+    import uuid
 
     script = tmp_path_factory.mktemp("hygiene") / "script.py"
     script.write_text(SCRIPT)
@@ -64,10 +64,18 @@ def ready_scripts(tmp_path_factory):
         env = user_env()
         marker = f"TFFPIPE_TEST_MARKER={uuid.uuid4().hex}"
         env[marker.split("=")[0]] = marker.split("=")[1]
-        started[(mode, end)] = (subprocess.Popen(
-            [sys.executable, str(script), mode], cwd=REPO_ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        ), marker)
+        started[(mode, end)] = (
+            subprocess.Popen(
+                [sys.executable, str(script), mode],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            ),
+            marker,
+        )
     try:
         for proc, marker in started.values():
             assert proc.stdout.readline().strip() == "ready"
@@ -136,9 +144,9 @@ def test_the_launcher_limits_its_own_arenas_unless_the_user_did(monkeypatch):
 
 
 def test_private_worker_folders_of_killed_launchers_are_swept(tmp_path):
-    import socket  # pylint: disable=g-import-not-at-top
+    import socket
 
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import processes
 
     stale, live = (tmp_path / f"tffpipe-worker-{n}" for n in ("stale", "live"))
     for folder in (stale, live):
@@ -170,21 +178,24 @@ def test_a_private_worker_started_from_a_thread_outlives_the_thread(tmp_path):
     # PR_SET_PDEATHSIG fires when the *thread* that started a process exits: a
     # relay started from a thread that ended died with it (a zombie, its socket
     # left behind), and the TFF call using it waited forever.
-    import socket  # pylint: disable=g-import-not-at-top
-    import threading  # pylint: disable=g-import-not-at-top
+    import socket
+    import threading
 
-    from tffpipe.runtimes import private_network  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import private_network
+    from tffpipe.runtimes import processes
 
     if private_network.unavailable_reason() is not None:
         pytest.skip(private_network.unavailable_reason())
     started = []
     # A stand-in worker: listens on its --port inside the namespace, answers "ok".
-    server = ("import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1].split('=')[1]))); "
-              "s.listen(); c,_=s.accept(); c.sendall(b'ok'); c.close(); import time; time.sleep(600)")
+    server = (
+        "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1].split('=')[1]))); "
+        "s.listen(); c,_=s.accept(); c.sendall(b'ok'); c.close(); import time; time.sleep(600)"
+    )
     port = 40000 + os.getpid() % 20000
     thread = threading.Thread(
-        target=lambda: started.append(processes.WorkerPopen([sys.executable, "-c", server, f"--port={port}"])))
+        target=lambda: started.append(processes.WorkerPopen([sys.executable, "-c", server, f"--port={port}"]))
+    )
     thread.start()
     thread.join()
     (worker,) = started

@@ -23,13 +23,22 @@ SMALL = {"digits_num_clients": 12, "digits_eval_clients": 3, "digits_alpha": 1.0
 
 
 def _config(root, rounds, **values):
-    return make_config(**{
-        **SMALL, "client_epochs": 1, "client_batch_size": 32, "rounds": rounds,
-        "clients_per_round": 3, "eval_every": 2, "root_dir": str(root), "experiment_name": "p",
-        # TFF's runtime starts faster than the in-process one, which short runs feel;
-        # the runtimes' parity is tests/test_inprocess.py's.
-        "runtime": "cpp", **values,
-    })
+    return make_config(
+        **{
+            **SMALL,
+            "client_epochs": 1,
+            "client_batch_size": 32,
+            "rounds": rounds,
+            "clients_per_round": 3,
+            "eval_every": 2,
+            "root_dir": str(root),
+            "experiment_name": "p",
+            # TFF's runtime starts faster than the in-process one, which short runs feel;
+            # the runtimes' parity is tests/test_inprocess.py's.
+            "runtime": "cpp",
+            **values,
+        }
+    )
 
 
 def _rounds_in_csv(root):
@@ -52,7 +61,7 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     assert (first.rounds_done, first.resumed_from) == (3, 0)
     assert 0 <= first.final_eval["eval/accuracy"] <= 1
     assert lines[0] == "building the federated learning and evaluation processes..."
-    assert [l.split()[1] for l in lines if l.startswith("round ")] == ["1/3", "2/3", "3/3"]
+    assert [line.split()[1] for line in lines if line.startswith("round ")] == ["1/3", "2/3", "3/3"]
 
     saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
     saved_model.write_bytes(saved_model.read_bytes()[:100])
@@ -61,16 +70,16 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     lines.clear()
     second = loop.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (second.rounds_done, second.resumed_from) == (4, 2)
-    assert any(l.startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2") for l in lines)
+    assert any(line.startswith(f"resuming {tmp_path / 'p'} from the checkpoint of round 2") for line in lines)
     assert "metrics.csv: rebuilt rounds 1-2 from the TensorBoard logs" in lines
-    assert [l.split()[1] for l in lines if l.startswith("round ")] == ["3/4", "4/4"]
+    assert [line.split()[1] for line in lines if line.startswith("round ")] == ["3/4", "4/4"]
     assert _rounds_in_csv(tmp_path) == [1, 2, 3, 4]
     assert os.path.isdir(tmp_path / "p" / "checkpoints" / "program_state_3.unreadable")
 
     lines.clear()
     third = loop.run(_config(tmp_path, 4, checkpoint_every=1), small_task, print_fn=lines.append)
     assert (third.rounds_done, third.resumed_from) == (4, 4)
-    assert [l for l in lines if l.startswith(("resuming", str(tmp_path)))] == [
+    assert [line for line in lines if line.startswith(("resuming", str(tmp_path)))] == [
         f"resuming {tmp_path / 'p'} from the checkpoint of round 4",
         f"{tmp_path / 'p'} already holds 4 rounds (--rounds=4)",
     ]
@@ -86,8 +95,13 @@ def test_too_many_clients_per_round_is_a_config_error(small_task, tmp_path):
 @pytest.mark.parametrize("client, server", [("sgdm", "adam"), ("adam", "sgdm")])
 def test_every_optimizer_trains(small_task, tmp_path, client, server):
     cfg = _config(
-        tmp_path, 2, eval_every=0, client_optimizer=client, client_learning_rate=0.02,
-        server_optimizer=server, server_learning_rate=0.05 if server == "adam" else 1.0,
+        tmp_path,
+        2,
+        eval_every=0,
+        client_optimizer=client,
+        client_learning_rate=0.02,
+        server_optimizer=server,
+        server_learning_rate=0.05 if server == "adam" else 1.0,
     )
     result = loop.run(cfg, small_task, print_fn=lambda line: None)
     assert np.isfinite(result.final_eval["eval/loss"])

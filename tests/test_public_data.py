@@ -5,6 +5,7 @@ import urllib.error
 
 import numpy as np
 import pytest
+import pathlib
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -60,10 +61,8 @@ def test_a_file_inside_a_tar_archive_is_extracted(tmp_path, monkeypatch):
         tar.addfile(info, io.BytesIO(content))
     monkeypatch.setattr(public_data, "BASE_URL", f"file://{served}/")
     data_dir = tmp_path / "data"
-    path = public_data.dataset_file(
-        str(data_dir), "stackoverflow.word_count", "stackoverflow.word_count.tar.bz2"
-    )
-    assert open(path, "rb").read() == content
+    path = public_data.dataset_file(str(data_dir), "stackoverflow.word_count", "stackoverflow.word_count.tar.bz2")
+    assert pathlib.Path(path).read_bytes() == content
     assert os.listdir(data_dir) == ["stackoverflow.word_count"]
 
 
@@ -85,7 +84,7 @@ def test_written_sql_client_data_reads_back_with_a_client_in_two_splits(tmp_path
 
 
 def _plan(path: str) -> str:
-    import sqlite3  # pylint: disable=g-import-not-at-top
+    import sqlite3
 
     with sqlite3.connect(path) as db:
         query = "SELECT serialized_example_proto FROM examples WHERE client_id = 'a' and split_name ='train'"
@@ -96,15 +95,13 @@ def test_a_clients_examples_are_read_through_an_index_in_the_files_order(tmp_pat
     # TFF's files have no index: every client read scanned the whole file.
     values = np.arange(40, dtype=np.int64)
     path = str(tmp_path / "emnist_all.sqlite")
-    public_data.write_sql_client_data(
-        path, {"train": {"a": {"v": values[::2]}, "b": {"v": values[1::2]}}}
-    )
+    public_data.write_sql_client_data(path, {"train": {"a": {"v": values[::2]}, "b": {"v": values[1::2]}}})
     assert "USING INDEX tffpipe_examples_by_client" in _plan(path)
     spec = {"v": tf.TensorSpec([], tf.int64)}
     train = tff.simulation.datasets.load_and_parse_sql_client_data(path, spec, split_name="train")
     assert [int(e["v"]) for e in train.create_tf_dataset_for_client("a")] == list(values[::2])
     # A file without the index (as TFF publishes them) gets it when a task asks for it.
-    import sqlite3  # pylint: disable=g-import-not-at-top
+    import sqlite3
 
     with sqlite3.connect(path) as db:
         db.execute("DROP INDEX tffpipe_examples_by_client")
@@ -115,7 +112,7 @@ def test_a_clients_examples_are_read_through_an_index_in_the_files_order(tmp_pat
 
 
 def test_a_file_that_cannot_take_the_index_is_read_as_it_is_with_a_warning(tmp_path, capsys, monkeypatch):
-    import sqlite3  # pylint: disable=g-import-not-at-top
+    import sqlite3
 
     path = str(tmp_path / "emnist_all.sqlite")
     public_data.write_sql_client_data(path, {"train": {"a": {"v": np.arange(3, dtype=np.int64)}}})
@@ -128,6 +125,8 @@ def test_a_file_that_cannot_take_the_index_is_read_as_it_is_with_a_warning(tmp_p
     )
     assert public_data.dataset_file(str(tmp_path), "emnist_all.sqlite", "unused.lzma") == path
     (line,) = capsys.readouterr().out.splitlines()
-    assert line == (f"warning: {path} has no index by client and cannot be given one (attempt to write a "
-                    "readonly database); every client read scans the whole file")
+    assert line == (
+        f"warning: {path} has no index by client and cannot be given one (attempt to write a "
+        "readonly database); every client read scans the whole file"
+    )
     assert "SCAN examples" in _plan(path)

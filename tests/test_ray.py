@@ -40,8 +40,16 @@ def cluster(tmp_path_factory):
 
 def _config(root, runtime, **values):
     base = dict(
-        task=TASK, rounds=3, clients_per_round=8, eval_clients=4, seed=3, root_dir=str(root),
-        experiment_name=runtime, runtime=runtime, zeroing=False, eval_every=0,
+        task=TASK,
+        rounds=3,
+        clients_per_round=8,
+        eval_clients=4,
+        seed=3,
+        root_dir=str(root),
+        experiment_name=runtime,
+        runtime=runtime,
+        zeroing=False,
+        eval_every=0,
     )
     if runtime == "ray":
         base["ray_actors"] = 2
@@ -111,7 +119,7 @@ def test_an_actor_that_dies_mid_round_has_its_clients_run_again(cluster, referen
     task = tasks.create_task(TASK, {}, seed=3)
     cfg = _config(tmp_path, "ray")
     # A client of round 1 (the first sampled), so the actor dies in the first round.
-    from tffpipe.program import sampling  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import sampling
 
     first = sampling.sample_clients(list(task.train_data.client_ids), 8, seed=3, round_num=1)[0]
     plan = marker.with_name(marker.name + ".client")
@@ -134,10 +142,14 @@ def test_secure_sums_across_actors_equal_the_in_process_sums(cluster, tmp_path):
     ours, lines = _run(_config(tmp_path, "ray", **small))
     theirs, _ = _run(_config(tmp_path, "inprocess", **small))
     assert any("secure sums use pairwise masking across actors" in line for line in lines)
-    assert any(line.startswith("secure sum: pairwise masks on the actors:") and "the launcher makes every seed" in line
-               for line in lines)
-    assert "transport: Ray, a private cluster on this machine: token authentication; traffic between nodes not " \
-           "encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)" in lines
+    assert any(
+        line.startswith("secure sum: pairwise masks on the actors:") and "the launcher makes every seed" in line
+        for line in lines
+    )
+    assert (
+        "transport: Ray, a private cluster on this machine: token authentication; traffic between nodes not "
+        "encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)" in lines
+    )
     _close(ours, theirs)
 
 
@@ -164,22 +176,38 @@ def test_ckks_across_actors_equals_masking_with_the_key_holder_an_actor_of_its_o
     assert any("and their public CKKS key; no examples" in line for line in lines)
     assert len(holders) == 1
     holder_pid = holders[0]
-    actor_pids = {info["pid"] for info in ray_runtime.RUNTIME._pool.infos}  # pylint: disable=protected-access
+    actor_pids = {info["pid"] for info in ray_runtime.RUNTIME._pool.infos}
     assert holder_pid != os.getpid() and holder_pid not in actor_pids
     assert (tmp_path / "ray" / "keys" / "ckks_secret_context.bin").exists()
     _close(ours, theirs)
 
 
 def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
-    port = ray_cluster._free_loopback_port()  # pylint: disable=protected-access
+    port = ray_cluster._free_loopback_port()
     temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")  # Ray's socket paths must stay short
     env = dict(user_env(), **ray_cluster.QUIET_ENVIRONMENT, RAY_AUTH_MODE="disabled")
     env.pop("RAY_AUTH_TOKEN", None)
-    start = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
-             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    guard = subprocess.Popen([sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
+    start = [
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
     watched = [guard.pid]
     try:
         assert guard.stdout.readline().startswith(ray_guard.READY)
@@ -187,7 +215,9 @@ def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
         address = f"127.0.0.1:{port}"
         assert not ray_cluster.requires_token(address)
         assert ray_cluster.requires_token(cluster[0].address)
-        with pytest.raises(ray_cluster.RayUnavailable, match="accepts callers without a token; start it with RAY_AUTH_MODE=token"):
+        with pytest.raises(
+            ray_cluster.RayUnavailable, match="accepts callers without a token; start it with RAY_AUTH_MODE=token"
+        ):
             ray_cluster.join(address, allow_unauthenticated=False, print_fn=print)
     finally:
         guard.stdin.close()
@@ -197,13 +227,26 @@ def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
 
 def test_an_unreachable_cluster_is_one_line_before_data_loads(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tffpipe.train", "--runtime=ray", "--ray_address=127.0.0.1:9",
-         f"--root_dir={tmp_path}", "--rounds=1"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=user_env(), timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tffpipe.train",
+            "--runtime=ray",
+            "--ray_address=127.0.0.1:9",
+            f"--root_dir={tmp_path}",
+            "--rounds=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=user_env(),
+        timeout=120,
     )
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: --ray_address=127.0.0.1:9: cannot reach a Ray cluster there"
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --ray_address=127.0.0.1:9: cannot reach a Ray cluster there")
     ), proc.stderr
     assert "Traceback" not in proc.stderr
     assert [p for p in os.listdir(tmp_path) if not p.endswith(".lock")] == []
@@ -225,8 +268,9 @@ def test_sigkill_of_the_launcher_takes_every_ray_process_with_it(tmp_path):
         print(cluster.guard.pid, worker, *ray_guard.descendants(cluster.guard.pid), flush=True)
         time.sleep(600)
     """)
-    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                                cwd=REPO_ROOT, env=user_env())
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=user_env()
+    )
     try:
         pids = [int(p) for p in launcher.stdout.readline().split()]
     finally:
@@ -241,7 +285,11 @@ def test_sigkill_of_the_launcher_takes_every_ray_process_with_it(tmp_path):
 def test_the_doctor_names_a_ray_cluster_it_cannot_reach(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tffpipe.doctor", "--runtime=ray", "--ray_address=127.0.0.1:9", "--nosmoke"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=user_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=user_env(),
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "FAIL  ray cluster 127.0.0.1:9: cannot reach a Ray cluster there" in proc.stdout, proc.stdout
@@ -250,8 +298,12 @@ def test_the_doctor_names_a_ray_cluster_it_cannot_reach(tmp_path):
 
 PARITY_CASES = {
     "fedadam": {"server_optimizer": "adam", "server_learning_rate": 0.01},
-    "fedprox_dp_without_noise": {"algorithm": "fedprox", "dp": "fixed", "dp_clip_norm": 1.0,
-                                 "dp_noise_multiplier": 0.0},
+    "fedprox_dp_without_noise": {
+        "algorithm": "fedprox",
+        "dp": "fixed",
+        "dp_clip_norm": 1.0,
+        "dp_noise_multiplier": 0.0,
+    },
     "fedsgd_personalized": {"algorithm": "fedsgd", "personalize_every": 2},
     "sign_flip_median": {"attack": "sign_flip", "robust": "median"},
     "label_flip_trimmed_mean": {"attack": "label_flip", "robust": "trimmed_mean"},
@@ -280,19 +332,36 @@ def test_other_algorithms_and_stacks_equal_the_in_process_runtime(cluster, tmp_p
 def test_a_node_removed_mid_run_leaves_the_weights_of_a_straight_run(cluster, reference, tmp_path):
     """Two nodes (a head and a second node, each its own raylet), one actor on each; the second goes mid-run."""
     token = os.environ["RAY_AUTH_TOKEN"]  # the module's private cluster's; the new cluster uses it too
-    env = dict(user_env(), **ray_cluster.QUIET_ENVIRONMENT, **ray_cluster.PRIVATE_ENVIRONMENT,
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    port = ray_cluster._free_loopback_port()  # pylint: disable=protected-access
-    ray_start = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start",
-                 "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    env = dict(
+        user_env(),
+        **ray_cluster.QUIET_ENVIRONMENT,
+        **ray_cluster.PRIVATE_ENVIRONMENT,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+    )
+    port = ray_cluster._free_loopback_port()
+    ray_start = [
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--disable-usage-stats",
+    ]
     cfg = _config(tmp_path, "ray", ray_address=f"127.0.0.1:{port}", ray_cpus_per_actor=1)
     guards = []
     for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
         temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")
         args = ray_start + extra + ([f"--temp-dir={temp_dir}"] if "--head" in extra else [])
-        guard = subprocess.Popen([sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *args],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
-                                 start_new_session=True)
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            start_new_session=True,
+        )
         guards.append(guard)
         assert guard.stdout.readline().startswith(ray_guard.READY)
         if len(guards) == 1:

@@ -87,24 +87,32 @@ def test_worker_on_a_taken_port_fails_in_one_line(marker_env):
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "tffpipe.worker", f"--port={port}", "--insecure_workers"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: port {port} is in use; pick another with --port"
-    ]
+    assert result.stderr.strip().splitlines() == [f"error: port {port} is in use; pick another with --port"]
     assert worker_processes(marker) == []
 
 
 def test_two_workers_started_at_once_on_one_port_leave_one_serving(marker_env):
     env, marker = marker_env
-    from tffpipe import worker  # pylint: disable=g-import-not-at-top
+    from tffpipe import worker
 
     port = worker.free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tffpipe.worker", f"--port={port}", "--insecure_workers"],
-                         cwd=REPO_ROOT, env=env,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "tffpipe.worker", f"--port={port}", "--insecure_workers"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     try:
@@ -130,7 +138,7 @@ def test_two_workers_started_at_once_on_one_port_leave_one_serving(marker_env):
 
 
 def test_a_port_claim_is_held_until_closed():
-    from tffpipe import worker  # pylint: disable=g-import-not-at-top
+    from tffpipe import worker
 
     port = worker.free_port()
     first = worker.claim_port(port)
@@ -156,8 +164,7 @@ def test_sigkilled_worker_takes_its_tff_service_with_it(marker_env):
 
 def test_the_worker_module_does_not_import_tensorflow():
     code = "import sys, tffpipe.worker; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
     assert os.access(processes.binary_path(), os.X_OK)
 
@@ -184,8 +191,15 @@ def test_doctor_checks_that_workers_answer(two_workers):
     _, addresses, _, _ = two_workers
     port = worker.free_port()
     cfg = doctor.runtime_config("remote", workers=(*addresses, f"127.0.0.1:{port}"), insecure_workers=True)
-    checks = doctor.check_runtime(dataclasses.replace(
-        cfg, runtime=dataclasses.replace(cfg.runtime, remote=dataclasses.replace(cfg.runtime.remote, worker_wait_sec=1.0))), 0)
+    checks = doctor.check_runtime(
+        dataclasses.replace(
+            cfg,
+            runtime=dataclasses.replace(
+                cfg.runtime, remote=dataclasses.replace(cfg.runtime.remote, worker_wait_sec=1.0)
+            ),
+        ),
+        0,
+    )
     assert [c.line() for c in checks] == [
         "warn  transport: plaintext to the workers (--insecure_workers)",
         f"ok    worker {addresses[0]}: accepts connections",
@@ -224,9 +238,7 @@ def test_a_worker_that_comes_back_within_the_wait_keeps_its_share(two_workers):
     assert context.live_addresses == addresses
 
 
-def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(
-    two_workers, monkeypatch
-):
+def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(two_workers, monkeypatch):
     workers, addresses, env, marker = two_workers
 
     lines = []
@@ -259,6 +271,7 @@ def test_a_lost_worker_is_dropped_then_taken_back_when_it_answers(
 
 def _service_of(worker_proc, marker):
     """The pid of the TFF service (`worker_binary`) that `python -m tffpipe.worker` started."""
+
     def parent(pid):
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -289,15 +302,25 @@ def test_a_hung_worker_is_dropped_after_the_wait(two_workers):
     assert context.live_addresses == addresses[:1]
     assert lines[-1].startswith(
         f"worker {addresses[1]} is unreachable: no answer for 2 s while it held a call (stopped or hung); "
-        f"running the computation again on the remaining 1 worker(s)")
+        f"running the computation again on the remaining 1 worker(s)"
+    )
     assert 2 <= took < 30
 
 
 def _config(root, rounds=3, **values):
     return make_config(
-        digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
-        client_batch_size=32, rounds=rounds, clients_per_round=5, eval_every=0, checkpoint_every=1,
-        root_dir=str(root), experiment_name="r", **values,
+        digits_num_clients=14,
+        digits_eval_clients=4,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=rounds,
+        clients_per_round=5,
+        eval_every=0,
+        checkpoint_every=1,
+        root_dir=str(root),
+        experiment_name="r",
+        **values,
         **({"insecure_workers": True} if values.get("runtime") == "remote" else {}),
     )
 
@@ -306,14 +329,16 @@ def _config(root, rounds=3, **values):
     "flags",
     # All in the slow step (70 s of two TFF workers and two runs each); the
     # failover tests below run the same context in the default suite.
-    [pytest.param({}, marks=pytest.mark.slow, id="plain"),
-     pytest.param({"secure_aggregation": True}, marks=pytest.mark.slow, id="secure"),
-     # Each worker gathers its share of the updates; the reservoirs merge.
-     pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust"),
-     # Attackers' tokens travel with their data; ALIE's statistics in the state.
-     pytest.param({"attack": "alie", "client_weighting": "uniform"}, marks=pytest.mark.slow, id="alie"),
-     # Per-client and personalization evaluations run on the workers too.
-     pytest.param({"personalize_every": 3}, marks=pytest.mark.slow, id="personalized")],
+    [
+        pytest.param({}, marks=pytest.mark.slow, id="plain"),
+        pytest.param({"secure_aggregation": True}, marks=pytest.mark.slow, id="secure"),
+        # Each worker gathers its share of the updates; the reservoirs merge.
+        pytest.param({"robust": "median"}, marks=pytest.mark.slow, id="robust"),
+        # Attackers' tokens travel with their data; ALIE's statistics in the state.
+        pytest.param({"attack": "alie", "client_weighting": "uniform"}, marks=pytest.mark.slow, id="alie"),
+        # Per-client and personalization evaluations run on the workers too.
+        pytest.param({"personalize_every": 3}, marks=pytest.mark.slow, id="personalized"),
+    ],
 )
 def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path, flags):
     _, addresses, _, _ = two_workers
@@ -322,10 +347,12 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
     lines = []
     remote_run = loop.run(
         _config(tmp_path / "remote", runtime="remote", workers=addresses, **flags),
-        task, print_fn=lines.append,
+        task,
+        print_fn=lines.append,
     )
     local_run = loop.run(
-        _config(tmp_path / "cpp", runtime="cpp", **flags), task,
+        _config(tmp_path / "cpp", runtime="cpp", **flags),
+        task,
         print_fn=lambda line: None,
     )
     assert remote.describe(addresses, 30.0) in lines
@@ -346,29 +373,44 @@ def test_three_rounds_on_two_workers_match_tff_cpp_runtime(two_workers, tmp_path
         assert remote_rows.keys() == local_rows.keys()
         for key, row in local_rows.items():
             assert float(remote_rows[key]["personalized/gain"]) == pytest.approx(
-                float(row["personalized/gain"]), abs=1e-5), key
+                float(row["personalized/gain"]), abs=1e-5
+            ), key
 
 
 @pytest.mark.slow
 def test_fedbuff_on_two_workers_matches_tff_cpp_runtime(two_workers, tmp_path):
     _, addresses, _, _ = two_workers
-    from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import fedbuff
 
     task = digits.create_task(num_clients=14, eval_clients=4, alpha=1.0, seed=0)
     values = dict(algorithm="fedbuff", async_concurrency=4, async_buffer_size=2, client_dropout=0.2)
-    base = dict(digits_num_clients=14, digits_eval_clients=4, digits_alpha=1.0, client_epochs=1,
-                client_batch_size=32, rounds=3, eval_every=0, experiment_name="r", **values)
-    remote_run = fedbuff.run(make_config(root_dir=str(tmp_path / "remote"), runtime="remote",
-                                         workers=addresses, insecure_workers=True, **base), task,
-                                         print_fn=lambda line: None)
-    local_run = fedbuff.run(make_config(root_dir=str(tmp_path / "cpp"), runtime="cpp", **base), task,
-                            print_fn=lambda line: None)
+    base = dict(
+        digits_num_clients=14,
+        digits_eval_clients=4,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=3,
+        eval_every=0,
+        experiment_name="r",
+        **values,
+    )
+    remote_run = fedbuff.run(
+        make_config(
+            root_dir=str(tmp_path / "remote"), runtime="remote", workers=addresses, insecure_workers=True, **base
+        ),
+        task,
+        print_fn=lambda line: None,
+    )
+    local_run = fedbuff.run(
+        make_config(root_dir=str(tmp_path / "cpp"), runtime="cpp", **base), task, print_fn=lambda line: None
+    )
     for ours, theirs in zip(remote_run.model_weights.trainable, local_run.model_weights.trainable):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def _clients_rows(root):
-    import csv  # pylint: disable=g-import-not-at-top
+    import csv
 
     [path] = root.glob("*/results/clients.csv")
     with open(path) as f:
@@ -379,27 +421,37 @@ def _examples_in_round(round_num, clients_per_round):
     """What the launcher's default digits run trains on in `round_num`."""
     cfg = make_config(clients_per_round=clients_per_round)
     task = digits.create_task()
-    ids = sampling.sample_clients(
-        list(task.train_data.client_ids), clients_per_round, seed=0, round_num=round_num)
+    ids = sampling.sample_clients(list(task.train_data.client_ids), clients_per_round, seed=0, round_num=round_num)
     spec = loop.client_spec(cfg)
-    return float(sum(
-        int(tf.nest.flatten(batch)[0].shape[0])
-        for i, cid in enumerate(ids)
-        for batch in task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
-    ))
+    return float(
+        sum(
+            int(tf.nest.flatten(batch)[0].shape[0])
+            for i, cid in enumerate(ids)
+            for batch in task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
+        )
+    )
 
 
 @pytest.mark.slow  # the launcher end to end; FailoverContext's tests above are quick
 def test_a_run_finishes_when_a_worker_is_killed_mid_run(two_workers, tmp_path):
     workers, addresses, env, _ = two_workers
     args = [
-        sys.executable, "-m", "tffpipe.train", "--task=digits", "--rounds=6",
-        "--clients_per_round=10", "--eval_every=3", "--checkpoint_every=1",
-        "--experiment_name=k", f"--root_dir={tmp_path}", "--runtime=remote",
-        f"--workers={','.join(addresses)}", "--worker_wait_sec=2", "--insecure_workers",
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        "--task=digits",
+        "--rounds=6",
+        "--clients_per_round=10",
+        "--eval_every=3",
+        "--checkpoint_every=1",
+        "--experiment_name=k",
+        f"--root_dir={tmp_path}",
+        "--runtime=remote",
+        f"--workers={','.join(addresses)}",
+        "--worker_wait_sec=2",
+        "--insecure_workers",
     ]
-    launcher = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = []
     try:
         for line in launcher.stdout:
@@ -413,24 +465,35 @@ def test_a_run_finishes_when_a_worker_is_killed_mid_run(two_workers, tmp_path):
         launcher.kill()
     stdout = "".join(out)
     assert launcher.returncode == 0, launcher.stderr.read()[-3000:]
-    lost = [l for l in stdout.splitlines() if f"worker {addresses[1]} is unreachable" in l]
+    lost = [line for line in stdout.splitlines() if f"worker {addresses[1]} is unreachable" in line]
     assert lost and "running the computation again on the remaining 1 worker(s): " + addresses[0] in lost[0]
-    assert [l.split()[1] for l in stdout.splitlines() if l.startswith("round ")] == [
-        f"{r}/6" for r in range(1, 7)]
+    assert [line.split()[1] for line in stdout.splitlines() if line.startswith("round ")] == [
+        f"{r}/6" for r in range(1, 7)
+    ]
     with open(tmp_path / "k" / "results" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["round"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
     # Every round trained all its 10 clients' examples, before and after the loss.
     assert [float(row["train/num_examples"]) for row in rows] == [
-        _examples_in_round(r, clients_per_round=10) for r in range(1, 7)]
+        _examples_in_round(r, clients_per_round=10) for r in range(1, 7)
+    ]
     assert "done: 6 rounds" in stdout
 
 
 def test_an_unreachable_worker_fails_in_one_line(tmp_path):
     # In this process (the launcher prints the same line after `error: `).
     port = worker.free_port()
-    cfg = cli.parse(["train", "--experiment_name=e", f"--root_dir={tmp_path}", "--runtime=remote",
-                     f"--workers=127.0.0.1:{port}", "--worker_wait_sec=1", "--insecure_workers"])
+    cfg = cli.parse(
+        [
+            "train",
+            "--experiment_name=e",
+            f"--root_dir={tmp_path}",
+            "--runtime=remote",
+            f"--workers=127.0.0.1:{port}",
+            "--worker_wait_sec=1",
+            "--insecure_workers",
+        ]
+    )
     printed = []
     with pytest.raises(remote.WorkerUnavailable) as info:
         api.train(cfg, printed.append)

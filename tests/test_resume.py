@@ -26,13 +26,23 @@ def small_task():
 
 
 def _config(root, rounds, **values):
-    return make_config(**{
-        **SMALL, "client_epochs": 1, "client_batch_size": 32, "rounds": rounds,
-        "clients_per_round": 3, "eval_every": 0, "root_dir": str(root), "experiment_name": "p",
-        # Without zeroing the aggregator keeps no state, so a fresh state with the
-        # checkpoint's weights is the same server state as the restored one.
-        "zeroing": False, "runtime": "cpp", **values,
-    })
+    return make_config(
+        **{
+            **SMALL,
+            "client_epochs": 1,
+            "client_batch_size": 32,
+            "rounds": rounds,
+            "clients_per_round": 3,
+            "eval_every": 0,
+            "root_dir": str(root),
+            "experiment_name": "p",
+            # Without zeroing the aggregator keeps no state, so a fresh state with the
+            # checkpoint's weights is the same server state as the restored one.
+            "zeroing": False,
+            "runtime": "cpp",
+            **values,
+        }
+    )
 
 
 def _csv_loss(run_dir, round_num):
@@ -52,8 +62,10 @@ def _rounds_from_weights(task, cfg, weights, first_round, last_round):
         state = process.set_model_weights(process.initialize(), weights)
         for round_num in range(first_round, last_round + 1):
             sampled = sampling.sample_clients(ids, cfg.schedule.clients_per_round, seed=0, round_num=round_num)
-            datasets = [task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
-                        for i, cid in enumerate(sampled)]
+            datasets = [
+                task.client_dataset(cid, spec, seed=sampling.client_seed(0, round_num, i))
+                for i, cid in enumerate(sampled)
+            ]
             output = process.next(state, datasets)
             state = output.state
             losses.append(metrics_lib.flatten(output.metrics)["train/loss"])
@@ -64,13 +76,15 @@ def _rounds_from_weights(task, cfg, weights, first_round, last_round):
 def test_changed_learning_rates_are_what_trains_after_the_resume(small_task, tmp_path):
     old = {"client_learning_rate": 0.1, "server_learning_rate": 1.0}
     new = {"client_learning_rate": 0.02, "server_learning_rate": 0.3}
-    first = loop.run(_config(tmp_path, 2, **old), small_task, print_fn=lambda l: None)
+    first = loop.run(_config(tmp_path, 2, **old), small_task, print_fn=lambda line: None)
 
     lines = []
     resumed_cfg = _config(tmp_path, 4, **new)
     loop.run(resumed_cfg, small_task, print_fn=lines.append)
-    assert ("changed since the last invocation, in effect from round 3: --rounds 2 -> 4, "
-            "--client_learning_rate 0.1 -> 0.02, --server_learning_rate 1 -> 0.3") in lines
+    assert (
+        "changed since the last invocation, in effect from round 3: --rounds 2 -> 4, "
+        "--client_learning_rate 0.1 -> 0.02, --server_learning_rate 1 -> 0.3"
+    ) in lines
 
     # The reference: rounds 3-4 of a process built with the new rates, started
     # from the checkpoint's weights (plain sgd keeps no state but its rates).
@@ -93,17 +107,18 @@ def test_under_dp_the_cohort_must_match_and_the_rounds_when_the_noise_was_solved
     assert config.fingerprint_differences(a, make_config(clients_per_round=8).fingerprint()) == []
 
     fixed = dict(dp="fixed", dp_noise_multiplier=1.0)
+    assert config.fingerprint_differences(fingerprint(rounds=10, **fixed), fingerprint(rounds=20, **fixed)) == []
     assert config.fingerprint_differences(
-        fingerprint(rounds=10, **fixed), fingerprint(rounds=20, **fixed)) == []
-    assert config.fingerprint_differences(
-        make_config(clients_per_round=5, **fixed).fingerprint(),
-        make_config(clients_per_round=8, **fixed).fingerprint()) == ["clients_per_round: 5 -> 8"]
+        make_config(clients_per_round=5, **fixed).fingerprint(), make_config(clients_per_round=8, **fixed).fingerprint()
+    ) == ["clients_per_round: 5 -> 8"]
     target = dict(dp="fixed", dp_target_epsilon=5.0)
-    assert config.fingerprint_differences(
-        fingerprint(rounds=10, **target), fingerprint(rounds=20, **target)) == ["rounds: 10 -> 20"]
+    assert config.fingerprint_differences(fingerprint(rounds=10, **target), fingerprint(rounds=20, **target)) == [
+        "rounds: 10 -> 20"
+    ]
     tree = dict(dp="tree", dp_noise_multiplier=1.0)
-    assert config.fingerprint_differences(
-        fingerprint(rounds=10, **tree), fingerprint(rounds=20, **tree)) == ["rounds: 10 -> 20"]
+    assert config.fingerprint_differences(fingerprint(rounds=10, **tree), fingerprint(rounds=20, **tree)) == [
+        "rounds: 10 -> 20"
+    ]
 
 
 def test_a_checkpoint_from_before_the_dp_cohort_entry_is_still_accepted():
@@ -127,8 +142,11 @@ def _readme_resume_table():
 
 def test_the_readmes_resume_table_lists_every_setting_under_its_declared_class():
     rows = _readme_resume_table()
-    classes = {settings.MUST_MATCH: "**must match**", settings.MAY_CHANGE: "**may change**",
-               settings.NOT_APPLICABLE: "**not applicable**"}
+    classes = {
+        settings.MUST_MATCH: "**must match**",
+        settings.MAY_CHANGE: "**may change**",
+        settings.NOT_APPLICABLE: "**not applicable**",
+    }
     assert sorted(rows) == sorted(classes.values())
     listed = {flag: kind for kind, flags in rows.items() for flag in flags}
     for item in settings.declared(config.RunConfig):

@@ -24,9 +24,7 @@ VALUE_TYPE = tff.StructWithPythonType(
 
 
 def _process(**flags):
-    factory, stack = aggregation.build_aggregator(
-        make_config(rounds=5, zeroing=False, **flags), CLIENT_IDS
-    )
+    factory, stack = aggregation.build_aggregator(make_config(rounds=5, zeroing=False, **flags), CLIENT_IDS)
     assert not stack.weighted  # robust rules weigh every client alike
     return factory.create(VALUE_TYPE), stack
 
@@ -36,9 +34,12 @@ def _client_values(n, seed=0, attackers=0):
     values = []
     for i in range(n):
         shift = -100.0 if i < attackers else 0.0
-        values.append(collections.OrderedDict(
-            w=(rng.normal(size=(3, 2)) + shift).astype(np.float32),
-            b=(rng.normal(size=4) + shift).astype(np.float32)))
+        values.append(
+            collections.OrderedDict(
+                w=(rng.normal(size=(3, 2)) + shift).astype(np.float32),
+                b=(rng.normal(size=4) + shift).astype(np.float32),
+            )
+        )
     return values
 
 
@@ -78,16 +79,40 @@ def test_norm_bound_clips_each_update_before_the_mean():
     np.testing.assert_allclose(_as_row(output.result), clipped.mean(axis=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (dict(robust="median", secure_aggregation=True), "--robust=median cannot run under --secure_aggregation: the rule reads each client's update, which secure aggregation exists to hide from the server"),
-    (dict(robust="krum", dp="fixed", dp_noise_multiplier=1.0), "--robust=krum cannot run under --dp=fixed: the DP mechanisms calibrate noise to a clipped sum, which a robust rule does not compute, so no epsilon could be claimed"),
-    (dict(robust="median", compression="uniform_quantization"), "--robust=median cannot run under --compression: it quantises a sum, and there is none"),
-    (dict(robust="median", client_weighting="num_examples"), "--robust=median needs --client_weighting=uniform: robust rules treat every client's update alike"),
-    (dict(robust="bulyan", robust_num_byzantine=2, clients_per_round=10), "--robust=bulyan with --robust_num_byzantine=2 needs at least 11 clients per round (n >= 4f + 3), got --clients_per_round=10"),
-    (dict(robust="krum", robust_num_byzantine=3, clients_per_round=8), "--robust=krum with --robust_num_byzantine=3 needs at least 9 clients per round (n >= 2f + 3), got --clients_per_round=8"),
-    (dict(robust="median", robust_num_byzantine=2), "--robust_num_byzantine applies to --robust=krum|multi_krum|bulyan, not --robust=median"),
-    (dict(robust="trimmed_mean", robust_trim_fraction=0.5), "--robust_trim_fraction must be in [0, 0.5), got 0.5"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            dict(robust="median", secure_aggregation=True),
+            "--robust=median cannot run under --secure_aggregation: the rule reads each client's update, which secure aggregation exists to hide from the server",
+        ),
+        (
+            dict(robust="krum", dp="fixed", dp_noise_multiplier=1.0),
+            "--robust=krum cannot run under --dp=fixed: the DP mechanisms calibrate noise to a clipped sum, which a robust rule does not compute, so no epsilon could be claimed",
+        ),
+        (
+            dict(robust="median", compression="uniform_quantization"),
+            "--robust=median cannot run under --compression: it quantises a sum, and there is none",
+        ),
+        (
+            dict(robust="median", client_weighting="num_examples"),
+            "--robust=median needs --client_weighting=uniform: robust rules treat every client's update alike",
+        ),
+        (
+            dict(robust="bulyan", robust_num_byzantine=2, clients_per_round=10),
+            "--robust=bulyan with --robust_num_byzantine=2 needs at least 11 clients per round (n >= 4f + 3), got --clients_per_round=10",
+        ),
+        (
+            dict(robust="krum", robust_num_byzantine=3, clients_per_round=8),
+            "--robust=krum with --robust_num_byzantine=3 needs at least 9 clients per round (n >= 2f + 3), got --clients_per_round=8",
+        ),
+        (
+            dict(robust="median", robust_num_byzantine=2),
+            "--robust_num_byzantine applies to --robust=krum|multi_krum|bulyan, not --robust=median",
+        ),
+        (dict(robust="trimmed_mean", robust_trim_fraction=0.5), "--robust_trim_fraction must be in [0, 0.5), got 0.5"),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused_with_the_reason(flags, message):
     with pytest.raises(errors.ConfigError) as info:
         make_config(**flags)
@@ -118,20 +143,34 @@ def _small_task():
     return _TASK[0]
 
 
-@pytest.mark.parametrize("defence, runtime", [
-    ("median", "inprocess"),  # the gathering compiles to a MapReduceForm
-    pytest.param("trimmed_mean", "cpp", marks=pytest.mark.slow),
-    pytest.param("krum", "cpp", marks=pytest.mark.slow),
-    pytest.param("multi_krum", "cpp", marks=pytest.mark.slow),
-    pytest.param("bulyan", "cpp", marks=pytest.mark.slow),
-    pytest.param("geometric_median", "cpp", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "defence, runtime",
+    [
+        ("median", "inprocess"),  # the gathering compiles to a MapReduceForm
+        pytest.param("trimmed_mean", "cpp", marks=pytest.mark.slow),
+        pytest.param("krum", "cpp", marks=pytest.mark.slow),
+        pytest.param("multi_krum", "cpp", marks=pytest.mark.slow),
+        pytest.param("bulyan", "cpp", marks=pytest.mark.slow),
+        pytest.param("geometric_median", "cpp", marks=pytest.mark.slow),
+    ],
+)
 def test_three_rounds_of_digits_train_with_each_defence(tmp_path, defence, runtime):
     f = {"robust_num_byzantine": 1} if defence in ("krum", "multi_krum", "bulyan") else {}
     cfg = make_config(
-        digits_num_clients=12, digits_eval_clients=2, digits_alpha=1.0, client_epochs=1,
-        client_batch_size=32, rounds=3, clients_per_round=7, eval_every=0, robust=defence,
-        robust_norm_bound=5.0, root_dir=str(tmp_path), experiment_name="r", runtime=runtime, **f,
+        digits_num_clients=12,
+        digits_eval_clients=2,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=3,
+        clients_per_round=7,
+        eval_every=0,
+        robust=defence,
+        robust_norm_bound=5.0,
+        root_dir=str(tmp_path),
+        experiment_name="r",
+        runtime=runtime,
+        **f,
     )
     lines = []
     result = loop.run(cfg, _small_task(), print_fn=lines.append)

@@ -28,7 +28,7 @@ def test_median_is_numpys(n):
 def test_trimmed_mean_drops_k_values_from_each_end_of_every_coordinate(fraction, k):
     updates = _updates(10)
     aggregate, figures = _run("trimmed_mean", updates, trim_fraction=fraction)
-    expected = np.sort(updates, axis=0)[k:10 - k].mean(axis=0)
+    expected = np.sort(updates, axis=0)[k : 10 - k].mean(axis=0)
     np.testing.assert_allclose(aggregate, expected, atol=1e-6)
     assert figures["trimmed_per_side"] == k
 

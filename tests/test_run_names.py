@@ -36,16 +36,25 @@ def test_the_name_lists_what_differs_from_the_defaults_with_a_hash_of_it():
     assert re.fullmatch("[0-9a-f]{8}", digest)
     # The same settings given in another order (or as flags) name the same folder.
     assert _name(secure_aggregation=True, client_learning_rate=0.05, algorithm="fedprox", digits_alpha=0.1) == name
-    parsed = cli.parse(["train", "--secure_aggregation", "--client_learning_rate=0.05", "--algorithm=fedprox",
-                        "--digits_alpha=0.1"])
+    parsed = cli.parse(
+        ["train", "--secure_aggregation", "--client_learning_rate=0.05", "--algorithm=fedprox", "--digits_alpha=0.1"]
+    )
     assert parsed.output.experiment_name == name
 
 
 def test_any_setting_that_differs_gives_another_folder():
     names = {
-        _name(), _name(seed=1), _name(seed=2), _name(rounds=20), _name(runtime="inprocess"),
-        _name(client_learning_rate=0.02), _name(client_learning_rate=0.05), _name(dp="fixed", dp_noise_multiplier=1.0),
-        _name(digits_alpha=0.1), _name(task="diabetes"), _name(task="diabetes", client_learning_rate=0.02),
+        _name(),
+        _name(seed=1),
+        _name(seed=2),
+        _name(rounds=20),
+        _name(runtime="inprocess"),
+        _name(client_learning_rate=0.02),
+        _name(client_learning_rate=0.05),
+        _name(dp="fixed", dp_noise_multiplier=1.0),
+        _name(digits_alpha=0.1),
+        _name(task="diabetes"),
+        _name(task="diabetes", client_learning_rate=0.02),
     }
     assert len(names) == 11
     # Where a run reads and writes is not part of the name: a moved --root_dir still resumes.
@@ -57,8 +66,18 @@ def test_an_explicit_name_is_kept():
 
 
 def test_long_names_are_cut_and_stay_distinct():
-    many = dict(client_learning_rate=0.0123456, server_learning_rate=0.654321, client_epochs=3, client_batch_size=17,
-                clients_per_round=7, eval_every=3, checkpoint_every=4, keep_checkpoints=5, seed=11, rounds=33)
+    many = dict(
+        client_learning_rate=0.0123456,
+        server_learning_rate=0.654321,
+        client_epochs=3,
+        client_batch_size=17,
+        clients_per_round=7,
+        eval_every=3,
+        checkpoint_every=4,
+        keep_checkpoints=5,
+        seed=11,
+        rounds=33,
+    )
     first, second = _name(**many), _name(**many, digits_alpha=0.2)
     assert first != second
     for name in (first, second):
@@ -148,9 +167,14 @@ def test_no_two_readme_commands_share_a_run_folder_in_either_order(readme_folder
 @pytest.mark.slow
 def test_the_launcher_resumes_a_rerun_command_and_gives_another_command_its_own_folder(tmp_path):
     def launch(*args):
-        done = subprocess.run([sys.executable, "-m", "tffpipe.train", f"--root_dir={tmp_path}", "--rounds=1",
-                               "--eval_every=0", *args], cwd=REPO_ROOT, env=user_env(), capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "tffpipe.train", f"--root_dir={tmp_path}", "--rounds=1", "--eval_every=0", *args],
+            cwd=REPO_ROOT,
+            env=user_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
 
@@ -161,12 +185,15 @@ def test_the_launcher_resumes_a_rerun_command_and_gives_another_command_its_own_
     other = launch("--digits_alpha=0.1")
     assert "already holds" not in other and "done: 1 rounds" in other
     assert sorted(p.name for p in os.scandir(tmp_path) if p.is_dir()) == sorted(
-        [os.path.basename(folder), re.search(r"outputs in (\S+)", other).group(1).rsplit("/", 1)[1]])
+        [os.path.basename(folder), re.search(r"outputs in (\S+)", other).group(1).rsplit("/", 1)[1]]
+    )
 
 
 def test_the_readmes_example_names_are_the_ones_given():
     with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
         readme = " ".join(f.read().split())
-    flags_given, folder = re.search(r"`(--digits_alpha=\S+ --rounds=\S+)` writes `/tmp/tffpipe/(\S+)/`", readme).groups()
+    flags_given, folder = re.search(
+        r"`(--digits_alpha=\S+ --rounds=\S+)` writes `/tmp/tffpipe/(\S+)/`", readme
+    ).groups()
     assert cli.parse(["train", *flags_given.split()]).output.experiment_name == folder
     assert "the quick start writes `/tmp/tffpipe/digits/`" in readme and _name() == "digits"

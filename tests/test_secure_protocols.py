@@ -117,7 +117,9 @@ def test_keys_are_made_once_kept_owner_only_and_reused(tmp_path):
     # A ciphertext made under the first holder's public key decrypts under the second's secret one.
     keys = ckks.CkksKeys(first.public_context(), params.slots)
     values = [np.arange(10, dtype=np.int64)]
-    total = second.reveal(ckks.CkksAggregator(first.public_context()).add([keys.protect(0, values, [11])]), [11], [(10,)])
+    total = second.reveal(
+        ckks.CkksAggregator(first.public_context()).add([keys.protect(0, values, [11])]), [11], [(10,)]
+    )
     np.testing.assert_array_equal(total[0], np.arange(10))
     other = ckks.parameters(ckks.Settings(security=256))
     with pytest.raises(errors.UserError, match="were made for .*resume with the run's own --ckks_\\* settings"):
@@ -133,32 +135,51 @@ def test_a_round_whose_sums_ckks_cannot_decode_exactly_is_refused(protocol):
         protocol.round_keys(1, [11], [10]).protect(0, [np.array([11])], [11])
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(secure_protocol="ckks"),
-     "--secure_protocol=ckks protects secure sums and this run has none: add --secure_aggregation"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, runtime="cpp"),
-     "--secure_protocol=ckks needs --runtime=inprocess, ray or auto: TFF's own runtime (--runtime=cpp) executes "
-     "secure sums itself and cannot run another protocol"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, ckks_coeff_mod_bits="60,60,60,60"),
-     "--secure_protocol=ckks: moduli of 240 bits at degree 8192 give less than 128-bit security (the homomorphic "
-     "encryption standard allows at most 218 bits); use fewer or smaller moduli, or a larger "
-     "--ckks_poly_modulus_degree"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, ckks_security=256, ckks_poly_modulus_degree=8192),
-     "--secure_protocol=ckks: moduli of 160 bits at degree 8192 give less than 256-bit security (the homomorphic "
-     "encryption standard allows at most 118 bits); use fewer or smaller moduli, or a larger "
-     "--ckks_poly_modulus_degree"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, ckks_coeff_mod_bits="60,40"),
-     "--secure_protocol=ckks: moduli 60,40 with scale 2^40 leave 18 bits for the sum, too little for 32-bit "
-     "secure-sum values; the data moduli (all but the last) must exceed the scale by at least 35 bits"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, ckks_scale_bits=20),
-     "--ckks_scale_bits must be 0 (the preset's) or in 30..60, got 20"),
-    (dict(secure_aggregation=True, ckks_scale_bits=40),
-     "--ckks_scale_bits applies to --secure_protocol=ckks, not --secure_protocol=masking"),
-    (dict(secure_protocol="ckks", secure_aggregation=True, robust="median"),
-     "--robust=median cannot run under --secure_aggregation: the rule reads each client's update, which secure "
-     "aggregation exists to hide from the server"),
-    (dict(secure_protocol="paillier"), "--secure_protocol='paillier' is not one of: masking, ckks"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(secure_protocol="ckks"),
+            "--secure_protocol=ckks protects secure sums and this run has none: add --secure_aggregation",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, runtime="cpp"),
+            "--secure_protocol=ckks needs --runtime=inprocess, ray or auto: TFF's own runtime (--runtime=cpp) executes "
+            "secure sums itself and cannot run another protocol",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, ckks_coeff_mod_bits="60,60,60,60"),
+            "--secure_protocol=ckks: moduli of 240 bits at degree 8192 give less than 128-bit security (the homomorphic "
+            "encryption standard allows at most 218 bits); use fewer or smaller moduli, or a larger "
+            "--ckks_poly_modulus_degree",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, ckks_security=256, ckks_poly_modulus_degree=8192),
+            "--secure_protocol=ckks: moduli of 160 bits at degree 8192 give less than 256-bit security (the homomorphic "
+            "encryption standard allows at most 118 bits); use fewer or smaller moduli, or a larger "
+            "--ckks_poly_modulus_degree",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, ckks_coeff_mod_bits="60,40"),
+            "--secure_protocol=ckks: moduli 60,40 with scale 2^40 leave 18 bits for the sum, too little for 32-bit "
+            "secure-sum values; the data moduli (all but the last) must exceed the scale by at least 35 bits",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, ckks_scale_bits=20),
+            "--ckks_scale_bits must be 0 (the preset's) or in 30..60, got 20",
+        ),
+        (
+            dict(secure_aggregation=True, ckks_scale_bits=40),
+            "--ckks_scale_bits applies to --secure_protocol=ckks, not --secure_protocol=masking",
+        ),
+        (
+            dict(secure_protocol="ckks", secure_aggregation=True, robust="median"),
+            "--robust=median cannot run under --secure_aggregation: the rule reads each client's update, which secure "
+            "aggregation exists to hide from the server",
+        ),
+        (dict(secure_protocol="paillier"), "--secure_protocol='paillier' is not one of: masking, ckks"),
+    ],
+)
 def test_settings_ckks_cannot_use_are_refused_in_one_line(values, message):
     with pytest.raises(config.ConfigError) as info:
         make_config(**values)
@@ -167,9 +188,21 @@ def test_settings_ckks_cannot_use_are_refused_in_one_line(values, message):
 
 def test_the_launcher_refuses_in_one_line_without_a_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tffpipe.train", "--secure_protocol=ckks", "--secure_aggregation", "--runtime=cpp",
-         f"--root_dir={tmp_path}", "--rounds=1"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=user_env(), timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tffpipe.train",
+            "--secure_protocol=ckks",
+            "--secure_aggregation",
+            "--runtime=cpp",
+            f"--root_dir={tmp_path}",
+            "--rounds=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=user_env(),
+        timeout=120,
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --secure_protocol=ckks needs --runtime=inprocess")
@@ -185,10 +218,18 @@ def _digits_engine(**values):
     from tffpipe_tasks import digits
 
     task = digits.create_task(num_clients=12, eval_clients=2, alpha=1.0, seed=0)
-    cfg = make_config(digits_num_clients=12, digits_eval_clients=2, client_batch_size=16, clients_per_round=6,
-                      secure_aggregation=True, runtime="inprocess", **values)
+    cfg = make_config(
+        digits_num_clients=12,
+        digits_eval_clients=2,
+        client_batch_size=16,
+        clients_per_round=6,
+        secure_aggregation=True,
+        runtime="inprocess",
+        **values,
+    )
     process, _ = builder.build_learning_process(
-        task, cfg, task.train_data.client_ids, runtime_registry.get("inprocess").loop_implementation())
+        task, cfg, task.train_data.client_ids, runtime_registry.get("inprocess").loop_implementation()
+    )
     return task, builder.initial_model_weights(task, 0), inprocess_process.InProcessProcess(process, ["/CPU:0"] * 2)
 
 
@@ -199,8 +240,9 @@ COMPOSED = {
 }
 
 
-@pytest.mark.parametrize("case", [c if c == "adaptive_clipping_weighted" else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in COMPOSED])
+@pytest.mark.parametrize(
+    "case", [c if c == "adaptive_clipping_weighted" else pytest.param(c, marks=pytest.mark.slow) for c in COMPOSED]
+)
 def test_three_digits_rounds_under_ckks_end_at_the_masking_runs_weights(tmp_path, case):
     from tffpipe.program import sampling
     from tffpipe.tasks import ClientSpec
@@ -238,16 +280,31 @@ def test_a_resumed_ckks_run_equals_a_straight_one_with_the_same_keys(tmp_path):
     task = digits.create_task(num_clients=12, eval_clients=2, alpha=1.0, seed=0)
 
     def run(name, rounds):
-        cfg = make_config(digits_num_clients=12, digits_eval_clients=2, client_batch_size=16, clients_per_round=6,
-                          secure_aggregation=True, secure_protocol="ckks", runtime="inprocess", rounds=rounds,
-                          eval_every=0, root_dir=str(tmp_path), experiment_name=name)
+        cfg = make_config(
+            digits_num_clients=12,
+            digits_eval_clients=2,
+            client_batch_size=16,
+            clients_per_round=6,
+            secure_aggregation=True,
+            secure_protocol="ckks",
+            runtime="inprocess",
+            rounds=rounds,
+            eval_every=0,
+            root_dir=str(tmp_path),
+            experiment_name=name,
+        )
         lines = []
         return loop.run(cfg, task, print_fn=lines.append), lines
 
     straight, lines = run("straight", 3)
     assert any("secure sums use CKKS encryption (128-bit preset)" in line for line in lines)
-    assert any(line.startswith("secure sum: CKKS, 128-bit preset: degree 8192, moduli 60,40,60 bits, scale 2^40: "
-                               "clients encrypt under the public key") for line in lines)
+    assert any(
+        line.startswith(
+            "secure sum: CKKS, 128-bit preset: degree 8192, moduli 60,40,60 bits, scale 2^40: "
+            "clients encrypt under the public key"
+        )
+        for line in lines
+    )
     run("resumed", 2)
     key_file = tmp_path / "resumed" / "keys" / ckks_keys.FILE_NAME
     digest = hashlib.sha256(key_file.read_bytes()).hexdigest()

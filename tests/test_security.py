@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import numpy as np
 import pytest
+import pathlib
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -31,8 +32,9 @@ from tffpipe.runtimes import remote_context as remote
 from tffpipe.runtimes import tls
 from tffpipe.tasks import arrays
 
-pytestmark = pytest.mark.skipif(private_network.unavailable_reason() is not None,
-                                reason="this system refuses private network namespaces")
+pytestmark = pytest.mark.skipif(
+    private_network.unavailable_reason() is not None, reason="this system refuses private network namespaces"
+)
 
 # Every example's first two features: bytes a capture would show if examples crossed in plaintext.
 MARKER = np.array([1234.5678, -8765.4321], np.float32)
@@ -40,8 +42,9 @@ READ_FILE = os.path.join(REPO_ROOT, "tests", "unauthenticated_read.py")
 
 
 def certs_cli(*args, check=True):
-    done = subprocess.run([sys.executable, "-m", "tffpipe.certs", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "tffpipe.certs", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     if check:
         assert done.returncode == 0, done.stderr
     return done
@@ -66,8 +69,9 @@ def _secret_file(tmp_path):
 
 def _unauthenticated_read(target: str, path: str) -> subprocess.CompletedProcess:
     """What a stranger runs: a TFF computation that reads `path`, over an insecure channel to `target`."""
-    return subprocess.run([sys.executable, READ_FILE, target, path], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, READ_FILE, target, path], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_certs_command_makes_private_folders_and_refuses_in_one_line(federation):
@@ -91,13 +95,15 @@ def test_a_tls_dir_is_checked_before_any_connection(federation, tmp_path):
     assert tls.load(str(ours / "launcher"), "launcher").name == "CN=launcher"
     with pytest.raises(tls.TlsError, match="is a launcher's, not a worker's"):
         tls.load(str(ours / "launcher"), "worker")
-    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=900)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=900)
     with pytest.raises(tls.TlsError, match=r"the certificate of CN=launcher expired on \d{4}-\d\d-\d\d"):
         tls.load(str(ours / "launcher"), "launcher", now=later)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for name, source in (("ca.crt", ours), ("cert.crt", federation / "theirs"), ("key.pem", federation / "theirs")):
-        (mixed / name).write_bytes(((source / "launcher") if name != "ca.crt" else source / "ca").joinpath(name).read_bytes())
+        (mixed / name).write_bytes(
+            ((source / "launcher") if name != "ca.crt" else source / "ca").joinpath(name).read_bytes()
+        )
     with pytest.raises(tls.TlsError, match="is not signed by the CA in ca.crt"):
         tls.load(str(mixed), "launcher")
     (mixed / "key.pem").write_bytes((ours / "launcher" / "key.pem").read_bytes())
@@ -108,31 +114,57 @@ def test_a_tls_dir_is_checked_before_any_connection(federation, tmp_path):
 def _credentials(federation, ca: str, cert_from: str, days_ago: int | None = None, without_certificate=False):
     """Credentials as an attacker would hold them (our CA to check the worker), not checked by `tls.load`."""
     if days_ago is not None:
-        issued = certs.issue(str(federation / ca), f"expired-{days_ago}", "launcher", days=1,
-                             not_before=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days_ago))
+        issued = certs.issue(
+            str(federation / ca),
+            f"expired-{days_ago}",
+            "launcher",
+            days=1,
+            not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days_ago),
+        )
         folder = issued.folder
     else:
         folder = federation / cert_from / "launcher"
-    read = lambda path: open(path, "rb").read()  # noqa: E731
-    cert, key = (None, None) if without_certificate else (read(os.path.join(folder, "cert.crt")),
-                                                          read(os.path.join(folder, "key.pem")))
-    return tls.Credentials(str(folder), read(federation / "ours" / "ca" / "ca.crt"), cert, key, "x", "x",
-                           datetime.datetime.now())
+
+    def read(path):
+        return pathlib.Path(path).read_bytes()
+
+    cert, key = (
+        (None, None)
+        if without_certificate
+        else (read(os.path.join(folder, "cert.crt")), read(os.path.join(folder, "key.pem")))
+    )
+    return tls.Credentials(
+        str(folder), read(federation / "ours" / "ca" / "ca.crt"), cert, key, "x", "x", datetime.datetime.now()
+    )
 
 
 def _self_signed(federation):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "launcher")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return tls.Credentials("self-signed", (federation / "ours" / "ca" / "ca.crt").read_bytes(),
-                           cert.public_bytes(serialization.Encoding.PEM), key_pem, "x", "x", now)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return tls.Credentials(
+        "self-signed",
+        (federation / "ours" / "ca" / "ca.crt").read_bytes(),
+        cert.public_bytes(serialization.Encoding.PEM),
+        key_pem,
+        "x",
+        "x",
+        now,
+    )
 
 
 @pytest.fixture
@@ -179,7 +211,9 @@ def test_tls_workers_serve_our_launcher_fail_over_and_refuse_strangers_in_one_li
         if credentials is None:
             assert message.endswith("it closed a plaintext connection: it may serve TLS (give --tls_dir)"), message
         else:
-            assert "TLS handshake refused: the worker closed the connection on this launcher's certificate" in message, case
+            assert (
+                "TLS handshake refused: the worker closed the connection on this launcher's certificate" in message
+            ), case
     # The stranger's read of a file on the worker's host.
     secret = _secret_file(tmp_path)
     stolen = _unauthenticated_read(addresses[0], str(secret))
@@ -226,8 +260,9 @@ def _marked_task():
     x[:, :2] = MARKER
     y = rng.integers(0, 3, size=120)
     model = lambda: tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])  # noqa: E731
-    return arrays.from_arrays("marked", x, y, model, loss="SparseCategoricalCrossentropy", num_clients=6,
-                              partition="iid", eval_fraction=0.25)
+    return arrays.from_arrays(
+        "marked", x, y, model, loss="SparseCategoricalCrossentropy", num_clients=6, partition="iid", eval_fraction=0.25
+    )
 
 
 # The plaintext case shows the check can fail: the same capture holds the examples.
@@ -239,10 +274,19 @@ def test_a_capture_between_launcher_and_worker_holds_no_example_over_tls(marker_
     started = [start_worker(env, args=args) for _ in range(2)]
     proxy = _RecordingProxy(("127.0.0.1", int(started[0][1].rsplit(":", 1)[1])))
     try:
-        security = ({"tls_dir": str(federation / "ours" / "launcher")} if transport == "tls"
-                    else {"insecure_workers": True})
-        cfg = make_config(runtime="remote", workers=[f"127.0.0.1:{proxy.port}", started[1][1]], rounds=1,
-                          clients_per_round=4, eval_every=0, root_dir=str(tmp_path), experiment_name="c", **security)
+        security = (
+            {"tls_dir": str(federation / "ours" / "launcher")} if transport == "tls" else {"insecure_workers": True}
+        )
+        cfg = make_config(
+            runtime="remote",
+            workers=[f"127.0.0.1:{proxy.port}", started[1][1]],
+            rounds=1,
+            clients_per_round=4,
+            eval_every=0,
+            root_dir=str(tmp_path),
+            experiment_name="c",
+            **security,
+        )
         lines = []
         result = loop.run(cfg, _marked_task(), print_fn=lines.append)
         assert result.rounds_done == 1 and np.isfinite(result.final_eval["eval/loss"])
@@ -307,9 +351,23 @@ def _socket_inodes(pid: int) -> set[int]:
 def test_a_cpp_runs_local_worker_is_reachable_from_no_other_host(marker_env, tmp_path):
     env, marker = marker_env
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.train", "--task=digits", "--runtime=cpp", "--rounds=500", "--eval_every=0",
-         f"--root_dir={tmp_path}", "--experiment_name=cpp"],
-        cwd=REPO_ROOT, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tffpipe.train",
+            "--task=digits",
+            "--runtime=cpp",
+            "--rounds=500",
+            "--eval_every=0",
+            f"--root_dir={tmp_path}",
+            "--experiment_name=cpp",
+        ],
+        cwd=REPO_ROOT,
+        env=dict(env, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     started = time.monotonic()
     try:
         lines = []
@@ -346,12 +404,15 @@ def test_a_cpp_runs_local_worker_is_reachable_from_no_other_host(marker_env, tmp
 
 
 def test_where_no_private_network_can_be_made_the_doctor_and_the_worker_say_so(monkeypatch, marker_env):
-    from tffpipe.runtimes import cpp  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import cpp
+    from tffpipe.runtimes import processes
 
     cfg = make_config(runtime="cpp")
     assert list(cpp.RUNTIME.doctor_checks(cfg, 0))[0] == (
-        "ok", "local TFF worker", "private network namespace: no other host or user reaches it")
+        "ok",
+        "local TFF worker",
+        "private network namespace: no other host or user reaches it",
+    )
     monkeypatch.setattr(private_network, "_unavailable_reason", ["user namespaces disabled (test)"])
     level, name, text = list(cpp.RUNTIME.doctor_checks(cfg, 0))[0]
     assert (level, name) == ("warn", "local TFF worker") and "\n" not in text

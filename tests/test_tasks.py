@@ -47,9 +47,7 @@ def test_client_dataset_applies_the_client_spec():
 def _task_with_model(model_builder, **overrides):
     x = np.zeros((20, 8, 8, 1), np.float32)
     y = np.zeros(20, np.int32)
-    data = partition.to_client_data(
-        {"x": x, "y": y}, [np.arange(10), np.arange(10, 20)], ["a", "b"]
-    )
+    data = partition.to_client_data({"x": x, "y": y}, [np.arange(10), np.arange(10, 20)], ["a", "b"])
     train = data.from_clients_and_tf_fn(["a"], data.create_tf_dataset_for_client)
     held = data.from_clients_and_tf_fn(["b"], data.create_tf_dataset_for_client)
     kwargs = dict(
@@ -66,19 +64,28 @@ def _task_with_model(model_builder, **overrides):
 
 
 def test_model_that_does_not_fit_the_data_is_rejected():
-    wrong = lambda: tf.keras.Sequential(
-        [tf.keras.layers.InputLayer(input_shape=(28, 28, 1)), tf.keras.layers.Flatten(),
-         tf.keras.layers.Dense(2)]
-    )
-    with pytest.raises(tasks.TaskError, match=r"expects inputs of shape \(None, 28, 28, 1\) but the data's x has shape \(None, 8, 8, 1\)"):
+    def wrong():
+        return tf.keras.Sequential(
+            [tf.keras.layers.InputLayer(input_shape=(28, 28, 1)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)]
+        )
+
+    with pytest.raises(
+        tasks.TaskError,
+        match=r"expects inputs of shape \(None, 28, 28, 1\) but the data's x has shape \(None, 8, 8, 1\)",
+    ):
         _task_with_model(wrong)
 
 
 def test_model_without_input_layer_is_checked_by_calling_it():
-    wrong = lambda: tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(5,))])
+    def wrong():
+        return tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(5,))])
+
     with pytest.raises(tasks.TaskError, match="model"):
         _task_with_model(wrong)
-    fine = lambda: tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+
+    def fine():
+        return tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+
     assert _task_with_model(fine).name == "t"
 
 
@@ -95,7 +102,8 @@ def test_unknown_task_lists_the_valid_names():
 
 
 def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
-    (tmp_path / "my_tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "my_tasks.py").write_text(
+        textwrap.dedent('''
         from tffpipe_tasks import digits
 
         def create_task(*, clients: int = 12, seed: int = 0):
@@ -109,12 +117,11 @@ def test_factory_path_loads_a_user_task(tmp_path, monkeypatch):
 
         def not_a_task():
             return 3
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     factory = tasks.load_factory("my_tasks:create_task")
-    assert tasks.factory_options(factory) == {
-        "clients": tasks.TaskOption(12, "how many clients in total.")
-    }
+    assert tasks.factory_options(factory) == {"clients": tasks.TaskOption(12, "how many clients in total.")}
     task = tasks.create_task("my_tasks:create_task", {"clients": 10}, seed=1)
     assert len(task.train_data.client_ids) == 8
     with pytest.raises(tasks.TaskError, match="returned int, not tffpipe.tasks.Task"):
@@ -138,7 +145,8 @@ def test_literal_options_list_their_choices_and_reject_others():
     options = tasks.factory_options(tasks.load_factory("emnist"))
     assert set(options) == {"model", "only_digits"}  # data_dir comes from --data_dir
     assert options["model"] == tasks.TaskOption(
-        "cnn_dropout", "cnn_dropout (Reddi et al. 2021) or cnn (McMahan et al. 2017).",
+        "cnn_dropout",
+        "cnn_dropout (Reddi et al. 2021) or cnn (McMahan et al. 2017).",
         ("cnn_dropout", "cnn"),
     )
     with pytest.raises(tasks.TaskError, match="model must be one of cnn_dropout, cnn, got 'resnet'"):
@@ -169,15 +177,16 @@ def test_regroup_runs_before_to_features_in_training_and_evaluation():
         regroup=lambda ds: ds.map(lambda e: e["v"]).batch(5, drop_remainder=True),
     )
     spec = tasks.ClientSpec(num_epochs=1, batch_size=8, shuffle_buffer_size=1)
-    (x, y), = list(task.client_dataset("a", spec, seed=0))
+    ((x, y),) = list(task.client_dataset("a", spec, seed=0))
     assert x.numpy().tolist() == [[0, 1, 2, 3], [5, 6, 7, 8]]
     assert y.numpy().tolist() == [[4], [9]]
-    (x, y), = list(task.eval_dataset("b", 8))
+    ((x, y),) = list(task.eval_dataset("b", 8))
     assert y.numpy().tolist() == [[14], [19]]
 
 
 def test_installed_packages_register_tasks_through_entry_points(tmp_path, monkeypatch):
-    (tmp_path / "plugin_tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "plugin_tasks.py").write_text(
+        textwrap.dedent('''
         """`plugin`: a task an installed package registers."""
         from typing import Literal
         from tffpipe_tasks import digits
@@ -189,7 +198,8 @@ def test_installed_packages_register_tasks_through_entry_points(tmp_path, monkey
               size: how big.
             """
             return digits.create_task(num_clients=12 if size == "small" else 20, eval_clients=2, seed=seed)
-    '''))
+    ''')
+    )
     dist = tmp_path / "plugin_pkg-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 1.0\n")
@@ -219,20 +229,30 @@ def test_python_m_tffpipe_tasks_lists_every_builtin_task():
     from conftest import REPO_ROOT, user_env
 
     result = subprocess.run(
-        [sys.executable, "-m", "tffpipe.tasks"], cwd=REPO_ROOT, env=user_env(),
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "tffpipe.tasks"],
+        cwd=REPO_ROOT,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     names = [line.split()[0] for line in lines if line and not line.startswith(" ")]
     assert names == sorted(tasks.registered_tasks())
-    assert any(line.startswith("emnist") and "Federated EMNIST, handwritten characters partitioned by writer." in line for line in lines)
+    assert any(
+        line.startswith("emnist") and "Federated EMNIST, handwritten characters partitioned by writer." in line
+        for line in lines
+    )
     assert "flags: --breast_cancer_num_sites --breast_cancer_model --breast_cancer_alpha" in result.stdout
     assert result.stderr.strip() == ""
 
 
 def test_client_data_that_cannot_be_traced_is_built_eagerly_every_time():
-    fine = lambda: tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+    def fine():
+        return tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+
     task = _task_with_model(fine)  # datasets by a Python lookup of the client id
     spec = tasks.ClientSpec(num_epochs=1, batch_size=4, shuffle_buffer_size=1)
     for _ in range(2):
@@ -241,7 +261,7 @@ def test_client_data_that_cannot_be_traced_is_built_eagerly_every_time():
 
 
 def _function_count() -> int:
-    from tensorflow.python.eager import context  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.eager import context
 
     return len(context.context().list_function_names())
 

@@ -34,8 +34,6 @@ def _rows(run_dir, name="metrics.csv"):
         return list(csv.DictReader(f))
 
 
-
-
 def _histogram_steps(logdir, tag):
     steps = []
     for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
@@ -82,19 +80,29 @@ def test_six_rounds_write_every_output(reference_run):
     assert config["settings"]["schedule"]["rounds"] == 6
     assert config["settings"]["output"]["checkpoint_every"] == 1
     assert config["settings"]["task"]["options"] == {
-        "alpha": 0.5, "eval_clients": 10, "num_clients": 50, "feature_skew": "none", "feature_skew_strength": 0.5}
+        "alpha": 0.5,
+        "eval_clients": 10,
+        "num_clients": 50,
+        "feature_skew": "none",
+        "feature_skew_strength": 0.5,
+    }
     assert sorted(os.listdir(run_dir / "checkpoints")) == [
-        "fingerprint.json", "program_state_4", "program_state_5", "program_state_6"]
+        "fingerprint.json",
+        "program_state_4",
+        "program_state_5",
+        "program_state_6",
+    ]
 
-    lines = [l for l in result.stdout.splitlines() if l.startswith("round ")]
-    assert [l.split()[1] for l in lines] == [f"{r}/6" for r in range(1, 7)]
-    assert all(" loss " in l and " accuracy " in l and " ETA " in l for l in lines)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("round ")]
+    assert [line.split()[1] for line in lines] == [f"{r}/6" for r in range(1, 7)]
+    assert all(" loss " in line and " accuracy " in line and " ETA " in line for line in lines)
     assert "done: 6 rounds; held-out eval/accuracy" in result.stdout
     # Each evaluation client is measured alone as well: one row per client and
     # evaluation round, the distribution in the CSV, histograms in TensorBoard.
     clients = _rows(run_dir, "clients.csv")
     assert sorted({(r["round"], r["client_id"]) for r in clients}) == sorted(
-        (r["round"], r["client_id"]) for r in clients)
+        (r["round"], r["client_id"]) for r in clients
+    )
     assert [r["round"] for r in clients] == ["3"] * 10 + ["6"] * 10
     final = [float(r["accuracy"]) for r in clients if r["round"] == "6"]
     row6 = rows[-1]
@@ -129,10 +137,16 @@ def test_export_loads_and_predicts_without_tffpipe(reference_run):
 def test_sigkilled_run_resumes_to_the_same_weights(reference_run, marker_env, tmp_path):
     env, marker = marker_env
     run_dir, _ = reference_run
-    args = [sys.executable, "-m", "tffpipe.train", *SIX_ROUNDS, f"--root_dir={tmp_path}",
-            "--checkpoint_every=2", "--eval_every=3"]
-    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        *SIX_ROUNDS,
+        f"--root_dir={tmp_path}",
+        "--checkpoint_every=2",
+        "--eval_every=3",
+    ]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:
             if line.startswith("round 3/6"):
@@ -155,7 +169,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(reference_run, marker_env, tm
     printed = []
     api.train(cli.parse(args[2:]), printed.append)
     assert any("from the checkpoint of round 2 (dropped" in line for line in printed)
-    assert [l.split()[1] for l in printed if l.startswith("round ")] == ["3/6", "4/6", "5/6", "6/6"]
+    assert [line.split()[1] for line in printed if line.startswith("round ")] == ["3/6", "4/6", "5/6", "6/6"]
     assert [row["round"] for row in _rows(tmp_path / "e")] == ["1", "2", "3", "4", "5", "6"]
     # Round 3's evaluation ran twice; each (round, client) is recorded once.
     clients = [(r["round"], r["client_id"]) for r in _rows(tmp_path / "e", "clients.csv")]
@@ -183,8 +197,18 @@ def test_resume_with_other_data_settings_is_refused(reference_run):
 def test_resume_with_explicit_defaults_is_accepted(reference_run):
     run_dir, _ = reference_run
     # --digits_alpha=0.5, --zeroing, --seed=0 and --dp=none are the defaults the run used.
-    cfg = cli.parse(["train", *SIX_ROUNDS, f"--root_dir={run_dir.parent}", "--digits_alpha=0.5",
-                     "--zeroing", "--seed=0", "--dp=none", "--runtime=cpp"])
+    cfg = cli.parse(
+        [
+            "train",
+            *SIX_ROUNDS,
+            f"--root_dir={run_dir.parent}",
+            "--digits_alpha=0.5",
+            "--zeroing",
+            "--seed=0",
+            "--dp=none",
+            "--runtime=cpp",
+        ]
+    )
     printed = []
     result, _ = api.train(cfg, printed.append)
     assert result.rounds_done == 6
@@ -222,15 +246,27 @@ def test_an_error_building_the_task_is_one_line(tmp_path):
     "argv, message",
     [
         ("--rounds=abc", "flag --rounds=abc: invalid literal for int() with base 10: 'abc'"),
-        ("--dp_noise_multiplier=1", "--dp_noise_multiplier applies to --dp=fixed|adaptive|tree|distributed, not --dp=none"),
-        ("--algorithm=fedsgd --client_learning_rate=0.5", "--client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it"),
-        ("--task=mnist", "unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp, vertical_breast_cancer, vertical_diabetes (or a factory path such as my_pkg.my_module:create_task)"),
+        (
+            "--dp_noise_multiplier=1",
+            "--dp_noise_multiplier applies to --dp=fixed|adaptive|tree|distributed, not --dp=none",
+        ),
+        (
+            "--algorithm=fedsgd --client_learning_rate=0.5",
+            "--client_learning_rate has no effect with --algorithm=fedsgd: clients send the gradient of their local data and the server optimizer applies it",
+        ),
+        (
+            "--task=mnist",
+            "unknown task 'mnist'; valid tasks: breast_cancer, cifar100, diabetes, digits, emnist, shakespeare, stackoverflow_nwp, vertical_breast_cancer, vertical_diabetes (or a factory path such as my_pkg.my_module:create_task)",
+        ),
         ("--emnist_model=cnn", "--emnist_model applies to task 'emnist', not --task=digits"),
         ("--runtime=inprocess --gpus=first", "--gpus must be 'all', 'none' or GPU indices like '0,1', got 'first'"),
         ("--parallel_clients=0", "--parallel_clients must be at least 1, got 0"),
         ("--experiment_name=..", "--experiment_name must be a single folder name, got '..'"),
         ("--workers=a:1", "--workers applies to --runtime=remote, not --runtime=auto"),
-        ("--algorithm=examples.decaying_fedavg:decaying_fedavg --decaying_fedavg_decay=x", "flag --decaying_fedavg_decay=x: could not convert string to float: 'x'"),
+        (
+            "--algorithm=examples.decaying_fedavg:decaying_fedavg --decaying_fedavg_decay=x",
+            "flag --decaying_fedavg_decay=x: could not convert string to float: 'x'",
+        ),
     ],
 )
 def test_bad_flags_fail_in_one_line(argv, message):
@@ -263,8 +299,19 @@ def test_help_groups_the_common_flags_in_under_90_lines():
     lines = text.splitlines()
     assert len(lines) < 90
     headings = [line[:-1] for line in lines if not line.startswith(" ") and line.endswith(":")]
-    assert headings == ["Run", "Clients", "Simulated clock", "Algorithm", "Aggregation", "Privacy", "Attacks", "Personalization evaluation", "Runtime",
-                        "Vertical federated learning", "Outputs"]
+    assert headings == [
+        "Run",
+        "Clients",
+        "Simulated clock",
+        "Algorithm",
+        "Aggregation",
+        "Privacy",
+        "Attacks",
+        "Personalization evaluation",
+        "Runtime",
+        "Vertical federated learning",
+        "Outputs",
+    ]
     (dp,) = [entry for entry in " ".join(text.split()).split(" --") if entry.startswith("dp ")]
     assert "none|fixed|adaptive|tree|distributed" in dp
 
@@ -276,13 +323,11 @@ def _readme_block(starting_with):
     return block
 
 
-def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model(
-    tmp_path, capsys, monkeypatch
-):
+def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model(tmp_path, capsys, monkeypatch):
     # Exactly the README's notebook code, with the run folder under tmp_path.
     monkeypatch.setattr(api, "run", functools.partial(api.run, root_dir=str(tmp_path)))
     namespace = {}
-    exec(_readme_block("import tffpipe\n"), namespace)  # pylint: disable=exec-used
+    exec(_readme_block("import tffpipe\n"), namespace)
     result = namespace["result"]
     out = capsys.readouterr().out
     assert "aggregation stack (outermost first):" in out
@@ -297,9 +342,7 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
     epsilons = [row["privacy/epsilon"] for row in rows]
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2] == result.epsilon
     run_dir = tmp_path / "notebook"
-    assert rows == [
-        {k: (int(v) if k == "round" else float(v)) for k, v in r.items() if v} for r in _rows(run_dir)
-    ]
+    assert rows == [{k: (int(v) if k == "round" else float(v)) for k, v in r.items() if v} for r in _rows(run_dir)]
     steps = scalar_steps(run_dir / "logdir")
     # TensorBoard files the comm/ figures under stats/, so that its evaluation charts come first.
     for tag in ("privacy/epsilon", "stats/comm/upload_bytes_per_client", "stats/comm/download_bytes_per_client"):
@@ -323,7 +366,9 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
     both = tffpipe.load_runs(str(tmp_path / "notebook*"))
     assert list(both.columns[:2]) == ["run", "client_learning_rate"]
     assert both.groupby("run")["client_learning_rate"].first().to_dict() == {
-        "notebook": loaded.config["client_learning_rate"], "notebook_lr": 0.5}
+        "notebook": loaded.config["client_learning_rate"],
+        "notebook_lr": 0.5,
+    }
     assert both.groupby("run")["round"].apply(list).to_dict() == {"notebook": [1, 2, 3], "notebook_lr": [1, 2, 3]}
     with pytest.raises(errors.ConfigError, match="unknown setting 'roundz' \\(did you mean 'rounds'\\?\\)"):
         tffpipe.run(roundz=3)
@@ -332,12 +377,17 @@ def test_the_readmes_python_api_example_trains_and_returns_metrics_and_the_model
 @pytest.mark.slow  # 37 s in the default suite's last CI run; kept out of it for time
 def test_a_user_algorithm_given_by_path_trains(tmp_path, capsys):
     result = tffpipe.run(
-        algorithm="examples.decaying_fedavg:decaying_fedavg", decaying_fedavg_decay=0.5,
-        rounds=2, eval_every=0, root_dir=str(tmp_path), quiet=True,
+        algorithm="examples.decaying_fedavg:decaying_fedavg",
+        decaying_fedavg_decay=0.5,
+        rounds=2,
+        eval_every=0,
+        root_dir=str(tmp_path),
+        quiet=True,
     )
     assert result.rounds_done == 2 and np.isfinite(result.final_eval["eval/loss"])
     assert os.path.basename(result.run_dir).startswith(
-        "digits-algorithm=examples.decaying_fedavg:decaying_fedavg-decaying_fedavg_decay=0.5-eval_every=0-rounds=2-")
+        "digits-algorithm=examples.decaying_fedavg:decaying_fedavg-decaying_fedavg_decay=0.5-eval_every=0-rounds=2-"
+    )
     settings = json.loads((tmp_path / os.path.basename(result.run_dir) / "config.json").read_text())["settings"]
     assert settings["algorithm"]["options"] == {"initial_rate": 0.1, "decay": 0.5}
 
@@ -346,8 +396,14 @@ def test_a_user_algorithm_given_by_path_trains(tmp_path, capsys):
 def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(marker_env, tmp_path):
     env, marker = marker_env
     result = run_train(
-        ["--rounds=2", "--experiment_name=local", f"--root_dir={tmp_path}", "--eval_every=0",
-         "--runtime=inprocess", "--secure_aggregation"],
+        [
+            "--rounds=2",
+            "--experiment_name=local",
+            f"--root_dir={tmp_path}",
+            "--eval_every=0",
+            "--runtime=inprocess",
+            "--secure_aggregation",
+        ],
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -357,12 +413,13 @@ def test_inprocess_runtime_trains_with_masked_secure_sums_and_no_tff_worker(mark
         "TensorFlow call; secure sums use pairwise masking" in out
     )
     # What the masks protect, said as it is: nothing from whoever runs the process.
-    assert ("secure sum: pairwise masks in this process: the summing code sees only masked vectors, but every "
-            "key is in this process" in out)
+    assert (
+        "secure sum: pairwise masks in this process: the summing code sees only masked vectors, but every "
+        "key is in this process" in out
+    )
     assert (
         "learning process placement (client i of a round goes to slot i mod 2), first round: "
-        "/device:CPU:0 (slot 0): clients [0, 2, 4, 6, 8]; /device:CPU:0 (slot 1): clients [1, 3, 5, 7, 9]"
-        in out
+        "/device:CPU:0 (slot 0): clients [0, 2, 4, 6, 8]; /device:CPU:0 (slot 1): clients [1, 3, 5, 7, 9]" in out
     )
     assert "runtime inprocess: evaluation process on 2 client slot(s)" in out
     assert "secure sum: simulated by TFF's test runtime" not in out

@@ -75,16 +75,26 @@ def test_alie_z_is_the_papers_z_max(n, m):
     assert alie.z_max(n, m) == pytest.approx(stats.norm.ppf((n - s) / n), rel=1e-9)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (dict(attack="sign_flip", algorithm="fedsgd"),
-     "--attack=sign_flip changes the model delta a client sends, which only --algorithm=fedavg and "
-     "fedprox clients send; --algorithm=fedsgd does not"),
-    (dict(attack="alie", algorithm="mime_lite"),
-     "--attack=alie changes the model delta a client sends, which only --algorithm=fedavg and "
-     "fedprox clients send; --algorithm=mime_lite does not"),
-    (dict(attack="label_flip", attack_scale=2.0), "--attack_scale applies to --attack=sign_flip|scale, not --attack=label_flip"),
-    (dict(attack="alie", attack_alie_z=-1.0), "--attack_alie_z must be positive, got -1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            dict(attack="sign_flip", algorithm="fedsgd"),
+            "--attack=sign_flip changes the model delta a client sends, which only --algorithm=fedavg and "
+            "fedprox clients send; --algorithm=fedsgd does not",
+        ),
+        (
+            dict(attack="alie", algorithm="mime_lite"),
+            "--attack=alie changes the model delta a client sends, which only --algorithm=fedavg and "
+            "fedprox clients send; --algorithm=mime_lite does not",
+        ),
+        (
+            dict(attack="label_flip", attack_scale=2.0),
+            "--attack_scale applies to --attack=sign_flip|scale, not --attack=label_flip",
+        ),
+        (dict(attack="alie", attack_alie_z=-1.0), "--attack_alie_z must be positive, got -1"),
+    ],
+)
 def test_update_attack_settings_are_checked_with_the_flags(flags, message):
     with pytest.raises(errors.ConfigError) as info:
         make_config(**flags)
@@ -99,10 +109,19 @@ SPEC = ClientSpec(num_epochs=1, batch_size=32)
 
 
 def _cfg(attack, **flags):
-    return loop.fit_to_task(make_config(
-        attack=attack, rounds=2, clients_per_round=2, zeroing=False, client_weighting="uniform",
-        server_learning_rate=1.0, **({"attack_scale": K} if attack in ("sign_flip", "scale") else {}), **flags,
-    ), TASK)
+    return loop.fit_to_task(
+        make_config(
+            attack=attack,
+            rounds=2,
+            clients_per_round=2,
+            zeroing=False,
+            client_weighting="uniform",
+            server_learning_rate=1.0,
+            **({"attack_scale": K} if attack in ("sign_flip", "scale") else {}),
+            **flags,
+        ),
+        TASK,
+    )
 
 
 _PROCESSES = {}
@@ -120,7 +139,9 @@ def _data(clients):
     """(client id, token) pairs -> the process's client data; token 0 is honest."""
     # A client's data is shuffled by its own seed, wherever it stands in the round.
     return [
-        client_work.client_data(TASK.client_dataset(cid, SPEC, seed=sampling.client_seed(0, 1, int(cid.split("_")[1]))), token)
+        client_work.client_data(
+            TASK.client_dataset(cid, SPEC, seed=sampling.client_seed(0, 1, int(cid.split("_")[1]))), token
+        )
         for cid, token in clients
     ]
 
@@ -198,14 +219,28 @@ def test_the_in_process_runtime_runs_the_attacked_round_as_tff_does():
 @pytest.mark.slow  # 24 s in the default suite's last CI run; kept out of it for time
 def test_an_update_attack_run_reports_its_attackers(tmp_path):
     cfg = make_config(
-        digits_num_clients=12, digits_eval_clients=2, digits_alpha=1.0, client_epochs=1,
-        client_batch_size=32, rounds=3, clients_per_round=6, eval_every=0, attack="sign_flip",
-        attack_fraction=0.3, robust="trimmed_mean", robust_trim_fraction=0.2, root_dir=str(tmp_path),
-        experiment_name="s", runtime="inprocess",
+        digits_num_clients=12,
+        digits_eval_clients=2,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=3,
+        clients_per_round=6,
+        eval_every=0,
+        attack="sign_flip",
+        attack_fraction=0.3,
+        robust="trimmed_mean",
+        robust_trim_fraction=0.2,
+        root_dir=str(tmp_path),
+        experiment_name="s",
+        runtime="inprocess",
     )
     lines = []
     result = loop.run(cfg, TASK, print_fn=lines.append)
-    assert "attack: sign flipping: attackers send their update times -10; 3 of 10 training clients attack (30%, chosen by --seed)" in lines
+    assert (
+        "attack: sign flipping: attackers send their update times -10; 3 of 10 training clients attack (30%, chosen by --seed)"
+        in lines
+    )
     assert result.rounds_done == 3
     assert all(math.isfinite(v) for v in result.final_eval.values())
     with open(os.path.join(tmp_path, "s", "results", "metrics.csv")) as f:
@@ -217,9 +252,19 @@ def test_an_update_attack_run_reports_its_attackers(tmp_path):
 @pytest.mark.parametrize("attack, algorithm", [("scale", "fedavg"), ("gaussian", "fedprox"), ("alie", "fedprox")])
 def test_three_rounds_of_digits_train_under_each_update_attack(tmp_path, attack, algorithm):
     cfg = make_config(
-        digits_num_clients=12, digits_eval_clients=2, digits_alpha=1.0, client_epochs=1,
-        client_batch_size=32, rounds=3, clients_per_round=6, eval_every=0, attack=attack,
-        algorithm=algorithm, client_weighting="uniform", root_dir=str(tmp_path), experiment_name="u",
+        digits_num_clients=12,
+        digits_eval_clients=2,
+        digits_alpha=1.0,
+        client_epochs=1,
+        client_batch_size=32,
+        rounds=3,
+        clients_per_round=6,
+        eval_every=0,
+        attack=attack,
+        algorithm=algorithm,
+        client_weighting="uniform",
+        root_dir=str(tmp_path),
+        experiment_name="u",
         runtime="cpp",
     )
     result = loop.run(cfg, TASK, print_fn=lambda line: None)

@@ -13,11 +13,14 @@ def _ids(*ranges):
     return [f"id{i}" for r in ranges for i in r]
 
 
-@pytest.mark.parametrize("a, b", [
-    (_ids(range(0, 60)), _ids(range(40, 100))),  # overlapping
-    (_ids(range(0, 30)), _ids(range(0, 30))),  # identical
-    (_ids(range(0, 10)), _ids(range(5, 6))),  # one shared
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (_ids(range(0, 60)), _ids(range(40, 100))),  # overlapping
+        (_ids(range(0, 30)), _ids(range(0, 30))),  # identical
+        (_ids(range(0, 10)), _ids(range(5, 6))),  # one shared
+    ],
+)
 def test_psi_finds_exactly_the_intersection(a, b):
     result = psi.intersect_pair(psi.PsiParty("a", a), psi.PsiParty("b", b))
     assert result.shared == frozenset(a) & frozenset(b)
@@ -41,8 +44,9 @@ def test_ids_that_differ_only_as_strings_are_named_with_examples():
 def test_a_long_intersection_prints_progress():
     lines = []
     progress = psi.Progress("psi of a and b", 4 * 300, lines.append, every_sec=0.0)
-    result = psi.intersect_pair(psi.PsiParty("a", _ids(range(300))), psi.PsiParty("b", _ids(range(150, 450))),
-                                progress.tick)
+    result = psi.intersect_pair(
+        psi.PsiParty("a", _ids(range(300))), psi.PsiParty("b", _ids(range(150, 450))), progress.tick
+    )
     assert len(result.shared) == 150
     assert len(lines) == 4 * 300
     assert lines[0] == "psi of a and b: 0% (1 of 1,200 exponentiations)"

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import pathlib
 import tensorflow as tf
 
 from conftest import REPO_ROOT, make_config, run_readme_command, run_train, user_env
@@ -60,8 +61,9 @@ def test_a_resumed_vertical_run_reaches_the_same_weights(tmp_path):
     straight, _ = api.train(_cfg(tmp_path, "straight", rounds=4, vertical_embedding_noise=0.1), lambda line: None)
     api.train(_cfg(tmp_path, "resumed", rounds=2, checkpoint_every=1, vertical_embedding_noise=0.1), lambda line: None)
     lines = []
-    resumed, _ = api.train(_cfg(tmp_path, "resumed", rounds=4, checkpoint_every=1, vertical_embedding_noise=0.1),
-                           lines.append)
+    resumed, _ = api.train(
+        _cfg(tmp_path, "resumed", rounds=4, checkpoint_every=1, vertical_embedding_noise=0.1), lines.append
+    )
     assert resumed.resumed_from == 2 and any(line.startswith("resuming ") for line in lines)
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -69,16 +71,25 @@ def test_a_resumed_vertical_run_reaches_the_same_weights(tmp_path):
         assert [int(r["round"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (dict(task="vertical_diabetes", robust="median"),
-     "--robust applies to horizontal tasks; 'vertical_diabetes' is a vertical task (its parties hold "
-     "different features of the same people)"),
-    (dict(task="vertical_breast_cancer", clients_per_round=5),
-     "--clients_per_round applies to horizontal tasks; 'vertical_breast_cancer' is a vertical task (its "
-     "parties hold different features of the same people)"),
-    (dict(task="diabetes", vertical_combine="concat"),
-     "--vertical_combine applies to vertical tasks; 'diabetes' is a horizontal task"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            dict(task="vertical_diabetes", robust="median"),
+            "--robust applies to horizontal tasks; 'vertical_diabetes' is a vertical task (its parties hold "
+            "different features of the same people)",
+        ),
+        (
+            dict(task="vertical_breast_cancer", clients_per_round=5),
+            "--clients_per_round applies to horizontal tasks; 'vertical_breast_cancer' is a vertical task (its "
+            "parties hold different features of the same people)",
+        ),
+        (
+            dict(task="diabetes", vertical_combine="concat"),
+            "--vertical_combine applies to vertical tasks; 'diabetes' is a horizontal task",
+        ),
+    ],
+)
 def test_flags_of_the_other_kind_of_task_are_refused(tmp_path, flags, message):
     with pytest.raises(errors.ConfigError) as info:
         api.train(make_config(root_dir=str(tmp_path), **flags), lambda line: None)
@@ -87,20 +98,26 @@ def test_flags_of_the_other_kind_of_task_are_refused(tmp_path, flags, message):
 
 
 def test_parties_without_overlap_are_refused_in_one_line(tmp_path):
-    with pytest.raises(errors.TaskError, match=r"^parties 'clinic' and 'lab' share no sample ID: nothing to align "
-                       r"\(IDs are compared as strings, so 1 and '1.0' or '00100' and 100 differ: 'clinic' has "):
+    with pytest.raises(
+        errors.TaskError,
+        match=r"^parties 'clinic' and 'lab' share no sample ID: nothing to align "
+        r"\(IDs are compared as strings, so 1 and '1.0' or '00100' and 100 differ: 'clinic' has ",
+    ):
         api.train(_cfg(tmp_path, vertical_overlap=0.0), lambda line: None)
 
 
 def test_listing_names_the_parties():
-    from tffpipe.tasks import listing  # pylint: disable=g-import-not-at-top
+    from tffpipe.tasks import listing
 
     table = listing.task_table()
-    assert "vertical, parties: clinic: age, sex, BMI, blood pressure and the outcome (active); lab: six serum measurements" in table
+    assert (
+        "vertical, parties: clinic: age, sex, BMI, blood pressure and the outcome (active); lab: six serum measurements"
+        in table
+    )
 
 
 def _readme_vertical_example():
-    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    readme = pathlib.Path(REPO_ROOT, "README.md").read_text()
     section = readme.split("### Your own vertical task", 1)[1].split("\n## ", 1)[0]
     code, command = re.findall(r"```(?:python|bash)\n(.*?)```", section, re.S)[:2]
     return code, command.strip().splitlines()[0]
@@ -122,8 +139,13 @@ def test_readme_vertical_task_is_short_and_trains(tmp_path, marker_env):
 def test_a_sigkilled_vertical_launcher_resumes_to_the_same_weights(tmp_path):
     args = ["--task=vertical_breast_cancer", "--rounds=6", "--checkpoint_every=1", f"--root_dir={tmp_path}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.train", *args, "--experiment_name=killed"], cwd=REPO_ROOT,
-        env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "tffpipe.train", *args, "--experiment_name=killed"],
+        cwd=REPO_ROOT,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     for line in process.stdout:
         if line.startswith("round 3/6"):
@@ -135,8 +157,8 @@ def test_a_sigkilled_vertical_launcher_resumes_to_the_same_weights(tmp_path):
     assert "resuming " in resumed.stdout
     straight = run_train([*args, "--experiment_name=straight"])
     assert straight.returncode == 0, straight.stderr[-2000:]
-    for a, b in zip(tf.keras.models.load_model(tmp_path / "killed" / "export" / "model").get_weights(),
-                    tf.keras.models.load_model(tmp_path / "straight" / "export" / "model").get_weights()):
+    for a, b in zip(
+        tf.keras.models.load_model(tmp_path / "killed" / "export" / "model").get_weights(),
+        tf.keras.models.load_model(tmp_path / "straight" / "export" / "model").get_weights(),
+    ):
         np.testing.assert_array_equal(a, b)
-
-

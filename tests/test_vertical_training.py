@@ -22,19 +22,25 @@ def _data(seed=0):
 
 
 def _linear(width, units, use_bias):
-    return lambda: tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(width,)),
-        tf.keras.layers.Dense(units, use_bias=use_bias, kernel_initializer="glorot_uniform"),
-    ])
+    return lambda: tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(width,)),
+            tf.keras.layers.Dense(units, use_bias=use_bias, kernel_initializer="glorot_uniform"),
+        ]
+    )
 
 
 def _task(combine="sum"):
     ids, features, y = _data()
     return vertical_task.vertical_from_arrays(
-        "toy", {name: (ids, f) for name, f in features.items()}, {"bank": y},
+        "toy",
+        {name: (ids, f) for name, f in features.items()},
+        {"bank": y},
         {name: _linear(w, K, False) for name, w in WIDTHS.items()},
         lambda width: _linear(width, 1, True)(),
-        loss="mse", metrics=["mae"], combine=combine,
+        loss="mse",
+        metrics=["mae"],
+        combine=combine,
     )
 
 
@@ -44,8 +50,17 @@ def _parties(task, lr, combine):
     tf.keras.utils.set_random_seed(1)
     width = task.combined_width(combine)
     active = parties_lib.ActiveParty(
-        task.active, task.labels, task.top_model_fn(width), task.loss_builder(), task.metrics_builder(),
-        ids, ids[:8], sgd, sgd, 0.0, 0,
+        task.active,
+        task.labels,
+        task.top_model_fn(width),
+        task.loss_builder(),
+        task.metrics_builder(),
+        ids,
+        ids[:8],
+        sgd,
+        sgd,
+        0.0,
+        0,
     )
     passives = [parties_lib.BottomParty(p, ids, ids[:8], sgd, 0.0, 0) for p in task.parties[1:]]
     return active, passives
@@ -91,13 +106,19 @@ def test_linear_vertical_training_equals_central_training(combine):
     assert traffic.sent["shop"] == 2 * (N // batch) * batch * K * per_value
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(shop_rows=10), r"^task 'toy': party 'shop' has 48 IDs but features of shape \(10, 2\) \(one row per ID\)$"),
-    (dict(shop_text=True), r"^task 'toy': party 'shop': features must be numeric, got <U"),
-    (dict(duplicate=True), r"^task 'toy': party 'shop' lists sample ID 'person0' more than once$"),
-    (dict(none_id=True), r"^task 'toy': party 'shop' has no sample ID at row 3 \(None\); every row needs one$"),
-    (dict(label_party="nobody"), r"^task 'toy': the labels' party 'nobody' is not one of the parties"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            dict(shop_rows=10),
+            r"^task 'toy': party 'shop' has 48 IDs but features of shape \(10, 2\) \(one row per ID\)$",
+        ),
+        (dict(shop_text=True), r"^task 'toy': party 'shop': features must be numeric, got <U"),
+        (dict(duplicate=True), r"^task 'toy': party 'shop' lists sample ID 'person0' more than once$"),
+        (dict(none_id=True), r"^task 'toy': party 'shop' has no sample ID at row 3 \(None\); every row needs one$"),
+        (dict(label_party="nobody"), r"^task 'toy': the labels' party 'nobody' is not one of the parties"),
+    ],
+)
 def test_bad_arrays_are_refused_in_one_line(change, message):
     ids, features, y = _data()
     shop_ids = list(ids)
@@ -112,10 +133,12 @@ def test_bad_arrays_are_refused_in_one_line(change, message):
         shop_ids[3] = None
     with pytest.raises(errors.TaskError, match=message):
         vertical_task.vertical_from_arrays(
-            "toy", {"bank": (ids, features["bank"]), "shop": (shop_ids, shop)},
+            "toy",
+            {"bank": (ids, features["bank"]), "shop": (shop_ids, shop)},
             {change.get("label_party", "bank"): y},
             {"bank": _linear(3, K, False), "shop": _linear(2, K, False)},
-            lambda width: _linear(width, 1, True)(), loss="mse",
+            lambda width: _linear(width, 1, True)(),
+            loss="mse",
         )
 
 

@@ -34,9 +34,12 @@ def main(target: str, path: str) -> int:
         executor.set_cardinalities(cardinalities)
         return executor
 
-    tff.framework.set_default_context(sync_execution_context.SyncExecutionContext(
-        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack),
-        compiler_fn=compiler.desugar_and_transform_to_native))
+    tff.framework.set_default_context(
+        sync_execution_context.SyncExecutionContext(
+            executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack),
+            compiler_fn=compiler.desugar_and_transform_to_native,
+        )
+    )
 
     @tff.tensorflow.computation
     def read():
@@ -45,7 +48,7 @@ def main(target: str, path: str) -> int:
     try:
         print(f"read: {read()!r}")
         return 0
-    except Exception as e:  # pylint: disable=broad-except  # anything the worker or gRPC answers
+    except Exception as e:  # anything the worker or gRPC answers
         print(f"refused: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return 1
 

@@ -15,9 +15,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 # googleapis-common-protos 1.61 (pinned by TFF 0.87) imports pkg_resources in
 # `google/rpc/__init__.py`, which warns on every start-up with setuptools 80.
 # Not actionable for users; it would also break one-line error messages.
-warnings.filterwarnings(
-    "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
-)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)
 
 __version__ = "0.1.0"
 
@@ -25,11 +23,11 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # `tffpipe.run` loads TensorFlow; importing `tffpipe` (or `tffpipe.worker`) does not.
     if name in ("run", "Result"):
-        from tffpipe import api  # pylint: disable=g-import-not-at-top
+        from tffpipe import api
 
         return getattr(api, name)
     if name in ("load_run", "load_runs"):
-        from tffpipe import results  # pylint: disable=g-import-not-at-top
+        from tffpipe import results
 
         return getattr(results, name)
     raise AttributeError(f"module 'tffpipe' has no attribute {name!r}")

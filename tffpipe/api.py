@@ -9,7 +9,8 @@ share.
 import dataclasses
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tffpipe import config as config_lib
 from tffpipe.errors import ConfigError
@@ -75,13 +76,16 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
     with run_lock.hold(cfg.output.run_dir):
         saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
         runtime.preflight(cfg, print_fn)  # before the data loads
-        from tffpipe import tasks  # pylint: disable=g-import-not-at-top
-        from tffpipe.program import loop  # pylint: disable=g-import-not-at-top
+        from tffpipe import tasks
+        from tffpipe.program import loop
 
-        from tffpipe.vertical import program as vertical_program  # pylint: disable=g-import-not-at-top
+        from tffpipe.vertical import program as vertical_program
 
         task = tasks.create_task(
-            cfg.task.name, dict(cfg.task.options), seed=cfg.schedule.seed, data_dir=cfg.task.data_dir,
+            cfg.task.name,
+            dict(cfg.task.options),
+            seed=cfg.schedule.seed,
+            data_dir=cfg.task.data_dir,
             vertical_overlap=cfg.vertical.overlap,
         )
         vertical = isinstance(task, tasks.VerticalTask)
@@ -94,7 +98,7 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
         check_writable(cfg.output.run_dir)  # only now: a run that fails to start leaves no folder
         print_fn(loop.describe_run(cfg, task))
         if algorithm_registry.get(cfg.algorithm.name).asynchronous:
-            from tffpipe.program import fedbuff  # pylint: disable=g-import-not-at-top
+            from tffpipe.program import fedbuff
 
             return fedbuff.run(cfg, task, print_fn=print_fn), task
         return loop.run(cfg, task, print_fn=print_fn), task
@@ -115,7 +119,7 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
       UserError: a bad setting (`ConfigError`), task (`TaskError`) or
         checkpoint, in one line.
     """
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import processes
 
     cfg = config_lib.from_values(settings)
     processes.install_worker_reaper()
@@ -123,12 +127,12 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
     result, task = train(cfg, print_fn)
     model = getattr(result, "model", None)  # a vertical run's assembled model
     if model is None:
-        from tffpipe.learning import registry as algorithm_registry  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import registry as algorithm_registry
 
         model = algorithm_registry.get(cfg.algorithm.name).keras_model(task, cfg, result.model_weights)
     run_dir = cfg.output.run_dir
     # Imported here: pandas loads only when a run's results are read back.
-    from tffpipe import results  # pylint: disable=g-import-not-at-top
+    from tffpipe import results
 
     return Result(
         metrics=results.read_csv(os.path.join(run_dir, "results", "metrics.csv")),

@@ -29,9 +29,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tffpipe.runtimes.tls import CA_CERT, CERT, KEY
+
 ROLES = ("worker", "launcher")
 CA_FOLDER = "ca"
-from tffpipe.runtimes.tls import CA_CERT, CERT, KEY
+
 _USAGE = {"worker": ExtendedKeyUsageOID.SERVER_AUTH, "launcher": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -49,12 +51,13 @@ class Issued:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _write_folder(folder: str, files: dict[str, bytes]) -> None:
@@ -81,8 +84,12 @@ def init(directory: str, days: int = 3650, name: str = "tffpipe federation") -> 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
@@ -105,6 +112,8 @@ def _load_ca(directory: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
         raise CertError(f"{folder} has no CA (make one with `python -m tffpipe.certs init {directory}`)") from e
     except ValueError as e:
         raise CertError(f"{folder}: not a CA made by `tffpipe.certs init` ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertError(f"{folder}: not a CA made by `tffpipe.certs init` (its key is not an elliptic-curve key)")
     return cert, key
 
 
@@ -118,8 +127,14 @@ def _subject_alternative_names(names: list[str]) -> list[x509.GeneralName]:
     return found
 
 
-def issue(directory: str, name: str, role: str, hosts: list[str] | None = None, days: int = 825,
-          not_before: datetime.datetime | None = None) -> Issued:
+def issue(
+    directory: str,
+    name: str,
+    role: str,
+    hosts: list[str] | None = None,
+    days: int = 825,
+    not_before: datetime.datetime | None = None,
+) -> Issued:
     """Signs a certificate for `name` with the CA in `directory`; writes `directory/name/`.
 
     Args:
@@ -145,9 +160,13 @@ def issue(directory: str, name: str, role: str, hosts: list[str] | None = None, 
     start = not_before or _now() - datetime.timedelta(minutes=5)
     not_after = start + datetime.timedelta(days=days)
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(not_after)
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([_USAGE[role]]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_subject_alternative_names(names)), critical=False)
@@ -155,8 +174,14 @@ def issue(directory: str, name: str, role: str, hosts: list[str] | None = None, 
         .sign(ca_key, hashes.SHA256())
     )
     folder = os.path.join(directory, name)
-    _write_folder(folder, {CA_CERT: ca_cert.public_bytes(serialization.Encoding.PEM),
-                           CERT: cert.public_bytes(serialization.Encoding.PEM), KEY: _pem_key(key)})
+    _write_folder(
+        folder,
+        {
+            CA_CERT: ca_cert.public_bytes(serialization.Encoding.PEM),
+            CERT: cert.public_bytes(serialization.Encoding.PEM),
+            KEY: _pem_key(key),
+        },
+    )
     return Issued(folder, tuple(names), not_after)
 
 
@@ -177,8 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     made.add_argument("--name", default="tffpipe federation", help="the CA's common name")
     issued = commands.add_parser("issue", help="make DIR/NAME/ (ca.crt, cert.crt, key.pem) for one machine")
     issued.add_argument("directory", metavar="DIR")
-    issued.add_argument("name", metavar="NAME", help="the machine's name; a worker's: the host name or address "
-                        "the launcher dials")
+    issued.add_argument(
+        "name", metavar="NAME", help="the machine's name; a worker's: the host name or address the launcher dials"
+    )
     issued.add_argument("--role", required=True, choices=ROLES)
     issued.add_argument("--hosts", default="", help="a worker's other host names or addresses, comma-separated")
     issued.add_argument("--days", type=int, default=825, help="how long the certificate is valid (default 825)")
@@ -191,18 +217,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """The command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    from tffpipe.runtimes import tls  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import tls
 
     try:
         if args.command == "init":
             folder = init(args.directory, args.days, args.name)
-            print(f"CA made in {folder} (fingerprint {tls.fingerprint(os.path.join(folder, CA_CERT))}); "
-                  f"keep {os.path.join(folder, 'ca.key')} on this machine only")
+            print(
+                f"CA made in {folder} (fingerprint {tls.fingerprint(os.path.join(folder, CA_CERT))}); "
+                f"keep {os.path.join(folder, 'ca.key')} on this machine only"
+            )
         elif args.command == "issue":
             hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
             done = issue(args.directory, args.name, args.role, hosts, args.days)
-            print(f"{args.role} certificate for {', '.join(done.names)} in {done.folder}, valid until "
-                  f"{done.not_after:%Y-%m-%d}; copy that folder to the machine and pass --tls_dir={done.folder}")
+            print(
+                f"{args.role} certificate for {', '.join(done.names)} in {done.folder}, valid until "
+                f"{done.not_after:%Y-%m-%d}; copy that folder to the machine and pass --tls_dir={done.folder}"
+            )
         else:
             print(tls.load(args.tls_dir, args.role).describe())
     except (CertError, tls.TlsError) as e:

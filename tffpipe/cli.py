@@ -12,7 +12,8 @@ import sys
 import textwrap
 import types
 import typing
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -137,7 +138,7 @@ def define_chosen_plugin_flags(argv: Sequence[str], flag_values: flags.FlagValue
             continue
         try:
             define_plugin_flags(kind, value, flag_values)
-        except Exception:  # pylint: disable=broad-except
+        except Exception:
             continue  # an unknown plug-in is reported when the config is built
 
 
@@ -191,10 +192,15 @@ def short_help(program: str) -> str:
                 text += f": {'|'.join(map(str, choices))}"
             if default != "":
                 text += f" (default: {default})"
-            lines.extend(textwrap.wrap(
-                text, width=_HELP_WIDTH, initial_indent=f"  --{spec.flag:<22} ",
-                subsequent_indent=" " * _HELP_INDENT, break_on_hyphens=False,
-            ))
+            lines.extend(
+                textwrap.wrap(
+                    text,
+                    width=_HELP_WIDTH,
+                    initial_indent=f"  --{spec.flag:<22} ",
+                    subsequent_indent=" " * _HELP_INDENT,
+                    break_on_hyphens=False,
+                )
+            )
     lines.append("Task options: --<task>_<option> (python -m tffpipe.tasks lists them).")
     return "\n".join(lines)
 

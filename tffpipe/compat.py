@@ -3,7 +3,7 @@
 import contextlib
 import functools
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import logging as absl_logging
 import tensorflow as tf
@@ -21,7 +21,7 @@ def allow_deeply_nested_computations() -> None:
     against 30 s measured here). `SetAllowOversizeProtos` raises upb's limit.
     """
     try:
-        from google._upb import _message  # pylint: disable=g-import-not-at-top
+        from google._upb import _message
     except ImportError:  # another protobuf implementation: no upb limit
         return
     _message.SetAllowOversizeProtos(True)

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from absl import app
 from absl import flags
@@ -38,17 +38,24 @@ flags.DEFINE_string("task", "digits", "Task whose data and memory needs to check
 flags.DEFINE_string("data_dir", config_lib.DEFAULT_DATA_DIR, "Folder of the public datasets' files.")
 flags.DEFINE_integer("clients_per_round", 10, "Cohort size to estimate memory for.")
 flags.DEFINE_enum(
-    "runtime", "all", ["all", *runtime_registry.RUNTIMES],
+    "runtime",
+    "all",
+    ["all", *runtime_registry.RUNTIMES],
     "Runtime(s) to check and smoke-test: all (cpp and inprocess, remote when --workers is given, "
-    "ray when --ray_address is) or one of " + ", ".join(runtime_registry.RUNTIMES) + ".")
+    "ray when --ray_address is) or one of " + ", ".join(runtime_registry.RUNTIMES) + ".",
+)
 flags.DEFINE_string("gpus", "all", "--runtime=inprocess: GPUs to use (all, none, or indices like 0,1).")
-flags.DEFINE_list(
-    "workers", [], "--runtime=remote: the worker services to check, HOST:PORT,HOST:PORT,...")
+flags.DEFINE_list("workers", [], "--runtime=remote: the worker services to check, HOST:PORT,HOST:PORT,...")
 flags.DEFINE_string(
-    "ray_address", "", "--runtime=ray: the Ray cluster to check (HOST:PORT or auto); with --runtime=all, "
-    "ray is checked only when this is given.")
+    "ray_address",
+    "",
+    "--runtime=ray: the Ray cluster to check (HOST:PORT or auto); with --runtime=all, "
+    "ray is checked only when this is given.",
+)
 flags.DEFINE_bool("ray_allow_unauthenticated", False, "--runtime=ray: accept a cluster without token authentication.")
-flags.DEFINE_string("tls_dir", "", "--runtime=remote: the launcher's certificate folder to check and call the workers with.")
+flags.DEFINE_string(
+    "tls_dir", "", "--runtime=remote: the launcher's certificate folder to check and call the workers with."
+)
 flags.DEFINE_bool("insecure_workers", False, "--runtime=remote: call the workers over plaintext gRPC.")
 flags.DEFINE_bool("smoke", True, "Run one round on synthetic data on each checked runtime.")
 FLAGS = flags.FLAGS
@@ -101,7 +108,8 @@ def check_packages(requirements: list[str], installed: Callable[[str], str]) -> 
             continue
         if requirement.specifier and version not in requirement.specifier:
             yield Check(
-                FAIL, requirement.name,
+                FAIL,
+                requirement.name,
                 f"{version} installed, but tffpipe needs {requirement.specifier}; run `uv sync`",
             )
         else:
@@ -112,7 +120,8 @@ def check_gpu_libraries(tensorflow_gpus: int, driver_gpus: int) -> Check | None:
     """GPUs the NVIDIA driver shows that TensorFlow cannot use, with the fix."""
     if driver_gpus and not tensorflow_gpus:
         return Check(
-            WARN, "gpu libraries",
+            WARN,
+            "gpu libraries",
             f"nvidia-smi shows {driver_gpus} GPU(s) but TensorFlow sees none: install the "
             "CUDA libraries TensorFlow 2.14 needs with `uv sync --extra gpu` (BUILD_NOTES.md)",
         )
@@ -122,17 +131,17 @@ def check_gpu_libraries(tensorflow_gpus: int, driver_gpus: int) -> Check | None:
 def runtime_config(name: str, gpus: str = "all", workers: tuple[str, ...] = (), **more: object) -> config_lib.RunConfig:
     """A default run config on runtime `name`, with the doctor's settings that apply to it."""
     table = settings.by_flag(config_lib.RunConfig)
-    values = {"runtime": name}
+    values: dict[str, object] = {"runtime": name}
     for flag, value in (("gpus", gpus), ("workers", tuple(workers)), *more.items()):
-        selector, allowed = table[flag].spec.applies_to()
-        if name in allowed:
+        applies = table[flag].spec.applies_to()
+        if applies is None or name in applies[1]:
             values[flag] = value
     return config_lib.from_values(values)
 
 
 def check_devices() -> tuple[int, list[Check]]:
     """What TensorFlow sees: (number of GPUs, the checks)."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     built = "built with CUDA" if tf.test.is_built_with_cuda() else "built without CUDA"
@@ -152,7 +161,9 @@ def check_runtime(cfg: config_lib.RunConfig, gpus_seen: int) -> list[Check]:
 def check_worker_binary(path: str) -> Check:
     """TFF's worker binary exists and may be executed."""
     if not os.path.isfile(path):
-        return Check(FAIL, "worker binary", f"missing at {path}; reinstall tensorflow-federated (`uv sync --reinstall`)")
+        return Check(
+            FAIL, "worker binary", f"missing at {path}; reinstall tensorflow-federated (`uv sync --reinstall`)"
+        )
     if not os.access(path, os.X_OK):
         return Check(FAIL, "worker binary", f"{path} is not executable; run `chmod +x {path}`")
     return Check(OK, "worker binary", f"{path} ({os.path.getsize(path) / _MIB:.0f} MiB)")
@@ -194,23 +205,28 @@ def check_memory(needed: int, available: int | None, what: str, name: str = "mem
 
 def _synthetic_task():
     """A tiny task on random data, so the smoke run needs no files."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    from tffpipe import tasks
 
     rng = np.random.default_rng(0)
     x = rng.random((60, 4), dtype=np.float32)
     y = rng.integers(0, 3, 60).astype(np.int32)
     return tasks.from_arrays(
-        "doctor", x, y, lambda: tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(4,))]),
+        "doctor",
+        x,
+        y,
+        lambda: tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(4,))]),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        num_clients=4, partition="iid", eval_fraction=0.25,
+        num_clients=4,
+        partition="iid",
+        eval_fraction=0.25,
     )
 
 
 def smoke_round(cfg: config_lib.RunConfig) -> Check:
     """One FedAvg round of three synthetic clients on the config's runtime."""
-    from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
-    from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+    from tffpipe.learning import builder
+    from tffpipe import tasks
 
     runtime = runtime_registry.get(cfg.runtime.name)
     name = f"smoke round {cfg.runtime.name}"
@@ -226,7 +242,7 @@ def smoke_round(cfg: config_lib.RunConfig) -> Check:
         with runtime.running(process, cfg, print_fn=lambda line: None) as runner:
             output = runner.next(runner.initialize(), data)
         examples = int(output.metrics["client_work"]["train"]["num_examples"])
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # Any failure is the finding; report it in one line.
         text = str(e).strip().splitlines()
         return Check(FAIL, name, f"{type(e).__name__}: {text[0] if text else ''}")
@@ -234,7 +250,7 @@ def smoke_round(cfg: config_lib.RunConfig) -> Check:
 
 
 def _task_checks(task_name: str, data_dir: str, clients_per_round: int) -> Iterator[Check]:
-    from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+    from tffpipe import tasks
 
     try:
         task = tasks.create_task(task_name, {}, seed=0, data_dir=data_dir)
@@ -244,22 +260,27 @@ def _task_checks(task_name: str, data_dir: str, clients_per_round: int) -> Itera
     params = int(sum(np.prod(v.shape) for v in task.model_builder().weights))
     cohort = min(clients_per_round, len(task.train_data.client_ids))
     yield Check(
-        OK, f"task {task_name}",
+        OK,
+        f"task {task_name}",
         f"{len(task.train_data.client_ids):,} training clients, model of {params:,} parameters",
     )
     needed = estimate_memory_bytes(params, cohort)
     yield check_memory(needed, available_memory_bytes(), f"{cohort} clients a round")
     gathered = robust.server_memory_bytes(cohort, params)
     yield check_memory(
-        needed + gathered, available_memory_bytes(),
+        needed + gathered,
+        available_memory_bytes(),
         f"--robust (the server holds all {cohort} updates, {gathered / _MIB:,.1f} MiB more)",
         name="memory under --robust",
     )
 
 
 def run_checks(
-    task_name: str, data_dir: str, clients_per_round: int,
-    configs: dict[str, config_lib.RunConfig], smoke: bool,
+    task_name: str,
+    data_dir: str,
+    clients_per_round: int,
+    configs: dict[str, config_lib.RunConfig],
+    smoke: bool,
 ) -> Iterator[Check]:
     """All checks, in the order a user would fix them.
 
@@ -272,7 +293,7 @@ def run_checks(
     except importlib.metadata.PackageNotFoundError:
         yield Check(FAIL, "tffpipe", "not installed in this environment; run `uv sync` in the repository")
         return
-    yield check_python(metadata.get("Requires-Python"))
+    yield check_python((metadata.get_all("Requires-Python") or [None])[0])
     yield from check_packages(requirements, importlib.metadata.version)
     gpus_seen, device_checks = check_devices()
     yield from device_checks
@@ -290,8 +311,12 @@ def run_checks(
 
 
 def _ray_flags() -> dict[str, object]:
-    return {"ray_address": FLAGS.ray_address, "ray_allow_unauthenticated": FLAGS.ray_allow_unauthenticated,
-            "tls_dir": FLAGS.tls_dir, "insecure_workers": FLAGS.insecure_workers}
+    return {
+        "ray_address": FLAGS.ray_address,
+        "ray_allow_unauthenticated": FLAGS.ray_allow_unauthenticated,
+        "tls_dir": FLAGS.tls_dir,
+        "insecure_workers": FLAGS.insecure_workers,
+    }
 
 
 def main(argv: list[str]) -> None:

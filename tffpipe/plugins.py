@@ -20,9 +20,11 @@ from importlib import metadata
 import inspect
 import re
 import typing
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from tffpipe import errors
+import contextlib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +89,10 @@ def load(path: str, error: type[Exception], kind: str) -> Callable[..., Any]:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # A user's module can fail to import in any way (SyntaxError, a
         # missing dependency, an exception at import): all are one line.
-        raise error(
-            f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {errors.first_line(e)}"
-        ) from e
+        raise error(f"cannot import {kind} module {module_name!r}: {type(e).__name__}: {errors.first_line(e)}") from e
     function = getattr(module, attr, None)
     if not callable(function):
         raise error(f"module {module_name!r} has no callable {attr!r}")
@@ -104,7 +104,7 @@ def options_of(function: Callable[..., Any], reserved: tuple[str, ...] = ()) -> 
     docs = arg_docs(inspect.getdoc(function) or "")
     try:
         hints = typing.get_type_hints(function)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         hints = {}  # unresolvable annotations only lose the choices
     found = {}
     for param in inspect.signature(function).parameters.values():
@@ -188,17 +188,15 @@ def _module_constants(tree: ast.Module) -> dict[str, Any]:
     constants = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
+            with contextlib.suppress(ValueError):
                 constants[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
     return constants
 
 
 def _options_of_node(node: ast.FunctionDef, constants, reserved) -> dict[str, Option]:
     args = node.args
     positional = args.posonlyargs + args.args
-    pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+    pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
     pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
     docs = arg_docs(ast.get_docstring(node) or "")
     found = {}

@@ -15,7 +15,8 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 # Where a run reads and writes and what TensorBoard lists, not what it computes.
 _NOT_NAMED = ("root_dir", "experiment_name", "data_dir", "tls_dir", "hparams")
@@ -38,9 +39,9 @@ def name_for(config: Any) -> str:
 
 def flag_values(config: Any) -> dict[str, Any]:
     """Every setting of `config` by its flag name, plug-in options (`digits_alpha`) included."""
-    from tffpipe import config as config_lib  # pylint: disable=g-import-not-at-top
-    from tffpipe import plugins  # pylint: disable=g-import-not-at-top
-    from tffpipe import settings  # pylint: disable=g-import-not-at-top
+    from tffpipe import config as config_lib
+    from tffpipe import plugins
+    from tffpipe import settings
 
     values = {flag: settings.get(config, item.path) for flag, item in settings.by_flag(config_lib.RunConfig).items()}
     for _, name, options in _plugins(config):
@@ -56,9 +57,9 @@ def differences(config: Any) -> dict[str, Any]:
     options (`--digits_alpha`) included; where the run reads and writes, and
     what TensorBoard lists, are left out.
     """
-    from tffpipe import config as config_lib  # pylint: disable=g-import-not-at-top
-    from tffpipe import plugins  # pylint: disable=g-import-not-at-top
-    from tffpipe import settings  # pylint: disable=g-import-not-at-top
+    from tffpipe import config as config_lib
+    from tffpipe import plugins
+    from tffpipe import settings
 
     found: dict[str, Any] = {}
     for kind, name, options in _plugins(config):
@@ -86,7 +87,7 @@ def tensorboard_hparams(config: Any) -> dict[str, Any]:
 
 def check_hparams(config: Any) -> None:
     """Raises ConfigError when `--hparams` names a setting the run does not have."""
-    from tffpipe import errors  # pylint: disable=g-import-not-at-top
+    from tffpipe import errors
 
     if not config.output.hparams:
         return

@@ -15,7 +15,8 @@ import math
 import numbers
 import sys
 import typing
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 from tffpipe.errors import ConfigError
 
@@ -26,8 +27,17 @@ NOT_APPLICABLE = "not applicable"  # does not reach the saved state (where, how)
 
 # `--helpshort` groups, in the order it prints them.
 GROUPS = (
-    "run", "clients", "clock", "algorithm", "aggregation", "privacy", "attacks", "personalization",
-    "runtime", "vertical", "outputs",
+    "run",
+    "clients",
+    "clock",
+    "algorithm",
+    "aggregation",
+    "privacy",
+    "attacks",
+    "personalization",
+    "runtime",
+    "vertical",
+    "outputs",
 )
 
 _SPEC = "tffpipe.setting"
@@ -78,9 +88,7 @@ def setting(default: Any, help: str, *, flag: str, group: str, **spec: Any) -> A
     """A dataclass field declared as a setting (see `Spec` for the keywords)."""
     if group not in GROUPS:
         raise ValueError(f"unknown settings group {group!r}")
-    return dataclasses.field(
-        default=default, metadata={_SPEC: Spec(flag=flag, help=help, group=group, **spec)}
-    )
+    return dataclasses.field(default=default, metadata={_SPEC: Spec(flag=flag, help=help, group=group, **spec)})
 
 
 def group(cls: type) -> Any:
@@ -183,12 +191,12 @@ def check_values(config: Any) -> None:
             raise ConfigError(f"--{item.spec.flag} must be a finite number, got {value}")
         choices = item.spec.allowed()
         if choices is not None and value not in choices:
-            raise ConfigError(
-                f"--{item.spec.flag}={value!r} is not one of: {', '.join(map(str, choices))}"
-            )
+            raise ConfigError(f"--{item.spec.flag}={value!r} is not one of: {', '.join(map(str, choices))}")
         reason = item.spec.check(value) if item.spec.check else None
         if reason:
-            shown = f"{value:g}" if isinstance(value, float) else _short_repr(value) if isinstance(value, str) else value
+            shown = (
+                f"{value:g}" if isinstance(value, float) else _short_repr(value) if isinstance(value, str) else value
+            )
             raise ConfigError(f"--{item.spec.flag} {reason}, got {shown}")
 
 
@@ -216,8 +224,7 @@ def check_applies(config: Any, given: frozenset[str] | set[str]) -> None:
         current = get(config, table[selector].path)
         if current not in values:
             raise ConfigError(
-                f"--{flag} applies to --{selector}={'|'.join(map(str, values))}, "
-                f"not --{selector}={current}"
+                f"--{flag} applies to --{selector}={'|'.join(map(str, values))}, not --{selector}={current}"
             )
 
 
@@ -300,7 +307,7 @@ def _type_error(flag: str, value: Any, wanted: str) -> ConfigError:
 
 
 def _closest(name: str, table: Mapping[str, Any]) -> str:
-    import difflib  # pylint: disable=g-import-not-at-top
+    import difflib
 
     match = difflib.get_close_matches(name, list(table), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""

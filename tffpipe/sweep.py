@@ -13,11 +13,11 @@ configuration of the swept settings.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from tffpipe import errors
 from tffpipe.program import files
@@ -52,61 +52,110 @@ class SweepStopped(errors.UserError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
         raise errors.ConfigError(message)
 
 
 def _parser() -> _Parser:
     parser = _Parser(
-        prog="python -m tffpipe.sweep", allow_abbrev=False,
+        prog="python -m tffpipe.sweep",
+        allow_abbrev=False,
         description="Runs every combination of --grid values (times --seeds) as separate `python -m tffpipe.train` "
         "runs and summarises them. Flags that are not listed here go to every trial.",
     )
-    parser.add_argument("--grid", action="append", default=[], metavar="SETTING=V1,V2,...",
-                        help="a launcher setting and the values to try; repeat for more settings (every combination "
-                        "runs)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="run each combination with N seeds: --seed (default 0) and the next N-1")
-    parser.add_argument("--sweep_file", default=None, metavar="YAML",
-                        help="a file with grid: {setting: [values]}, seeds: N and flags: {setting: value}; for values "
-                        "holding commas. --grid and --seeds add to it")
-    parser.add_argument("--parallel", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="N",
-                        help="trials running at once (default: half the cores, here %(default)s)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="SETTING=V1,V2,...",
+        help="a launcher setting and the values to try; repeat for more settings (every combination runs)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run each combination with N seeds: --seed (default 0) and the next N-1",
+    )
+    parser.add_argument(
+        "--sweep_file",
+        default=None,
+        metavar="YAML",
+        help="a file with grid: {setting: [values]}, seeds: N and flags: {setting: value}; for values "
+        "holding commas. --grid and --seeds add to it",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        metavar="N",
+        help="trials running at once (default: half the cores, here %(default)s)",
+    )
     parser.add_argument("--root_dir", default=DEFAULT_ROOT, help="folder holding sweeps (default %(default)s)")
-    parser.add_argument("--sweep_name", default="", help="the sweep's folder under --root_dir (default: "
-                        "sweep-<swept settings>-<hash of the other flags>, so the same command resumes it)")
+    parser.add_argument(
+        "--sweep_name",
+        default="",
+        help="the sweep's folder under --root_dir (default: "
+        "sweep-<swept settings>-<hash of the other flags>, so the same command resumes it)",
+    )
     search = parser.add_argument_group("search (Optuna proposes, ASHA stops poor trials early; run by Ray Tune)")
-    search.add_argument("--search", choices=("grid", "optuna"), default="grid",
-                        help="grid: every combination; optuna: --trials samples of the --grid choices and ranges "
-                        "(SETTING=loguniform:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH)")
+    search.add_argument(
+        "--search",
+        choices=("grid", "optuna"),
+        default="grid",
+        help="grid: every combination; optuna: --trials samples of the --grid choices and ranges "
+        "(SETTING=loguniform:LOW:HIGH, uniform:LOW:HIGH, int:LOW:HIGH)",
+    )
     search.add_argument("--trials", type=int, default=10, help="optuna: trials to sample (default %(default)s)")
-    search.add_argument("--metric", default="eval/accuracy", help="optuna: the metrics column to optimise "
-                        "(default %(default)s)")
-    search.add_argument("--mode", choices=("max", "min"), default=None,
-                        help="optuna: maximise or minimise --metric (default: min for *loss*, else max)")
-    search.add_argument("--early_stopping", choices=("asha", "none"), default="asha",
-                        help="optuna: stop trials that trail at ASHA's rungs (rounds 1x, 3x, 9x --grace_rounds)")
-    search.add_argument("--grace_rounds", type=int, default=None,
-                        help="optuna: rounds every trial runs before ASHA may stop it (default: --rounds / 9)")
-    search.add_argument("--ray_address", default="", help="run trials on this Ray cluster (HOST:PORT, "
-                        "token-authenticated; --root_dir must be on storage every node shares): a grid's trials one "
-                        "per Ray worker, a search's instead of on a private Ray on this machine")
-    search.add_argument("--ray_allow_unauthenticated", action="store_true",
-                        help="accept a --ray_address cluster without token authentication")
+    search.add_argument(
+        "--metric", default="eval/accuracy", help="optuna: the metrics column to optimise (default %(default)s)"
+    )
+    search.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        default=None,
+        help="optuna: maximise or minimise --metric (default: min for *loss*, else max)",
+    )
+    search.add_argument(
+        "--early_stopping",
+        choices=("asha", "none"),
+        default="asha",
+        help="optuna: stop trials that trail at ASHA's rungs (rounds 1x, 3x, 9x --grace_rounds)",
+    )
+    search.add_argument(
+        "--grace_rounds",
+        type=int,
+        default=None,
+        help="optuna: rounds every trial runs before ASHA may stop it (default: --rounds / 9)",
+    )
+    search.add_argument(
+        "--ray_address",
+        default="",
+        help="run trials on this Ray cluster (HOST:PORT, "
+        "token-authenticated; --root_dir must be on storage every node shares): a grid's trials one "
+        "per Ray worker, a search's instead of on a private Ray on this machine",
+    )
+    search.add_argument(
+        "--ray_allow_unauthenticated",
+        action="store_true",
+        help="accept a --ray_address cluster without token authentication",
+    )
     return parser
 
 
 def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
     """Runs a sweep; returns the exit code (0 when every trial finished)."""
-    from tffpipe.experiments import grid  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import runner  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import grid
+    from tffpipe.experiments import report
+    from tffpipe.experiments import runner
 
     args, trial_flags = _parser().parse_known_args(list(argv))
     stray = [f for f in trial_flags if not f.startswith("--")]
     if stray:
         raise errors.ConfigError(f"unexpected argument {stray[0]!r}; flags are --name=value")
-    axes, seeds, common = {}, None, []
+    axes: dict[str, list[str]] = {}
+    seeds: int | None = None
+    common: list[str] = []
     if args.sweep_file:
         axes, seeds, common = grid.load_sweep_file(args.sweep_file)
     for text in args.grid:
@@ -124,8 +173,10 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
     sweep_dir = os.path.join(args.root_dir, args.sweep_name or plan.default_name())
     _save_plan(plan, sweep_dir)
     combinations = len(plan.trials) // len(plan.seeds) if seeds else len(plan.trials)
-    print_fn(f"sweep: {len(plan.trials)} trials ({combinations} combinations x {len(plan.seeds)} seeds), "
-             f"{min(args.parallel, len(plan.trials))} at a time; outputs in {sweep_dir}")
+    print_fn(
+        f"sweep: {len(plan.trials)} trials ({combinations} combinations x {len(plan.seeds)} seeds), "
+        f"{min(args.parallel, len(plan.trials))} at a time; outputs in {sweep_dir}"
+    )
     if args.ray_address:
         return _run_grid_on_ray(plan, sweep_dir, args, print_fn)
     try:
@@ -134,40 +185,52 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
         outcomes = getattr(e, "outcomes", [])
         report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
         stopped = sum(o.status == runner.INTERRUPTED for o in outcomes)
-        raise SweepStopped.by_signal(e, f"{stopped} running trial(s) stopped at their last checkpoint; rerun the "
-                                        "same command to resume them") from e
+        raise SweepStopped.by_signal(
+            e, f"{stopped} running trial(s) stopped at their last checkpoint; rerun the same command to resume them"
+        ) from e
     report.write_grid(plan, sweep_dir, _done(outcomes), print_fn)
     failed = [o for o in outcomes if o.status == runner.FAILED]
     if failed:
-        raise SweepStopped(f"{len(failed)} of {len(outcomes)} trials failed (first: {failed[0].trial.name}: "
-                           f"{failed[0].message}); the others are in the summary", 1)
+        raise SweepStopped(
+            f"{len(failed)} of {len(outcomes)} trials failed (first: {failed[0].trial.name}: "
+            f"{failed[0].message}); the others are in the summary",
+            1,
+        )
     return 0
 
 
-def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common: list[str],
-                print_fn: Callable[[str], None]) -> int:
-    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import search as search_lib  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import summary  # pylint: disable=g-import-not-at-top
+def _run_search(
+    args: argparse.Namespace, axes: dict, seeds: int | None, common: list[str], print_fn: Callable[[str], None]
+) -> int:
+    from tffpipe.experiments import report
+    from tffpipe.experiments import search as search_lib
+    from tffpipe.experiments import summary
 
     if seeds is not None:
-        raise errors.ConfigError("--seeds applies to grid sweeps; a search samples settings with one seed (repeat "
-                                 "its best settings over seeds with a grid sweep)")
+        raise errors.ConfigError(
+            "--seeds applies to grid sweeps; a search samples settings with one seed (repeat "
+            "its best settings over seeds with a grid sweep)"
+        )
     mode = args.mode or ("min" if summary.lower_is_better(args.metric) else "max")
-    found = search_lib.make_search(axes, common, args.trials, args.metric, mode, args.early_stopping,
-                                   args.grace_rounds)
+    found = search_lib.make_search(axes, common, args.trials, args.metric, mode, args.early_stopping, args.grace_rounds)
     _check_cluster(args)
     sweep_dir = os.path.join(args.root_dir, args.sweep_name or search_lib.default_name(found))
     os.makedirs(sweep_dir, exist_ok=True)
-    stopping = (f"ASHA may stop a trial from round {found.grace_rounds}" if found.early_stopping == "asha"
-                else "no early stopping")
-    print_fn(f"search: {found.trials} trials sampled by Optuna over {', '.join(found.axes)} ({mode} "
-             f"{found.metric}; {stopping}), {args.parallel} at a time; outputs in {sweep_dir}")
-    from tffpipe.experiments import tune_run  # pylint: disable=g-import-not-at-top (loads Ray Tune)
+    stopping = (
+        f"ASHA may stop a trial from round {found.grace_rounds}"
+        if found.early_stopping == "asha"
+        else "no early stopping"
+    )
+    print_fn(
+        f"search: {found.trials} trials sampled by Optuna over {', '.join(found.axes)} ({mode} "
+        f"{found.metric}; {stopping}), {args.parallel} at a time; outputs in {sweep_dir}"
+    )
+    from tffpipe.experiments import tune_run  # loads Ray Tune
 
     try:
-        trials = tune_run.run(found, sweep_dir, args.parallel, print_fn, args.ray_address,
-                              args.ray_allow_unauthenticated)
+        trials = tune_run.run(
+            found, sweep_dir, args.parallel, print_fn, args.ray_address, args.ray_allow_unauthenticated
+        )
     except (KeyboardInterrupt, errors.Terminated) as e:
         raise SweepStopped.by_signal(e, _TUNE_STOPPED.format(what="search")) from e
     report.write_search(found, trials, sweep_dir, print_fn)
@@ -179,12 +242,13 @@ def _run_search(args: argparse.Namespace, axes: dict, seeds: int | None, common:
 
 def _run_grid_on_ray(plan, sweep_dir: str, args: argparse.Namespace, print_fn: Callable[[str], None]) -> int:
     """The grid's trials as Ray Tune trials on the cluster at --ray_address, one per worker (1 CPU each)."""
-    from tffpipe.experiments import report  # pylint: disable=g-import-not-at-top
-    from tffpipe.experiments import tune_run  # pylint: disable=g-import-not-at-top (loads Ray Tune)
+    from tffpipe.experiments import report
+    from tffpipe.experiments import tune_run  # loads Ray Tune
 
     try:
-        trials = tune_run.run_grid(plan, sweep_dir, args.parallel, print_fn, args.ray_address,
-                                   args.ray_allow_unauthenticated)
+        trials = tune_run.run_grid(
+            plan, sweep_dir, args.parallel, print_fn, args.ray_address, args.ray_allow_unauthenticated
+        )
     except (KeyboardInterrupt, errors.Terminated) as e:
         raise SweepStopped.by_signal(e, _TUNE_STOPPED.format(what="sweep")) from e
     finished = {t.name for t in trials if t.status == "finished"}
@@ -198,23 +262,28 @@ def _run_grid_on_ray(plan, sweep_dir: str, args: argparse.Namespace, print_fn: C
 def _check_cluster(args: argparse.Namespace) -> None:
     """A --ray_address nothing answers at is one line before anything is written (RayUnavailable)."""
     if args.ray_address:
-        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_cluster
 
         ray_cluster.requires_token(args.ray_address)
 
 
 def _done(outcomes) -> list:
-    from tffpipe.experiments import runner  # pylint: disable=g-import-not-at-top
+    from tffpipe.experiments import runner
 
     return [o.trial for o in outcomes if o.status in (runner.FINISHED, runner.SKIPPED)]
 
 
 def _save_plan(plan, sweep_dir: str) -> None:
     os.makedirs(sweep_dir, exist_ok=True)
-    files.write_json_atomic(os.path.join(sweep_dir, "sweep.json"), {
-        "axes": plan.axes, "seeds": plan.seeds, "common_flags": list(plan.common_flags),
-        "trials": [{"name": t.name, "values": t.values, "flags": list(t.flags)} for t in plan.trials],
-    })
+    files.write_json_atomic(
+        os.path.join(sweep_dir, "sweep.json"),
+        {
+            "axes": plan.axes,
+            "seeds": plan.seeds,
+            "common_flags": list(plan.common_flags),
+            "trials": [{"name": t.name, "values": t.values, "flags": list(t.flags)} for t in plan.trials],
+        },
+    )
 
 
 def run_main() -> None:

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.list_tasks:
-        from tffpipe.tasks import listing  # pylint: disable=g-import-not-at-top
+        from tffpipe.tasks import listing
 
         print(listing.task_table(), flush=True)
         processes.exit_now(0)
@@ -78,9 +78,9 @@ def main(argv: list[str]) -> None:
         with run_lock.hold(cfg.output.run_dir):
             saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
             processes.install_worker_reaper()
-            from tffpipe import api  # pylint: disable=g-import-not-at-top
-            from tffpipe import compat  # pylint: disable=g-import-not-at-top
-            from tffpipe.runtimes import memory  # pylint: disable=g-import-not-at-top
+            from tffpipe import api
+            from tffpipe import compat
+            from tffpipe.runtimes import memory
 
             if not FLAGS["verbosity"].present:
                 compat.quiet_library_logs()

@@ -32,20 +32,34 @@ from tffpipe.runtimes import worker_front
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("port", 8000, "Port to serve on; 0 picks a free port.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "bind", "::", "Address to serve on: '::' (every interface, IPv4 included), an address of this "
-    "machine, or 127.0.0.1 / ::1 for this machine only.", flag_values=FLAGS)
+    "bind",
+    "::",
+    "Address to serve on: '::' (every interface, IPv4 included), an address of this "
+    "machine, or 127.0.0.1 / ::1 for this machine only.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
-    "tls_dir", "", "This worker's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=worker`): "
-    "serve mutual TLS, accepting only callers whose certificate the same CA signed.", flag_values=FLAGS)
+    "tls_dir",
+    "",
+    "This worker's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=worker`): "
+    "serve mutual TLS, accepting only callers whose certificate the same CA signed.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
-    "insecure_workers", False, "Serve plaintext gRPC to any caller instead of mutual TLS (a warning at every "
-    "start): only on a network where every host is trusted.", flag_values=FLAGS)
+    "insecure_workers",
+    False,
+    "Serve plaintext gRPC to any caller instead of mutual TLS (a warning at every "
+    "start): only on a network where every host is trusted.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
-    "max_concurrent_computation_calls", -1,
+    "max_concurrent_computation_calls",
+    -1,
     "Most calls of one computation run at once (e.g. clients trained in "
-    "parallel); -1: no limit. Lower it when the worker runs out of memory.", flag_values=FLAGS)
-flags.DEFINE_float(
-    "ready_timeout", 60.0, "Seconds to wait for the service to accept connections.", flag_values=FLAGS)
+    "parallel); -1: no limit. Lower it when the worker runs out of memory.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float("ready_timeout", 60.0, "Seconds to wait for the service to accept connections.", flag_values=FLAGS)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -99,7 +113,7 @@ def claim_port(port: int) -> socket.socket | None:
 
 def _serves(target: str) -> bool:
     # An unknown method: a gRPC server that serves answers UNIMPLEMENTED at once.
-    import grpc  # pylint: disable=g-import-not-at-top
+    import grpc
 
     with grpc.insecure_channel(target) as channel:
         try:
@@ -115,8 +129,7 @@ def start(port: int, max_concurrent_computation_calls: int = -1) -> subprocess.P
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(f"TFF's worker binary is missing or not executable: {path}")
     return processes.WorkerPopen(
-        [path, f"--port={port}",
-         f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
+        [path, f"--port={port}", f"--max_concurrent_computation_calls={max_concurrent_computation_calls}"],
         stdin=subprocess.DEVNULL,
     )
 
@@ -136,9 +149,7 @@ def wait_until_ready(service: subprocess.Popen, port: int, timeout_sec: float) -
     deadline = time.monotonic() + timeout_sec
     while not _serves(backend_target(port)):
         if service.poll() is not None:
-            raise RuntimeError(
-                f"TFF's worker exited with status {service.returncode} before serving"
-            )
+            raise RuntimeError(f"TFF's worker exited with status {service.returncode} before serving")
         if time.monotonic() > deadline:
             raise RuntimeError(f"TFF's worker did not serve on port {port} within {timeout_sec:g} s")
         time.sleep(0.1)
@@ -156,8 +167,13 @@ def _listen_address(bind: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float, bind: str = "::",
-          credentials: "tls.Credentials | None" = None) -> int:
+def serve(
+    port: int,
+    max_concurrent_computation_calls: int,
+    ready_timeout: float,
+    bind: str = "::",
+    credentials: "tls.Credentials | None" = None,
+) -> int:
     """Runs the worker until a stop signal or its death; returns the exit status.
 
     Args:
@@ -179,8 +195,11 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
     port = port or free_port()
     claim = claim_port(port)
     if claim is None:
-        print(f"error: port {port} is in use by another tffpipe worker on this machine; pick another with --port",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: port {port} is in use by another tffpipe worker on this machine; pick another with --port",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     if port_in_use(port):
         claim.close()
@@ -193,8 +212,11 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
     try:
         try:
             wait_until_ready(service, backend_port, ready_timeout)
-            serving = worker_front.Front(_listen_address(bind, port), backend_target(backend_port),
-                                         credentials.server_credentials() if credentials else None)
+            serving = worker_front.Front(
+                _listen_address(bind, port),
+                backend_target(backend_port),
+                credentials.server_credentials() if credentials else None,
+            )
             serving.start()
         except (RuntimeError, OSError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -204,13 +226,15 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
         if credentials is None:
             print(f"warning: {INSECURE_WARNING}", flush=True)
         else:
-            print(f"transport: mutual TLS; callers need a certificate signed by CA {credentials.ca_fingerprint} "
-                  f"(this worker: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})", flush=True)
+            print(
+                f"transport: mutual TLS; callers need a certificate signed by CA {credentials.ca_fingerprint} "
+                f"(this worker: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})",
+                flush=True,
+            )
         print(f"tffpipe worker ready at {socket.getfqdn()}:{port} (pid {os.getpid()})", flush=True)
         while not stop_requested.wait(0.5):
             if service.poll() is not None:
-                print(f"error: TFF's worker exited with status {service.returncode}",
-                      file=sys.stderr, flush=True)
+                print(f"error: TFF's worker exited with status {service.returncode}", file=sys.stderr, flush=True)
                 return 1
         print("tffpipe worker stopped", flush=True)
         return 0
@@ -221,8 +245,10 @@ def serve(port: int, max_concurrent_computation_calls: int, ready_timeout: float
         claim.close()
 
 
-INSECURE_WARNING = ("--insecure_workers: serving plaintext gRPC to any caller; whoever reaches this port can run "
-                    "TensorFlow code here (read and write files) and read every example and model sent")
+INSECURE_WARNING = (
+    "--insecure_workers: serving plaintext gRPC to any caller; whoever reaches this port can run "
+    "TensorFlow code here (read and write files) and read every example and model sent"
+)
 
 
 def main(argv: list[str]) -> None:
@@ -233,16 +259,19 @@ def main(argv: list[str]) -> None:
         print(f"error: --port must be 0..65535, got {FLAGS.port}", file=sys.stderr)
         sys.exit(2)
     if bool(FLAGS.tls_dir) == FLAGS.insecure_workers:
-        print("error: --tls_dir and --insecure_workers exclude each other" if FLAGS.tls_dir else
-              "error: give --tls_dir (this worker's folder from `python -m tffpipe.certs issue DIR NAME "
-              "--role=worker`), or --insecure_workers to serve plaintext to any caller", file=sys.stderr)
+        print(
+            "error: --tls_dir and --insecure_workers exclude each other"
+            if FLAGS.tls_dir
+            else "error: give --tls_dir (this worker's folder from `python -m tffpipe.certs issue DIR NAME "
+            "--role=worker`), or --insecure_workers to serve plaintext to any caller",
+            file=sys.stderr,
+        )
         sys.exit(2)
     credentials = None
     try:
         if FLAGS.tls_dir:
             credentials = tls.load(FLAGS.tls_dir, "worker")
-        code = serve(FLAGS.port, FLAGS.max_concurrent_computation_calls, FLAGS.ready_timeout, FLAGS.bind,
-                     credentials)
+        code = serve(FLAGS.port, FLAGS.max_concurrent_computation_calls, FLAGS.ready_timeout, FLAGS.bind, credentials)
     except (FileNotFoundError, tls.TlsError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 1

@@ -21,7 +21,8 @@ are reported before TensorFlow loads.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,7 @@ def find_mappings(tree: Any, keys: tuple[str, ...]) -> list[Mapping[str, Any]]:
     if isinstance(tree, Mapping):
         if all(k in tree for k in keys):
             return [tree]
-        values = tree.values()
+        values: Iterable[Any] = tree.values()
     elif isinstance(tree, (list, tuple)):
         values = tree
     else:

@@ -15,7 +15,8 @@ The server holds cohort x model-size float32 values during the reduction.
 
 import collections
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -65,9 +66,7 @@ class CollectAndReduceFactory(tff.aggregators.UnweightedAggregationFactory):
         def init_fn():
             return sampler.initialize()
 
-        @tff.federated_computation(
-            init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS)
-        )
+        @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS))
         def next_fn(state, value):
             gathered = sampler.next(state, value)
             reduced = tff.federated_map(reduce, gathered.result)
@@ -78,4 +77,3 @@ class CollectAndReduceFactory(tff.aggregators.UnweightedAggregationFactory):
             )
 
         return tff.templates.AggregationProcess(init_fn, next_fn)
-

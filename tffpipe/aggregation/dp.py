@@ -25,9 +25,7 @@ class DpLayer(base.Layer):
             return
         dp, mechanism = cfg.privacy, self.dp_mechanism
         if (dp.noise_multiplier is None) == (dp.target_epsilon is None):
-            raise ConfigError(
-                f"--dp={mechanism} needs exactly one of --dp_noise_multiplier and --dp_target_epsilon"
-            )
+            raise ConfigError(f"--dp={mechanism} needs exactly one of --dp_noise_multiplier and --dp_target_epsilon")
         if cfg.clock.changes_cohort:
             raise ConfigError(
                 f"--dp={mechanism} with {cfg.clock.cohort_changed_by}: the privacy accounting assumes "

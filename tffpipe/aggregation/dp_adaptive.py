@@ -12,14 +12,20 @@ from tffpipe.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class Settings:
     target_quantile: float = settings.setting(
-        0.5, "Quantile of update norms the clip adapts to.",
-        flag="dp_target_quantile", group="privacy", check=settings.in_range(0, 1),
+        0.5,
+        "Quantile of update norms the clip adapts to.",
+        flag="dp_target_quantile",
+        group="privacy",
+        check=settings.in_range(0, 1),
         applies=("dp", ("adaptive",)),
         resume=settings.MUST_MATCH,
     )
     clip_learning_rate: float = settings.setting(
-        0.2, "Learning rate of the clip.",
-        flag="dp_clip_learning_rate", group="privacy", check=settings.positive,
+        0.2,
+        "Learning rate of the clip.",
+        flag="dp_clip_learning_rate",
+        group="privacy",
+        check=settings.positive,
         applies=("dp", ("adaptive",)),
         resume=settings.MUST_MATCH,
     )
@@ -57,7 +63,7 @@ class DpAdaptive(dp.DpLayer):
             )
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         s = self.settings(ctx.config)
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(

@@ -11,8 +11,10 @@ from tffpipe.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class Settings:
     bits: int = settings.setting(
-        20, "Bit width of the secure modular sum.",
-        flag="dp_distributed_bits", group="privacy",
+        20,
+        "Bit width of the secure modular sum.",
+        flag="dp_distributed_bits",
+        group="privacy",
         check=settings.integer_range(1, 22, " (TFF's limit: float32 holds integers up to 2^24 exactly)"),
         applies=("dp", ("distributed",)),
         resume=settings.MUST_MATCH,
@@ -38,8 +40,8 @@ class DpDistributed(dp.DpLayer):
             )
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-        from tensorflow_federated.python.aggregators import distributed_dp  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
+        from tensorflow_federated.python.aggregators import distributed_dp
 
         ddp = distributed_dp.DistributedDpSumFactory(
             noise_multiplier=ctx.noise_multiplier,
@@ -76,7 +78,7 @@ class DpDistributed(dp.DpLayer):
         found = base.find_mappings(aggregator_metrics, ("l2_clip", "scale_factor", "scaled_inflated_l2"))
         if not found:
             return {}, None
-        import dp_accounting  # pylint: disable=g-import-not-at-top
+        import dp_accounting
 
         q = found[0]
         # Rounding inflates the sensitivity slightly; the noise is relative to

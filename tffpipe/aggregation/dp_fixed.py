@@ -10,8 +10,8 @@ class DpFixed(dp.DpLayer):
     clips_records = True
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-        import tensorflow_privacy as tfp  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
+        import tensorflow_privacy as tfp
 
         clip = ctx.clip_norm
         query = tfp.NormalizedQuery(

@@ -24,13 +24,13 @@ class DpTree(dp.DpLayer):
         ]
 
 
-def _TreeAggregationFactory(noise_multiplier, clients_per_round, clip_norm, record_factory):  # pylint: disable=invalid-name
+def _TreeAggregationFactory(noise_multiplier, clients_per_round, clip_norm, record_factory):
     """DP-FTRL tree aggregation, built when the value type is known.
 
     `DifferentiallyPrivateFactory.tree_aggregation` needs the record specs up
     front; the learning process only reveals them to `create`.
     """
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    import tensorflow_federated as tff
 
     class TreeAggregationFactory(tff.aggregators.UnweightedAggregationFactory):
         def create(self, value_type):

@@ -17,7 +17,7 @@ class Mean(base.Layer):
         return True
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         if ctx.weighted:
             # 2^20 - 1 bounds the securely summed weights (TFF's choice: about
@@ -29,9 +29,7 @@ class Mean(base.Layer):
             )
             return tff.aggregators.MeanFactory(value_sum_factory=inner, weight_sum_factory=weights)
         count = (
-            tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
-            if ctx.secure
-            else None
+            tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0) if ctx.secure else None
         )
         return tff.aggregators.UnweightedMeanFactory(value_sum_factory=inner, count_sum_factory=count)
 

@@ -15,10 +15,13 @@ from tffpipe.aggregation import base
 @dataclasses.dataclass(frozen=True)
 class Settings:
     bound: float | None = settings.setting(
-        None, "Clip every client update to this L2 norm before aggregating (Sun et al. 2019); "
-        "composes with --robust.",
-        flag="robust_norm_bound", group="aggregation", check=settings.positive,
-        resume=settings.MUST_MATCH, default_text="off",
+        None,
+        "Clip every client update to this L2 norm before aggregating (Sun et al. 2019); composes with --robust.",
+        flag="robust_norm_bound",
+        group="aggregation",
+        check=settings.positive,
+        resume=settings.MUST_MATCH,
+        default_text="off",
     )
 
 
@@ -30,7 +33,7 @@ class NormBound(base.Layer):
         return self.settings(cfg).bound is not None
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.aggregators.clipping_factory(float(self.settings(ctx.config).bound), inner)
 

@@ -8,7 +8,8 @@ packages can register layers by name under the entry-point group
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from tffpipe import plugins
 from tffpipe import settings
@@ -21,10 +22,13 @@ ENTRY_POINT_GROUP = "tffpipe.aggregators"
 @dataclasses.dataclass(frozen=True)
 class Settings:
     path: str = settings.setting(
-        "", "Your own aggregation layer around the stack: a registered name or "
+        "",
+        "Your own aggregation layer around the stack: a registered name or "
         "my_pkg.my_module:function (given the inner factory, returns a TFF "
         "aggregation factory); its keyword options become --<function>_<option> flags.",
-        flag="aggregator", group="aggregation", resume=settings.MUST_MATCH,
+        flag="aggregator",
+        group="aggregation",
+        resume=settings.MUST_MATCH,
     )
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -41,8 +45,7 @@ def function_path(name: str) -> str:
     if name not in found:
         known = ", ".join(sorted(found)) or "none installed"
         raise ConfigError(
-            f"unknown aggregator {name!r} (registered: {known}); give a path such as "
-            "my_pkg.my_module:my_layer"
+            f"unknown aggregator {name!r} (registered: {known}); give a path such as my_pkg.my_module:my_layer"
         )
     return found[name].path
 
@@ -61,13 +64,10 @@ class PluginLayer(base.Layer):
             factory = function(inner, **dict(s.options))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"aggregator {s.path!r}: {e}") from e
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         if not isinstance(factory, tff.aggregators.AggregationFactory):
-            raise ConfigError(
-                f"aggregator {s.path!r} returned {type(factory).__name__}, not a "
-                "tff.aggregators factory"
-            )
+            raise ConfigError(f"aggregator {s.path!r} returned {type(factory).__name__}, not a tff.aggregators factory")
         return factory
 
     def lines(self, ctx):

@@ -16,22 +16,34 @@ METHODS = ("none", "uniform_quantization")
 @dataclasses.dataclass(frozen=True)
 class Settings:
     method: str = settings.setting(
-        "none", "Compress client uploads: uniform_quantization (EncodedSumFactory).",
-        flag="compression", group="aggregation", choices=METHODS, resume=settings.MUST_MATCH,
+        "none",
+        "Compress client uploads: uniform_quantization (EncodedSumFactory).",
+        flag="compression",
+        group="aggregation",
+        choices=METHODS,
+        resume=settings.MUST_MATCH,
         short=True,
     )
     bits: int = settings.setting(
-        8, "Bits per value under --compression.",
-        flag="compression_bits", group="aggregation",
+        8,
+        "Bits per value under --compression.",
+        flag="compression_bits",
+        group="aggregation",
         check=settings.integer_range(
-            1, 16, " (TFF's uniform quantization rounds in float32, which holds at most "
-            "16-bit levels exactly, and 32 bits would not compress)"),
+            1,
+            16,
+            " (TFF's uniform quantization rounds in float32, which holds at most "
+            "16-bit levels exactly, and 32 bits would not compress)",
+        ),
         applies=("compression", ("uniform_quantization",)),
         resume=settings.MUST_MATCH,
     )
     min_elements: int = settings.setting(
-        20000, "Under --compression, tensors with fewer elements are sent unquantised.",
-        flag="compression_min_elements", group="aggregation", check=settings.at_least(0),
+        20000,
+        "Under --compression, tensors with fewer elements are sent unquantised.",
+        flag="compression_min_elements",
+        group="aggregation",
+        check=settings.at_least(0),
         applies=("compression", ("uniform_quantization",)),
         resume=settings.MUST_MATCH,
     )
@@ -63,7 +75,7 @@ class Quantization(base.Layer):
             )
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         s = self.settings(ctx.config)
         return tff.aggregators.EncodedSumFactory.quantize_above_threshold(

@@ -34,20 +34,32 @@ _NEEDS_F = ("krum", "multi_krum", "bulyan")
 @dataclasses.dataclass(frozen=True)
 class Settings:
     defence: str = settings.setting(
-        "none", "Byzantine-robust rule in place of the mean: median, trimmed_mean, krum, "
+        "none",
+        "Byzantine-robust rule in place of the mean: median, trimmed_mean, krum, "
         "multi_krum, bulyan, geometric_median; it sees each client's update.",
-        flag="robust", group="aggregation", choices=DEFENCES, resume=settings.MUST_MATCH, short=True,
+        flag="robust",
+        group="aggregation",
+        choices=DEFENCES,
+        resume=settings.MUST_MATCH,
+        short=True,
     )
     trim_fraction: float = settings.setting(
-        0.1, "Share of the values trimmed at each end of every coordinate.",
-        flag="robust_trim_fraction", group="aggregation",
-        check=settings.in_range(0, 0.5, closed_high=False), applies=("robust", ("trimmed_mean",)),
+        0.1,
+        "Share of the values trimmed at each end of every coordinate.",
+        flag="robust_trim_fraction",
+        group="aggregation",
+        check=settings.in_range(0, 0.5, closed_high=False),
+        applies=("robust", ("trimmed_mean",)),
         resume=settings.MUST_MATCH,
     )
     num_byzantine: int = settings.setting(
-        1, "How many Byzantine clients per round Krum, Multi-Krum and Bulyan tolerate (f).",
-        flag="robust_num_byzantine", group="aggregation", check=settings.at_least(0),
-        applies=("robust", _NEEDS_F), resume=settings.MUST_MATCH,
+        1,
+        "How many Byzantine clients per round Krum, Multi-Krum and Bulyan tolerate (f).",
+        flag="robust_num_byzantine",
+        group="aggregation",
+        check=settings.at_least(0),
+        applies=("robust", _NEEDS_F),
+        resume=settings.MUST_MATCH,
     )
 
 
@@ -99,8 +111,7 @@ class Robust(base.Layer):
             raise ConfigError(f"--robust={name} cannot run under --compression: it quantises a sum, and there is none")
         if cfg.algorithm.client_weighting == "num_examples":
             raise ConfigError(
-                f"--robust={name} needs --client_weighting=uniform: robust rules treat every "
-                "client's update alike"
+                f"--robust={name} needs --client_weighting=uniform: robust rules treat every client's update alike"
             )
         if cfg.schedule.clients_per_round is not None:
             self.check_cohort(cfg, cfg.schedule.clients_per_round)
@@ -116,8 +127,8 @@ class Robust(base.Layer):
             )
 
     def build(self, inner, ctx):
-        from tffpipe.aggregation import collect  # pylint: disable=g-import-not-at-top
-        from tffpipe.aggregation import robust_rules  # pylint: disable=g-import-not-at-top
+        from tffpipe.aggregation import collect
+        from tffpipe.aggregation import robust_rules
 
         self.check_cohort(ctx.config, ctx.clients_per_round)
         s = self.settings(ctx.config)

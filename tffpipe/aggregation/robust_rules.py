@@ -12,7 +12,7 @@ is told to tolerate (`--robust_num_byzantine`).
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

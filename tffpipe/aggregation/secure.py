@@ -22,21 +22,28 @@ class Settings:
         False,
         "Sum client updates with secure aggregation (--runtime=cpp: protocol "
         "simulated by TFF's test runtime, arithmetic exact; inprocess: pairwise masking).",
-        flag="secure_aggregation", group="aggregation", resume=settings.MUST_MATCH, short=True,
+        flag="secure_aggregation",
+        group="aggregation",
+        resume=settings.MUST_MATCH,
+        short=True,
         effective=lambda cfg, value: value or uses_secure_sum(cfg),
     )
     protocol: str = settings.setting(
-        "masking", "How the in-process and Ray runtimes execute secure sums: masking (pairwise masks that "
+        "masking",
+        "How the in-process and Ray runtimes execute secure sums: masking (pairwise masks that "
         "cancel in the sum) or ckks (homomorphic encryption: the server adds ciphertexts, a key holder "
         "decrypts only the sum).",
-        flag="secure_protocol", group="aggregation", choices=protocols.PROTOCOLS, resume=settings.MUST_MATCH,
+        flag="secure_protocol",
+        group="aggregation",
+        choices=protocols.PROTOCOLS,
+        resume=settings.MUST_MATCH,
     )
     ckks: ckks_protocol.Settings = settings.group(ckks_protocol.Settings)
 
 
 def uses_secure_sum(cfg) -> bool:
     """Whether any active layer of the stack sums with secure aggregation."""
-    from tffpipe.aggregation import registry  # pylint: disable=g-import-not-at-top
+    from tffpipe.aggregation import registry
 
     return any(layer.secure_sum for layer in registry.active_layers(cfg))
 
@@ -58,7 +65,7 @@ class SecureSum(base.Layer):
             raise ConfigError(
                 f"--secure_protocol={s.protocol} protects secure sums and this run has none: add --secure_aggregation"
             )
-        from tffpipe.runtimes import registry as runtimes  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import registry as runtimes
 
         if not runtimes.get(cfg.runtime.name).executes_secure_sums:
             raise ConfigError(
@@ -68,13 +75,16 @@ class SecureSum(base.Layer):
         protocols.check(s)
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         if ctx.record_bound is not None:
             # Clipped records lie in [-C, C] coordinate-wise: a fixed integer range.
             return tff.aggregators.SecureSumFactory(upper_bound_threshold=float(ctx.record_bound))
         bound = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-            initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, multiplier=2.0,
+            initial_estimate=50.0,
+            target_quantile=0.95,
+            learning_rate=1.0,
+            multiplier=2.0,
             secure_estimation=True,
         )
         return tff.aggregators.SecureSumFactory(bound)
@@ -82,13 +92,14 @@ class SecureSum(base.Layer):
     def around_mean(self, mean_factory, ctx):
         if ctx.record_bound is not None:
             return mean_factory
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
             initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2, secure_estimation=True
         )
         return tff.aggregators.clipping_factory(
-            norm, mean_factory,
+            norm,
+            mean_factory,
             clipped_count_sum_factory=tff.aggregators.SecureSumFactory(
                 upper_bound_threshold=1, lower_bound_threshold=0
             ),

@@ -7,7 +7,8 @@ module of this folder (`registry.LAYERS`).
 """
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from tffpipe.aggregation import base
 from tffpipe.aggregation import registry
@@ -82,7 +83,7 @@ def build_aggregator(cfg: Any, train_client_ids: Sequence[str]) -> tuple[Any, St
     Raises:
       ConfigError: a setting that only fails once the task is known.
     """
-    from tffpipe import compat  # pylint: disable=g-import-not-at-top  (TensorFlow: not for flag checks)
+    from tffpipe import compat  # TensorFlow: not for flag checks
 
     compat.allow_deeply_nested_computations()
     layers = registry.active_layers(cfg)

@@ -20,7 +20,10 @@ class Settings:
         True,
         "Zero out client updates whose norm is far above the others' (adaptive "
         "bound); non-finite updates are always dropped by TFF's client work.",
-        flag="zeroing", group="aggregation", resume=settings.MUST_MATCH, short=True,
+        flag="zeroing",
+        group="aggregation",
+        resume=settings.MUST_MATCH,
+        short=True,
     )
 
 
@@ -33,7 +36,7 @@ class Zeroing(base.Layer):
         return self.settings(cfg).enabled
 
     def build(self, inner, ctx):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
             initial_estimate=10.0,
@@ -44,9 +47,7 @@ class Zeroing(base.Layer):
             secure_estimation=ctx.secure,
         )
         count_factory = (
-            tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0)
-            if ctx.secure
-            else None
+            tff.aggregators.SecureSumFactory(upper_bound_threshold=1, lower_bound_threshold=0) if ctx.secure else None
         )
         return tff.aggregators.zeroing_factory(norm, inner, zeroed_count_sum_factory=count_factory)
 

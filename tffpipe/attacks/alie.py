@@ -25,9 +25,13 @@ from tffpipe.attacks import base
 @dataclasses.dataclass(frozen=True)
 class Settings:
     z: float | None = settings.setting(
-        None, "How many standard deviations the attackers shift the benign mean by.",
-        flag="attack_alie_z", group="attacks", check=settings.positive,
-        applies=("attack", ("alie",)), resume=settings.MUST_MATCH,
+        None,
+        "How many standard deviations the attackers shift the benign mean by.",
+        flag="attack_alie_z",
+        group="attacks",
+        check=settings.positive,
+        applies=("attack", ("alie",)),
+        resume=settings.MUST_MATCH,
         default_text="the paper's z_max for --clients_per_round and --attack_fraction",
     )
 

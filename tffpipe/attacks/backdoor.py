@@ -23,22 +23,25 @@ TABULAR_VALUE = 3.0
 @dataclasses.dataclass(frozen=True)
 class Settings:
     poison_fraction: float = settings.setting(
-        0.5, "Share of each attacker batch that carries the trigger (relabelled to --attack_target).",
-        flag="attack_poison_fraction", group="attacks", check=settings.in_range(0, 1),
-        applies=("attack", ("backdoor",)), resume=settings.MUST_MATCH,
+        0.5,
+        "Share of each attacker batch that carries the trigger (relabelled to --attack_target).",
+        flag="attack_poison_fraction",
+        group="attacks",
+        check=settings.in_range(0, 1),
+        applies=("attack", ("backdoor",)),
+        resume=settings.MUST_MATCH,
     )
 
 
 def stamp(x):
     """`x` (a batch) with the trigger on every example."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     example_shape = x.shape[1:]
     if len(example_shape) >= 2:
         mask = tf.pad(
             tf.ones([PATCH, PATCH] + list(example_shape[2:]), x.dtype),
-            [[example_shape[0] - PATCH, 0], [example_shape[1] - PATCH, 0]]
-            + [[0, 0]] * (len(example_shape) - 2),
+            [[example_shape[0] - PATCH, 0], [example_shape[1] - PATCH, 0]] + [[0, 0]] * (len(example_shape) - 2),
         )
         value = IMAGE_VALUE
     else:
@@ -62,7 +65,7 @@ class Backdoor(base.Attack):
             )
 
     def poison(self, x, y, cfg, labels):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         share = self.settings(cfg).poison_fraction
         n = tf.shape(x)[0]
@@ -76,7 +79,7 @@ class Backdoor(base.Attack):
 
     def triggered_eval(self, x, y, cfg):
         """Held-out batch -> its examples of other classes, triggered and labelled the target."""
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         target = tf.cast(cfg.attack.target, y.dtype)
         keep = tf.reshape(y, [tf.shape(y)[0], -1])[:, 0] != target

@@ -51,8 +51,8 @@ class UpdateAttack(Attack):
     needs_benign_statistics: bool = False
 
     def check(self, cfg: Any) -> None:
-        from tffpipe.errors import ConfigError  # pylint: disable=g-import-not-at-top
-        from tffpipe.learning import registry  # pylint: disable=g-import-not-at-top
+        from tffpipe.errors import ConfigError
+        from tffpipe.learning import registry
 
         if not registry.get(cfg.algorithm.name).sends_model_delta:
             raise ConfigError(

@@ -99,9 +99,9 @@ def _with_benign_statistics(inner, read_token, poisoned, result_type, client_dat
 
     @tff.federated_computation
     def init_fn():
-        return tff.federated_zip(collections.OrderedDict(
-            inner=inner.initialize(), benign=tff.federated_eval(no_statistics, tff.SERVER)
-        ))
+        return tff.federated_zip(
+            collections.OrderedDict(inner=inner.initialize(), benign=tff.federated_eval(no_statistics, tff.SERVER))
+        )
 
     state_type = init_fn.type_signature.result
 
@@ -134,7 +134,8 @@ def _with_benign_statistics(inner, read_token, poisoned, result_type, client_dat
     def statistics_of(mean_moments):
         std = tf.nest.map_structure(
             lambda first, second: tf.cast(tf.sqrt(tf.maximum(second - tf.square(first), 0.0)), tf.float32),
-            mean_moments["first"], mean_moments["second"],
+            mean_moments["first"],
+            mean_moments["second"],
         )
         mean = tf.nest.map_structure(lambda first: tf.cast(first, tf.float32), mean_moments["first"])
         return collections.OrderedDict(mean=mean, std=std, available=tf.constant(True))
@@ -147,9 +148,9 @@ def _with_benign_statistics(inner, read_token, poisoned, result_type, client_dat
         result = tff.federated_map(poison, (output.result, tokens, benign))
         # Every client's honest update (attackers computed one too) gives next round's statistics.
         mean_moments = tff.federated_mean(tff.federated_map(moments, output.result))
-        new_state = tff.federated_zip(collections.OrderedDict(
-            inner=output.state, benign=tff.federated_map(statistics_of, mean_moments)
-        ))
+        new_state = tff.federated_zip(
+            collections.OrderedDict(inner=output.state, benign=tff.federated_map(statistics_of, mean_moments))
+        )
         return tff.templates.MeasuredProcessOutput(new_state, result, output.measurements)
 
     return tff.learning.templates.ClientWorkProcess(

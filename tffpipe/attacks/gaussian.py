@@ -13,7 +13,7 @@ class Gaussian(base.UpdateAttack):
     summary = "Gaussian: attackers send random updates with the norm of their honest one"
 
     def poisoned_update(self, update, seed, options, benign=None):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         noise = [
             tf.random.stateless_normal(tf.shape(u), seed=tf.stack([seed, tf.constant(i, tf.int64)]), dtype=u.dtype)

@@ -10,12 +10,10 @@ class LabelFlip(base.Attack):
 
     def check_task(self, cfg, labels):
         if not labels.integer or labels.num_classes < 2:
-            raise ConfigError(
-                f"--attack={self.key} needs integer class labels; task {labels.task!r} has none"
-            )
+            raise ConfigError(f"--attack={self.key} needs integer class labels; task {labels.task!r} has none")
 
     def poison(self, x, y, cfg, labels):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         return x, (y + tf.ones_like(y)) % tf.cast(labels.num_classes, y.dtype)
 

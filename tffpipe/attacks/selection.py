@@ -1,6 +1,6 @@
 """Which training clients are malicious: a seeded fraction, chosen once for the run."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,6 +1,7 @@
 """Applying the chosen attack in a run: who attacks, their poisoned data, the attack's metrics."""
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -50,7 +51,7 @@ class Simulation:
         """
         attacker = client_id in self._attackers
         if self.attack.poisons_updates:
-            from tffpipe.attacks import client_work  # pylint: disable=g-import-not-at-top
+            from tffpipe.attacks import client_work
 
             return client_work.client_data(dataset, 1 + client_seed % (2**62) if attacker else 0)
         return self._poison(dataset) if attacker else dataset
@@ -72,5 +73,3 @@ def label_info(task: Any) -> base.LabelInfo:
     integer = y.dtype.is_integer
     width = task.model_builder().output_shape[-1] if integer else 0
     return base.LabelInfo(integer=integer, num_classes=int(width or 0), task=task.name)
-
-

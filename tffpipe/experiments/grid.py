@@ -10,7 +10,8 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -75,7 +76,9 @@ def parse_grid(text: str) -> tuple[str, list[str]]:
     name = name.strip().removeprefix("--")
     items = [v.strip() for v in values.split(",")] if sep else []
     if not name or not items or any(not v for v in items):
-        raise errors.ConfigError(f"--grid {text!r}: expected NAME=VALUE[,VALUE...], e.g. --grid client_learning_rate=0.02,0.05")
+        raise errors.ConfigError(
+            f"--grid {text!r}: expected NAME=VALUE[,VALUE...], e.g. --grid client_learning_rate=0.02,0.05"
+        )
     return name, items
 
 
@@ -87,7 +90,7 @@ def load_sweep_file(path: str) -> tuple[dict[str, list[str]], int | None, list[s
     Raises:
       ConfigError: the file is missing, not YAML, or not of that shape.
     """
-    import yaml  # pylint: disable=g-import-not-at-top
+    import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -104,8 +107,8 @@ def load_sweep_file(path: str) -> tuple[dict[str, list[str]], int | None, list[s
     if not isinstance(grid, dict) or not isinstance(common, dict):
         raise errors.ConfigError(f"--sweep_file={path}: grid and flags must map setting names to values")
     axes = {}
-    for name, values in grid.items():
-        values = values if isinstance(values, list) else [values]
+    for name, given in grid.items():
+        values = given if isinstance(given, list) else [given]
         if not values:
             raise errors.ConfigError(f"--sweep_file={path}: grid entry {name!r} has no values")
         axes[str(name)] = [flag_text(v) for v in values]
@@ -135,7 +138,9 @@ def make_plan(axes: dict[str, list[str]], seeds: int | None, common_flags: Seque
     """
     for name in axes:
         if name in _NOT_SWEPT:
-            raise errors.ConfigError(f"--grid {name}: the sweep decides where trials write; give --root_dir or --sweep_name")
+            raise errors.ConfigError(
+                f"--grid {name}: the sweep decides where trials write; give --root_dir or --sweep_name"
+            )
         if len(set(axes[name])) != len(axes[name]):
             raise errors.ConfigError(f"--grid {name}: a value is listed twice")
     if seeds is not None and seeds < 1:
@@ -150,9 +155,9 @@ def make_plan(axes: dict[str, list[str]], seeds: int | None, common_flags: Seque
     seed_values = [first_seed + i for i in range(seeds or 1)]
     trials = []
     for combination in itertools.product(*axes.values()):
-        values = dict(zip(axes, combination))
+        chosen = dict(zip(axes, combination))
         for seed in seed_values:
-            trial_values = {**values, **({SEED: str(seed)} if seeds else {})}
+            trial_values = {**chosen, **({SEED: str(seed)} if seeds else {})}
             swept = [*axes, *([SEED] if seeds and seeds > 1 else [])]
             trial_flags = common + tuple(f"--{n}={v}" for n, v in trial_values.items()) + _hparams_flag(common, swept)
             name = run_names.safe("-".join(f"{n}={v}" for n, v in trial_values.items())) or "trial"

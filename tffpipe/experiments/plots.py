@@ -1,7 +1,7 @@
 """A sweep's figures: each evaluation metric against rounds (and simulated seconds), mean and ±std band per combination."""
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas
 
@@ -23,17 +23,19 @@ def write_plots(plan: grid.Plan, runs: dict[str, results.Run], folder: str, agai
     Returns:
       The files written.
     """
-    import matplotlib  # pylint: disable=g-import-not-at-top
+    import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+    from matplotlib import pyplot
+    from matplotlib import ticker
 
     os.makedirs(folder, exist_ok=True)
     metrics = sorted({m for run in runs.values() for m in summary.eval_metrics(run.metrics)})
     combos = _combinations(plan, runs)
     written = []
-    axes_x = [("round", "round", "")] + ([(SIM_SECONDS, "simulated seconds", "_vs_sim_sec")] if against_sim_time else [])
+    axes_x = [("round", "round", "")] + (
+        [(SIM_SECONDS, "simulated seconds", "_vs_sim_sec")] if against_sim_time else []
+    )
     for metric in metrics:
         for x_column, x_label, suffix in axes_x:
             figure, axis = pyplot.subplots(figsize=(8, 5))
@@ -44,8 +46,14 @@ def write_plots(plan: grid.Plan, runs: dict[str, results.Run], folder: str, agai
                 line = axis.plot(curve["x"], curve["mean"], marker="o", markersize=3, label=label)[0]
                 band = curve.dropna(subset=["std"])
                 if not band.empty:
-                    axis.fill_between(band["x"], band["mean"] - band["std"], band["mean"] + band["std"],
-                                      color=line.get_color(), alpha=0.2, linewidth=0)
+                    axis.fill_between(
+                        band["x"],
+                        band["mean"] - band["std"],
+                        band["mean"] + band["std"],
+                        color=line.get_color(),
+                        alpha=0.2,
+                        linewidth=0,
+                    )
             if x_column == "round":
                 axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
             axis.set_xlabel(x_label)
@@ -84,5 +92,6 @@ def _mean_curve(frames: Sequence[pandas.DataFrame], metric: str, x_column: str) 
     if not parts:
         return pandas.DataFrame(columns=["x", "mean", "std"])
     pooled = pandas.concat(parts).groupby("round")
-    return pandas.DataFrame({"x": pooled["x"].mean(), "mean": pooled["value"].mean(),
-                             "std": pooled["value"].std(ddof=1)}).reset_index(drop=True)
+    return pandas.DataFrame(
+        {"x": pooled["x"].mean(), "mean": pooled["value"].mean(), "std": pooled["value"].std(ddof=1)}
+    ).reset_index(drop=True)

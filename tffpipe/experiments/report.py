@@ -1,7 +1,8 @@
 """What a sweep leaves besides its trials: summary.csv, the printed table, plots/ and the HParams configuration."""
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from tffpipe import results
 from tffpipe.experiments import grid
@@ -21,9 +22,12 @@ def write_grid(plan: grid.Plan, sweep_dir: str, done: Sequence[grid.Trial], prin
 
 def write_search(search: Any, trials: Sequence[Any], sweep_dir: str, print_fn: Callable[[str], None]) -> None:
     """A search's report: a row per trial that trained (finished or stopped early), the best first."""
-    plan = grid.Plan(axes={name: [] for name in search.axes}, seeds=[search.seed], common_flags=search.common_flags,
-                     trials=[grid.Trial(t.name, {n: _text(t.values[n]) for n in search.axes}, (), search.rounds)
-                             for t in trials])
+    plan = grid.Plan(
+        axes={name: [] for name in search.axes},
+        seeds=[search.seed],
+        common_flags=search.common_flags,
+        trials=[grid.Trial(t.name, {n: _text(t.values[n]) for n in search.axes}, (), search.rounds) for t in trials],
+    )
     trained = {t.name for t in trials if t.status in ("finished", "stopped early")}
     runs = _load(sweep_dir, [t for t in plan.trials if t.name in trained], print_fn)
     if not runs:
@@ -57,8 +61,14 @@ def _load(sweep_dir: str, done: Sequence[grid.Trial], print_fn: Callable[[str], 
     return {t.name: results.load_run(runner.run_dir(sweep_dir, t)) for t in done}
 
 
-def _write(plan: grid.Plan, sweep_dir: str, runs: dict[str, results.Run], table: Any, leading: list[str],
-           print_fn: Callable[[str], None]) -> None:
+def _write(
+    plan: grid.Plan,
+    sweep_dir: str,
+    runs: dict[str, results.Run],
+    table: Any,
+    leading: list[str],
+    print_fn: Callable[[str], None],
+) -> None:
     summary.write_csv(table, os.path.join(sweep_dir, "summary.csv"))
     print_fn(summary.table_text(table, leading))
     clock_on = any(_clock_on(run.config) for run in runs.values())
@@ -66,8 +76,10 @@ def _write(plan: grid.Plan, sweep_dir: str, runs: dict[str, results.Run], table:
     metrics = sorted({m for run in runs.values() for m in summary.eval_metrics(run.metrics)})
     # The trials' folder holds the one HParams configuration of the sweep; the swept settings are in it.
     hparams_config.add(grid.trial_root(sweep_dir), hparams=plan.swept, metrics=metrics)
-    print_fn(f"summary: {os.path.join(sweep_dir, 'summary.csv')}; {len(written)} plots in "
-             f"{os.path.join(sweep_dir, 'plots')}; tensorboard --logdir {sweep_dir}")
+    print_fn(
+        f"summary: {os.path.join(sweep_dir, 'summary.csv')}; {len(written)} plots in "
+        f"{os.path.join(sweep_dir, 'plots')}; tensorboard --logdir {sweep_dir}"
+    )
 
 
 def _text(value: Any) -> str:
@@ -76,8 +88,10 @@ def _text(value: Any) -> str:
 
 def _clock_on(config: dict) -> bool:
     """Whether a run simulated devices (a clock setting away from its default)."""
-    from tffpipe import config as config_lib  # pylint: disable=g-import-not-at-top
-    from tffpipe import settings  # pylint: disable=g-import-not-at-top
+    from tffpipe import config as config_lib
+    from tffpipe import settings
 
-    return any(item.spec.group == "clock" and config.get(flag, item.default) != item.default
-               for flag, item in settings.by_flag(config_lib.RunConfig).items())
+    return any(
+        item.spec.group == "clock" and config.get(flag, item.default) != item.default
+        for flag, item in settings.by_flag(config_lib.RunConfig).items()
+    )

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tffpipe.experiments import grid
 from tffpipe.program import saved_settings
@@ -103,8 +103,10 @@ def run_trials(
                 outcome = _outcome(plan.trials[index], proc.returncode, time.monotonic() - started, sweep_dir)
                 outcomes[index] = outcome
                 detail = describe(run_dir(sweep_dir, outcome.trial)) if outcome.status == FINISHED else outcome.message
-                print_fn(f"[{index + 1}/{total}] {outcome.trial.name}: {outcome.status} in "
-                         f"{_duration(outcome.seconds)}" + (f"; {detail}" if detail else ""))
+                print_fn(
+                    f"[{index + 1}/{total}] {outcome.trial.name}: {outcome.status} in "
+                    f"{_duration(outcome.seconds)}" + (f"; {detail}" if detail else "")
+                )
             time.sleep(_POLL_SEC)
     except BaseException as e:
         processes.stop([proc for proc, _ in running.values()], STOP_WAIT_SEC)
@@ -116,15 +118,24 @@ def run_trials(
 
 
 def _start(trial: grid.Trial, sweep_dir: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tffpipe.train", *trial.flags,
-               f"--root_dir={grid.trial_root(sweep_dir)}", f"--experiment_name={trial.name}"]
+    command = [
+        sys.executable,
+        "-m",
+        "tffpipe.train",
+        *trial.flags,
+        f"--root_dir={grid.trial_root(sweep_dir)}",
+        f"--experiment_name={trial.name}",
+    ]
     parent = os.getpid()
     with open(log_path(sweep_dir, trial), "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        return subprocess.Popen(  # pylint: disable=subprocess-popen-preexec-fn
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: processes.die_with_parent(parent),
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: processes.die_with_parent(parent),  # noqa: PLW1509 (the death signal must be set in the child, before exec)
         )
 
 
@@ -133,7 +144,9 @@ def _outcome(trial: grid.Trial, code: int, seconds: float, sweep_dir: str) -> Ou
         return Outcome(trial, FINISHED, seconds)
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         return Outcome(trial, INTERRUPTED, seconds)
-    return Outcome(trial, FAILED, seconds, f"{last_error(log_path(sweep_dir, trial))} (log: {log_path(sweep_dir, trial)})")
+    return Outcome(
+        trial, FAILED, seconds, f"{last_error(log_path(sweep_dir, trial))} (log: {log_path(sweep_dir, trial)})"
+    )
 
 
 def last_error(path: str) -> str:

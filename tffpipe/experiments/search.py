@@ -21,7 +21,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from tffpipe import errors
 from tffpipe.experiments import grid
@@ -78,14 +79,28 @@ def parse_distribution(values: Sequence[str]) -> tuple[str, float, float] | None
             raise ValueError
     except (ValueError, IndexError) as e:
         raise errors.ConfigError(f"{values[0]!r}: expected {parts[0]}:LOW:HIGH") from e
-    if not low < high or (kind == "loguniform" and low <= 0) or (kind == "int" and (low, high) != (int(low), int(high))):
-        raise errors.ConfigError(f"{values[0]!r}: needs LOW < HIGH" + (", both above 0" if kind == "loguniform" else "")
-                                 + (", whole numbers" if kind == "int" else ""))
+    if (
+        not low < high
+        or (kind == "loguniform" and low <= 0)
+        or (kind == "int" and (low, high) != (int(low), int(high)))
+    ):
+        raise errors.ConfigError(
+            f"{values[0]!r}: needs LOW < HIGH"
+            + (", both above 0" if kind == "loguniform" else "")
+            + (", whole numbers" if kind == "int" else "")
+        )
     return kind, low, high
 
 
-def make_search(axes: dict[str, list[str]], common_flags: Sequence[str], trials: int, metric: str, mode: str,
-                early_stopping: str, grace_rounds: int | None) -> Search:
+def make_search(
+    axes: dict[str, list[str]],
+    common_flags: Sequence[str],
+    trials: int,
+    metric: str,
+    mode: str,
+    early_stopping: str,
+    grace_rounds: int | None,
+) -> Search:
     """A checked search: each choice and both ends of each range are checked as the launcher checks flags.
 
     Raises:
@@ -106,8 +121,11 @@ def make_search(axes: dict[str, list[str]], common_flags: Sequence[str], trials:
         except errors.ConfigError as e:
             raise errors.ConfigError(f"--grid {name}: {e}") from e
         space[name] = distribution or list(values)
-        ends = [flag_value(distribution[1], distribution[0]), flag_value(distribution[2], distribution[0])] \
-            if distribution else values
+        ends = (
+            [flag_value(distribution[1], distribution[0]), flag_value(distribution[2], distribution[0])]
+            if distribution
+            else values
+        )
         for value in ends:
             grid.check_flags([*common_flags, f"--{name}={value}"], f"--grid {name}={value}")
     base = grid.check_flags(list(common_flags), "the common flags")
@@ -120,10 +138,20 @@ def make_search(axes: dict[str, list[str]], common_flags: Sequence[str], trials:
 
 def default_name(search: Search) -> str:
     """`search-<searched settings>-<hash of the whole search>`: the same command resumes it."""
-    from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+    from tffpipe import run_names
 
-    described = json.dumps([search.axes, sorted(search.common_flags), search.trials, search.metric, search.mode,
-                            search.early_stopping, search.grace_rounds], sort_keys=True)
+    described = json.dumps(
+        [
+            search.axes,
+            sorted(search.common_flags),
+            search.trials,
+            search.metric,
+            search.mode,
+            search.early_stopping,
+            search.grace_rounds,
+        ],
+        sort_keys=True,
+    )
     digest = hashlib.sha256(described.encode()).hexdigest()[:8]
     return f"search-{run_names.safe(','.join(search.axes))}-{digest}"
 
@@ -134,7 +162,7 @@ def flag_value(value: float, kind: str) -> str:
 
 
 def tune_space(search: Search) -> dict[str, Any]:
-    from ray import tune  # pylint: disable=g-import-not-at-top
+    from ray import tune
 
     space = {}
     for name, axis in search.axes.items():
@@ -152,7 +180,7 @@ def trial_name(trial_id: str, values: dict[str, Any]) -> str:
 
     The id is Tune's, kept when a search is restored, so a resumed trial finds its folder.
     """
-    from tffpipe import run_names  # pylint: disable=g-import-not-at-top
+    from tffpipe import run_names
 
     shown = "-".join(f"{n}={format(v, '.4g') if isinstance(v, float) else v}" for n, v in values.items())
     return run_names.safe(f"trial_{trial_id}-{shown}")
@@ -169,7 +197,7 @@ def trial_flags(search: Search, values: dict[str, Any]) -> list[str]:
 
 def trainable(config: dict[str, Any], search: Search, sweep_dir: str) -> None:
     """One Tune trial of a search: the launcher with the sampled settings."""
-    from ray import tune  # pylint: disable=g-import-not-at-top
+    from ray import tune
 
     values = {name: config[name] for name in search.axes}
     name = trial_name(tune.get_context().get_trial_id(), values)
@@ -195,7 +223,7 @@ def launch_and_report(name: str, flags: list[str], metric: str, sweep_dir: str) 
     Raises:
       RuntimeError: the launcher failed (its one-line error).
     """
-    from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import processes
 
     root = grid.trial_root(sweep_dir)
     os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
@@ -205,8 +233,14 @@ def launch_and_report(name: str, flags: list[str], metric: str, sweep_dir: str) 
     with open(os.path.join(sweep_dir, "logs", f"{name}.log"), "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=lambda: processes.die_with_parent(parent))  # pylint: disable=subprocess-popen-preexec-fn
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=lambda: processes.die_with_parent(parent),  # noqa: PLW1509 (the death signal must be set in the child, before exec)
+        )
     reported = 0
     try:
         while True:
@@ -223,8 +257,8 @@ def launch_and_report(name: str, flags: list[str], metric: str, sweep_dir: str) 
 
 def _report_rows(name: str, metric: str, sweep_dir: str, after: int) -> int:
     """Reports the trial's evaluated rounds after round `after`; returns the last one reported."""
-    from ray import tune  # pylint: disable=g-import-not-at-top
-    from tffpipe import results  # pylint: disable=g-import-not-at-top
+    from ray import tune
+    from tffpipe import results
 
     frame = results.read_csv(os.path.join(grid.trial_root(sweep_dir), name, "results", "metrics.csv"))
     if metric not in frame:

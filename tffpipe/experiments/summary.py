@@ -9,7 +9,7 @@ deviation (n - 1) over the finished seeds.
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas
 
@@ -48,8 +48,10 @@ def summarize(plan: grid.Plan, runs: dict[str, results.Run]) -> pandas.DataFrame
         for metric in metrics:
             series = [run.metrics[metric].dropna() for run in finished if metric in run.metrics]
             series = [s for s in series if len(s)]
-            for kind, values in (("final", [float(s.iloc[-1]) for s in series]),
-                                 ("best", [best(s, metric) for s in series])):
+            for kind, values in (
+                ("final", [float(s.iloc[-1]) for s in series]),
+                ("best", [best(s, metric) for s in series]),
+            ):
                 row[f"{metric}_{kind}_mean"], row[f"{metric}_{kind}_std"] = mean_and_std(values)
         rows.append(row)
     return pandas.DataFrame(rows)

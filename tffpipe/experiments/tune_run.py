@@ -10,22 +10,29 @@ import contextlib
 import dataclasses
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 # Before Ray Tune loads: no TensorBoard copy of each trial's results (the
 # trials' own run folders hold them; it would show every trial twice), only
 # the JSON and CSV records Tune reads back; Ctrl-C is the sweep's to handle.
-os.environ.update({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-                   "RAY_AIR_NEW_OUTPUT": "0", "RAY_USAGE_STATS_ENABLED": "0"})
+os.environ.update(
+    {
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+)
 
-from ray import tune  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # pylint: disable=wrong-import-position
-from ray.tune.schedulers import ASHAScheduler  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ray.tune.search.optuna import OptunaSearch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
-from tffpipe.experiments import grid  # pylint: disable=wrong-import-position
-from tffpipe.experiments import search as search_lib  # pylint: disable=wrong-import-position
-from tffpipe.runtimes import ray_cluster  # pylint: disable=wrong-import-position
+from tffpipe.experiments import grid
+from tffpipe.experiments import search as search_lib
+from tffpipe.runtimes import ray_cluster
 
 
 @dataclasses.dataclass
@@ -55,31 +62,57 @@ class _Experiment:
     metric: str
     stops_early: bool  # whether a scheduler may stop trials before their rounds
 
-def run(search: search_lib.Search, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
-        ray_address: str = "", allow_unauthenticated: bool = False) -> list[TrialResult]:
+
+def run(
+    search: search_lib.Search,
+    sweep_dir: str,
+    parallel: int,
+    print_fn: Callable[[str], None],
+    ray_address: str = "",
+    allow_unauthenticated: bool = False,
+) -> list[TrialResult]:
     """Runs (or resumes) the search; returns its trials in the order Tune made them.
 
     Ray's and Tune's own messages go to `SWEEP/logs/ray.log`.
     """
-    import optuna  # pylint: disable=g-import-not-at-top
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial
-    scheduler = ASHAScheduler(time_attr=search_lib.ROUND, max_t=search.rounds, grace_period=search.grace_rounds,
-                              reduction_factor=3) if search.early_stopping == "asha" else None
+    scheduler = (
+        ASHAScheduler(
+            time_attr=search_lib.ROUND, max_t=search.rounds, grace_period=search.grace_rounds, reduction_factor=3
+        )
+        if search.early_stopping == "asha"
+        else None
+    )
     experiment = _Experiment(
         trainable=tune.with_parameters(search_lib.trainable, search=search, sweep_dir=os.path.abspath(sweep_dir)),
         param_space=search_lib.tune_space(search),
-        tune_config=tune.TuneConfig(metric=search_lib.OBJECTIVE, mode=search.mode,
-                                    search_alg=OptunaSearch(seed=search.seed), scheduler=scheduler,
-                                    num_samples=search.trials, max_concurrent_trials=parallel),
+        tune_config=tune.TuneConfig(
+            metric=search_lib.OBJECTIVE,
+            mode=search.mode,
+            search_alg=OptunaSearch(seed=search.seed),
+            scheduler=scheduler,
+            num_samples=search.trials,
+            max_concurrent_trials=parallel,
+        ),
         name_of=lambda trial: trial_name(trial.trial_id, trial.config, search),
-        rounds_of=lambda name: search.rounds, total=search.trials, metric=search.metric,
-        stops_early=scheduler is not None)
+        rounds_of=lambda name: search.rounds,
+        total=search.trials,
+        metric=search.metric,
+        stops_early=scheduler is not None,
+    )
     return _run_logged(experiment, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
 
 
-def run_grid(plan: grid.Plan, sweep_dir: str, parallel: int, print_fn: Callable[[str], None], ray_address: str,
-             allow_unauthenticated: bool) -> list[TrialResult]:
+def run_grid(
+    plan: grid.Plan,
+    sweep_dir: str,
+    parallel: int,
+    print_fn: Callable[[str], None],
+    ray_address: str,
+    allow_unauthenticated: bool,
+) -> list[TrialResult]:
     """Runs (or resumes) a grid sweep's trials as Tune trials, one per Ray worker; returns them in the plan's order."""
     trials = {t.name: (t.flags, t.rounds) for t in plan.trials}
     experiment = _Experiment(
@@ -87,15 +120,25 @@ def run_grid(plan: grid.Plan, sweep_dir: str, parallel: int, print_fn: Callable[
         param_space={search_lib.GRID_TRIAL: tune.grid_search([t.name for t in plan.trials])},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=parallel),
         name_of=lambda trial: trial.config[search_lib.GRID_TRIAL],
-        rounds_of=lambda name: trials[name][1], total=len(plan.trials), metric=search_lib.GRID_METRIC,
-        stops_early=False)
-    found = {r.name: r for r in _run_logged(experiment, sweep_dir, parallel, print_fn, ray_address,
-                                            allow_unauthenticated)}
+        rounds_of=lambda name: trials[name][1],
+        total=len(plan.trials),
+        metric=search_lib.GRID_METRIC,
+        stops_early=False,
+    )
+    found = {
+        r.name: r for r in _run_logged(experiment, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
+    }
     return [found[t.name] for t in plan.trials if t.name in found]
 
 
-def _run_logged(experiment: _Experiment, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
-                ray_address: str, allow_unauthenticated: bool) -> list[TrialResult]:
+def _run_logged(
+    experiment: _Experiment,
+    sweep_dir: str,
+    parallel: int,
+    print_fn: Callable[[str], None],
+    ray_address: str,
+    allow_unauthenticated: bool,
+) -> list[TrialResult]:
     with _stderr_to(os.path.join(sweep_dir, "logs", "ray.log")):
         return _run(experiment, sweep_dir, parallel, print_fn, ray_address, allow_unauthenticated)
 
@@ -122,10 +165,19 @@ def _stderr_to(path: str) -> Iterator[None]:
         os.close(saved)
 
 
-def _run(experiment: _Experiment, sweep_dir: str, parallel: int, print_fn: Callable[[str], None],
-         ray_address: str, allow_unauthenticated: bool) -> list[TrialResult]:
-    cluster = (ray_cluster.join(ray_address, allow_unauthenticated, print_fn) if ray_address
-               else ray_cluster.start_private(parallel, 0, print_fn))
+def _run(
+    experiment: _Experiment,
+    sweep_dir: str,
+    parallel: int,
+    print_fn: Callable[[str], None],
+    ray_address: str,
+    allow_unauthenticated: bool,
+) -> list[TrialResult]:
+    cluster = (
+        ray_cluster.join(ray_address, allow_unauthenticated, print_fn)
+        if ray_address
+        else ray_cluster.start_private(parallel, 0, print_fn)
+    )
     try:
         storage = os.path.abspath(os.path.join(sweep_dir, "tune"))
         path = os.path.join(storage, search_lib.EXPERIMENT)
@@ -135,16 +187,21 @@ def _run(experiment: _Experiment, sweep_dir: str, parallel: int, print_fn: Calla
             print_fn(f"sweep: resuming the Tune experiment in {path}")
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = tune.Tuner(trainable, param_space=experiment.param_space, tune_config=experiment.tune_config,
-                               run_config=tune.RunConfig(name=search_lib.EXPERIMENT, storage_path=storage, verbose=0,
-                                                         callbacks=_callbacks(progress)))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=experiment.param_space,
+                tune_config=experiment.tune_config,
+                run_config=tune.RunConfig(
+                    name=search_lib.EXPERIMENT, storage_path=storage, verbose=0, callbacks=_callbacks(progress)
+                ),
+            )
         # A restored Tuner keeps its callbacks from the saved run config; ours prints this session's lines.
-        tuner._local_tuner.get_run_config().callbacks = _callbacks(progress)  # pylint: disable=protected-access
+        tuner._local_tuner.get_run_config().callbacks = _callbacks(progress)  # type: ignore[union-attr]
         found = tuner.fit()
     finally:
         cluster.close()
     # Tune's Trial records (status, config, last result) for every trial, those that never reported included.
-    return [_result(trial, experiment) for trial in found._experiment_analysis.trials]  # pylint: disable=protected-access
+    return [_result(trial, experiment) for trial in found._experiment_analysis.trials]
 
 
 def _callbacks(progress: "_Progress") -> list[Any]:

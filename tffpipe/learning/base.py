@@ -8,7 +8,8 @@ before TensorFlow loads).
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +86,8 @@ class Algorithm:
 
     def evaluation_process(self, task: Any, cfg: Any, loop_implementation: Any) -> Any:
         """Federated evaluation of the process's model weights on held-out clients (TFF's `build_fed_eval`)."""
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
+        from tffpipe.learning import builder
 
         return tff.learning.algorithms.build_fed_eval(
             builder.build_model_fn(task), loop_implementation=loop_implementation
@@ -94,7 +95,7 @@ class Algorithm:
 
     def initial_weights(self, task: Any, cfg: Any) -> Any:
         """The seeded initial model weights the process starts from (every layer's)."""
-        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import builder
 
         return builder.initial_model_weights(task, cfg.schedule.seed)
 
@@ -105,6 +106,6 @@ class Algorithm:
         return model
 
     def client_weighting(self, parts: Parts) -> Any:
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.ClientWeighting.NUM_EXAMPLES if parts.weighted else tff.learning.ClientWeighting.UNIFORM

@@ -4,7 +4,8 @@ The algorithm comes from `learning.registry`, the aggregation stack from
 `aggregation.stack`, and how clients iterate over data from the runtime.
 """
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -68,7 +69,7 @@ def build_learning_process(
     try:
         attack = attack_registry.get(cfg.attack.name) if cfg.attack.name != "none" else None
         if attack is not None and attack.poisons_updates:
-            from tffpipe.attacks import client_work  # pylint: disable=g-import-not-at-top
+            from tffpipe.attacks import client_work
 
             wrapped = client_work.wrap(algorithm.client_work(parts), attack, attack.options(cfg))
             return compose.learning_process(parts, wrapped), stack

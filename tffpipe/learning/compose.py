@@ -37,5 +37,3 @@ def learning_process(parts: base.Parts, client_work: Any) -> tff.learning.templa
         aggregator.create(weights_type.trainable, tff.TensorType(np.float32)),
         tff.learning.templates.build_apply_optimizer_finalizer(parts.server_optimizer, weights_type),
     )
-
-

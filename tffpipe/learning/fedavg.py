@@ -9,7 +9,7 @@ class FedAvg(base.Algorithm):
     sends_model_delta = True
 
     def build(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         if parts.weighted:
             return tff.learning.algorithms.build_weighted_fed_avg(
@@ -18,10 +18,12 @@ class FedAvg(base.Algorithm):
         return tff.learning.algorithms.build_unweighted_fed_avg(parts.model_fn, **common_arguments(parts))
 
     def client_work(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.templates.build_model_delta_client_work(
-            parts.model_fn, parts.client_optimizer, self.client_weighting(parts),
+            parts.model_fn,
+            parts.client_optimizer,
+            self.client_weighting(parts),
             loop_implementation=parts.loop_implementation,
         )
 

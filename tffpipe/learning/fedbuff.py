@@ -29,17 +29,30 @@ STALENESS = ("polynomial", "constant")
 @dataclasses.dataclass(frozen=True)
 class Settings:
     concurrency: int = settings.setting(
-        10, "fedbuff: clients training at once.", flag="async_concurrency", group="algorithm",
-        check=settings.at_least(1), applies=_APPLIES, resume=settings.MUST_MATCH,
+        10,
+        "fedbuff: clients training at once.",
+        flag="async_concurrency",
+        group="algorithm",
+        check=settings.at_least(1),
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
     )
     buffer_size: int = settings.setting(
-        5, "fedbuff: client updates per server update (K).", flag="async_buffer_size",
-        group="algorithm", check=settings.at_least(1), applies=_APPLIES, resume=settings.MUST_MATCH,
+        5,
+        "fedbuff: client updates per server update (K).",
+        flag="async_buffer_size",
+        group="algorithm",
+        check=settings.at_least(1),
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
     )
     staleness: str = settings.setting(
-        "polynomial", "fedbuff: weight of an update that started s server updates ago: "
-        "polynomial 1/sqrt(1+s), or constant 1.",
-        flag="async_staleness", group="algorithm", choices=STALENESS, applies=_APPLIES,
+        "polynomial",
+        "fedbuff: weight of an update that started s server updates ago: polynomial 1/sqrt(1+s), or constant 1.",
+        flag="async_staleness",
+        group="algorithm",
+        choices=STALENESS,
+        applies=_APPLIES,
         resume=settings.MUST_MATCH,
     )
 
@@ -57,7 +70,7 @@ class FedBuff(base.Algorithm):
     asynchronous = True
 
     def check(self, cfg, given=frozenset()):
-        from tffpipe.aggregation import registry as aggregation_registry  # pylint: disable=g-import-not-at-top
+        from tffpipe.aggregation import registry as aggregation_registry
 
         s = self.settings(cfg)
         if s.buffer_size > s.concurrency:
@@ -80,14 +93,16 @@ class FedBuff(base.Algorithm):
             )
         if cfg.attack.name != "none":
             raise ConfigError("--attack simulates clients of synchronous rounds; --algorithm=fedbuff has none")
-        for flag, instead in (("clients_per_round", "--async_concurrency and --async_buffer_size"),
-                              ("client_weighting", "--async_staleness: updates are weighted by staleness")):
+        for flag, instead in (
+            ("clients_per_round", "--async_concurrency and --async_buffer_size"),
+            ("client_weighting", "--async_staleness: updates are weighted by staleness"),
+        ):
             if flag in given:
                 raise ConfigError(f"--{flag} does not apply to --algorithm=fedbuff; it has {instead}")
 
     def build(self, parts):
         """The client trainer: FedAvg on one client, server SGD at 1, a plain mean."""
-        from tffpipe.learning import builder  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import builder
 
         return builder.build_single_client_trainer(parts.model_fn, parts.client_optimizer, parts.loop_implementation)
 

@@ -10,8 +10,12 @@ from tffpipe.learning import fedavg
 @dataclasses.dataclass(frozen=True)
 class Settings:
     proximal_strength: float = settings.setting(
-        0.01, "FedProx's proximal term mu.", flag="proximal_strength", group="algorithm",
-        check=settings.positive, applies=("algorithm", ("fedprox",)),
+        0.01,
+        "FedProx's proximal term mu.",
+        flag="proximal_strength",
+        group="algorithm",
+        check=settings.positive,
+        applies=("algorithm", ("fedprox",)),
     )
 
 
@@ -22,12 +26,14 @@ class FedProx(base.Algorithm):
     sends_model_delta = True
 
     def build(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         mu = self.settings(parts.config).proximal_strength
         if parts.weighted:
             return tff.learning.algorithms.build_weighted_fed_prox(
-                parts.model_fn, proximal_strength=mu, client_weighting=self.client_weighting(parts),
+                parts.model_fn,
+                proximal_strength=mu,
+                client_weighting=self.client_weighting(parts),
                 **fedavg.common_arguments(parts),
             )
         return tff.learning.algorithms.build_unweighted_fed_prox(
@@ -35,10 +41,12 @@ class FedProx(base.Algorithm):
         )
 
     def client_work(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.templates.proximal_client_work.build_model_delta_client_work(
-            parts.model_fn, parts.client_optimizer, self.client_weighting(parts),
+            parts.model_fn,
+            parts.client_optimizer,
+            self.client_weighting(parts),
             delta_l2_regularizer=self.settings(parts.config).proximal_strength,
             loop_implementation=parts.loop_implementation,
         )

@@ -26,19 +26,29 @@ _APPLIES = ("algorithm", ("fedrecon",))
 @dataclasses.dataclass(frozen=True)
 class Settings:
     local_layers: str = settings.setting(
-        "", "fedrecon: the model's layers that stay on the clients, by name or position "
+        "",
+        "fedrecon: the model's layers that stay on the clients, by name or position "
         "(comma-separated; -1 is the last layer), e.g. output.",
-        flag="local_layers", group="algorithm", applies=_APPLIES, resume=settings.MUST_MATCH,
+        flag="local_layers",
+        group="algorithm",
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
     )
     reconstruction_epochs: int = settings.setting(
-        1, "fedrecon: passes over the reconstruction part of a client's data (its even batches "
+        1,
+        "fedrecon: passes over the reconstruction part of a client's data (its even batches "
         "in training, its even examples in evaluation).",
-        flag="reconstruction_epochs", group="algorithm", check=settings.at_least(1),
+        flag="reconstruction_epochs",
+        group="algorithm",
+        check=settings.at_least(1),
         applies=_APPLIES,
     )
     reconstruction_learning_rate: float = settings.setting(
-        0.1, "fedrecon: SGD learning rate of the clients' reconstruction of their local layers.",
-        flag="reconstruction_learning_rate", group="algorithm", check=settings.positive,
+        0.1,
+        "fedrecon: SGD learning rate of the clients' reconstruction of their local layers.",
+        flag="reconstruction_learning_rate",
+        group="algorithm",
+        check=settings.positive,
         applies=_APPLIES,
     )
 
@@ -93,7 +103,7 @@ def alternate_examples(cfg):
     reconstruction makes `--reconstruction_epochs` passes in batches of
     `--client_batch_size`, as training does.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
     def split(dataset):
         numbered = dataset.unbatch().enumerate()
@@ -122,7 +132,7 @@ class FedRecon(base.Algorithm):
             )
 
     def _reconstruction_model_fn(self, task, cfg):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         local_layers = self.settings(cfg).local_layers
         input_spec = task.input_spec
@@ -138,12 +148,12 @@ class FedRecon(base.Algorithm):
         return model_fn
 
     def _reconstruction_optimizer(self, cfg):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.optimizers.build_sgdm(self.settings(cfg).reconstruction_learning_rate)
 
     def build(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         task, cfg = parts.task, parts.config
         return tff.learning.algorithms.build_fed_recon(
@@ -161,7 +171,7 @@ class FedRecon(base.Algorithm):
         )
 
     def evaluation_process(self, task, cfg, loop_implementation):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.algorithms.build_fed_recon_eval(
             self._reconstruction_model_fn(task, cfg),
@@ -172,20 +182,18 @@ class FedRecon(base.Algorithm):
         )
 
     def initial_weights(self, task, cfg):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
+        import tensorflow_federated as tff
 
         tf.keras.utils.set_random_seed(cfg.schedule.seed)
-        trainable, non_trainable = global_variables(
-            task.model_builder(), self.settings(cfg).local_layers, task.name
-        )
+        trainable, non_trainable = global_variables(task.model_builder(), self.settings(cfg).local_layers, task.name)
         return tff.learning.models.ModelWeights(
             trainable=[v.numpy() for v in trainable], non_trainable=[v.numpy() for v in non_trainable]
         )
 
     def keras_model(self, task, cfg, model_weights):
         """The global layers from `model_weights`; the local ones as the run's seed initialises them."""
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
 
         tf.keras.utils.set_random_seed(cfg.schedule.seed)
         model = task.model_builder()

@@ -14,7 +14,12 @@ class FedSgd(base.Algorithm):
             return
         for flag in sorted(given):
             if flag.startswith("client_") and flag.split("_", 1)[1] in (
-                "optimizer", "learning_rate", "momentum", "beta_1", "beta_2", "epsilon",
+                "optimizer",
+                "learning_rate",
+                "momentum",
+                "beta_1",
+                "beta_2",
+                "epsilon",
             ):
                 raise ConfigError(
                     f"--{flag} has no effect with --algorithm=fedsgd: clients send "
@@ -22,7 +27,7 @@ class FedSgd(base.Algorithm):
                 )
 
     def build(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         aggregator = parts.model_aggregator
         if not parts.weighted:

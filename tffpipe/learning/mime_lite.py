@@ -20,7 +20,7 @@ class MimeLite(base.Algorithm):
             )
 
     def build(self, parts):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         common = dict(
             base_optimizer=parts.client_optimizer,

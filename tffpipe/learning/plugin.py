@@ -37,6 +37,8 @@ class PluginAlgorithm(base.Algorithm):
     def build(self, parts):
         cfg = parts.config
         path = builder_path(cfg.algorithm.name)
+        if path is None:  # the flag's check refuses such names first
+            raise ConfigError(f"--algorithm={cfg.algorithm.name}: not a registered algorithm or a builder path")
         builder = plugins.load(path, ConfigError, "algorithm")
         kwargs = dict(
             client_optimizer=parts.client_optimizer,
@@ -50,7 +52,7 @@ class PluginAlgorithm(base.Algorithm):
             process = builder(parts.model_fn, **kwargs)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"algorithm {cfg.algorithm.name!r}: {e}") from e
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         if not isinstance(process, tff.learning.templates.LearningProcess):
             raise ConfigError(

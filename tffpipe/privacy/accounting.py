@@ -13,27 +13,24 @@ actual participation (`tree_sensitivity`), under add-or-remove-one.
 import collections
 import functools
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TypeAlias
 
 import dp_accounting
 from dp_accounting import rdp
 
 
-Relation = dp_accounting.NeighboringRelation
+Relation: TypeAlias = dp_accounting.NeighboringRelation
 # Sampling a fixed-size cohort without replacement is analysed under replace-one.
 SAMPLED = Relation.REPLACE_ONE
 # An unsampled mechanism (the tree's Gaussian) is analysed under add-or-remove-one.
 UNSAMPLED = Relation.ADD_OR_REMOVE_ONE
 
 
-def round_event(
-    noise_multiplier: float, *, clients_per_round: int, num_clients: int
-) -> dp_accounting.DpEvent:
+def round_event(noise_multiplier: float, *, clients_per_round: int, num_clients: int) -> dp_accounting.DpEvent:
     """The DP event of one round of the Gaussian mechanism on a sampled cohort."""
     if not 1 <= clients_per_round <= num_clients:
-        raise ValueError(
-            f"clients_per_round must be between 1 and {num_clients}, got {clients_per_round}"
-        )
+        raise ValueError(f"clients_per_round must be between 1 and {num_clients}, got {clients_per_round}")
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
     return dp_accounting.SampledWithoutReplacementDpEvent(
@@ -155,9 +152,7 @@ def tree_sensitivity(participation: Iterable[Sequence[int]], rounds: int) -> flo
         total, size = 0, 1
         while size <= rounds:
             completed_nodes = rounds // size
-            counts = collections.Counter(
-                leaf // size for leaf in leaves if leaf // size < completed_nodes
-            )
+            counts = collections.Counter(leaf // size for leaf in leaves if leaf // size < completed_nodes)
             total += sum(m * m for m in counts.values())
             size *= 2
         worst = max(worst, total)
@@ -188,13 +183,13 @@ class RunAccountant:
         participation: Sequence[Sequence[int]] | None = None,
     ):
         """Args:
-          noise_multiplier: the run's noise multiplier.
-          clients_per_round: the cohort size.
-          num_clients: the training clients.
-          delta: the reported delta.
-          participation: for a mechanism not amplified by sampling (tree
-            aggregation), the rounds each client takes part in; None for
-            sampled mechanisms.
+        noise_multiplier: the run's noise multiplier.
+        clients_per_round: the cohort size.
+        num_clients: the training clients.
+        delta: the reported delta.
+        participation: for a mechanism not amplified by sampling (tree
+          aggregation), the rounds each client takes part in; None for
+          sampled mechanisms.
         """
         self.by_participation = participation is not None
         self.noise_multiplier = noise_multiplier
@@ -224,7 +219,7 @@ class RunAccountant:
         """
         if rounds == 0:
             return 0.0
-        if self.by_participation:
+        if self._participation is not None:
             sensitivity = tree_sensitivity(self._participation, rounds)
             if sensitivity == 0:
                 return 0.0
@@ -240,9 +235,7 @@ class RunAccountant:
             return math.inf
         return _epsilon_of(
             dp_accounting.SelfComposedDpEvent(
-                dp_accounting.SampledWithoutReplacementDpEvent(
-                    self.num_clients, self.clients_per_round, event
-                ),
+                dp_accounting.SampledWithoutReplacementDpEvent(self.num_clients, self.clients_per_round, event),
                 rounds,
             ),
             SAMPLED,

@@ -1,6 +1,7 @@
 """The noise multiplier of a DP run: as given, or solved from a target epsilon."""
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from tffpipe.errors import ConfigError
 from tffpipe.privacy import accounting
@@ -47,7 +48,5 @@ def resolve_noise_multiplier(cfg: Any, layer: Any, train_client_ids: Sequence[st
     try:
         layer.check_noise(noise, cfg.schedule.clients_per_round)
     except ConfigError as e:
-        raise ConfigError(
-            f"--dp_target_epsilon={dp.target_epsilon:g} needs noise multiplier {noise:.3f}; {e}"
-        ) from e
+        raise ConfigError(f"--dp_target_epsilon={dp.target_epsilon:g} needs noise multiplier {noise:.3f}; {e}") from e
     return noise, True

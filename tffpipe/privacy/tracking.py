@@ -6,7 +6,8 @@ distributed mechanism's quantisation figures) and turns it into
 """
 
 import collections
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import dp_accounting
 
@@ -22,9 +23,7 @@ def dp_event_from_state(learning_state: Any) -> dp_accounting.DpEvent | None:
     event (or an unsupported one, as tree aggregation and distributed DP do).
     """
     # `DifferentiallyPrivateFactory` states carry their round's DP event.
-    states = base.find_mappings(
-        getattr(learning_state, "aggregator", learning_state), ("dp_event", "is_init_state")
-    )
+    states = base.find_mappings(getattr(learning_state, "aggregator", learning_state), ("dp_event", "is_init_state"))
     if len(states) != 1 or bool(states[0]["is_init_state"]):
         return None
     event = dp_accounting.DpEvent.from_named_tuple(_as_named_tuple(states[0]["dp_event"]))
@@ -72,14 +71,14 @@ class PrivacyTracker:
             num_clients=self.num_clients,
             delta=self.delta,
             participation=(
-                None if self.layer.amplified_by_sampling
-                else calibration.participation(cfg, train_client_ids)
+                None if self.layer.amplified_by_sampling else calibration.participation(cfg, train_client_ids)
             ),
         )
         self._round_event: dp_accounting.DpEvent | None = None
         settings = self.layer.Settings and self.layer.settings(cfg)
         self._memo: dict = {"settings": settings, "clip": stack.clip_norm}
         self.epsilon = 0.0
+
     def notes(self, rounds: int) -> list[str]:
         """Lines to print at start: the budget of the whole run, and warnings."""
         lines = []
@@ -90,8 +89,7 @@ class PrivacyTracker:
             + (
                 "no sampling amplification"
                 if self.accountant.by_participation
-                else f"{self.clients_per_round} of {self.num_clients} clients sampled "
-                "without replacement each round"
+                else f"{self.clients_per_round} of {self.num_clients} clients sampled without replacement each round"
             )
             + ")"
         )
@@ -132,9 +130,7 @@ class PrivacyTracker:
     ) -> dict[str, float]:
         """Epsilon after this round and the aggregator's privacy figures."""
         event = dp_event_from_state(learning_state)
-        metrics, better_event = self.layer.privacy_figures(
-            aggregator_metrics, self.noise_multiplier, self._memo
-        )
+        metrics, better_event = self.layer.privacy_figures(aggregator_metrics, self.noise_multiplier, self._memo)
         event = better_event or event
         if event is not None:
             self._round_event = event

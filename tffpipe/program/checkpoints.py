@@ -108,7 +108,7 @@ class CheckpointManager:
         for version in reversed(versions):
             try:
                 value = asyncio.run(self._manager.load(version, template))
-            except Exception as e:  # pylint: disable=broad-except
+            except Exception as e:
                 # Any failure to read a version (truncated files, corrupt
                 # protobufs, a different state structure) is reported and
                 # the previous version is tried.
@@ -126,7 +126,8 @@ class CheckpointManager:
             version, reason = failures[0]
             hint = (
                 "; if settings that shape the saved state changed, use the original ones"
-                if "structure" in reason else ""
+                if "structure" in reason
+                else ""
             )
             raise ResumeError(
                 f"no readable checkpoint in {self._directory} (newest, round {version}: "

@@ -8,7 +8,7 @@ interpolation), and name the worst-served tenth of the clients.
 """
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -53,10 +53,7 @@ def distribution_metrics(prefix: str, per_client: PerClient) -> dict[str, float]
 
 def histograms(prefix: str, per_client: PerClient) -> dict[str, list[float]]:
     """`{<prefix><metric>: one value per client}`, for TensorBoard's histograms."""
-    return {
-        f"{prefix}{name}": [m[name] for m in per_client.values()]
-        for name in model_metrics(per_client)
-    }
+    return {f"{prefix}{name}": [m[name] for m in per_client.values()] for name in model_metrics(per_client)}
 
 
 def headline_metric(names: Sequence[str]) -> str | None:

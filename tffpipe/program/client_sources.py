@@ -10,7 +10,8 @@ as that machine sees it. The examples never cross the network.
 
 import dataclasses
 import threading
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from tffpipe import config as config_lib
 from tffpipe.tasks import ClientSpec
@@ -36,7 +37,7 @@ class TaskRecipe:
         """The task, built once per process."""
         with _build_lock:
             if self not in _built:
-                from tffpipe import tasks  # pylint: disable=g-import-not-at-top
+                from tffpipe import tasks
 
                 _built[self] = tasks.create_task(self.name, dict(self.options), seed=self.seed, data_dir=self.data_dir)
             return _built[self]
@@ -89,7 +90,7 @@ def _simulation(cfg: config_lib.RunConfig, recipe: TaskRecipe) -> Any:
         key = ("simulation", repr(cfg))
         if key in _built:
             return _built[key]
-    from tffpipe.attacks import simulation as attack_simulation  # pylint: disable=g-import-not-at-top
+    from tffpipe.attacks import simulation as attack_simulation
 
     built = attack_simulation.Simulation(cfg, recipe.build())
     with _build_lock:
@@ -149,7 +150,7 @@ class ClientDatasets(Sequence):
         if isinstance(index, slice):
             part = ClientDatasets(self.source, self.keys[index], self._task, self._simulation)
             positions = range(len(self.keys))[index]
-            part._cache = {k: self._cache[i] for k, i in enumerate(positions) if i in self._cache}  # pylint: disable=protected-access
+            part._cache = {k: self._cache[i] for k, i in enumerate(positions) if i in self._cache}
             return part
         if index not in self._cache:
             self._cache[index] = self.source.build(self.keys[index], self._task, self._simulation)

@@ -10,7 +10,8 @@ checkpoint are dropped, so each (round, client) appears once.
 
 import collections
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from tffpipe.program import csv_table
 from tffpipe.program import files

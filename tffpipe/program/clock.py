@@ -29,7 +29,7 @@ import csv
 import dataclasses
 import math
 import os
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

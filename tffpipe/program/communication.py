@@ -10,7 +10,7 @@ measuring a run.
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +30,7 @@ class ClientTraffic:
 
     def describe(self) -> str:
         secure = (
-            f" ({human_bytes(self.secure_upload_bytes)} of it through secure sums)"
-            if self.secure_upload_bytes
-            else ""
+            f" ({human_bytes(self.secure_upload_bytes)} of it through secure sums)" if self.secure_upload_bytes else ""
         )
         return (
             f"each client downloads {human_bytes(self.download_bytes)} and uploads "

@@ -53,7 +53,7 @@ def read(path: str, text_columns: tuple[str, ...] = ()) -> Table:
             table.cut_key = fields[0] if len(fields) > 1 else None
             break
         row = dict(zip(fieldnames, fields))
-        for name in fieldnames[len(fields):]:
+        for name in fieldnames[len(fields) :]:
             row[name] = ""
         table.rows.append(row)
     return table

@@ -10,7 +10,8 @@ module reads the round's figures for those signs.
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def line(round_num: int, found: list[str], context: Context, last_finite_round: 
     if not stopping:
         return f"warning: {text} (--on_divergence=warn: training goes on)"
     if last_finite_round:
-        advice = (f"the checkpoint of round {last_finite_round} holds the last finite weights: "
-                  "lower the rate and rerun to resume from it")
+        advice = (
+            f"the checkpoint of round {last_finite_round} holds the last finite weights: "
+            "lower the rate and rerun to resume from it"
+        )
     else:
         advice = "no earlier round was trained: lower the rate and rerun"
     return f"{text}; {advice}, or pass --on_divergence=warn to go on"

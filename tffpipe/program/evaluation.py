@@ -10,7 +10,8 @@ of `results/clients.csv`.
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tffpipe import config as config_lib
 from tffpipe.learning import builder
@@ -50,7 +51,7 @@ def sample_eval_clients(task: Task, cfg: config_lib.RunConfig) -> list[str]:
 
 
 def strip_prefix(metrics: dict[str, float]) -> dict[str, float]:
-    return {k[len(EVAL_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+    return {k[len(EVAL_PREFIX) :]: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
 
 
 class Evaluator:

@@ -12,7 +12,8 @@ its update, so a resumed run continues exactly as the original would.
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -135,7 +136,9 @@ class _Run:
 
     def _next_update(self) -> dict[str, float]:
         """Runs events until the buffer holds `--async_buffer_size` updates; applies them."""
-        arrivals, dropped, staleness = [], 0, []
+        arrivals: list[Any] = []
+        staleness: list[int] = []
+        dropped = 0
         started_at = self.now
         while len(arrivals) < self.settings.buffer_size:
             client = min(self.in_flight, key=lambda c: (c.finish, c.order))
@@ -209,8 +212,12 @@ class _Run:
         c = saved["clients"]
         self.in_flight = [
             _Client(
-                float(c["finish"][i]), int(c["order"][i]), self.client_ids[int(c["index"][i])],
-                int(c["start_version"][i]), bool(c["dropped"][i]), [np.asarray(d) for d in c["deltas"][i]],
+                float(c["finish"][i]),
+                int(c["order"][i]),
+                self.client_ids[int(c["index"][i])],
+                int(c["start_version"][i]),
+                bool(c["dropped"][i]),
+                [np.asarray(d) for d in c["deltas"][i]],
                 float(c["examples"][i]),
                 {m: float(v) for m, v in zip(_TRAIN_METRICS, np.asarray(c["train"][i])) if not np.isnan(v)},
             )

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -87,7 +88,7 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 
 
-def is_disk_full(error: BaseException) -> bool:
+def is_disk_full(error: BaseException | None) -> bool:
     """Whether `error` (or what it wraps) is a full disk or an exhausted quota.
 
     TensorFlow reports one as a `ResourceExhaustedError` (or another

@@ -22,7 +22,7 @@ import json
 import os
 import socket
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
@@ -47,8 +47,10 @@ def add(folder: str, hparams: Sequence[str] = (), metrics: Sequence[str] = ()) -
         os.makedirs(folder, exist_ok=True)
         with _locked(folder):
             known = read(folder)
-            merged = {"hparams": _ordered(known["hparams"], hparams, FIRST),
-                      "metrics": _ordered(known["metrics"], metrics, ("eval/accuracy", "eval/loss"))}
+            merged = {
+                "hparams": _ordered(known["hparams"], hparams, FIRST),
+                "metrics": _ordered(known["metrics"], metrics, ("eval/accuracy", "eval/loss")),
+            }
             if merged == known and glob.glob(os.path.join(folder, f"events.out.tfevents.*{_SUFFIX}")):
                 return
             _write_events(folder, merged["hparams"], merged["metrics"])
@@ -92,8 +94,15 @@ def _write_events(folder: str, hparams: Sequence[str], metrics: Sequence[str]) -
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in metrics],
     )
     content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
-    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-        tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(content), tensor=metadata.NULL_TENSOR)])
+    summary = summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(
+                tag=metadata.EXPERIMENT_TAG,
+                metadata=metadata.create_summary_metadata(content),
+                tensor=metadata.NULL_TENSOR,
+            )
+        ]
+    )
     earlier = glob.glob(os.path.join(folder, f"events.out.tfevents.*{_SUFFIX}"))
     path = os.path.join(folder, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}{_SUFFIX}")
     temporary = os.path.join(folder, ".tffpipe_hparams_events.tmp")  # not a name TensorBoard reads

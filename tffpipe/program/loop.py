@@ -6,7 +6,7 @@ config continues from the newest readable checkpoint.
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from absl import logging
 import tensorflow as tf
@@ -84,13 +84,10 @@ def fit_to_task(cfg: config_lib.RunConfig, task: Task) -> config_lib.RunConfig:
     clients = cfg.schedule.clients_per_round
     if clients is None:
         clients = min(config_lib.DEFAULT_CLIENTS_PER_ROUND, num_train)
-        cfg = dataclasses.replace(
-            cfg, schedule=dataclasses.replace(cfg.schedule, clients_per_round=clients)
-        )
+        cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, clients_per_round=clients))
     if clients > num_train:
         raise config_lib.ConfigError(
-            f"--clients_per_round={clients} is larger than the "
-            f"{num_train} training clients of task {task.name!r}"
+            f"--clients_per_round={clients} is larger than the {num_train} training clients of task {task.name!r}"
         )
     sampled = clock_lib.cohort(clients, cfg.clock.over_selection)
     if sampled > num_train:
@@ -156,9 +153,7 @@ def run(
     client_ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get(cfg.runtime.name)
     with compat.quiet_tensorflow_errors():
-        process, stack = builder.build_learning_process(
-            task, cfg, client_ids, runtime.loop_implementation()
-        )
+        process, stack = builder.build_learning_process(task, cfg, client_ids, runtime.loop_implementation())
     print_fn(f"algorithm {cfg.algorithm.name}, client weighting {cfg.client_weighting}")
     print_fn(stack.describe())
     simulation = None
@@ -194,13 +189,9 @@ def _disk_full_message(run_dir: str, error: BaseException) -> str:
     where = getattr(error, "filename", None) or run_dir
     newest = checkpoints.newest_round(outputs.RunPaths(run_dir).checkpoints)
     intact = (
-        f"the checkpoint of round {newest} is intact" if newest is not None
-        else "no checkpoint had been written yet"
+        f"the checkpoint of round {newest} is intact" if newest is not None else "no checkpoint had been written yet"
     )
-    return (
-        f"no space left on the device holding {where}; {intact}: free space and rerun the "
-        "same command to resume"
-    )
+    return f"no space left on the device holding {where}; {intact}: free space and rerun the same command to resume"
 
 
 def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -> RunResult:
@@ -224,7 +215,10 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         if tracker is not None:
             tracker.restore(start_round, state)
     log = resume.open_records(
-        paths, cfg, start_round if restored is not None else None, print_fn,
+        paths,
+        cfg,
+        start_round if restored is not None else None,
+        print_fn,
         {"attackers": simulation.attackers} if simulation is not None else None,
     )
 
@@ -233,10 +227,10 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         client_sources.TaskRecipe.of(cfg), spec, cfg if simulation is not None else None
     )
     clock = build_clock(cfg, task, spec, traffic_metrics)
-    clock.elapsed_sec = _elapsed_at(paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r)))
-    measurements = reports.Reports(
-        task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None
+    clock.elapsed_sec = _elapsed_at(
+        paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r))
     )
+    measurements = reports.Reports(task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None)
     stopped_early = None
     rounds_done = start_round
     last_saved = start_round
@@ -253,8 +247,11 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         plan = clock.plan(round_num, sampled)
         # Seeds by position in the sample: a client's data does not depend on who else reports.
         reporting = set(plan.reporting)
-        chosen = [(cid, sampling.client_seed(schedule.seed, round_num, i))
-                  for i, cid in enumerate(sampled) if cid in reporting]
+        chosen = [
+            (cid, sampling.client_seed(schedule.seed, round_num, i))
+            for i, cid in enumerate(sampled)
+            if cid in reporting
+        ]
         datasets = client_sources.ClientDatasets(source, chosen, task, simulation)
         train_start = time.monotonic()
         round_metrics = {}
@@ -272,9 +269,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         if simulation is not None:
             round_metrics.update(simulation.round_metrics(plan.reporting))
         if tracker is not None:
-            round_metrics.update(
-                tracker.after_round(round_num, state, output.metrics.get("aggregator", {}))
-            )
+            round_metrics.update(tracker.after_round(round_num, state, output.metrics.get("aggregator", {})))
         is_last = round_num == schedule.rounds
         weights = process.get_model_weights(state)
         expected = sum(clock.examples(cid) for cid, _ in chosen) if watch.counts_each_example else None
@@ -323,7 +318,6 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         final_clients=final.clients,
         diverged_rounds=tuple(diverged),
     )
-
 
 
 # The training call alone (`process.next`); `round_time_sec` is the whole round.
@@ -384,7 +378,10 @@ def build_clock(cfg, task: Task, spec: ClientSpec, traffic_metrics: dict[str, fl
 
     try:
         return clock_lib.Clock(
-            cfg.clock, cfg.schedule.seed, list(task.train_data.client_ids), examples_of,
+            cfg.clock,
+            cfg.schedule.seed,
+            list(task.train_data.client_ids),
+            examples_of,
             download_bytes=traffic_metrics.get("comm/download_bytes_per_client", 0.0),
             upload_bytes=traffic_metrics.get("comm/upload_bytes_per_client", 0.0),
             clients_per_round=cfg.schedule.clients_per_round,
@@ -404,7 +401,7 @@ def traffic_metrics(process, print_fn: Callable[[str], None], secure_upload=None
     """
     try:
         traffic = communication.client_traffic(process, secure_upload)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # The sizes are a report, not a requirement: never fail a run on them.
         print_fn(f"traffic per client: not derivable ({type(e).__name__}: {e})")
         return {}

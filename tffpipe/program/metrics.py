@@ -1,6 +1,7 @@
 """Turns TFF's nested process metrics into flat, named scalars."""
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 def _rename(name: str) -> str:
     for old, new in _RENAMES:
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 

@@ -15,7 +15,8 @@ import os
 import shutil
 import socket
 import time
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -125,12 +126,14 @@ class SimClockEvents:
 
     def __init__(self, directory: str):
         self._directory = directory
-        self._writer = None
+        self._writer: Any = None  # a tf.io.TFRecordWriter once the first round is written
 
     def write(self, round_num: int, elapsed_sec: float, metrics: Mapping[str, float]) -> None:
         if self._writer is None:
             os.makedirs(self._directory, exist_ok=True)
-            path = os.path.join(self._directory, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.sim_clock")
+            path = os.path.join(
+                self._directory, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.sim_clock"
+            )
             self._writer = tf.io.TFRecordWriter(path)
             self._writer.write(tf.compat.v1.Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
         values = [

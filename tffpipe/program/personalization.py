@@ -19,7 +19,8 @@ rather than a round, cannot run on the in-process runtime.
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -92,8 +93,9 @@ def _count(batches: tf.data.Dataset) -> tf.Tensor:
     return batches.unbatch().reduce(np.int64(0), lambda n, _: n + 1)
 
 
-def _split(batches: tf.data.Dataset, tune_mask: tf.Tensor, epochs: int, batch_size: int,
-           eval_batch_size: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+def _split(
+    batches: tf.data.Dataset, tune_mask: tf.Tensor, epochs: int, batch_size: int, eval_batch_size: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     examples = batches.unbatch()
     tune = _select(examples, tune_mask).repeat(epochs).batch(batch_size)
     return tune, _select(examples, tf.logical_not(tune_mask)).batch(eval_batch_size)
@@ -127,8 +129,12 @@ class Personalizer:
         # (about 0.5 MiB per client and evaluation here).
         self._count = tf.function(_count)
         self._split = tf.function(
-            functools.partial(_split, epochs=self._settings.epochs, batch_size=self._settings.batch_size,
-                              eval_batch_size=self._eval_batch_size),
+            functools.partial(
+                _split,
+                epochs=self._settings.epochs,
+                batch_size=self._settings.batch_size,
+                eval_batch_size=self._eval_batch_size,
+            ),
             reduce_retracing=True,
         )
 
@@ -163,9 +169,11 @@ class Personalizer:
                 **{f"{BASELINE}{k}": v for k, v in before.items() if k not in client_metrics.COUNT_METRICS},
                 **after,
             }
-        headline = client_metrics.headline_metric(client_metrics.model_metrics(
-            {c: {k: v for k, v in m.items() if not k.startswith(BASELINE)} for c, m in clients.items()}
-        ))
+        headline = client_metrics.headline_metric(
+            client_metrics.model_metrics(
+                {c: {k: v for k, v in m.items() if not k.startswith(BASELINE)} for c, m in clients.items()}
+            )
+        )
         if headline is not None:
             sign = 1.0 if client_metrics.higher_is_better(headline) else -1.0
             for figures in clients.values():

@@ -1,7 +1,7 @@
 """The one-line-per-round progress display."""
 
 import datetime
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def _find(metrics: Mapping[str, float], prefix: str, word: str) -> float | None:
@@ -45,12 +45,12 @@ def round_line(
 
 def summary_line(result) -> str:
     """The run's closing line: `done: ...`, or which rounds diverged (never `done` then)."""
-    summary = ", ".join(
-        f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k
-    )
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_eval.items()) if "/num_" not in k)
     diverged = getattr(result, "diverged_rounds", ())
     if diverged:
         rounds = ", ".join(map(str, diverged))
-        return (f"finished with diverged rounds ({rounds}; --on_divergence=warn): {result.rounds_done} rounds; "
-                f"held-out {summary}")
+        return (
+            f"finished with diverged rounds ({rounds}; --on_divergence=warn): {result.rounds_done} rounds; "
+            f"held-out {summary}"
+        )
     return f"done: {result.rounds_done} rounds; held-out {summary}"

@@ -30,6 +30,7 @@ from tffpipe.program import csv_table
 from tffpipe.program import event_files as event_reader
 from tffpipe.program import files
 from tffpipe.program import outputs
+import contextlib
 
 UNREADABLE_SUFFIX = ".unreadable"
 
@@ -82,10 +83,8 @@ def read_metrics_table(path: str) -> MetricsTable:
             raise UnreadableRecords(f"line {line}: round {row[outputs.ROUND_KEY]!r}") from None
     cut_round = None
     if table.cut is not None:
-        try:
+        with contextlib.suppress(ValueError):
             cut_round = int(table.cut_key) if table.cut_key is not None else None
-        except ValueError:
-            pass
     return MetricsTable(table.fieldnames, rows, table.cut, cut_round)
 
 
@@ -120,7 +119,8 @@ def read_scalars(logdir: str) -> dict[int, dict[str, float]]:
             event = tf.compat.v1.Event.FromString(data)
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name not in ("scalars", "") or value.tag.startswith(
-                        outputs.SIM_CLOCK_PREFIX):
+                    outputs.SIM_CLOCK_PREFIX
+                ):
                     continue
                 scalar = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
                 if np.ndim(scalar) == 0:
@@ -183,12 +183,16 @@ def rounds_to_retrain(paths: outputs.RunPaths, last_round: int) -> dict[int, str
         table = read_metrics_table(paths.metrics_csv) if os.path.exists(paths.metrics_csv) else None
     except (UnreadableRecords, OSError):
         table = None
-    if table is not None and table.cut_round is not None and table.cut_round <= last_round:
-        if table.cut_round not in read_scalars(paths.logdir) and table.cut_round not in found:
-            found[table.cut_round] = (
-                f"metrics.csv: the row of round {table.cut_round} was cut short and the "
-                "TensorBoard logs lack that round"
-            )
+    if (
+        table is not None
+        and table.cut_round is not None
+        and table.cut_round <= last_round
+        and table.cut_round not in read_scalars(paths.logdir)
+        and table.cut_round not in found
+    ):
+        found[table.cut_round] = (
+            f"metrics.csv: the row of round {table.cut_round} was cut short and the TensorBoard logs lack that round"
+        )
     return found
 
 
@@ -218,9 +222,7 @@ def reconcile(paths: outputs.RunPaths, last_round: int) -> Reconciled:
             if name not in fieldnames:
                 fieldnames.append(name)
     if from_tensorboard:
-        result.notes.append(
-            f"metrics.csv: rebuilt {_spans(from_tensorboard)} from the TensorBoard logs"
-        )
+        result.notes.append(f"metrics.csv: rebuilt {_spans(from_tensorboard)} from the TensorBoard logs")
     if from_tensorboard or len(kept) != len(rows) or result.rewrite_csv:
         write_metrics_csv(paths.metrics_csv, fieldnames, kept)
 
@@ -267,7 +269,8 @@ def _readable_csv(path: str, result: Reconciled) -> tuple[list[str], dict[int, d
 def _absent_from(row: dict[str, Any], scalars: dict[str, float]) -> dict[str, Any]:
     """The values of a metrics.csv row that the TensorBoard step lacks."""
     return {
-        name: text for name, text in row.items()
+        name: text
+        for name, text in row.items()
         if name != outputs.ROUND_KEY and text not in ("", None) and name not in scalars
     }
 

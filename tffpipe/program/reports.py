@@ -8,7 +8,8 @@ evaluation (`personalization.py`); their per-client rows go to
 `results/clients.csv`.
 """
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tffpipe import config as config_lib
 from tffpipe.program import client_metrics

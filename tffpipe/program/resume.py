@@ -8,8 +8,8 @@ would keep training with the old values whatever the flags now say.
 """
 
 import json
-import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from absl import logging
 

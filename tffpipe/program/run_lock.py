@@ -17,10 +17,9 @@ import json
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from tffpipe import errors
-
 
 
 class RunInUse(errors.UserError, RuntimeError):

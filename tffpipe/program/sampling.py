@@ -1,23 +1,19 @@
 """Seeded client sampling that depends only on the seed and the round."""
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def sample_clients(
-    client_ids: Sequence[str], clients_per_round: int, *, seed: int, round_num: int
-) -> list[str]:
+def sample_clients(client_ids: Sequence[str], clients_per_round: int, *, seed: int, round_num: int) -> list[str]:
     """Samples `clients_per_round` distinct clients uniformly for one round.
 
     The sample is a pure function of (client_ids, clients_per_round, seed,
     round_num), so a resumed run sees exactly the rounds the original would.
     """
     if not 1 <= clients_per_round <= len(client_ids):
-        raise ValueError(
-            f"cannot sample {clients_per_round} of {len(client_ids)} clients"
-        )
+        raise ValueError(f"cannot sample {clients_per_round} of {len(client_ids)} clients")
     rng = np.random.default_rng([seed, round_num])
     chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
     return [client_ids[i] for i in chosen]

@@ -29,7 +29,7 @@ def newest_round(directory: str) -> int | None:
         names = os.listdir(directory)
     except OSError:
         return None
-    rounds = [int(n[len(PREFIX):]) for n in names if n.startswith(PREFIX) and n[len(PREFIX):].isdigit()]
+    rounds = [int(n[len(PREFIX) :]) for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()]
     return max(rounds, default=None)
 
 
@@ -72,8 +72,9 @@ def refuse_changed_settings(cfg: config_lib.RunConfig) -> None:
         return
     if not isinstance(saved, dict):
         return
-    decided = {item.spec.flag for item in settings.declared(config_lib.RunConfig)
-               if item.spec.resume == settings.MUST_MATCH}
+    decided = {
+        item.spec.flag for item in settings.declared(config_lib.RunConfig) if item.spec.resume == settings.MUST_MATCH
+    }
     decided |= {"task_options", "aggregator_options", "algorithm_options", config_lib.OPTION_DEFAULTS}
     current = {k: v for k, v in cfg.fingerprint().items() if k in decided}
     check_differences({k: v for k, v in saved.items() if k in decided}, current, version, directory)

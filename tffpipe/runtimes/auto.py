@@ -39,7 +39,7 @@ class AutoRuntime(base.Runtime):
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
-        from tffpipe import errors  # pylint: disable=g-import-not-at-top
+        from tffpipe import errors
 
         if ray.RUNTIME.chosen(cfg):
             print_fn(f"runtime: ray (--runtime=auto with --ray_address={ray.RUNTIME.settings(cfg).ray_address})")
@@ -50,7 +50,7 @@ class AutoRuntime(base.Runtime):
         try:
             runner = inprocess.RUNTIME.wrap(process, cfg, print_fn=lambda line: None)
         except errors.UserError as e:
-            from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
+            from tffpipe.aggregation.protocols import registry as protocols
 
             protocol = cfg.aggregation.secure.protocol
             if protocols.needs_our_engine(protocol):

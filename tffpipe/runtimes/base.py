@@ -10,7 +10,8 @@ their methods, never at import.
 """
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 PrintFn = Callable[[str], None]
 
@@ -39,7 +40,7 @@ class Runtime:
 
     def loop_implementation(self) -> Any:
         """How clients iterate over datasets (`tff.learning.LoopImplementation`)."""
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.LoopImplementation.DATASET_REDUCE
 

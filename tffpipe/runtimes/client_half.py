@@ -12,9 +12,9 @@ round's result does not depend on thread timing.
 import concurrent.futures
 import dataclasses
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.backends.mapreduce import forms
@@ -44,9 +44,7 @@ def import_part(comp: tff.Computation, what: str) -> tf_parts.ImportedComputatio
     try:
         return tf_parts.ImportedComputation(comp)
     except tf_parts.NotTensorFlowError as e:
-        raise InProcessUnsupported(
-            f"the {what} cannot run on --runtime=inprocess ({e}); use --runtime=cpp"
-        ) from e
+        raise InProcessUnsupported(f"the {what} cannot run on --runtime=inprocess ({e}); use --runtime=cpp") from e
 
 
 # Clients per TensorFlow call when not set. digits, 200 clients of ~7
@@ -81,8 +79,16 @@ class ClientHalf:
       clients_per_call: clients per TensorFlow call (0: `AUTO_CLIENTS_PER_CALL`).
     """
 
-    def __init__(self, work: tff.Computation, accumulate: tff.Computation, zero: tff.Computation,
-                 slot_devices: Sequence[str], what: str, prefetch: bool, clients_per_call: int):
+    def __init__(
+        self,
+        work: tff.Computation,
+        accumulate: tff.Computation,
+        zero: tff.Computation,
+        slot_devices: Sequence[str],
+        what: str,
+        prefetch: bool,
+        clients_per_call: int,
+    ):
         if not slot_devices:
             raise ValueError("at least one client slot is needed")
         self.data_type = work.type_signature.parameter[0]
@@ -105,7 +111,7 @@ class ClientHalf:
                 # to build for 4 here against about half that for 2); the other
                 # sizes are traced when a round first needs them.
                 self.slots[0].client_step.prepare(2)
-            except Exception as e:  # pylint: disable=broad-except
+            except Exception as e:
                 # Any tracing failure means the same: this work cannot share a
                 # graph with other clients' work; run one client per call.
                 self.grouping_failed = errors.first_line(e)
@@ -119,8 +125,9 @@ class ClientHalf:
         self.last_assignment: dict[str, list[int]] = {}
 
     @classmethod
-    def of(cls, mrf: forms.MapReduceForm, slot_devices: Sequence[str], what: str, prefetch: bool,
-           clients_per_call: int) -> "ClientHalf":
+    def of(
+        cls, mrf: forms.MapReduceForm, slot_devices: Sequence[str], what: str, prefetch: bool, clients_per_call: int
+    ) -> "ClientHalf":
         """The client half of a MapReduceForm's rounds on `slot_devices`."""
         return cls(mrf.work, mrf.accumulate, mrf.zero, slot_devices, what, prefetch, clients_per_call)
 
@@ -133,9 +140,14 @@ class ClientHalf:
         accumulators, partial = self.run(client_input, client_data, keys, moduli)
         return accumulators, [partial]
 
-    def run(self, client_input: Sequence[Any], client_data: Sequence[Any],
-            keys: protocols_base.RoundKeys | None = None, moduli: Sequence[int] = (),
-            indices: Sequence[int] | None = None) -> tuple[list[list[tf.Tensor]], Any]:
+    def run(
+        self,
+        client_input: Sequence[Any],
+        client_data: Sequence[Any],
+        keys: protocols_base.RoundKeys | None = None,
+        moduli: Sequence[int] = (),
+        indices: Sequence[int] | None = None,
+    ) -> tuple[list[list[tf.Tensor]], Any]:
         """Every client's work, accumulated per slot.
 
         Args:
@@ -159,6 +171,8 @@ class ClientHalf:
         partial = keys.partial_sum(moduli) if keys is not None else None
 
         def on_extra(position: int, extra: list[Any]) -> None:
+            # Secure-sum values (the only extras) come with keys.
+            assert keys is not None and partial is not None
             partial.add(keys.protect(indices[position], [v.numpy() for v in extra], moduli))
 
         try:
@@ -177,9 +191,7 @@ class ClientHalf:
 
     def _run(self, client_input, client_data, on_extra):
         num_slots = len(self.slots)
-        assignment = {
-            k: list(range(k, len(client_data), num_slots)) for k in range(min(num_slots, len(client_data)))
-        }
+        assignment = {k: list(range(k, len(client_data), num_slots)) for k in range(min(num_slots, len(client_data)))}
         size = self.clients_per_call
         keyed = self._keyed(client_data)
 
@@ -289,7 +301,7 @@ def merge_all(merge: tf_parts.ImportedComputation, accumulators: Sequence[Sequen
 
 
 def describe_assignment(assignment: dict[str, list[int]]) -> str:
-    """"where: clients [...]" for every slot or actor, in order."""
+    """ "where: clients [...]" for every slot or actor, in order."""
     return "; ".join(f"{where}: clients {ids}" for where, ids in assignment.items())
 
 

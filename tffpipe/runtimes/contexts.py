@@ -7,7 +7,7 @@ exact, only the cryptographic protocol is simulated.
 """
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.compiler import tree_analysis
@@ -32,6 +32,7 @@ REMOTE_SECURE_NOTE = (
     "arithmetic (quantisation, modular wrap-around: exact) and the launcher merges the workers' "
     "partial sums; no cryptographic protocol runs, and each worker sees its clients' values"
 )
+
 
 def uses_secure_sum(computation: tff.Computation) -> bool:
     """Whether the computation calls any secure aggregation intrinsic."""

@@ -20,24 +20,35 @@ class CppRuntime(base.Runtime):
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
-        from tffpipe.runtimes import contexts  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import contexts
+        from tffpipe.runtimes import processes
 
         exposure = processes.local_worker_exposure()
-        print_fn(f"warning: {exposure}" if exposure else "runtime: TFF's worker in a private network namespace, "
-                 "reached through a Unix socket only this user can open")
+        print_fn(
+            f"warning: {exposure}"
+            if exposure
+            else "runtime: TFF's worker in a private network namespace, "
+            "reached through a Unix socket only this user can open"
+        )
         with contexts.execution_context_for(process, print_fn):
             yield process
 
     def doctor_checks(self, cfg, gpus_seen):
-        from tffpipe.runtimes import processes  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import processes
 
         exposure = processes.local_worker_exposure()
-        yield (("warn", "local TFF worker", exposure) if exposure else
-               ("ok", "local TFF worker", "private network namespace: no other host or user reaches it"))
+        yield (
+            ("warn", "local TFF worker", exposure)
+            if exposure
+            else ("ok", "local TFF worker", "private network namespace: no other host or user reaches it")
+        )
         if gpus_seen:
-            yield ("warn", "runtime cpp", "clients train on the CPU: TFF's worker_binary is built "
-                   "without CUDA; use --runtime=inprocess to train on the GPU(s)")
+            yield (
+                "warn",
+                "runtime cpp",
+                "clients train on the CPU: TFF's worker_binary is built "
+                "without CUDA; use --runtime=inprocess to train on the GPU(s)",
+            )
         else:
             yield ("ok", "runtime cpp", "clients train on the CPU in TFF's worker")
 

@@ -13,11 +13,15 @@ Logical devices must be configured before TensorFlow initializes its devices
 import os
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from absl import logging
 import tensorflow as tf
 
 from tffpipe import errors
+
+if TYPE_CHECKING:
+    from tffpipe.runtimes import inprocess
 
 _DEFAULT_GPU_MEMORY_MB = 4096
 # The (gpus, clients_per_gpu, cpu_devices) applied in this process, if any.
@@ -39,9 +43,7 @@ def _chosen_gpus(spec: str, physical: list) -> list:
         raise DeviceError(f"--gpus must be 'all', 'none' or GPU indices like '0,1', got {spec!r}") from None
     missing = [i for i in indices if not 0 <= i < len(physical)]
     if missing:
-        raise DeviceError(
-            f"--gpus={spec}: no GPU {missing[0]}; TensorFlow sees {len(physical)} GPU(s)"
-        )
+        raise DeviceError(f"--gpus={spec}: no GPU {missing[0]}; TensorFlow sees {len(physical)} GPU(s)")
     return [physical[i] for i in indices]
 
 
@@ -52,20 +54,23 @@ def gpu_memory_mb() -> list[int]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
         return [int(line.strip()) for line in out.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError, ValueError):
         return []
 
 
-def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
+def configure(settings: "inprocess.Settings") -> None:
     """Makes the chosen GPUs visible and splits devices into logical ones.
 
     Raises:
       DeviceError: unknown GPUs, bad counts, or TensorFlow already initialized.
     """
-    global _configured
+    global _configured  # noqa: PLW0603 (once per process)
     wanted = (settings.gpus, settings.clients_per_gpu, settings.cpu_devices)
     if _configured == wanted:
         return  # a second run in the same process (a notebook): already in place
@@ -82,8 +87,7 @@ def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
                 share = int(total * 0.9) // settings.clients_per_gpu
                 tf.config.set_logical_device_configuration(
                     gpu,
-                    [tf.config.LogicalDeviceConfiguration(memory_limit=share)]
-                    * settings.clients_per_gpu,
+                    [tf.config.LogicalDeviceConfiguration(memory_limit=share)] * settings.clients_per_gpu,
                 )
         if settings.cpu_devices > 1:
             cpu = tf.config.list_physical_devices("CPU")[0]
@@ -92,7 +96,9 @@ def configure(settings: "tffpipe.runtimes.inprocess.Settings") -> None:
             )
     except RuntimeError as e:  # "cannot be modified after being initialized"
         raise DeviceError(f"devices can only be configured before TensorFlow starts: {e}") from e
-    _give_every_slot_an_inter_op_thread(len(chosen) * settings.clients_per_gpu or settings.cpu_devices * settings.parallel_clients)
+    _give_every_slot_an_inter_op_thread(
+        len(chosen) * settings.clients_per_gpu or settings.cpu_devices * settings.parallel_clients
+    )
     _configured = wanted
 
 
@@ -120,7 +126,7 @@ def _give_every_slot_an_inter_op_thread(slots: int) -> None:
         logging.info("inter-op threads left at TensorFlow's %d", tf.config.threading.get_inter_op_parallelism_threads())
 
 
-def client_slots(settings: "tffpipe.runtimes.inprocess.Settings") -> list[str]:
+def client_slots(settings: "inprocess.Settings") -> list[str]:
     """One device name per concurrent client: every logical GPU if any, else the CPU.
 
     On the CPU, each logical CPU device gets `parallel_clients` slots.

@@ -27,35 +27,59 @@ def _gpus_check(value: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     gpus: str = settings.setting(
-        "all", "GPUs to train clients on: all, none, or indices like 0,1.",
-        flag="gpus", group="runtime", check=_gpus_check, applies=_APPLIES,
+        "all",
+        "GPUs to train clients on: all, none, or indices like 0,1.",
+        flag="gpus",
+        group="runtime",
+        check=_gpus_check,
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     clients_per_gpu: int = settings.setting(
-        1, "Clients trained at once on each GPU (each gets a logical GPU with its share of the memory).",
-        flag="clients_per_gpu", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        1,
+        "Clients trained at once on each GPU (each gets a logical GPU with its share of the memory).",
+        flag="clients_per_gpu",
+        group="runtime",
+        check=settings.at_least(1),
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     parallel_clients: int = settings.setting(
-        2, "Without GPUs: clients trained at once on each CPU device (in each Ray actor with --runtime=ray).",
-        flag="parallel_clients", group="runtime", check=settings.at_least(1), applies=_APPLIES_TO_ENGINE,
+        2,
+        "Without GPUs: clients trained at once on each CPU device (in each Ray actor with --runtime=ray).",
+        flag="parallel_clients",
+        group="runtime",
+        check=settings.at_least(1),
+        applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
     cpu_devices: int = settings.setting(
-        1, "Split the CPU into this many logical devices (tests use it to exercise the multi-GPU placement on a CPU).",
-        flag="cpu_devices", group="runtime", check=settings.at_least(1), applies=_APPLIES,
+        1,
+        "Split the CPU into this many logical devices (tests use it to exercise the multi-GPU placement on a CPU).",
+        flag="cpu_devices",
+        group="runtime",
+        check=settings.at_least(1),
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     clients_per_call: int = settings.setting(
-        0, "Clients each slot trains in one TensorFlow call (their work traced into one graph); 0 picks "
+        0,
+        "Clients each slot trains in one TensorFlow call (their work traced into one graph); 0 picks "
         "4, 1 trains one client per call.",
-        flag="clients_per_call", group="runtime", check=settings.at_least(0), applies=_APPLIES_TO_ENGINE,
+        flag="clients_per_call",
+        group="runtime",
+        check=settings.at_least(0),
+        applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
     prefetch_clients: str = settings.setting(
-        "auto", "Read each slot's next client into memory while the current one trains: on, off, "
+        "auto",
+        "Read each slot's next client into memory while the current one trains: on, off, "
         "or auto (on when clients train on GPUs; on the CPU it competes with training for the cores).",
-        flag="prefetch_clients", group="runtime", choices=PREFETCH_CLIENTS, applies=_APPLIES_TO_ENGINE,
+        flag="prefetch_clients",
+        group="runtime",
+        choices=PREFETCH_CLIENTS,
+        applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
 
@@ -67,7 +91,7 @@ class InProcessRuntime(base.Runtime):
     summary = "the round in this process, on every core and GPU"
 
     def configure_devices(self, cfg):
-        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import devices
 
         devices.configure(self.settings(cfg))
 
@@ -77,20 +101,25 @@ class InProcessRuntime(base.Runtime):
         # DATASET_ITERATOR (digits CNN: 0.95 vs 0.22 s for 10 clients), which is
         # also the loop GPUs need. Both loops compute the same updates, so
         # checkpoints move between runtimes.
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         return tff.learning.LoopImplementation.DATASET_ITERATOR
 
     def wrap(self, process, cfg, print_fn, what="learning process"):
         """`process` on this runtime (`InProcessUnsupported` if it cannot run here)."""
-        from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
+        from tffpipe.aggregation.protocols import registry as protocols
+        from tffpipe.runtimes import devices
+        from tffpipe.runtimes import inprocess_process
 
         s = self.settings(cfg)
         return inprocess_process.build(
-            process, devices.client_slots(s), what, print_fn, prefetch_clients=s.prefetch_clients,
-            clients_per_call=s.clients_per_call, protocol=protocols.for_run(cfg),
+            process,
+            devices.client_slots(s),
+            what,
+            print_fn,
+            prefetch_clients=s.prefetch_clients,
+            clients_per_call=s.clients_per_call,
+            protocol=protocols.for_run(cfg),
         )
 
     @contextlib.contextmanager
@@ -105,13 +134,17 @@ class InProcessRuntime(base.Runtime):
         return self.wrap(process, cfg, print_fn, "evaluation process")
 
     def doctor_checks(self, cfg, gpus_seen):
-        from tffpipe.runtimes import devices  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import devices
 
         slots = devices.client_slots(self.settings(cfg))
         used = sorted(set(slots))
         where = f"{len(slots)} client slot(s) on {', '.join(used)}"
         if gpus_seen and not any("GPU" in name for name in used):
-            yield ("warn", "runtime inprocess", f"{where}; GPUs present but not used (--gpus={self.settings(cfg).gpus})")
+            yield (
+                "warn",
+                "runtime inprocess",
+                f"{where}; GPUs present but not used (--gpus={self.settings(cfg).gpus})",
+            )
         else:
             yield ("ok", "runtime inprocess", where)
 

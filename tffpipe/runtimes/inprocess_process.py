@@ -19,7 +19,8 @@ structures as TFF's runtime, so checkpoints are interchangeable.
 TFF 0.87 has no Python executor any more, which is why this is written here.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -50,7 +51,7 @@ def compile_round(computation: tff.Computation, what: str):
     """
     try:
         return tff.backends.mapreduce.get_map_reduce_form_for_computation(computation)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # TFF's compiler raises many types (ValueError, TypeError, compiler
         # errors); all mean the same thing to the user.
         raise InProcessUnsupported(
@@ -110,10 +111,9 @@ class InProcessProcess:
         mrf = compile_round(process.next, what)
         try:
             init = tff.backends.mapreduce.get_state_initialization_computation(process.initialize)
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
             raise InProcessUnsupported(
-                f"the {what}'s initialize cannot run on --runtime=inprocess "
-                f"({errors.first_line(e)}); use --runtime=cpp"
+                f"the {what}'s initialize cannot run on --runtime=inprocess ({errors.first_line(e)}); use --runtime=cpp"
             ) from e
         self._initialize = _import(init, what)
         self._prepare = _import(mrf.prepare, what)
@@ -186,9 +186,7 @@ class InProcessProcess:
 
     def set_hparams(self, state, hparams):
         """`state` with its hyperparameters replaced by `hparams`."""
-        return self._call(
-            _import(self.process.set_hparams, self._what), self.process.set_hparams, [state, hparams]
-        )
+        return self._call(_import(self.process.set_hparams, self._what), self.process.set_hparams, [state, hparams])
 
     def _call(self, imported, comp, args):
         comp_type = comp.type_signature
@@ -210,7 +208,8 @@ class InProcessProcess:
         moduli = self._moduli(len(client_data))
         keys = (
             self.protocol.round_keys(len(client_data), moduli, self._largest_sums(len(client_data)))
-            if self._secure else None
+            if self._secure
+            else None
         )
         accumulators, partial_sums = self.clients.run_round(client_input, client_data, keys, moduli)
         self._say_placement()
@@ -285,7 +284,12 @@ def build(
     """
     prefetch = client_half.reads_ahead(prefetch_clients, slot_devices)
     runtime = InProcessProcess(
-        process, slot_devices, what, prefetch=prefetch, print_fn=print_fn, clients_per_call=clients_per_call,
+        process,
+        slot_devices,
+        what,
+        prefetch=prefetch,
+        print_fn=print_fn,
+        clients_per_call=clients_per_call,
         protocol=protocol,
     )
     if print_fn is not None:

@@ -31,6 +31,7 @@ import socket
 import struct
 import subprocess
 import sys
+import contextlib
 
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
@@ -57,16 +58,26 @@ def unavailable_reason() -> str | None:
             reason = None
             if probe.returncode != 0:
                 error = os.strerror(probe.returncode) if 0 < probe.returncode < 256 else "failed"
-                reason = (f"this system refuses an unprivileged network namespace (unshare: {error}; "
-                          "user namespaces disabled, e.g. kernel.unprivileged_userns_clone=0 or a container's seccomp profile)")
+                reason = (
+                    f"this system refuses an unprivileged network namespace (unshare: {error}; "
+                    "user namespaces disabled, e.g. kernel.unprivileged_userns_clone=0 or a container's seccomp profile)"
+                )
         _unavailable_reason.append(reason)
     return _unavailable_reason[0]
 
 
 def command(socket_path: str, port: int, worker_args: list[str]) -> list[str]:
     """The command that runs `worker_args` (listening on `port`) privately, reachable at `socket_path`."""
-    return [sys.executable, "-m", "tffpipe.runtimes.private_network", socket_path, str(port), str(os.getpid()),
-            "--", *worker_args]
+    return [
+        sys.executable,
+        "-m",
+        "tffpipe.runtimes.private_network",
+        socket_path,
+        str(port),
+        str(os.getpid()),
+        "--",
+        *worker_args,
+    ]
 
 
 def _enter_private_network() -> None:
@@ -75,8 +86,11 @@ def _enter_private_network() -> None:
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER | CLONE_NEWNET)")
     # The same ids inside as outside: files the worker writes belong to the user.
-    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
+    for path, text in (
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", f"{uid} {uid} 1"),
+        ("/proc/self/gid_map", f"{gid} {gid} 1"),
+    ):
         with open(path, "w", encoding="ascii") as f:
             f.write(text)
     # A new namespace's loopback is down.
@@ -111,8 +125,13 @@ async def _relay(port: int, outside: socket.socket, worker: subprocess.Popen, pa
         await asyncio.gather(_pipe(client_reader, worker_writer), _pipe(worker_reader, client_writer))
 
     loop = asyncio.get_running_loop()
+
+    def forward(sig: int) -> None:
+        if worker.poll() is None:
+            worker.send_signal(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda sig=sig: worker.poll() is None and worker.send_signal(sig))
+        loop.add_signal_handler(sig, forward, sig)
     server = await asyncio.start_unix_server(connection, sock=outside)
     async with server:
         while worker.poll() is None:
@@ -151,17 +170,15 @@ def main(argv: list[str]) -> int:
         print(f"tffpipe: cannot make a private network for TFF's worker: {e}", file=sys.stderr, flush=True)
         os.unlink(socket_path)
         return 1
-    worker = subprocess.Popen(worker_args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)  # pylint: disable=subprocess-popen-preexec-fn
+    worker = subprocess.Popen(worker_args, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)  # noqa: PLW1509 (the death signal must be set in the child, before exec)
     try:
         return abs(asyncio.run(_relay(port, outside, worker, parent)))
     finally:
         if worker.poll() is None:
             worker.kill()
         worker.wait()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(socket_path)
-        except OSError:
-            pass
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import weakref
 
 from tffpipe.runtimes import memory
 from tffpipe.runtimes import private_network
+import contextlib
 
 _PR_SET_PDEATHSIG = 1
 _STOP_TIMEOUT_SEC = 5.0
@@ -137,7 +138,7 @@ class WorkerPopen(subprocess.Popen):
         self.private_dir = None
         port = _port_of(list(args))
         if port is not None and private_network.unavailable_reason() is None:
-            global _swept
+            global _swept  # noqa: PLW0603 (once per process)
             if not _swept:
                 _swept = True
                 sweep_stale_private_folders()
@@ -195,10 +196,8 @@ def stop(children: "list[subprocess.Popen]", timeout: float) -> None:
     """Sends SIGINT to each of `children` still running, then waits up to `timeout` for each, killing what is left."""
     running = [child for child in children if child.poll() is None]
     for child in running:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            pass
     for child in running:
         try:
             child.wait(timeout=timeout)
@@ -225,16 +224,14 @@ def _release_tff_contexts() -> None:
     if "tensorflow_federated" not in sys.modules:
         return  # nothing of TFF's was started (e.g. a flag error), nothing to import
     try:
-        from tensorflow_federated.python.core.impl.context_stack import (  # pylint: disable=g-import-not-at-top
+        from tensorflow_federated.python.core.impl.context_stack import (
             context_stack_impl,
             runtime_error_context,
         )
 
-        context_stack_impl.context_stack.set_default_context(
-            runtime_error_context.RuntimeErrorContext()
-        )
+        context_stack_impl.context_stack.set_default_context(runtime_error_context.RuntimeErrorContext())
         gc.collect()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         pass  # Best effort: the workers are stopped either way.
 
 
@@ -245,7 +242,7 @@ def _at_exit() -> None:
 
 def _raise_terminated(signum, frame):
     del signum, frame
-    from tffpipe import errors  # pylint: disable=g-import-not-at-top
+    from tffpipe import errors
 
     raise errors.Terminated()
 
@@ -257,9 +254,11 @@ def raise_on_sigterm() -> None:
     TensorFlow's import included, unwinds through `finally` blocks and the
     `atexit` hook that stops the workers. Only if no handler is set yet.
     """
-    if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _raise_terminated)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def raise_once_on_interrupt() -> None:
@@ -271,9 +270,11 @@ def raise_once_on_interrupt() -> None:
     ("Exception ignored in ... KeyboardInterrupt"). Only where Python's own
     handler is installed (a notebook keeps its own).
     """
-    if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _raise_interrupt_once)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _raise_interrupt_once)
 
 
 def _raise_interrupt_once(signum, frame) -> None:
@@ -282,7 +283,7 @@ def _raise_interrupt_once(signum, frame) -> None:
 
 
 def _channel_to_worker(target: str, options=None, compression=None):
-    import grpc  # pylint: disable=g-import-not-at-top
+    import grpc
 
     host, _, port = target.rpartition(":")
     path = private_socket(int(port)) if host == "localhost" and port.isdigit() else None
@@ -294,8 +295,10 @@ def local_worker_exposure() -> str | None:
     reason = private_network.unavailable_reason()
     if reason is None:
         return None
-    return (f"TFF's local worker listens on every interface, unauthenticated: {reason}; anyone who reaches "
-            "this machine's ports can run code in it (see the README, 'Security')")
+    return (
+        f"TFF's local worker listens on every interface, unauthenticated: {reason}; anyone who reaches "
+        "this machine's ports can run code in it (see the README, 'Security')"
+    )
 
 
 def install_worker_reaper() -> None:
@@ -305,11 +308,11 @@ def install_worker_reaper() -> None:
     computation runs (importing TFF does not start a worker; the first
     computation does).
     """
-    global _installed
+    global _installed  # noqa: PLW0603 (once per process)
     with _install_lock:
         if _installed:
             return
-        from tensorflow_federated.python.core.impl.executor_stacks import (  # pylint: disable=g-import-not-at-top
+        from tensorflow_federated.python.core.impl.executor_stacks import (
             executor_factory,
         )
 
@@ -317,12 +320,12 @@ def install_worker_reaper() -> None:
         # `subprocess.Popen`, so that nothing else in the process is affected.
         shim = types.ModuleType("subprocess_for_tff_workers")
         shim.__dict__.update(vars(subprocess))
-        shim.Popen = WorkerPopen
+        vars(shim)["Popen"] = WorkerPopen
         executor_factory.subprocess = shim
         # TFF connects to `localhost:PORT`; a private worker is at its Unix socket.
         grpc_shim = types.ModuleType("grpc_for_tff_workers")
         grpc_shim.__dict__.update(vars(executor_factory.grpc))
-        grpc_shim.insecure_channel = _channel_to_worker
+        vars(grpc_shim)["insecure_channel"] = _channel_to_worker
         executor_factory.grpc = grpc_shim
         atexit.register(_at_exit)
         _installed = True

@@ -32,32 +32,51 @@ def _address_check(value: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     ray_address: str = settings.setting(
-        "", "The Ray cluster to join: HOST:PORT of its head, or 'auto' (the one `ray start` started "
+        "",
+        "The Ray cluster to join: HOST:PORT of its head, or 'auto' (the one `ray start` started "
         "here); empty starts a private Ray on this machine that stops with the run.",
-        flag="ray_address", group="runtime", check=_address_check, applies=_APPLIES_WITH_AUTO,
+        flag="ray_address",
+        group="runtime",
+        check=_address_check,
+        applies=_APPLIES_WITH_AUTO,
         resume=settings.NOT_APPLICABLE,
     )
     ray_actors: int = settings.setting(
-        0, "Ray actors training clients; 0 puts one on every node (one per GPU where there are GPUs).",
-        flag="ray_actors", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        0,
+        "Ray actors training clients; 0 puts one on every node (one per GPU where there are GPUs).",
+        flag="ray_actors",
+        group="runtime",
+        check=settings.at_least(0),
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     ray_cpus_per_actor: int = settings.setting(
-        0, "CPUs each actor reserves (and sizes TensorFlow's threads to); 0: the cluster's CPUs "
+        0,
+        "CPUs each actor reserves (and sizes TensorFlow's threads to); 0: the cluster's CPUs "
         "shared evenly among the actors.",
-        flag="ray_cpus_per_actor", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        flag="ray_cpus_per_actor",
+        group="runtime",
+        check=settings.at_least(0),
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     ray_gpus_per_actor: float = settings.setting(
-        0.0, "GPUs each actor reserves (fractions share a GPU); 0 with --ray_actors=0 on a cluster with "
+        0.0,
+        "GPUs each actor reserves (fractions share a GPU); 0 with --ray_actors=0 on a cluster with "
         "GPUs gives each actor one.",
-        flag="ray_gpus_per_actor", group="runtime", check=settings.at_least(0), applies=_APPLIES,
+        flag="ray_gpus_per_actor",
+        group="runtime",
+        check=settings.at_least(0),
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
     ray_allow_unauthenticated: bool = settings.setting(
-        False, "Join a Ray cluster that does not require token authentication (anyone who reaches it "
+        False,
+        "Join a Ray cluster that does not require token authentication (anyone who reaches it "
         "can run code on its nodes); warns at every start.",
-        flag="ray_allow_unauthenticated", group="runtime", applies=_APPLIES,
+        flag="ray_allow_unauthenticated",
+        group="runtime",
+        applies=_APPLIES,
         resume=settings.NOT_APPLICABLE,
     )
 
@@ -80,7 +99,7 @@ class RayRuntime(base.Runtime):
     def check(self, cfg):
         if not self.chosen(cfg):
             return
-        from tffpipe.learning import registry as algorithm_registry  # pylint: disable=g-import-not-at-top
+        from tffpipe.learning import registry as algorithm_registry
 
         if algorithm_registry.get(cfg.algorithm.name).asynchronous:
             raise ConfigError(
@@ -89,7 +108,7 @@ class RayRuntime(base.Runtime):
             )
 
     def loop_implementation(self):
-        import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+        import tensorflow_federated as tff
 
         # As on the in-process runtime (its docstring has the figures).
         return tff.learning.LoopImplementation.DATASET_ITERATOR
@@ -99,7 +118,7 @@ class RayRuntime(base.Runtime):
         self.connect(cfg, print_fn)
 
     def connect(self, cfg, print_fn):
-        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_cluster
 
         s = self.settings(cfg)
         if self._cluster is not None and self._cluster.address_setting == s.ray_address:
@@ -125,9 +144,9 @@ class RayRuntime(base.Runtime):
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
-        from tffpipe.runtimes import ray_placement  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_placement
 
-        from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_cluster
 
         print_fn(ray_cluster.describe_transport(self.connect(cfg, print_fn)))
         s = self.settings(cfg)
@@ -155,8 +174,8 @@ class RayRuntime(base.Runtime):
 
     def wrap(self, process, cfg, print_fn, what="learning process"):
         """`process` with its client half on the run's actors."""
-        from tffpipe.aggregation.protocols import registry as protocols  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import ray_key_holder  # pylint: disable=g-import-not-at-top
+        from tffpipe.aggregation.protocols import registry as protocols
+        from tffpipe.runtimes import ray_key_holder
 
         protocol = protocols.for_run(cfg, holder_factory=ray_key_holder.start)
         return on_actors(process, self._pool, what, print_fn, protocol)
@@ -169,7 +188,7 @@ class RayRuntime(base.Runtime):
         return bool(self.settings(cfg).ray_address)
 
     def doctor_checks(self, cfg, gpus_seen):
-        from tffpipe.runtimes import ray_placement  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import ray_placement
 
         yield from ray_placement.doctor_checks(self.settings(cfg))
 
@@ -185,9 +204,9 @@ def on_actors(process, pool, what: str = "learning process", print_fn=None, prot
         traffic go (None: nowhere).
       protocol: makes the secure-sum protocol (default: pairwise masking).
     """
-    from tffpipe.runtimes import client_half  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import inprocess_process  # pylint: disable=g-import-not-at-top
-    from tffpipe.runtimes import ray_actors  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import client_half
+    from tffpipe.runtimes import inprocess_process
+    from tffpipe.runtimes import ray_actors
 
     def clients(mrf):
         def local():

@@ -15,9 +15,11 @@ does not depend on which actor ran which chunk. A chunk whose actor dies is
 run again, from the same broadcast, on another live actor.
 """
 
+import contextlib
 import os
 import pickle
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable
 
 from absl import logging
 
@@ -36,18 +38,20 @@ class NoActorLeft(errors.UserError, RuntimeError):
 
 def serialize_parts(mrf: Any) -> bytes:
     """The client parts of a MapReduceForm, as bytes an actor can import."""
-    from tensorflow_federated.python.core.impl.computation import computation_impl  # pylint: disable=g-import-not-at-top
+    from tensorflow_federated.python.core.impl.computation import computation_impl
 
-    return pickle.dumps({
-        name: computation_impl.ConcreteComputation.get_proto(getattr(mrf, name)).SerializeToString()
-        for name in ("work", "accumulate", "zero", "merge")
-    })
+    return pickle.dumps(
+        {
+            name: computation_impl.ConcreteComputation.get_proto(getattr(mrf, name)).SerializeToString()
+            for name in ("work", "accumulate", "zero", "merge")
+        }
+    )
 
 
 def _deserialize_parts(blob: bytes) -> dict[str, Any]:
-    from tensorflow_federated.proto.v0 import computation_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_federated.python.core.impl.computation import computation_impl  # pylint: disable=g-import-not-at-top
-    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+    from tensorflow_federated.proto.v0 import computation_pb2
+    from tensorflow_federated.python.core.impl.computation import computation_impl
+    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
     return {
         name: computation_impl.ConcreteComputation(
@@ -69,8 +73,8 @@ class ClientActor:
     """
 
     def __init__(self, num_cpus: int, parallel_clients: int, clients_per_call: int, prefetch_clients: str):
-        import ray  # pylint: disable=g-import-not-at-top
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import ray
+        import tensorflow as tf
 
         # Several actors may share a node: each op's threads stay within the
         # actor's CPUs.
@@ -82,9 +86,7 @@ class ClientActor:
         # sizes that pool by the CPUs it may use, and with one thread for two
         # slots their calls and their datasets' reads waited on each other
         # (100 digits clients on one core: 2.7 to 7.2 s a round against 0.7 s).
-        tf.config.threading.set_inter_op_parallelism_threads(
-            max(len(self._slot_devices), int(num_cpus), 2)
-        )
+        tf.config.threading.set_inter_op_parallelism_threads(max(len(self._slot_devices), int(num_cpus), 2))
         self._clients_per_call = clients_per_call
         self._prefetch = client_half.reads_ahead(prefetch_clients, self._slot_devices)
         self._processes: dict[str, tuple[client_half.ClientHalf, Any]] = {}
@@ -92,7 +94,7 @@ class ClientActor:
 
     def info(self) -> dict[str, Any]:
         """Where this actor runs (pid, node, devices)."""
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "slots": self._slot_devices}
 
@@ -101,7 +103,12 @@ class ClientActor:
         if key not in self._processes:
             parts = _deserialize_parts(blob)
             half = client_half.ClientHalf(
-                parts["work"], parts["accumulate"], parts["zero"], self._slot_devices, what, self._prefetch,
+                parts["work"],
+                parts["accumulate"],
+                parts["zero"],
+                self._slot_devices,
+                what,
+                self._prefetch,
                 self._clients_per_call,
             )
             self._processes[key] = (half, client_half.import_part(parts["merge"], what))
@@ -114,8 +121,17 @@ class ClientActor:
             half.close()
         self._processes.clear()
 
-    def run(self, key: str, client_input: list, source: Any, keys: list, fingerprint: tuple,
-            protection: protocols_base.RoundKeys | None, indices: list[int], moduli: list[int]):
+    def run(
+        self,
+        key: str,
+        client_input: list,
+        source: Any,
+        keys: list,
+        fingerprint: tuple,
+        protection: protocols_base.RoundKeys | None,
+        indices: list[int],
+        moduli: list[int],
+    ):
         """Trains the clients `keys` (round positions `indices`); returns (accumulator, their protected sum).
 
         Returns None when `key` is not loaded (a restarted actor): the
@@ -132,7 +148,7 @@ class ClientActor:
     def _check_task(self, source: Any, fingerprint: tuple) -> None:
         if source.recipe in self._checked:
             return
-        from tffpipe.program import client_sources  # pylint: disable=g-import-not-at-top
+        from tffpipe.program import client_sources
 
         found = client_sources.task_fingerprint(source.recipe.build())
         if found != fingerprint:
@@ -175,10 +191,11 @@ class ActorPool:
     def _collect_restarted(self, timeout: float) -> None:
         if not self._probes:
             return
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
-        ready, _ = ray.wait(list(self._probes.values()), num_returns=1 if timeout else len(self._probes),
-                            timeout=timeout)
+        ready, _ = ray.wait(
+            list(self._probes.values()), num_returns=1 if timeout else len(self._probes), timeout=timeout
+        )
         for index, ref in list(self._probes.items()):
             if ref not in ready:
                 continue
@@ -203,7 +220,7 @@ class ActorPool:
 
     def register(self, key: str, blob: bytes, what: str) -> list[dict[str, Any]]:
         """Loads a process's client parts into every live actor."""
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         self._blobs[key] = (ray.put(blob), what)
         refs = {i: self.actors[i].load.remote(key, self._blobs[key][0], what) for i in self.alive()}
@@ -218,44 +235,48 @@ class ActorPool:
         return built
 
     def reload(self, index: int, key: str) -> None:
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         ref, what = self._blobs[key]
         ray.get(self.actors[index].load.remote(key, ref, what))
 
     def forget_processes(self) -> None:
         """Has every live actor drop the processes it loaded (at the end of a run)."""
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         self._blobs.clear()
         for i in self.alive():
-            try:
+            # A lost actor loses its processes anyway.
+            with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
                 ray.get(self.actors[i].drop_processes.remote(), timeout=60)
-            except (ray.exceptions.RayError, TimeoutError):
-                pass  # a lost actor loses its processes anyway
 
     def close(self) -> None:
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor)
-            except Exception:  # pylint: disable=broad-except
-                pass  # already gone
 
 
 class RayClients:
     """The client half of a process's rounds on the pool's actors (the `clients` of `InProcessProcess`)."""
 
-    def __init__(self, pool: ActorPool, mrf: Any, key: str, what: str, local: Callable[[], Any],
-                 print_fn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        pool: ActorPool,
+        mrf: Any,
+        key: str,
+        what: str,
+        local: Callable[[], Any],
+        print_fn: Callable[[str], None] | None = None,
+    ):
         self._pool = pool
         self._key = key
         self._what = what
-        self._fingerprint = None
+        self._fingerprint: tuple[Any, ...] | None = None
         self.print_fn = print_fn
         self._make_local = local
-        self._local = None
+        self._local: Any = None  # an in-process client half, made when first needed
         built = pool.register(key, serialize_parts(mrf), what)
         self.clients_per_call = built[0]["clients_per_call"]
         self.grouping_failed = built[0]["grouping_failed"]
@@ -278,9 +299,9 @@ class RayClients:
             if self._local is None:
                 self._local = self._make_local()
             return self._local.run_round(client_input, client_data, protection, moduli)
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
-        from tffpipe.program import client_sources  # pylint: disable=g-import-not-at-top
+        from tffpipe.program import client_sources
 
         if self._fingerprint is None:
             self._fingerprint = client_sources.task_fingerprint(client_data.task)
@@ -291,7 +312,7 @@ class RayClients:
         source_ref = ray.put(source)
         broadcast_bytes = sum(a.nbytes for a in broadcast)
         sent = broadcast_bytes + len(pickle.dumps(source))
-        pending: dict[Any, tuple[int, int]] = {}  # ref -> (chunk, actor)
+        pending: dict[Any, tuple[int, int, int]] = {}  # ref -> (chunk, actor, attempt)
         results: dict[int, Any] = {}
 
         def submit(chunk: int, attempt: int) -> None:
@@ -344,7 +365,8 @@ class RayClients:
         line = (
             f"ray: {self._what} round sent {sent:,} bytes to the actors: the broadcast ({broadcast:,} bytes, "
             f"once through the object store) and {num_clients} clients' ids and seeds"
-            + (f" and their {protection.what_is_sent}" if protection is not None else "") + "; no examples"
+            + (f" and their {protection.what_is_sent}" if protection is not None else "")
+            + "; no examples"
         )
         if self.print_fn is not None:
             self.print_fn(line)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from tffpipe import errors
 from tffpipe.runtimes import ray_guard
@@ -55,13 +55,13 @@ class Cluster:
     address_setting: str = ""  # the --ray_address it was made for
 
     def close(self) -> None:
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         with contextlib.suppress(Exception):
             ray.shutdown()
         if self.guard is not None:
-            with contextlib.suppress(OSError):
-                self.guard.stdin.close()  # the guard kills the cluster and exits
+            with contextlib.suppress(OSError, AttributeError):  # (stdin is a pipe, never None)
+                self.guard.stdin.close()  # type: ignore[union-attr]  # the guard kills the cluster and exits
             try:
                 self.guard.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -75,9 +75,11 @@ def describe_transport(cluster: "Cluster") -> str:
     encrypted = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     where = "a private cluster on this machine" if cluster.private else f"the cluster at {cluster.address}"
     auth = "token authentication" if cluster.authenticated else "NO authentication (--ray_allow_unauthenticated)"
-    return (f"transport: Ray, {where}: {auth}; "
-            + ("traffic between nodes encrypted (Ray's TLS, RAY_USE_TLS=1)" if encrypted else
-               "traffic between nodes not encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)"))
+    return f"transport: Ray, {where}: {auth}; " + (
+        "traffic between nodes encrypted (Ray's TLS, RAY_USE_TLS=1)"
+        if encrypted
+        else "traffic between nodes not encrypted (turn on Ray's TLS with RAY_USE_TLS=1 on every node)"
+    )
 
 
 def _free_loopback_port() -> int:
@@ -103,25 +105,47 @@ def start_private(num_cpus: int, num_gpus: int, print_fn: Callable[[str], None])
     port = _free_loopback_port()
     # Short: Ray's Unix socket paths under it must stay within 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")
-    env = dict(os.environ, **QUIET_ENVIRONMENT, **PRIVATE_ENVIRONMENT, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               PYTHONPATH=_worker_pythonpath())
+    env = dict(
+        os.environ,
+        **QUIET_ENVIRONMENT,
+        **PRIVATE_ENVIRONMENT,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PYTHONPATH=_worker_pythonpath(),
+    )
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     start = [
-        sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
-        "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
     ]
-    print_fn(f"ray: starting a private cluster on this machine ({num_cpus} CPU(s), {num_gpus} GPU(s), token authentication)...")
+    print_fn(
+        f"ray: starting a private cluster on this machine ({num_cpus} CPU(s), {num_gpus} GPU(s), token authentication)..."
+    )
     guard = subprocess.Popen(
         [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
         start_new_session=True,
     )
+    assert guard.stdout is not None and guard.stdin is not None  # pipes, as asked above
     line = guard.stdout.readline().strip()
     if not line.startswith(ray_guard.READY):
         guard.stdin.close()
         guard.wait(timeout=30)
-        reason = line[len(ray_guard.FAILED):].strip() if line.startswith(ray_guard.FAILED) else "its guard exited"
+        reason = line[len(ray_guard.FAILED) :].strip() if line.startswith(ray_guard.FAILED) else "its guard exited"
         raise RayUnavailable(f"--runtime=ray: the private Ray cluster did not start: {reason}")
     cluster = Cluster(f"127.0.0.1:{port}", private=True, authenticated=True, guard=guard)
     try:
@@ -204,8 +228,8 @@ def requires_token(address: str) -> bool:
 
 def _connect(address: str, auth_env: dict[str, str]) -> None:
     os.environ.update(QUIET_ENVIRONMENT, **auth_env)
-    import ray  # pylint: disable=g-import-not-at-top
-    from ray._raylet import AuthenticationTokenLoader, Config  # pylint: disable=g-import-not-at-top
+    import ray
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # Cython, no stubs
 
     # Ray reads its configuration (the authentication mode among it) and the
     # token once, when first used; a notebook may have imported Ray before.
@@ -217,9 +241,14 @@ def _connect(address: str, auth_env: dict[str, str]) -> None:
         with warnings.catch_warnings():
             # A tip about a future default, printed at every connection.
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-            ray.init(address=address, log_to_driver=False, configure_logging=False, logging_level="ERROR",
-                     include_dashboard=False)
-    except Exception as e:  # pylint: disable=broad-except
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                configure_logging=False,
+                logging_level="ERROR",
+                include_dashboard=False,
+            )
+    except Exception as e:
         # ConnectionError, AuthenticationError, RuntimeError: one line for all.
         reason = errors.first_line(e) if str(e).strip() else type(e).__name__
         if isinstance(e, ConnectionError) and os.environ.get("RAY_AUTH_MODE") == "token":

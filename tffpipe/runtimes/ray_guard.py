@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import contextlib
 
 _PR_SET_CHILD_SUBREAPER = 36
 READY = "tffpipe-ray-ready"
@@ -70,10 +71,8 @@ def kill_all(temp_dir: str) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)
         _reap()
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -6,7 +6,8 @@ The launcher and the client actors get only the public context; the
 launcher hands the actor the summed ciphertext and gets the plain sum back.
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +19,7 @@ class KeyHolderActor:
     """A `ckks_keys.KeyHolder` in its own Ray worker process."""
 
     def __init__(self, key_dir: str, params: ckks.Parameters):
-        from tffpipe.aggregation.protocols import ckks_keys  # pylint: disable=g-import-not-at-top
+        from tffpipe.aggregation.protocols import ckks_keys
 
         self._holder = ckks_keys.KeyHolder.load_or_create(key_dir, params)
 
@@ -29,7 +30,7 @@ class KeyHolderActor:
         return self._holder.reveal(summed, moduli, shapes)
 
     def pid(self) -> int:
-        import os  # pylint: disable=g-import-not-at-top
+        import os
 
         return os.getpid()
 
@@ -41,7 +42,7 @@ class HolderHandle:
         self.actor = actor
 
     def _get(self, ref: Any) -> Any:
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
 
         try:
             return ray.get(ref)
@@ -59,17 +60,24 @@ class HolderHandle:
     def public_context(self) -> bytes:
         return self._get(self.actor.public_context.remote())
 
-    def reveal(self, summed: Sequence[bytes], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def reveal(
+        self, summed: Sequence[bytes], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]
+    ) -> list[np.ndarray]:
         return self._get(self.actor.reveal.remote(list(summed), list(moduli), list(shapes)))
 
 
 def start(key_dir: str, params: ckks.Parameters) -> tuple[HolderHandle, Callable[[], None]]:
     """The key-holder actor on this node, and what stops it."""
-    import ray  # pylint: disable=g-import-not-at-top
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # pylint: disable=g-import-not-at-top
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor = ray.remote(KeyHolderActor).options(
-        num_cpus=0, max_restarts=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote(key_dir, params)
+    actor = (
+        ray.remote(KeyHolderActor)
+        .options(
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        )
+        .remote(key_dir, params)
+    )
     return HolderHandle(actor), lambda: ray.kill(actor)

@@ -1,7 +1,8 @@
 """How many Ray actors a run gets, with which resources, and what the doctor says of the cluster."""
 
 import time
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from tffpipe import errors
 
@@ -50,17 +51,21 @@ def start_actors(s: Any, inprocess: Any, print_fn: Callable[[str], None]) -> Any
         clients per call, prefetching), which apply inside every actor.
       print_fn: where the line about the actors goes.
     """
-    import ray  # pylint: disable=g-import-not-at-top
+    import ray
 
-    from tffpipe.runtimes import ray_actors  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import ray_actors
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     actors, cpus, gpus = plan(s, nodes)
     started = time.monotonic()
-    remote_class = ray.remote(ray_actors.ClientActor).options(
+    remote_class: Any = ray.remote(ray_actors.ClientActor).options(
         # Ray restarts a lost actor wherever the cluster has room; a round
         # never waits for that (the lost actor's clients run on the others).
-        num_cpus=cpus, num_gpus=gpus, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=0,
+        num_cpus=cpus,
+        num_gpus=gpus,
+        scheduling_strategy="SPREAD",
+        max_restarts=-1,
+        max_task_retries=0,
     )
     handles = [
         remote_class.remote(cpus, inprocess.parallel_clients, inprocess.clients_per_call, inprocess.prefetch_clients)
@@ -93,15 +98,19 @@ def start_actors(s: Any, inprocess: Any, print_fn: Callable[[str], None]) -> Any
 def doctor_checks(s: Any) -> Iterator[tuple[str, str, str]]:
     """Ray installed; with --ray_address, the cluster reachable, its authentication, nodes and resources."""
     try:
-        import ray  # pylint: disable=g-import-not-at-top
+        import ray
     except ImportError:
         yield ("FAIL", "runtime ray", "Ray is not installed (`uv sync`)")
         return
     if not s.ray_address:
-        yield ("ok", "runtime ray", f"Ray {ray.__version__}; without --ray_address a private, token-authenticated "
-               "Ray starts on this machine for each run")
+        yield (
+            "ok",
+            "runtime ray",
+            f"Ray {ray.__version__}; without --ray_address a private, token-authenticated "
+            "Ray starts on this machine for each run",
+        )
         return
-    from tffpipe.runtimes import ray_cluster  # pylint: disable=g-import-not-at-top
+    from tffpipe.runtimes import ray_cluster
 
     try:
         authenticated = ray_cluster.requires_token(s.ray_address)
@@ -111,8 +120,11 @@ def doctor_checks(s: Any) -> Iterator[tuple[str, str, str]]:
     if authenticated:
         yield ("ok", f"ray cluster {s.ray_address}", "requires token authentication")
     else:
-        yield ("FAIL" if not s.ray_allow_unauthenticated else "warn", f"ray cluster {s.ray_address}",
-               "accepts callers without a token (RAY_AUTH_MODE=token is off)")
+        yield (
+            "FAIL" if not s.ray_allow_unauthenticated else "warn",
+            f"ray cluster {s.ray_address}",
+            "accepts callers without a token (RAY_AUTH_MODE=token is off)",
+        )
         if not s.ray_allow_unauthenticated:
             return
     try:
@@ -125,6 +137,10 @@ def doctor_checks(s: Any) -> Iterator[tuple[str, str, str]]:
             if not node.get("Alive"):
                 continue
             r = node["Resources"]
-            yield ("ok", f"ray node {node['NodeManagerAddress']}", f"{r.get('CPU', 0):g} CPU(s), {r.get('GPU', 0):g} GPU(s)")
+            yield (
+                "ok",
+                f"ray node {node['NodeManagerAddress']}",
+                f"{r.get('CPU', 0):g} CPU(s), {r.get('GPU', 0):g} GPU(s)",
+            )
     finally:
         cluster.close()

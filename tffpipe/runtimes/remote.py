@@ -22,25 +22,39 @@ MIN_CONNECT_SEC = 1.0
 @dataclasses.dataclass(frozen=True)
 class Settings:
     workers: tuple[str, ...] = settings.setting(
-        (), "The TFF worker services (`python -m tffpipe.worker`) as HOST:PORT,HOST:PORT,...",
-        flag="workers", group="runtime", applies=("runtime", ("remote",)),
+        (),
+        "The TFF worker services (`python -m tffpipe.worker`) as HOST:PORT,HOST:PORT,...",
+        flag="workers",
+        group="runtime",
+        applies=("runtime", ("remote",)),
         resume=settings.NOT_APPLICABLE,
     )
     worker_wait_sec: float = settings.setting(
-        30.0, "Seconds a worker is waited for: at the start (at least 1), and when it stops "
+        30.0,
+        "Seconds a worker is waited for: at the start (at least 1), and when it stops "
         "answering, before its share runs again on the other workers.",
-        flag="worker_wait_sec", group="runtime", check=settings.at_least(0),
-        applies=("runtime", ("remote",)), resume=settings.NOT_APPLICABLE,
+        flag="worker_wait_sec",
+        group="runtime",
+        check=settings.at_least(0),
+        applies=("runtime", ("remote",)),
+        resume=settings.NOT_APPLICABLE,
     )
     tls_dir: str = settings.setting(
-        "", "This launcher's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=launcher`): "
+        "",
+        "This launcher's certificate folder (`python -m tffpipe.certs issue DIR NAME --role=launcher`): "
         "workers are called over mutual TLS and must hold a certificate from the same CA.",
-        flag="tls_dir", group="runtime", applies=("runtime", ("remote",)), resume=settings.NOT_APPLICABLE,
+        flag="tls_dir",
+        group="runtime",
+        applies=("runtime", ("remote",)),
+        resume=settings.NOT_APPLICABLE,
     )
     insecure_workers: bool = settings.setting(
-        False, "Call the workers over plaintext gRPC instead of mutual TLS (a warning at every start): "
+        False,
+        "Call the workers over plaintext gRPC instead of mutual TLS (a warning at every start): "
         "anyone on the network can read the examples and the model, and reach the workers.",
-        flag="insecure_workers", group="runtime", applies=("runtime", ("remote",)),
+        flag="insecure_workers",
+        group="runtime",
+        applies=("runtime", ("remote",)),
         resume=settings.NOT_APPLICABLE,
     )
 
@@ -74,7 +88,7 @@ class RemoteRuntime(base.Runtime):
 
     def credentials(self, cfg):
         """The launcher's TLS credentials, or None with --insecure_workers (`ConfigError` in one line)."""
-        from tffpipe.runtimes import tls  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import tls
 
         s = self.settings(cfg)
         if not s.tls_dir:
@@ -85,17 +99,17 @@ class RemoteRuntime(base.Runtime):
             raise ConfigError(str(e)) from e
 
     def preflight(self, cfg, print_fn):
-        from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import remote_context
 
         s = self.settings(cfg)
         remote_context.check_workers(s.workers, max(s.worker_wait_sec, MIN_CONNECT_SEC), self.credentials(cfg))
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
-        from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+        from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
-        from tffpipe.runtimes import contexts  # pylint: disable=g-import-not-at-top
-        from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import contexts
+        from tffpipe.runtimes import remote_context
 
         s = self.settings(cfg)
         remote_context.check_mergeable(process.next)
@@ -113,7 +127,7 @@ class RemoteRuntime(base.Runtime):
             context.close()
 
     def doctor_checks(self, cfg, gpus_seen):
-        from tffpipe.runtimes import remote_context  # pylint: disable=g-import-not-at-top
+        from tffpipe.runtimes import remote_context
 
         s = self.settings(cfg)
         try:
@@ -121,12 +135,14 @@ class RemoteRuntime(base.Runtime):
         except ConfigError as e:
             yield ("FAIL", "launcher certificate", str(e))
             return
-        yield (("warn", "transport", "plaintext to the workers (--insecure_workers)") if credentials is None
-               else ("ok", "launcher certificate", credentials.describe()))
+        yield (
+            ("warn", "transport", "plaintext to the workers (--insecure_workers)")
+            if credentials is None
+            else ("ok", "launcher certificate", credentials.describe())
+        )
         for address in s.workers:
             try:
-                remote_context.check_workers([address], max(min(s.worker_wait_sec, 5.0), MIN_CONNECT_SEC),
-                                             credentials)
+                remote_context.check_workers([address], max(min(s.worker_wait_sec, 5.0), MIN_CONNECT_SEC), credentials)
                 yield ("ok", f"worker {address}", "accepts connections")
             except remote_context.WorkerUnavailable as e:
                 yield ("FAIL", f"worker {address}", str(e).split(": ", 1)[1])

@@ -37,7 +37,7 @@ import functools
 import socket
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from tensorflow_federated.python.core.backends.native import compiler as native_compiler
@@ -133,7 +133,9 @@ def check_workers(addresses: Sequence[str], timeout_sec: float, credentials: tls
         try:
             socket.getaddrinfo(host.strip("[]"), int(port))
         except (socket.gaierror, UnicodeError) as e:
-            raise WorkerUnavailable(address, f"cannot resolve host {host!r} ({e.strerror or e})") from e
+            raise WorkerUnavailable(
+                address, f"cannot resolve host {host!r} ({getattr(e, 'strerror', None) or e})"
+            ) from e
     channels = {address: _channel(address, credentials) for address in addresses}
     futures = {a: grpc.channel_ready_future(c) for a, c in channels.items()}
     deadline = time.monotonic() + timeout_sec
@@ -172,9 +174,7 @@ def _compile_secure_sums_away(comp):
 # keeps a long-lived process (a notebook running many runs) from holding all.
 @functools.lru_cache(maxsize=16)
 def _to_mergeable_form(comp) -> mergeable.MergeableCompForm:
-    return mergeable_comp_compiler.compile_to_mergeable_comp_form(
-        _compile_secure_sums_away(comp)
-    )
+    return mergeable_comp_compiler.compile_to_mergeable_comp_form(_compile_secure_sums_away(comp))
 
 
 def check_mergeable(comp, what: str = "round") -> None:
@@ -249,9 +249,7 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
             return executor
 
         super().__init__(
-            executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
-                executor_stack_fn=executor_for
-            ),
+            executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=executor_for),
             compiler_fn=native_compiler.desugar_and_transform_to_native,
             transform_args=tensorflow_computation.transform_args,
             transform_result=tensorflow_computation.transform_result,
@@ -270,9 +268,7 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
         pause = _RETRY_FIRST_SEC
         while True:
             try:
-                return await self._watched(
-                    self._own_thread.run(_INVOKE_ONCE(self, comp, arg))
-                )
+                return await self._watched(self._own_thread.run(_INVOKE_ONCE(self, comp, arg)))
             except (executors_errors.RetryableError, grpc.RpcError) as e:
                 if not _is_connection_error(e):
                     raise
@@ -284,7 +280,6 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
                     ) from e
                 await asyncio.sleep(min(pause, gave_up_at - now))
                 pause = min(pause * 2, _RETRY_MAX_SEC)
-
 
     async def _watched(self, call):
         """Awaits `call`, probing the worker meanwhile; gives up after `wait_sec` of silence."""
@@ -336,7 +331,7 @@ def _is_connection_error(error: Exception) -> bool:
     code = error.code() if isinstance(error, grpc.Call) else None
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
-    return code == grpc.StatusCode.NOT_FOUND and "xecutor" in (error.details() or "")
+    return code == grpc.StatusCode.NOT_FOUND and isinstance(error, grpc.Call) and "xecutor" in (error.details() or "")
 
 
 def _grpc_detail(error: Exception) -> str:
@@ -394,7 +389,8 @@ class FailoverContext(context_base.SyncContext):
         if self._mergeable is None:
             self._workers = [_WorkerContext(a, self._wait_sec, self._credentials) for a in self.live_addresses]
             self._mergeable = mergeable.MergeableCompExecutionContext(
-                async_contexts=self._workers, compiler_fn=_to_mergeable_form,
+                async_contexts=self._workers,
+                compiler_fn=_to_mergeable_form,
             )
         return self._mergeable
 
@@ -416,7 +412,7 @@ class FailoverContext(context_base.SyncContext):
         # The failed attempt's other subrounds would keep the surviving
         # workers busy; TFF has no API to stop them, so cancel the tasks on
         # the context's event loop.
-        loop = self._mergeable._async_runner._event_loop  # pylint: disable=protected-access
+        loop = self._mergeable._async_runner._event_loop
 
         def cancel_all():
             for task in asyncio.all_tasks(loop):
@@ -452,10 +448,7 @@ class FailoverContext(context_base.SyncContext):
                 f"{error}; no workers left (start them again and rerun the same command "
                 "to resume from the last checkpoint)"
             ) from error
-        self._print(
-            f"{error}; running the computation again on the remaining "
-            f"{len(live)} worker(s): {', '.join(live)}"
-        )
+        self._print(f"{error}; running the computation again on the remaining {len(live)} worker(s): {', '.join(live)}")
 
 
 def describe(addresses: Sequence[str], wait_sec: float) -> str:
@@ -470,7 +463,11 @@ def describe(addresses: Sequence[str], wait_sec: float) -> str:
 def describe_transport(workers: int, credentials: tls.Credentials | None) -> str:
     """The run's transport line: what protects the traffic to the workers."""
     if credentials is None:
-        return (f"transport: plaintext to {workers} worker(s) (--insecure_workers): the examples and the model "
-                "cross the network readable, and anyone who reaches a worker can use it")
-    return (f"transport: mutual TLS to {workers} worker(s) (CA fingerprint {credentials.ca_fingerprint}; "
-            f"this launcher: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})")
+        return (
+            f"transport: plaintext to {workers} worker(s) (--insecure_workers): the examples and the model "
+            "cross the network readable, and anyone who reaches a worker can use it"
+        )
+    return (
+        f"transport: mutual TLS to {workers} worker(s) (CA fingerprint {credentials.ca_fingerprint}; "
+        f"this launcher: {credentials.name}, valid until {credentials.not_after:%Y-%m-%d})"
+    )

@@ -13,7 +13,8 @@ lists and the nested Python containers TFF returns.
 """
 
 import itertools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -70,8 +71,7 @@ class ImportedComputation:
             if parameter_type is not None:
                 _, binding = tensorflow_utils.stamp_parameter_in_graph("arg", parameter_type, graph)
                 feeds = [
-                    graph.get_tensor_by_name(n)
-                    for n in tensorflow_utils.extract_tensor_names_from_binding(binding)
+                    graph.get_tensor_by_name(n) for n in tensorflow_utils.extract_tensor_names_from_binding(binding)
                 ]
                 names = tensorflow_utils.extract_tensor_names_from_binding(proto.parameter)
                 input_map = graph_utils.add_control_dep_mappings(dict(zip(names, feeds)))
@@ -79,9 +79,7 @@ class ImportedComputation:
                 input_map[proto.session_token_tensor_name] = tf.constant("tffpipe")
             results = tensorflow_utils.extract_tensor_names_from_binding(proto.result)
             init = [proto.initialize_op] if proto.initialize_op else []
-            imported = tf.graph_util.import_graph_def(
-                graph_def, input_map, results + init, name="subcomputation"
-            )
+            imported = tf.graph_util.import_graph_def(graph_def, input_map, results + init, name="subcomputation")
             parts["feeds"] = feeds
             parts["fetches"] = [tf.identity(t) for t in imported[: len(results)]]
             parts["init"] = imported[len(results)] if init else None
@@ -94,7 +92,7 @@ class ImportedComputation:
         # TF 2.14: binding its inputs formats every argument tensor as text.
         # A tf.function with a fixed signature binds once, at tracing.
         self._body = tf.function(
-            lambda *args: pruned(*args),
+            pruned,
             input_signature=self.input_specs,
             autograph=False,
         )
@@ -130,7 +128,7 @@ class ImportedComputation:
 
 def feeds_of(flat_args) -> list:
     """Arguments as tensors: a `tf.data.Dataset` becomes its variant tensor."""
-    return [a._variant_tensor if isinstance(a, tf.data.Dataset) else a for a in flat_args]  # pylint: disable=protected-access
+    return [a._variant_tensor if isinstance(a, tf.data.Dataset) else a for a in flat_args]
 
 
 class GroupedClientStep:
@@ -147,8 +145,13 @@ class GroupedClientStep:
     first use.
     """
 
-    def __init__(self, make_work: Callable[[], ImportedComputation], accumulate: ImportedComputation,
-                 num_update: int, num_client_leaves: int):
+    def __init__(
+        self,
+        make_work: Callable[[], ImportedComputation],
+        accumulate: ImportedComputation,
+        num_update: int,
+        num_client_leaves: int,
+    ):
         self._make_work = make_work
         self._works: list[ImportedComputation] = [make_work()]
         self._accumulate = accumulate
@@ -164,22 +167,35 @@ class GroupedClientStep:
 
     def __call__(self, accumulator: Sequence[Any], clients: Sequence[Sequence[Any]], client_input: Sequence[Any]):
         """(new accumulator, [extra outputs of each client])."""
-        outputs = list(self._function(len(clients))(
-            *accumulator, *[leaf for client in clients for leaf in feeds_of(client)], *client_input
-        ))
+        outputs = list(
+            self._function(len(clients))(
+                *accumulator, *[leaf for client in clients for leaf in feeds_of(client)], *client_input
+            )
+        )
         return self._split_outputs(outputs, len(clients))
 
-    def by_keys(self, accumulator: Sequence[Any], build: Callable[[Any, Any], tf.data.Dataset],
-                client_ids: Sequence[str], seeds: Sequence[int], client_input: Sequence[Any]):
+    def by_keys(
+        self,
+        accumulator: Sequence[Any],
+        build: Callable[[Any, Any], tf.data.Dataset],
+        client_ids: Sequence[str],
+        seeds: Sequence[int],
+        client_input: Sequence[Any],
+    ):
         """Like calling the step, with each client's dataset built inside the call.
 
         `build(client_id, seed)` is a traced dataset function (the task's),
         so a group costs one TensorFlow call instead of one Python dataset
         construction per client plus the call. Same datasets, same results.
         """
-        outputs = list(self._keyed_function(len(client_ids), build)(
-            *accumulator, tf.constant(list(client_ids), tf.string), tf.constant(list(seeds), tf.int64), *client_input
-        ))
+        outputs = list(
+            self._keyed_function(len(client_ids), build)(
+                *accumulator,
+                tf.constant(list(client_ids), tf.string),
+                tf.constant(list(seeds), tf.int64),
+                *client_input,
+            )
+        )
         return self._split_outputs(outputs, len(client_ids))
 
     def _split_outputs(self, outputs: list, size: int):
@@ -212,7 +228,8 @@ class GroupedClientStep:
             traced = tf.function(
                 step,
                 input_signature=self._accumulate.input_specs[:n_acc]
-                + [tf.TensorSpec([size], tf.string), tf.TensorSpec([size], tf.int64)] + input_specs,
+                + [tf.TensorSpec([size], tf.string), tf.TensorSpec([size], tf.int64)]
+                + input_specs,
                 autograph=False,
             )
             traced.get_concrete_function()
@@ -320,9 +337,7 @@ def flatten(value, value_type: computation_types.Type) -> list[Any]:
         value_type = value_type.member
     if isinstance(value_type, computation_types.StructType):
         leaves = []
-        for child, (_, child_type) in zip(
-            _children(value, value_type), structure.iter_elements(value_type)
-        ):
+        for child, (_, child_type) in zip(_children(value, value_type), structure.iter_elements(value_type)):
             leaves.extend(flatten(child, child_type))
         return leaves
     return [value]
@@ -359,8 +374,6 @@ def _pack(leaves: Iterator[Any], value_type):
     if isinstance(value_type, computation_types.FederatedType):
         value_type = value_type.member
     if isinstance(value_type, computation_types.StructType):
-        return structure.Struct(
-            [(name, _pack(leaves, t)) for name, t in structure.iter_elements(value_type)]
-        )
+        return structure.Struct([(name, _pack(leaves, t)) for name, t in structure.iter_elements(value_type)])
     leaf = next(leaves)
     return leaf.numpy() if isinstance(leaf, tf.Tensor) else np.asarray(leaf)

@@ -37,6 +37,8 @@ def refusal(channel: grpc.Channel, credentials) -> str | None:
         return "it closed a plaintext connection: it may serve TLS (give --tls_dir)"
     if credentials is not None and closed:
         # TLS 1.3: the server checks the client's certificate after the client's side of the handshake.
-        return ("TLS handshake refused: the worker closed the connection on this launcher's certificate "
-                "(another CA's, expired, or not a launcher's)")
+        return (
+            "TLS handshake refused: the worker closed the connection on this launcher's certificate "
+            "(another CA's, expired, or not a launcher's)"
+        )
     return None

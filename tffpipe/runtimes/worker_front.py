@@ -37,8 +37,9 @@ class _Forward(grpc.GenericRpcHandler):
         upstream = self._backend.stream_stream(handler_call_details.method)
 
         async def forward(requests, context):
-            metadata = [(k, v) for k, v in (context.invocation_metadata() or ())
-                        if not k.startswith(_FORWARDED_METADATA_SKIP)]
+            metadata = [
+                (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_FORWARDED_METADATA_SKIP)
+            ]
             call = upstream(requests, timeout=context.time_remaining(), metadata=metadata)
             try:
                 async for response in call:

@@ -1,6 +1,7 @@
 """`from_arrays`: a federated Task from centralized NumPy arrays and a Keras model."""
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -77,9 +78,7 @@ def from_arrays(
     x, y = _check_arrays(name, x, y)
     x, y = _finite_rows(name, x, y, drop_nonfinite)
     if partition not in PARTITIONS:
-        raise TaskError(
-            f"task {name!r}: partition must be one of {', '.join(PARTITIONS)}, got {partition!r}"
-        )
+        raise TaskError(f"task {name!r}: partition must be one of {', '.join(PARTITIONS)}, got {partition!r}")
     if num_clients < 2:
         raise TaskError(f"task {name!r}: num_clients must be at least 2, got {num_clients}")
     if not 0 < eval_fraction < 1:
@@ -103,9 +102,7 @@ def from_arrays(
 
     def subset(keep):
         chosen = [i for i in range(num_clients) if keep(i)]
-        return partition_lib.to_client_data(
-            {"x": x, "y": y}, [indices[i] for i in chosen], [ids[i] for i in chosen]
-        )
+        return partition_lib.to_client_data({"x": x, "y": y}, [indices[i] for i in chosen], [ids[i] for i in chosen])
 
     loss_builder = loss_builder_of(name, loss)
     _check_class_labels(name, x, y, model_fn, loss_builder())
@@ -126,10 +123,7 @@ def from_arrays(
 def _check_arrays(name: str, x, y) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
-        raise TaskError(
-            f"task {name!r}: x and y must have one row per example, got shapes "
-            f"{x.shape} and {y.shape}"
-        )
+        raise TaskError(f"task {name!r}: x and y must have one row per example, got shapes {x.shape} and {y.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise TaskError(f"task {name!r}: x must be numeric, got {x.dtype}")
     y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
@@ -177,7 +171,7 @@ def _check_class_labels(name: str, x: np.ndarray, y: np.ndarray, model_fn, loss)
         return
     try:
         width = int(model_fn()(x[:1]).shape[-1]) if kind == "SparseCategoricalCrossentropy" else 2
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         return  # a model that does not take x: the Task's own check says so in one line
     labels = y.reshape(len(y), -1)
     outside = (labels < 0) | (labels >= width)
@@ -201,9 +195,7 @@ def _finite_rows(name: str, x: np.ndarray, y: np.ndarray, drop: bool) -> tuple[n
     first = int(np.flatnonzero(bad)[0])
     what = f"{count:,} of {len(x):,} examples hold NaN or infinite values (the first is row {first})"
     if not drop:
-        raise TaskError(
-            f"task {name!r}: {what}; clean them, or pass drop_nonfinite=True to from_arrays to drop them"
-        )
+        raise TaskError(f"task {name!r}: {what}; clean them, or pass drop_nonfinite=True to from_arrays to drop them")
     if count == len(x):
         raise TaskError(f"task {name!r}: {what}: no example is left")
     logging.warning("task %r: dropped %s", name, what)
@@ -251,12 +243,10 @@ def loss_builder_of(name: str, loss) -> Callable[[], tf.keras.losses.Loss]:
             return loss_builder_of(name, resolved)
         # `get` turns snake-case names (and aliases: mse) into functions;
         # TFF needs a Loss object, so take the class of the same name.
-        cls = _keras_class(tf.keras.losses, tf.keras.losses.Loss, resolved.__name__)
-        if cls is not None:
-            return cls
-    raise TaskError(
-        f"task {name!r}: loss must be a Keras loss instance, class or name, got {loss!r}"
-    )
+        found = _keras_class(tf.keras.losses, tf.keras.losses.Loss, resolved.__name__)
+        if found is not None:
+            return found
+    raise TaskError(f"task {name!r}: loss must be a Keras loss instance, class or name, got {loss!r}")
 
 
 _ACCURACY_FOR_LOSS = {
@@ -288,19 +278,17 @@ def _metric_builder(name: str, metric, loss) -> Callable[[], tf.keras.metrics.Me
             )
         return lambda: accuracy(name="accuracy")
     if isinstance(metric, str):
-        cls = _keras_class(tf.keras.metrics, tf.keras.metrics.Metric, metric)
-        if cls is not None:
-            return lambda: cls(name=metric)
+        found = _keras_class(tf.keras.metrics, tf.keras.metrics.Metric, metric)
+        if found is not None:
+            return lambda: found(name=metric)
         try:
             resolved = tf.keras.metrics.get(metric)
         except ValueError as e:
             raise TaskError(f"task {name!r}: unknown Keras metric {metric!r}") from e
         if isinstance(resolved, tf.keras.metrics.Metric):
             return _metric_builder(name, resolved, loss)
-        cls = _keras_class(tf.keras.metrics, tf.keras.metrics.Metric, resolved.__name__)
-        if cls is not None:
-            return lambda: cls(name=metric)
+        named = _keras_class(tf.keras.metrics, tf.keras.metrics.Metric, resolved.__name__)
+        if named is not None:
+            return lambda: named(name=metric)
         return lambda: tf.keras.metrics.MeanMetricWrapper(resolved, name=metric)
-    raise TaskError(
-        f"task {name!r}: metrics must be Keras metric instances, classes or names, got {metric!r}"
-    )
+    raise TaskError(f"task {name!r}: metrics must be Keras metric instances, classes or names, got {metric!r}")

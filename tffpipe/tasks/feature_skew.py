@@ -18,7 +18,7 @@ held-out) goes through it:
 `s` is `feature_skew_strength`; 0 leaves the data unchanged.
 """
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def _brightness(x, rng, strength, reference):
 
 
 def _rotation(x, rng, strength, reference):
-    from scipy import ndimage  # pylint: disable=g-import-not-at-top
+    from scipy import ndimage
 
     angle = strength * rng.uniform(-180, 180)
     return ndimage.rotate(x, angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=float(reference.min()))

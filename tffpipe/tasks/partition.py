@@ -1,7 +1,7 @@
 """Partitioning centralized arrays into federated clients: IID, label skew
 (Dirichlet or shards), quantity skew."""
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -66,15 +66,15 @@ def dirichlet_label_skew(
 
 def _top_up(clients: list[np.ndarray], min_examples: int, rng) -> list[np.ndarray]:
     """Moves random examples from the largest clients until all have enough."""
-    clients = [list(c) for c in clients]
-    sizes = np.array([len(c) for c in clients])
+    members = [list(c) for c in clients]
+    sizes = np.array([len(c) for c in members])
     while sizes.min() < min_examples:
         donor, recipient = int(sizes.argmax()), int(sizes.argmin())
-        moved = clients[donor].pop(int(rng.integers(sizes[donor])))
-        clients[recipient].append(moved)
+        moved = members[donor].pop(int(rng.integers(sizes[donor])))
+        members[recipient].append(moved)
         sizes[donor] -= 1
         sizes[recipient] += 1
-    return [np.array(c, dtype=np.int64) for c in clients]
+    return [np.array(c, dtype=np.int64) for c in members]
 
 
 def iid(num_examples: int, num_clients: int, *, seed: int) -> list[np.ndarray]:
@@ -88,9 +88,7 @@ def iid(num_examples: int, num_clients: int, *, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, num_clients)]
 
 
-def label_shards(
-    labels: np.ndarray, num_clients: int, *, seed: int, shards_per_client: int = 2
-) -> list[np.ndarray]:
+def label_shards(labels: np.ndarray, num_clients: int, *, seed: int, shards_per_client: int = 2) -> list[np.ndarray]:
     """McMahan et al. (2017)'s pathological non-IID split into label shards.
 
     Examples are sorted by label and cut into `num_clients * shards_per_client`
@@ -175,8 +173,6 @@ def to_client_data(
 
     def dataset_fn(client_id: tf.Tensor) -> tf.data.Dataset:
         rows = rows_of[tf.where(tf.equal(ids, client_id))[0, 0]]
-        return tf.data.Dataset.from_tensor_slices(
-            {name: tf.gather(array, rows) for name, array in values.items()}
-        )
+        return tf.data.Dataset.from_tensor_slices({name: tf.gather(array, rows) for name, array in values.items()})
 
     return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(list(client_ids), dataset_fn)

@@ -16,14 +16,13 @@ import sqlite3
 import tarfile
 import tempfile
 import urllib.error
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.simulation.datasets import download as tff_download
 
-from tffpipe.config import DEFAULT_DATA_DIR  # re-exported: the tasks' default
 from tffpipe.errors import TaskError
 from tffpipe.program import files
 
@@ -63,7 +62,7 @@ def _download(path: str, filename: str, archive: str) -> None:
     try:
         with _socket_timeout(_TIMEOUT_SEC):
             if archive.endswith(".lzma"):
-                files.produce_file_atomic(path, lambda temp: tff_download._fetch_lzma_file(url, temp))  # pylint: disable=protected-access
+                files.produce_file_atomic(path, lambda temp: tff_download._fetch_lzma_file(url, temp))
             else:
                 files.produce_file_atomic(path, lambda temp: _fetch_from_tar(url, filename, temp))
     except (OSError, urllib.error.URLError, EOFError, tarfile.TarError) as e:
@@ -101,14 +100,20 @@ def index_by_client(path: str) -> None:
             return
         size = os.path.getsize(path)
         if size > 100 * 2**20:
-            print(f"indexing {path} by client ({size / 2**30:.1f} GiB; once, so reading a client "
-                  "does not scan the whole file)...", flush=True)
+            print(
+                f"indexing {path} by client ({size / 2**30:.1f} GiB; once, so reading a client "
+                "does not scan the whole file)...",
+                flush=True,
+            )
         try:
             db.execute(f"CREATE INDEX IF NOT EXISTS {_CLIENT_INDEX} ON examples (client_id, split_name)")
             db.commit()
         except sqlite3.OperationalError as e:
-            print(f"warning: {path} has no index by client and cannot be given one ({e}); "
-                  "every client read scans the whole file", flush=True)
+            print(
+                f"warning: {path} has no index by client and cannot be given one ({e}); "
+                "every client read scans the whole file",
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -134,9 +139,7 @@ def _fetch_from_tar(url: str, member: str, dest: str) -> None:
                 shutil.copyfileobj(source, out)
 
 
-def write_sql_client_data(
-    path: str, splits: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
-) -> None:
+def write_sql_client_data(path: str, splits: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]) -> None:
     """Writes client data as a TFF SQLite file, as TFF's loaders read it.
 
     Each split is written by `tff.simulation.datasets.save_to_sql_client_data`;

@@ -7,7 +7,8 @@ federated training and evaluation client data, validated on construction
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, TypeAlias
+from collections.abc import Callable
 
 from absl import logging
 import tensorflow as tf
@@ -15,8 +16,8 @@ import tensorflow_federated as tff
 
 from tffpipe.errors import TaskError  # re-exported
 
-ClientSpec = tff.simulation.baselines.ClientSpec
-ClientData = tff.simulation.datasets.ClientData
+ClientSpec: TypeAlias = tff.simulation.baselines.ClientSpec
+ClientData: TypeAlias = tff.simulation.datasets.ClientData
 
 # Where a task's evaluation data comes from.
 #   held_out_clients: clients that never train (checked: no shared ids).
@@ -27,8 +28,6 @@ EVAL_SPLITS = ("held_out_clients", "test_split")
 
 
 _EAGER = "eager"  # marks a pipeline whose client data cannot be traced
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +70,11 @@ class Task:
             raise TaskError(f"task {self.name!r}: regroup must be callable or None")
         if self.eval_split not in EVAL_SPLITS:
             raise TaskError(
-                f"task {self.name!r}: eval_split must be one of {', '.join(EVAL_SPLITS)}, "
-                f"got {self.eval_split!r}"
+                f"task {self.name!r}: eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}"
             )
         for field in ("train_data", "eval_data"):
             data = getattr(self, field)
-            if not isinstance(data, ClientData):
+            if not isinstance(data, tff.simulation.datasets.ClientData):
                 raise TaskError(f"task {self.name!r}: {field} must be a ClientData")
             if not data.client_ids:
                 raise TaskError(f"task {self.name!r}: {field} has no clients")
@@ -137,12 +135,14 @@ class Task:
             try:
                 traced.get_concrete_function()
                 builder = traced
-            except Exception as e:  # pylint: disable=broad-except
+            except Exception as e:
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 logging.warning(
                     "task %r: client datasets are built one by one (their dataset "
                     "function cannot be traced: %s); memory grows with every client "
-                    "dataset built", self.name, reason,
+                    "dataset built",
+                    self.name,
+                    reason,
                 )
                 builder = _EAGER
             self._builders[key] = builder
@@ -160,9 +160,7 @@ class Task:
         key = ("train", spec.num_epochs, spec.batch_size, spec.max_elements, spec.shuffle_buffer_size)
         return key, functools.partial(self._train_pipeline, spec)
 
-    def client_dataset(
-        self, client_id: str, spec: ClientSpec, *, seed: int
-    ) -> tf.data.Dataset:
+    def client_dataset(self, client_id: str, spec: ClientSpec, *, seed: int) -> tf.data.Dataset:
         """The batched training dataset of one client for one round.
 
         Args:
@@ -224,9 +222,7 @@ def _check_model_accepts_data(task: Task) -> None:
     ds = task.sample_batch_dataset(2)
     spec = ds.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise TaskError(
-            f"task {task.name!r}: to_features must return an (x, y) pair, got {spec}"
-        )
+        raise TaskError(f"task {task.name!r}: to_features must return an (x, y) pair, got {spec}")
     model = task.model_builder()
     if not isinstance(model, tf.keras.Model):
         raise TaskError(f"task {task.name!r}: model_builder must return a tf.keras.Model")
@@ -240,16 +236,12 @@ def _check_model_accepts_data(task: Task) -> None:
             )
     batch = next(iter(ds), None)
     if batch is None:
-        raise TaskError(
-            f"task {task.name!r}: training client {task.train_data.client_ids[0]!r} "
-            "has no examples"
-        )
+        raise TaskError(f"task {task.name!r}: training client {task.train_data.client_ids[0]!r} has no examples")
     x, _ = batch
     try:
         model(x)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TaskError(
-            f"task {task.name!r}: the model rejects the data's x of shape "
-            f"{tuple(x_spec.shape)}: {first_line}"
+            f"task {task.name!r}: the model rejects the data's x of shape {tuple(x_spec.shape)}: {first_line}"
         ) from e

@@ -11,7 +11,8 @@ group `tffpipe.tasks`, for example in their pyproject.toml:
 """
 
 import inspect
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tffpipe import errors
 from tffpipe import plugins
@@ -31,7 +32,7 @@ def registered_tasks() -> dict[str, TaskEntry]:
 
     A plug-in cannot shadow a built-in name; it is left out.
     """
-    from tffpipe_tasks import TASKS  # pylint: disable=g-import-not-at-top
+    from tffpipe_tasks import TASKS
 
     return plugins.entries(TASKS, ENTRY_POINT_GROUP)
 
@@ -68,7 +69,11 @@ def factory_options(factory: Callable[..., Any]) -> dict[str, TaskOption]:
 
 
 def create_task(
-    name: str, options: dict[str, Any], *, seed: int, data_dir: str | None = None,
+    name: str,
+    options: dict[str, Any],
+    *,
+    seed: int,
+    data_dir: str | None = None,
     vertical_overlap: float | None = None,
 ) -> Any:
     """Builds a task by name or factory path with its options.
@@ -91,18 +96,15 @@ def create_task(
     for option, value in kwargs.items():
         choices = known[option].choices if option in known else None
         if choices and value not in choices:
-            raise TaskError(
-                f"task {name!r}: {option} must be one of {', '.join(map(str, choices))}, "
-                f"got {value!r}"
-            )
+            raise TaskError(f"task {name!r}: {option} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if "seed" in parameters:
         kwargs["seed"] = seed
     if "data_dir" in parameters and data_dir is not None:
         kwargs["data_dir"] = data_dir
     if "vertical_overlap" in parameters and vertical_overlap is not None:
         kwargs["vertical_overlap"] = vertical_overlap
-    from tffpipe.tasks.record import Task  # pylint: disable=g-import-not-at-top
-    from tffpipe.tasks.vertical import VerticalTask  # pylint: disable=g-import-not-at-top
+    from tffpipe.tasks.record import Task
+    from tffpipe.tasks.vertical import VerticalTask
 
     try:
         task = factory(**kwargs)
@@ -112,12 +114,10 @@ def create_task(
         raise TaskError(f"task {name!r}: {errors.first_line(e)}") from e
     except SystemExit as e:
         raise TaskError(f"task factory {name!r} called sys.exit({e.code!r})") from e
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         # User code may raise anything; name it in one line (the launcher's
         # --verbose prints the traceback).
-        raise TaskError(
-            f"task factory {name!r} raised {type(e).__name__}: {errors.first_line(e)}"
-        ) from e
+        raise TaskError(f"task factory {name!r} raised {type(e).__name__}: {errors.first_line(e)}") from e
     if not isinstance(task, (Task, VerticalTask)):
         raise TaskError(
             f"task factory {name!r} returned {type(task).__name__}, not tffpipe.tasks.Task "

@@ -14,7 +14,8 @@ would be at the start of a real collaboration.
 
 import collections
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -131,7 +132,7 @@ def vertical_from_arrays(
     del seed
     if len(labels) != 1:
         raise TaskError(f"task {name!r}: labels must name exactly one (active) party, got {list(labels)}")
-    (active, y), = labels.items()
+    ((active, y),) = labels.items()
     if active not in parties:
         raise TaskError(f"task {name!r}: the labels' party {active!r} is not one of the parties {list(parties)}")
     if set(bottom_model_fns) != set(parties):
@@ -155,9 +156,7 @@ def vertical_from_arrays(
     )
     y = np.asarray(y)
     if len(y) != len(built[0].ids):
-        raise TaskError(
-            f"task {name!r}: party {active!r} has {len(built[0].ids)} IDs but {len(y)} labels"
-        )
+        raise TaskError(f"task {name!r}: party {active!r} has {len(built[0].ids)} IDs but {len(y)} labels")
     y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float32)
     if y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
         y = y.reshape(-1, 1)
@@ -195,8 +194,7 @@ def _party(task: str, name: str, ids, features, bottom_model_fn, feature_names) 
     features = np.asarray(features)
     if features.ndim < 2 or len(features) != len(ids):
         raise TaskError(
-            f"task {task!r}: party {name!r} has {len(ids)} IDs but features of shape {features.shape} "
-            "(one row per ID)"
+            f"task {task!r}: party {name!r} has {len(ids)} IDs but features of shape {features.shape} (one row per ID)"
         )
     if not np.issubdtype(features.dtype, np.number):
         raise TaskError(f"task {task!r}: party {name!r}: features must be numeric, got {features.dtype}")
@@ -218,7 +216,7 @@ def _check_bottom_models(task: VerticalTask) -> dict[str, int]:
     for party in task.parties:
         try:
             embedding = party.bottom_model_fn()(party.features[:2])
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
             raise TaskError(
                 f"task {task.name!r}: party {party.name!r}'s bottom model cannot read its features "
                 f"of shape {party.features.shape[1:]}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -230,8 +228,7 @@ def _check_bottom_models(task: VerticalTask) -> dict[str, int]:
 def _check_top_model(task: VerticalTask, width: int) -> None:
     try:
         task.top_model_fn(width)(np.zeros((2, width), np.float32))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         raise TaskError(
-            f"task {task.name!r}: the top model cannot read a combined embedding of width {width}: "
-            f"{type(e).__name__}"
+            f"task {task.name!r}: the top model cannot read a combined embedding of width {width}: {type(e).__name__}"
         ) from e

@@ -9,7 +9,7 @@ as a residue modulo 2**63, negatives wrapping around; the sum is decoded the
 same way. The fixed-point error is at most n x 2**-25 per value.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -13,7 +13,8 @@ checkpoints like any other.
 """
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -63,7 +64,8 @@ class TrainedModel:
         fresh = self._optimizer_state
         restored = tf.nest.map_structure(
             lambda template, value: tf.convert_to_tensor(value, tf.convert_to_tensor(template).dtype),
-            fresh, state["optimizer"],
+            fresh,
+            state["optimizer"],
         )
         self._optimizer_state = self._optimizer.set_hparams(restored, self._optimizer.get_hparams(fresh))
 
@@ -90,8 +92,8 @@ class BottomParty:
         self.bottom = TrainedModel(record.bottom_model_fn(), optimizer)
         self._noise = embedding_noise
         self._seed = seed
-        self._tape = None
-        self._embedding = None
+        self._tape: Any = None  # tf.GradientTape of the last forward step, until its backward step
+        self._embedding: Any = None
 
     def embed(self, split: str, positions: np.ndarray, *, training: bool, step_key: Sequence[int] = ()) -> np.ndarray:
         """The embedding of its rows at `positions`, as sent (noise added).
@@ -114,7 +116,8 @@ class BottomParty:
     def backward(self, embedding_gradient: np.ndarray) -> None:
         """Updates its bottom model from the gradient with respect to its last embedding."""
         gradients = self._tape.gradient(
-            self._embedding, self.bottom.model.trainable_variables,
+            self._embedding,
+            self.bottom.model.trainable_variables,
             output_gradients=tf.constant(embedding_gradient, self._embedding.dtype),
         )
         self._tape = self._embedding = None
@@ -130,8 +133,20 @@ class BottomParty:
 class ActiveParty(BottomParty):
     """The party with the labels and the top model."""
 
-    def __init__(self, record, labels: np.ndarray, top_model: tf.keras.Model, loss: Any, metrics: list,
-                 train_ids, test_ids, optimizer, top_optimizer, embedding_noise: float, seed: int):
+    def __init__(
+        self,
+        record,
+        labels: np.ndarray,
+        top_model: tf.keras.Model,
+        loss: Any,
+        metrics: list,
+        train_ids,
+        test_ids,
+        optimizer,
+        top_optimizer,
+        embedding_noise: float,
+        seed: int,
+    ):
         super().__init__(record, train_ids, test_ids, optimizer, embedding_noise, seed)
         row_of = {sample_id: row for row, sample_id in enumerate(record.ids)}
         self._labels = {

@@ -12,7 +12,8 @@ reaches the same weights as an uninterrupted one.
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -32,11 +33,27 @@ from tffpipe.vertical import psi
 
 # The settings a vertical run reads besides the `vertical` group; every other
 # setting belongs to horizontal training and must stay at its default.
-SHARED_FLAGS = frozenset({
-    "task", "rounds", "seed", "data_dir", "eval_every", "eval_batch_size", "client_batch_size",
-    "client_optimizer", "client_learning_rate", "client_momentum", "client_beta_1", "client_beta_2",
-    "client_epsilon", "root_dir", "experiment_name", "checkpoint_every", "keep_checkpoints",
-})
+SHARED_FLAGS = frozenset(
+    {
+        "task",
+        "rounds",
+        "seed",
+        "data_dir",
+        "eval_every",
+        "eval_batch_size",
+        "client_batch_size",
+        "client_optimizer",
+        "client_learning_rate",
+        "client_momentum",
+        "client_beta_1",
+        "client_beta_2",
+        "client_epsilon",
+        "root_dir",
+        "experiment_name",
+        "checkpoint_every",
+        "keep_checkpoints",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +85,7 @@ def check_settings(cfg: config_lib.RunConfig, task_name: str, vertical: bool) ->
     Raises:
       ConfigError: naming the first setting that does not apply.
     """
-    from tffpipe import settings  # pylint: disable=g-import-not-at-top
+    from tffpipe import settings
 
     for flag, item in settings.by_flag(config_lib.RunConfig).items():
         value = settings.get(cfg, item.path)
@@ -108,8 +125,9 @@ def describe_run(cfg: config_lib.RunConfig, task: vertical_task.VerticalTask) ->
     )
 
 
-def run(cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, *,
-        print_fn: Callable[[str], None] = print) -> VerticalRunResult:
+def run(
+    cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, *, print_fn: Callable[[str], None] = print
+) -> VerticalRunResult:
     """Aligns the parties' samples, trains (or resumes) and exports.
 
     Raises:
@@ -119,7 +137,10 @@ def run(cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, *,
     combine = combine_of(cfg, task)
     seed = cfg.schedule.seed
     alignment = psi.align(
-        {p.name: p.ids for p in task.parties}, task.active.name, test_fraction=task.test_fraction, seed=seed,
+        {p.name: p.ids for p in task.parties},
+        task.active.name,
+        test_fraction=task.test_fraction,
+        seed=seed,
         print_fn=print_fn,
     )
     for (active, passive), size in alignment.pair_sizes.items():
@@ -130,10 +151,17 @@ def run(cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, *,
         "alignment messages: " + ", ".join(f"{n} sent {b:,} bytes" for n, b in alignment.sent_bytes.items())
     )
     print_fn(
-        "combine: " + ("secure sum of the embeddings (pairwise masks; the active party sees only the total)"
-                       if combine == "sum" else "concatenation (the active party sees each party's embedding)")
-        + (f"; passive parties add Gaussian noise of std {cfg.vertical.embedding_noise:g} to what they send"
-           if cfg.vertical.embedding_noise else "")
+        "combine: "
+        + (
+            "secure sum of the embeddings (pairwise masks; the active party sees only the total)"
+            if combine == "sum"
+            else "concatenation (the active party sees each party's embedding)"
+        )
+        + (
+            f"; passive parties add Gaussian noise of std {cfg.vertical.embedding_noise:g} to what they send"
+            if cfg.vertical.embedding_noise
+            else ""
+        )
     )
     active, passives = _build_parties(cfg, task, alignment, combine)
     everyone = [active, *passives]
@@ -144,8 +172,15 @@ def _build_parties(cfg, task, alignment, combine):
     tf.keras.utils.set_random_seed(cfg.schedule.seed)
     optimizer = optimizers.build_optimizer(cfg.client_optimizer)
     active = parties_lib.ActiveParty(
-        task.active, task.labels, task.top_model_fn(task.combined_width(combine)), task.loss_builder(),
-        task.metrics_builder(), alignment.train_ids, alignment.test_ids, optimizer, optimizer,
+        task.active,
+        task.labels,
+        task.top_model_fn(task.combined_width(combine)),
+        task.loss_builder(),
+        task.metrics_builder(),
+        alignment.train_ids,
+        alignment.test_ids,
+        optimizer,
+        optimizer,
         0.0,  # the active party's own embedding never leaves it
         cfg.schedule.seed,
     )
@@ -165,7 +200,9 @@ def _state(everyone) -> dict[str, Any]:
 def _train(cfg, task, active, passives, everyone, combine, print_fn) -> VerticalRunResult:
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
-    ckpt = checkpoints.CheckpointManager(paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint())
+    ckpt = checkpoints.CheckpointManager(
+        paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint()
+    )
     outputs.remove_leftover_temporaries(paths)
     restored = resume.restore(ckpt, _state(everyone), paths, print_fn)
     start = 0
@@ -188,7 +225,9 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
         total_loss, steps = 0.0, 0
         for step, first in enumerate(range(0, num_train, batch)):
             positions = order[first : first + batch]
-            total_loss += protocol.train_step(active, passives, positions, combine, traffic, (epoch, step)) * len(positions)
+            total_loss += protocol.train_step(active, passives, positions, combine, traffic, (epoch, step)) * len(
+                positions
+            )
             steps += 1
         seconds = time.monotonic() - epoch_start
         metrics = {"train/loss": total_loss / num_train, "train/num_examples": float(num_train)}
@@ -222,9 +261,7 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
 def assembled_model(active, passives, combine: str) -> tf.keras.Model:
     """One Keras model for end-to-end inference: a dict of each party's features -> prediction."""
     everyone = [active, *passives]
-    inputs = {
-        p.name: tf.keras.Input(shape=p.bottom.model.input_shape[1:], name=p.name) for p in everyone
-    }
+    inputs = {p.name: tf.keras.Input(shape=p.bottom.model.input_shape[1:], name=p.name) for p in everyone}
     embeddings = [p.bottom.model(inputs[p.name]) for p in everyone]
     layer = tf.keras.layers.Add() if combine == "sum" else tf.keras.layers.Concatenate()
     return tf.keras.Model(inputs, active.top.model(layer(embeddings)), name="vertical_model")

@@ -14,7 +14,7 @@ A step on a batch of aligned rows:
 """
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +37,13 @@ class Traffic:
         return cls({n: 0 for n in names}, {n: 0 for n in names})
 
 
-def _combine(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.BottomParty],
-             embeddings: list[np.ndarray], combine: str, traffic: Traffic) -> np.ndarray:
+def _combine(
+    active: parties_lib.ActiveParty,
+    passives: Sequence[parties_lib.BottomParty],
+    embeddings: list[np.ndarray],
+    combine: str,
+    traffic: Traffic,
+) -> np.ndarray:
     """What the active party receives: the (secure) sum or the concatenation."""
     if combine == "sum":
         secure = masking.EmbeddingSum(len(embeddings))
@@ -53,8 +58,14 @@ def _combine(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.Bot
     return np.concatenate(embeddings, axis=1)
 
 
-def train_step(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.BottomParty],
-               positions: np.ndarray, combine: str, traffic: Traffic, step_key: Sequence[int]) -> float:
+def train_step(
+    active: parties_lib.ActiveParty,
+    passives: Sequence[parties_lib.BottomParty],
+    positions: np.ndarray,
+    combine: str,
+    traffic: Traffic,
+    step_key: Sequence[int],
+) -> float:
     """One step on the training rows at `positions`; returns the batch loss."""
     everyone = [active, *passives]
     embeddings = [p.embed("train", positions, training=True, step_key=step_key) for p in everyone]
@@ -74,8 +85,9 @@ def train_step(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.B
     return loss
 
 
-def evaluate(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.BottomParty],
-             combine: str, batch_size: int) -> dict[str, float]:
+def evaluate(
+    active: parties_lib.ActiveParty, passives: Sequence[parties_lib.BottomParty], combine: str, batch_size: int
+) -> dict[str, float]:
     """Held-out loss and metrics, through the same messages (no noise-free shortcut)."""
     for metric in active.metrics:
         metric.reset_state()
@@ -84,7 +96,9 @@ def evaluate(active: parties_lib.ActiveParty, passives: Sequence[parties_lib.Bot
     for start in range(0, rows, batch_size):
         positions = np.arange(start, min(start + batch_size, rows))
         embeddings = [p.embed("test", positions, training=False) for p in [active, *passives]]
-        combined = _combine(active, passives, embeddings, combine, Traffic.empty([active.name, *(p.name for p in passives)]))
+        combined = _combine(
+            active, passives, embeddings, combine, Traffic.empty([active.name, *(p.name for p in passives)])
+        )
         total += active.evaluate_batch(combined, positions) * len(positions)
         count += len(positions)
     figures = {"eval/loss": total / count, "eval/num_examples": float(count)}

@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import secrets
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from nacl import bindings
@@ -92,8 +92,10 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= self._every:
             self._last = now
-            self._print(f"{self._label}: {100 * self._done // max(self._total, 1)}% "
-                        f"({self._done:,} of {self._total:,} exponentiations)")
+            self._print(
+                f"{self._label}: {100 * self._done // max(self._total, 1)}% "
+                f"({self._done:,} of {self._total:,} exponentiations)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +195,9 @@ def align(
     for name, party_ids in ids.items():
         if name == active:
             continue
-        progress = Progress(f"private set intersection of {active} and {name}",
-                            2 * (len(ids[active]) + len(party_ids)), print_fn)
+        progress = Progress(
+            f"private set intersection of {active} and {name}", 2 * (len(ids[active]) + len(party_ids)), print_fn
+        )
         result = intersect_pair(active_party, PsiParty(name, party_ids), progress.tick)
         if not result.shared:
             raise TaskError(

@@ -18,7 +18,8 @@ three roles:
 
 import abc
 import threading
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -95,7 +96,9 @@ class SecureProtocol(abc.ABC):
         """
 
     @abc.abstractmethod
-    def total(self, partials: Sequence[Any], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def total(
+        self, partials: Sequence[Any], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]
+    ) -> list[np.ndarray]:
         """The plain sum of every client's inputs, one uint64 array per secure value.
 
         Args:
@@ -109,7 +112,7 @@ class SecureProtocol(abc.ABC):
     def note(self, runtime: str) -> str:
         """One line on what the protocol protects, from whom, on `runtime` ("inprocess" or "ray")."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: most protocols hold nothing)
         """Releases what the protocol holds (a key holder's actor)."""
 
 

@@ -21,7 +21,8 @@ import functools
 import hashlib
 import math
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -75,28 +76,48 @@ def _moduli_check(text: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     security: int = settings.setting(
-        128, "CKKS preset named by its security level in bits (homomorphic encryption standard): 128 "
+        128,
+        "CKKS preset named by its security level in bits (homomorphic encryption standard): 128 "
         "(degree 8192, moduli 60,40,60, scale 2^40), 192 (degree 8192, moduli 50,40,50) or 256 "
         "(degree 16384, moduli 60,40,60).",
-        flag="ckks_security", group="aggregation", choices=tuple(PRESETS), applies=_APPLIES,
+        flag="ckks_security",
+        group="aggregation",
+        choices=tuple(PRESETS),
+        applies=_APPLIES,
         resume=settings.MUST_MATCH,
     )
     poly_modulus_degree: int = settings.setting(
-        0, "CKKS polynomial degree (research override; 0: the preset's); refused below --ckks_security.",
-        flag="ckks_poly_modulus_degree", group="aggregation", choices=(0,) + DEGREES, applies=_APPLIES,
-        resume=settings.MUST_MATCH, default_text="the preset's",
+        0,
+        "CKKS polynomial degree (research override; 0: the preset's); refused below --ckks_security.",
+        flag="ckks_poly_modulus_degree",
+        group="aggregation",
+        choices=(0,) + DEGREES,
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
+        default_text="the preset's",
     )
     coeff_mod_bits: str = settings.setting(
-        "", "CKKS coefficient moduli bit sizes, comma-separated, the last the special prime (research "
+        "",
+        "CKKS coefficient moduli bit sizes, comma-separated, the last the special prime (research "
         "override; empty: the preset's); refused below --ckks_security.",
-        flag="ckks_coeff_mod_bits", group="aggregation", check=_moduli_check, applies=_APPLIES,
-        resume=settings.MUST_MATCH, default_text="the preset's",
+        flag="ckks_coeff_mod_bits",
+        group="aggregation",
+        check=_moduli_check,
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
+        default_text="the preset's",
     )
     scale_bits: int = settings.setting(
-        0, f"CKKS scale as a power of two (research override; 0: the preset's); at least {MIN_SCALE_BITS}.",
-        flag="ckks_scale_bits", group="aggregation", check=lambda v: None if v == 0 or MIN_SCALE_BITS <= v <= 60
-        else f"must be 0 (the preset's) or in {MIN_SCALE_BITS}..60", applies=_APPLIES,
-        resume=settings.MUST_MATCH, default_text="the preset's",
+        0,
+        f"CKKS scale as a power of two (research override; 0: the preset's); at least {MIN_SCALE_BITS}.",
+        flag="ckks_scale_bits",
+        group="aggregation",
+        check=lambda v: (
+            None if v == 0 or MIN_SCALE_BITS <= v <= 60 else f"must be 0 (the preset's) or in {MIN_SCALE_BITS}..60"
+        ),
+        applies=_APPLIES,
+        resume=settings.MUST_MATCH,
+        default_text="the preset's",
     )
 
 
@@ -162,7 +183,7 @@ def check(s: Settings) -> None:
 
 def make_context(p: Parameters) -> Any:
     """A new secret CKKS context (TenSEAL) with these parameters."""
-    import tenseal as ts  # pylint: disable=g-import-not-at-top
+    import tenseal as ts
 
     context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=p.degree, coeff_mod_bit_sizes=list(p.moduli))
     context.global_scale = 2.0**p.scale_bits
@@ -171,9 +192,7 @@ def make_context(p: Parameters) -> Any:
 
 def public_bytes(context: Any) -> bytes:
     """`context` serialized with its public key only (no secret, relinearisation or Galois keys)."""
-    return context.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-    )
+    return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
 
 
 _CONTEXTS: dict[bytes, Any] = {}
@@ -186,7 +205,7 @@ def public_context(blob: bytes) -> Any:
     Raises:
       ValueError: `blob` holds a secret key (a public context never does).
     """
-    import tenseal as ts  # pylint: disable=g-import-not-at-top
+    import tenseal as ts
 
     digest = hashlib.sha256(blob).digest()
     with _CONTEXTS_LOCK:
@@ -218,12 +237,12 @@ class CkksKeys(base.RoundKeys):
 
     def protect(self, client: int, values: Sequence[np.ndarray], moduli: Sequence[int]) -> list[bytes]:
         """The client's secure-sum inputs, flattened into one vector, encrypted, serialized."""
-        import tenseal as ts  # pylint: disable=g-import-not-at-top
+        import tenseal as ts
 
         for value, modulus in zip(values, moduli):
-            value = np.asarray(value)
-            if value.size and (value.min() < 0 or value.max() >= modulus):
-                raise ValueError(f"secure sum input outside [0, {modulus}): min {value.min()}, max {value.max()}")
+            array = np.asarray(value)
+            if array.size and (array.min() < 0 or array.max() >= modulus):
+                raise ValueError(f"secure sum input outside [0, {modulus}): min {array.min()}, max {array.max()}")
         context = public_context(self.context_blob)
         flat = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
         return [ts.ckks_vector(context, piece.tolist()).serialize() for piece in chunks(flat, self.slots)]
@@ -241,7 +260,7 @@ class CiphertextSum(base.PartialSum):
         self._total: list[Any] | None = None
 
     def _add(self, protected: Sequence[bytes]) -> None:
-        import tenseal as ts  # pylint: disable=g-import-not-at-top
+        import tenseal as ts
 
         context = public_context(self.context_blob)
         vectors = [ts.ckks_vector_from(context, piece) for piece in protected]
@@ -249,7 +268,7 @@ class CiphertextSum(base.PartialSum):
             self._total = vectors
             return
         for running, vector in zip(self._total, vectors):
-            running += vector
+            running.add_(vector)
 
     def value(self) -> list[bytes] | None:
         return None if self._total is None else [vector.serialize() for vector in self._total]
@@ -284,11 +303,11 @@ class CkksProtocol(base.SecureProtocol):
 
     def __init__(self, params: Parameters, holder: Any, context_blob: bytes, close: Callable[[], None] = lambda: None):
         """Args:
-          params: the context's parameters.
-          holder: has `reveal(summed pieces, moduli, shapes)` (a `ckks_keys.KeyHolder`, or a
-            handle on one in another process).
-          context_blob: the public context the holder published.
-          close: releases the holder.
+        params: the context's parameters.
+        holder: has `reveal(summed pieces, moduli, shapes)` (a `ckks_keys.KeyHolder`, or a
+          handle on one in another process).
+        context_blob: the public context the holder published.
+        close: releases the holder.
         """
         self.params = params
         self._holder = holder
@@ -331,7 +350,7 @@ class CkksProtocol(base.SecureProtocol):
 def ciphertext_bytes(p: Parameters) -> int:
     """The serialized size of one fresh ciphertext at `p` (measured once, under a throwaway key:
     a ciphertext looks random whatever it encrypts, so its compressed size does not depend on it)."""
-    import tenseal as ts  # pylint: disable=g-import-not-at-top
+    import tenseal as ts
 
     return len(ts.ckks_vector(make_context(p), [0.0] * p.slots).serialize())
 
@@ -356,7 +375,7 @@ def build(s: Settings, key_dir: str, holder_factory: Callable[[str, Parameters],
       holder_factory: starts the key holder elsewhere (Ray); returns (holder,
         close). By default a `ckks_keys.KeyHolder` in this process.
     """
-    from tffpipe.aggregation.protocols import ckks_keys  # pylint: disable=g-import-not-at-top
+    from tffpipe.aggregation.protocols import ckks_keys
 
     params = parameters(s)
     if holder_factory is None:

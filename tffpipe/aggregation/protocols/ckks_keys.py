@@ -9,7 +9,8 @@ get `public_context()`.
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class KeyHolder:
         Raises:
           UserError: the folder's keys were made with other parameters, or cannot be read.
         """
-        import tenseal as ts  # pylint: disable=g-import-not-at-top
+        import tenseal as ts
 
         path = os.path.join(key_dir, FILE_NAME)
         wanted = {**dataclasses.asdict(params), "moduli": list(params.moduli)}  # as JSON reads it back
@@ -52,8 +53,9 @@ class KeyHolder:
                 )
             return cls(context)
         context = ckks.make_context(params)
-        blob = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
-                                 save_relin_keys=False)
+        blob = context.serialize(
+            save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+        )
         header = json.dumps(wanted).encode()
 
         def write(temp_path: str) -> None:
@@ -71,9 +73,11 @@ class KeyHolder:
         """The context with its public key only, for clients and the server."""
         return ckks.public_bytes(self.__context)
 
-    def reveal(self, summed: Sequence[bytes], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def reveal(
+        self, summed: Sequence[bytes], moduli: Sequence[int], shapes: Sequence[tuple[int, ...]]
+    ) -> list[np.ndarray]:
         """The plain sum: `summed` decrypted, rounded, split into the secure values, each mod its modulus."""
-        import tenseal as ts  # pylint: disable=g-import-not-at-top
+        import tenseal as ts
 
         pieces = [np.asarray(ts.ckks_vector_from(self.__context, piece).decrypt()) for piece in summed]
         flat = np.concatenate(pieces) if pieces else np.zeros(0)

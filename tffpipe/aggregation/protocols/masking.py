@@ -1,6 +1,6 @@
 """`--secure_protocol=masking`: pairwise additive masks that cancel in the sum (`pairwise_masks.py`)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,9 +38,7 @@ class MaskedSum(base.PartialSum):
         if self._total is None:
             self._total = [np.asarray(v, dtype=np.uint64).copy() for v in protected]
             return
-        self._total = [
-            pairwise_masks.masked_sum([t, v], m) for t, v, m in zip(self._total, protected, self._moduli)
-        ]
+        self._total = [pairwise_masks.masked_sum([t, v], m) for t, v, m in zip(self._total, protected, self._moduli)]
 
     def value(self) -> list[np.ndarray] | None:
         return self._total

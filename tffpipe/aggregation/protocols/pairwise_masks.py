@@ -16,7 +16,7 @@ is the masking for the in-process runtime.
 
 import itertools
 import secrets
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,13 +50,11 @@ class PairwiseMasks:
 
     def __init__(self, num_clients: int, seeds: dict[tuple[int, int], int] | None = None):
         """Args:
-          num_clients: clients in the round.
-          seeds: one seed per pair (i, j), i < j; by default fresh random ones.
+        num_clients: clients in the round.
+        seeds: one seed per pair (i, j), i < j; by default fresh random ones.
         """
         self.num_clients = num_clients
-        self._seeds = seeds or {
-            pair: secrets.randbits(128) for pair in itertools.combinations(range(num_clients), 2)
-        }
+        self._seeds = seeds or {pair: secrets.randbits(128) for pair in itertools.combinations(range(num_clients), 2)}
 
     def for_clients(self, clients: Sequence[int]) -> "PairwiseMasks":
         """The masks of `clients` alone: only the seeds of pairs they belong to (what they would hold)."""
@@ -75,10 +73,7 @@ class PairwiseMasks:
             raise ValueError(f"secure sum modulus {modulus} is outside (1, 2**63]")
         values = np.asarray(values)
         if values.size and (values.min() < 0 or values.max() >= modulus):
-            raise ValueError(
-                f"secure sum input outside [0, {modulus}): "
-                f"min {values.min()}, max {values.max()}"
-            )
+            raise ValueError(f"secure sum input outside [0, {modulus}): min {values.min()}, max {values.max()}")
         m = np.uint64(modulus)
         masked = values.astype(np.uint64)
         for other in range(self.num_clients):
@@ -91,7 +86,9 @@ class PairwiseMasks:
         return masked
 
 
-def mask_client(masks: PairwiseMasks, client: int, values: Sequence[np.ndarray], moduli: Sequence[int]) -> list[np.ndarray]:
+def mask_client(
+    masks: PairwiseMasks, client: int, values: Sequence[np.ndarray], moduli: Sequence[int]
+) -> list[np.ndarray]:
     """Client `client`'s masked copies of its secure-sum inputs, one per (value, modulus)."""
     return [masks.mask(client, leaf, value, modulus) for leaf, (value, modulus) in enumerate(zip(values, moduli))]
 

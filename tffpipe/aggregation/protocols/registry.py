@@ -7,7 +7,8 @@ and, if its settings can be refused, `check(settings)` (see `masking.py`,
 """
 
 import importlib
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tffpipe.aggregation.protocols import base
 
@@ -45,7 +46,7 @@ def upload_bytes(cfg: Any) -> Callable:
 
 def for_run(cfg: Any, holder_factory: Callable | None = None) -> Callable[[], base.SecureProtocol]:
     """Makes the run's protocol (`--secure_protocol`), its keys kept in the run folder's `keys/`."""
-    from tffpipe.program import outputs  # pylint: disable=g-import-not-at-top
+    from tffpipe.program import outputs
 
     module, settings = _module_and_settings(cfg.aggregation.secure)
     key_dir = outputs.RunPaths(cfg.output.run_dir).keys
