@@ -18,7 +18,7 @@ resnet_models.create_resnet18`); 11,227,812 parameters. Reddi et al. 2021
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.models import resnet_models
+from tffpipe.compat import resnet_models
 
 from tffpipe.tasks import public_data
 from tffpipe.tasks import Task

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.baselines.emnist import emnist_models
+from tffpipe.compat import emnist_models
 
 from tffpipe.tasks import public_data
 from tffpipe.tasks import Task

@@ -20,9 +20,8 @@ leaves out padding and out-of-vocabulary targets. Reddi et al. 2021
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.baselines import keras_metrics
-from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_models
-from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_preprocessing as preprocessing
+from tffpipe.compat import char_prediction_models, keras_metrics
+from tffpipe.compat import char_prediction_preprocessing as preprocessing
 
 from tffpipe.tasks import public_data
 from tffpipe.tasks import Task

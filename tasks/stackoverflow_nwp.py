@@ -22,11 +22,8 @@ import os
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.baselines import keras_metrics
-from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_models
-from tensorflow_federated.python.simulation.baselines.stackoverflow import (
-    word_prediction_preprocessing as preprocessing,
-)
+from tffpipe.compat import keras_metrics, word_prediction_models
+from tffpipe.compat import word_prediction_preprocessing as preprocessing
 
 from tffpipe.program import files
 from tffpipe.tasks import public_data

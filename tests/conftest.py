@@ -200,6 +200,34 @@ def scalar_steps(logdir) -> dict[str, list[int]]:
 README_PREFIX = "PYTHONPATH=. uv run python "
 
 
+def _nav_files(entries) -> list[str]:
+    files = []
+    for entry in entries:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        files += _nav_files(value) if isinstance(value, list) else [value]
+    return files
+
+
+def documentation_pages() -> list[tuple[str, str]]:
+    """(path, text) of README.md, then of each page of the documentation site in mkdocs.yml's order."""
+    import yaml
+
+    with open(os.path.join(REPO_ROOT, "mkdocs.yml"), encoding="utf-8") as f:
+        nav = yaml.safe_load(f)["nav"]
+    paths = ["README.md"] + [os.path.join("docs", page) for page in _nav_files(nav)]
+    pages = []
+    for path in paths:
+        with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as f:
+            pages.append((path, f.read()))
+    return pages
+
+
+def documentation_page(name: str) -> str:
+    """The text of one page of the site (`docs/<name>`)."""
+    with open(os.path.join(REPO_ROOT, "docs", name), encoding="utf-8") as f:
+        return f.read()
+
+
 def run_readme_command(command: str, cwd, env, root_dir) -> subprocess.CompletedProcess:
     """Runs a README launcher command (`PYTHONPATH=. uv run python -m ...`) from `cwd`, writing under `root_dir`."""
     assert command.startswith(README_PREFIX), command

@@ -3,10 +3,9 @@ import re
 
 import numpy as np
 import pytest
-import pathlib
 import tensorflow as tf
 
-from conftest import REPO_ROOT, run_readme_command
+from conftest import documentation_page, run_readme_command
 from tffpipe import tasks
 
 
@@ -229,9 +228,9 @@ def test_nonfinite_examples_can_be_dropped_explicitly():
 
 
 def _readme_example():
-    """The README's 'Add your own task' file and its command."""
-    readme = pathlib.Path(REPO_ROOT, "README.md").read_text()
-    section = readme.split("## Add your own task", 1)[1].split("\n## ", 1)[0]
+    """The documentation's 'Add your own task' file and its command (docs/tasks.md)."""
+    page = documentation_page("tasks.md")
+    section = page.split("## Add your own task", 1)[1].split("\n## ", 1)[0]
     code, command = re.findall(r"```(?:python|bash)\n(.*?)```", section, re.S)[:2]
     return code, command.strip()
 

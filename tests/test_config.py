@@ -2,7 +2,6 @@
 
 import dataclasses
 import inspect
-import os
 import subprocess
 import sys
 
@@ -220,15 +219,8 @@ def test_every_setting_becomes_a_flag_with_its_default():
     )
 
 
-def test_every_flag_is_documented_in_the_readme():
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    missing = [flag for flag in settings.by_flag(config.RunConfig) if f"`--{flag}`" not in readme]
-    assert missing == []
-
-
 def test_optimizer_hyperparameters_follow_tffs_builder_signatures():
-    # config.py restates which optimizer takes which hyperparameter (to check
+    # config/schema.py restates which optimizer takes which hyperparameter (to check
     # flags before TFF loads); TFF's builders are the truth.
     from tffpipe.learning import optimizers
 

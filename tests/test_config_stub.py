@@ -1,4 +1,4 @@
-"""config_groups.pyi declares the fields of the settings groups built from the registries, and stays in step."""
+"""tffpipe/config/groups.pyi declares the fields of the settings groups built from the registries, and stays in step."""
 
 import ast
 import dataclasses
@@ -25,7 +25,7 @@ def test_the_stub_declares_every_field_of_every_group_built_at_run_time():
 
 
 def test_a_stale_stub_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys):
-    stale = tmp_path / "config_groups.pyi"
+    stale = tmp_path / "groups.pyi"
     stale.write_text(config_stub.stub_text().replace("    fedprox:", "    fedproxx:"))
     monkeypatch.setattr(config_stub, "STUB_PATH", str(stale))
     assert config_stub.main(["--check"]) == 1

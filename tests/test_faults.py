@@ -2,6 +2,7 @@
 
 import csv
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -10,7 +11,6 @@ import sys
 import time
 
 import pytest
-import pathlib
 
 from conftest import REPO_ROOT, make_config, run_train, user_env, worker_processes
 from tffpipe import api

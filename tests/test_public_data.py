@@ -1,11 +1,11 @@
 import io
 import os
+import pathlib
 import tarfile
 import urllib.error
 
 import numpy as np
 import pytest
-import pathlib
 import tensorflow as tf
 import tensorflow_federated as tff
 

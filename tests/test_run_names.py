@@ -15,7 +15,7 @@ from tffpipe import config
 from tffpipe import errors
 from tffpipe import run_names
 
-from conftest import REPO_ROOT, user_env
+from conftest import REPO_ROOT, documentation_pages, user_env
 
 
 def _name(**values):
@@ -95,28 +95,31 @@ _COMMAND = re.compile(r"python -m tffpipe\.train(.*)$")
 
 
 def _readme_train_commands():
-    """Every `python -m tffpipe.train` command in the README's code blocks, with its line number."""
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    commands, fenced, i = [], False, 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            fenced = not fenced
-        elif fenced and _COMMAND.search(line) and not line.lstrip().startswith("#"):
-            start = i + 1
-            while line.endswith("\\"):
-                i += 1
-                line = line[:-1] + " " + lines[i].strip()
-            commands.append((start, shlex.split(_COMMAND.search(line).group(1))))
-        i += 1
+    """Every `python -m tffpipe.train` command in the code blocks of the README and the site's pages, in order.
+
+    Each is named by its file and line (`docs/tasks.md:42`).
+    """
+    commands = []
+    for path, text in documentation_pages():
+        lines = text.split("\n")
+        fenced, i = False, 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("```"):
+                fenced = not fenced
+            elif fenced and _COMMAND.search(line) and not line.lstrip().startswith("#"):
+                start = f"{path}:{i + 1}"
+                while line.endswith("\\"):
+                    i += 1
+                    line = line[:-1] + " " + lines[i].strip()
+                commands.append((start, shlex.split(_COMMAND.search(line).group(1))))
+            i += 1
     return commands
 
 
 def _readme_files(folder):
-    """The files the README's commands read (`run.flags`, `my_task.py`, `my_vertical_task.py`), written as it shows them."""
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
+    """The files the documentation's commands read (`run.flags`, `my_task.py`, `my_vertical_task.py`), as it shows them."""
+    readme = "\n".join(text for _, text in documentation_pages())
     flags_line = re.search(r'printf -- "(.*?)" > run\.flags', readme).group(1)
     (folder / "run.flags").write_text(flags_line.replace("\\n", "\n"))
     for name in ("my_task.py", "my_vertical_task.py"):
@@ -160,7 +163,7 @@ def test_no_two_readme_commands_share_a_run_folder_in_either_order(readme_folder
                 _, first_fingerprint, first_argv = started[first_line]
                 # The launcher would refuse this command or resume the other's run.
                 assert config.fingerprint_differences(first_fingerprint, fingerprint) == [], (line, first_line)
-                assert argv == first_argv, f"README lines {first_line} and {line} share the folder {folder}"
+                assert argv == first_argv, f"{first_line} and {line} share the folder {folder}"
             holder.setdefault(folder, line)
 
 

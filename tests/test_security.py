@@ -6,6 +6,7 @@ connection is to loopback.
 
 import datetime
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -20,7 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import numpy as np
 import pytest
-import pathlib
 import tensorflow as tf
 import tensorflow_federated as tff
 

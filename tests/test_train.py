@@ -24,7 +24,7 @@ from tffpipe import errors
 from tffpipe.tasks import listing
 from tffpipe.tasks import public_data
 
-from conftest import REPO_ROOT, run_train, scalar_steps, user_env, worker_processes
+from conftest import REPO_ROOT, documentation_pages, run_train, scalar_steps, user_env, worker_processes
 
 SIX_ROUNDS = ["--task=digits", "--rounds=6", "--experiment_name=e"]
 
@@ -317,9 +317,9 @@ def test_help_groups_the_common_flags_in_under_90_lines():
 
 
 def _readme_block(starting_with):
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    (block,) = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if b.startswith(starting_with)]
+    """The one Python block of the documentation (README and pages) that starts so."""
+    text = "\n".join(page for _, page in documentation_pages())
+    (block,) = [b.split("```", 1)[0] for b in text.split("```python\n")[1:] if b.startswith(starting_with)]
     return block
 
 

@@ -10,10 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-import pathlib
 import tensorflow as tf
 
-from conftest import REPO_ROOT, make_config, run_readme_command, run_train, user_env
+from conftest import REPO_ROOT, documentation_page, make_config, run_readme_command, run_train, user_env
 from tffpipe import api
 from tffpipe import errors
 from tffpipe.vertical import psi
@@ -117,8 +116,8 @@ def test_listing_names_the_parties():
 
 
 def _readme_vertical_example():
-    readme = pathlib.Path(REPO_ROOT, "README.md").read_text()
-    section = readme.split("### Your own vertical task", 1)[1].split("\n## ", 1)[0]
+    page = documentation_page("vertical.md")
+    section = page.split("## Your own vertical task", 1)[1].split("\n## ", 1)[0]
     code, command = re.findall(r"```(?:python|bash)\n(.*?)```", section, re.S)[:2]
     return code, command.strip().splitlines()[0]
 

@@ -33,7 +33,7 @@ _DEFINERS = {
 }
 # Option flags defined for plug-ins (tasks, aggregators, algorithms).
 _PLUGIN_FLAGS: set[str] = set()
-_GROUP_TITLES = {
+GROUP_TITLES = {
     "run": "Run",
     "clients": "Clients",
     "clock": "Simulated clock",
@@ -46,6 +46,19 @@ _GROUP_TITLES = {
     "vertical": "Vertical federated learning",
     "outputs": "Outputs",
 }
+
+
+# Flags of the launcher itself (what it does, not what a run computes): off by default.
+LAUNCHER_FLAGS = {
+    "list_tasks": "Print the registered tasks and their flags, and exit.",
+    "verbose": "On an error, print the traceback of its cause above the one-line message.",
+}
+
+
+def define_launcher_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines `LAUNCHER_FLAGS` (boolean, off by default)."""
+    for name, help_text in LAUNCHER_FLAGS.items():
+        flags.DEFINE_bool(name, False, help_text, flag_values=flag_values)
 
 
 def _base_type(hint: Any) -> Any:
@@ -182,7 +195,7 @@ def short_help(program: str) -> str:
     for group in settings.GROUPS:
         if not by_group[group]:
             continue
-        lines.append(f"{_GROUP_TITLES[group]}:")
+        lines.append(f"{GROUP_TITLES[group]}:")
         for item in by_group[group]:
             spec = item.spec
             default = spec.default_text or ("" if item.default in (None, "", ()) else item.default)

@@ -1,4 +1,4 @@
-"""Writes `config_groups.pyi`: the settings groups `config.py` assembles from registries, as type checkers see them.
+"""Writes `tffpipe/config/groups.pyi`: the settings groups `tffpipe/config/schema.py` assembles from registries, as type checkers see them.
 
 `AlgorithmConfig`, `AggregationConfig`, `AttackConfig`, `RuntimeConfig` and
 the two optimizer groups are built with `dataclasses.make_dataclass` from the
@@ -8,7 +8,7 @@ the fields of a class built at run time; this stub declares them.
 `tests/test_config_stub.py` (and the pre-commit hook) fail when the stub is out
 of step with the registries.
 
-    uv run python -m tffpipe.config_stub          # rewrite tffpipe/config_groups.pyi
+    uv run python -m tffpipe.config_stub          # rewrite tffpipe/config/groups.pyi
     uv run python -m tffpipe.config_stub --check  # exit 1 if it is out of date
 """
 
@@ -20,7 +20,7 @@ import typing
 
 from tffpipe import config
 
-STUB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_groups.pyi")
+STUB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "groups.pyi")
 GROUPS = (
     "ClientOptimizerConfig",
     "ServerOptimizerConfig",

@@ -56,6 +56,10 @@ class _Parser(argparse.ArgumentParser):
         raise errors.ConfigError(message)
 
 
+def _default_parallel() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="python -m tffpipe.sweep",
@@ -87,9 +91,9 @@ def _parser() -> _Parser:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=max(1, (os.cpu_count() or 2) // 2),
+        default=None,
         metavar="N",
-        help="trials running at once (default: half the cores, here %(default)s)",
+        help="trials running at once (default: half the cores, at least 1)",
     )
     parser.add_argument("--root_dir", default=DEFAULT_ROOT, help="folder holding sweeps (default %(default)s)")
     parser.add_argument(
@@ -164,6 +168,8 @@ def main(argv: Sequence[str], print_fn: Callable[[str], None]) -> int:
             raise errors.ConfigError(f"--grid {name} is given twice")
         axes[name] = values
     seeds = args.seeds if args.seeds is not None else seeds
+    if args.parallel is None:
+        args.parallel = _default_parallel()
     if args.parallel < 1:
         raise errors.ConfigError(f"--parallel must be at least 1, got {args.parallel}")
     if args.search == "optuna":

@@ -24,8 +24,7 @@ from tffpipe.program import run_lock
 from tffpipe.program import saved_settings
 from tffpipe.runtimes import processes
 
-flags.DEFINE_bool("list_tasks", False, "Print the registered tasks and their flags, and exit.")
-flags.DEFINE_bool("verbose", False, "On an error, print the traceback of its cause above the one-line message.")
+cli.define_launcher_flags()
 cli.define_setting_flags()
 cli.define_task_flags()
 

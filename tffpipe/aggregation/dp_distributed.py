@@ -41,7 +41,7 @@ class DpDistributed(dp.DpLayer):
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff
-        from tensorflow_federated.python.aggregators import distributed_dp
+        from tffpipe.compat import distributed_dp
 
         ddp = distributed_dp.DistributedDpSumFactory(
             noise_multiplier=ctx.noise_multiplier,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.backends.mapreduce import forms
+from tffpipe.compat import forms
 
 from tffpipe import errors
 from tffpipe.aggregation.protocols import base as protocols_base

@@ -10,8 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.compiler import tree_analysis
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+from tffpipe.compat import context_stack_impl, tree_analysis
 
 
 SECURE_INTRINSICS = (
@@ -21,7 +20,7 @@ SECURE_INTRINSICS = (
     "federated_secure_select",
 )
 
-# What each runtime's secure sum protects, one line each (README "Security").
+# What each runtime's secure sum protects, one line each (docs/security.md).
 SIMULATED_PROTOCOL_NOTE = (
     "secure sum: simulated by TFF's test runtime: its arithmetic (quantisation, modular wrap-around) "
     "is exact, no cryptographic protocol runs, and the summing code sees every client's value"

@@ -224,10 +224,7 @@ def _release_tff_contexts() -> None:
     if "tensorflow_federated" not in sys.modules:
         return  # nothing of TFF's was started (e.g. a flag error), nothing to import
     try:
-        from tensorflow_federated.python.core.impl.context_stack import (
-            context_stack_impl,
-            runtime_error_context,
-        )
+        from tffpipe.compat import context_stack_impl, runtime_error_context
 
         context_stack_impl.context_stack.set_default_context(runtime_error_context.RuntimeErrorContext())
         gc.collect()
@@ -297,7 +294,7 @@ def local_worker_exposure() -> str | None:
         return None
     return (
         f"TFF's local worker listens on every interface, unauthenticated: {reason}; anyone who reaches "
-        "this machine's ports can run code in it (see the README, 'Security')"
+        "this machine's ports can run code in it (see docs/security.md)"
     )
 
 
@@ -312,9 +309,7 @@ def install_worker_reaper() -> None:
     with _install_lock:
         if _installed:
             return
-        from tensorflow_federated.python.core.impl.executor_stacks import (
-            executor_factory,
-        )
+        from tffpipe.compat import executor_factory
 
         # Replace the module's view of `subprocess` rather than the global
         # `subprocess.Popen`, so that nothing else in the process is affected.

@@ -38,7 +38,7 @@ class NoActorLeft(errors.UserError, RuntimeError):
 
 def serialize_parts(mrf: Any) -> bytes:
     """The client parts of a MapReduceForm, as bytes an actor can import."""
-    from tensorflow_federated.python.core.impl.computation import computation_impl
+    from tffpipe.compat import computation_impl
 
     return pickle.dumps(
         {
@@ -49,9 +49,7 @@ def serialize_parts(mrf: Any) -> bytes:
 
 
 def _deserialize_parts(blob: bytes) -> dict[str, Any]:
-    from tensorflow_federated.proto.v0 import computation_pb2
-    from tensorflow_federated.python.core.impl.computation import computation_impl
-    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+    from tffpipe.compat import computation_impl, computation_pb2, context_stack_impl
 
     return {
         name: computation_impl.ConcreteComputation(

@@ -168,7 +168,7 @@ def join(address: str, allow_unauthenticated: bool, print_fn: Callable[[str], No
         if not allow_unauthenticated:
             raise RayUnavailable(
                 f"--ray_address={address}: the Ray cluster accepts callers without a token; start it with "
-                "RAY_AUTH_MODE=token (see the README, 'Ray'), or pass --ray_allow_unauthenticated on a "
+                "RAY_AUTH_MODE=token (see docs/ray.md), or pass --ray_allow_unauthenticated on a "
                 "network you trust"
             )
         print_fn(UNAUTHENTICATED_WARNING.format(address=address))

@@ -106,7 +106,7 @@ class RemoteRuntime(base.Runtime):
 
     @contextlib.contextmanager
     def running(self, process, cfg, print_fn):
-        from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+        from tffpipe.compat import context_stack_impl
 
         from tffpipe.runtimes import contexts
         from tffpipe.runtimes import remote_context

@@ -40,25 +40,25 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
-from tensorflow_federated.python.core.backends.native import compiler as native_compiler
-from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
-from tensorflow_federated.python.core.backends.test import compiler as test_compiler
-from tensorflow_federated.python.core.environments.tensorflow_frontend import (
-    tensorflow_computation,
-)
-from tensorflow_federated.python.core.impl.computation import computation_impl
-from tensorflow_federated.python.core.impl.context_stack import context_base
-from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
-from tensorflow_federated.python.core.impl.execution_contexts import (
-    mergeable_comp_execution_context as mergeable,
-)
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import executors_errors
-from tensorflow_federated.python.core.impl.executors import remote_executor
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-from tensorflow_federated.python.core.impl.types import placements
 
+
+from tffpipe import compat
 from tffpipe import errors
+from tffpipe.compat import (
+    async_execution_context,
+    computation_impl,
+    context_base,
+    executors_errors,
+    mergeable,
+    mergeable_comp_compiler,
+    native_compiler,
+    placements,
+    python_executor_stacks,
+    remote_executor,
+    remote_executor_grpc_stub,
+    tensorflow_computation,
+    test_compiler,
+)
 from tffpipe.runtimes import tls
 from tffpipe.runtimes import transport_security
 from tffpipe.runtimes import worker_front
@@ -82,9 +82,8 @@ _PROBE_SEC = 0.5
 _LIVENESS_EVERY_SEC = 1.0
 _LIVENESS_MAX_WAIT_SEC = 5.0
 _LIVENESS_METHOD = transport_security.PROBE_METHOD  # no server has it: UNIMPLEMENTED means alive
-# TFF's un-retried invoke: `AsyncExecutionContext.invoke` is wrapped in an
-# endless retry on gRPC UNAVAILABLE (functools.wraps keeps the original).
-_INVOKE_ONCE = async_execution_context.AsyncExecutionContext.invoke.__wrapped__
+# TFF's invoke without its endless retry on gRPC UNAVAILABLE.
+_INVOKE_ONCE = compat.invoke_without_retry
 
 
 class WorkerUnavailable(errors.UserError, RuntimeError):
@@ -412,7 +411,7 @@ class FailoverContext(context_base.SyncContext):
         # The failed attempt's other subrounds would keep the surviving
         # workers busy; TFF has no API to stop them, so cancel the tasks on
         # the context's event loop.
-        loop = self._mergeable._async_runner._event_loop
+        loop = compat.event_loop_of(self._mergeable)
 
         def cancel_all():
             for task in asyncio.all_tasks(loop):

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.common_libs import structure
-from tensorflow_federated.python.core.impl.computation import computation_impl
-from tensorflow_federated.python.core.impl.types import computation_types
-from tensorflow_federated.python.core.impl.types import type_conversions
-from tensorflow_federated.python.core.impl.utils import tensorflow_utils
-from tensorflow_federated.python.tensorflow_libs import graph_utils
-from tensorflow_federated.python.tensorflow_libs import serialization_utils
+from tffpipe.compat import (
+    computation_impl,
+    computation_types,
+    graph_utils,
+    serialization_utils,
+    structure,
+    tensorflow_utils,
+    type_conversions,
+)
 
 _instance_ids = itertools.count()
 

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.datasets import download as tff_download
 
+from tffpipe.compat import tff_download
+from tffpipe.config import DEFAULT_DATA_DIR  # noqa: F401 (re-exported: the built-in tasks' default)
 from tffpipe.errors import TaskError
 from tffpipe.program import files
 

@@ -7,7 +7,7 @@ the server adds masked vectors and learns only the total. In the protocol the
 pair seed comes from a Diffie-Hellman key agreement; here it is drawn from the
 operating system's entropy and handed to the two clients of the pair.
 
-Out of scope, as the README says: client dropout (the protocol's secret
+Out of scope, as docs/algorithms.md says: client dropout (the protocol's secret
 sharing of seeds for recovery). A client that fails makes the round fail.
 
 TFF offers the secure-sum intrinsics but no executor that masks; this module

@@ -8,25 +8,20 @@ module and gathered here from the registries. Library code only ever sees a
 `RunConfig`, never `FLAGS`.
 
 `RunConfig.to_dict()` is what `config.json` holds; `RunConfig.fingerprint()`
-holds the effective values of the settings that must match on resume.
-This module imports no TensorFlow.
+(`fingerprint.py`) holds the effective values of the settings that must
+match on resume. This module imports no TensorFlow.
 """
 
 import dataclasses
-import json
 import os
 import tempfile
 import unicodedata
 from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping
 
-from tffpipe import plugins
 from tffpipe import settings
-from tffpipe.aggregation import plugin as aggregation_plugin
 from tffpipe.aggregation import registry as aggregation_registry
 from tffpipe.attacks import registry as attack_registry
-from tffpipe.errors import ConfigError, TaskError
-from tffpipe.learning import plugin as algorithm_plugin
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import clock
 from tffpipe.runtimes import registry as runtime_registry
@@ -34,8 +29,8 @@ from tffpipe.settings import MUST_MATCH, NOT_APPLICABLE, group, setting
 
 if TYPE_CHECKING:
     # Built from the registries below with make_dataclass; their fields, for
-    # editors and mypy, are in the generated config_groups.pyi.
-    from tffpipe.config_groups import (
+    # editors and mypy, are in the generated groups.pyi.
+    from tffpipe.config.groups import (
         AggregationConfig,
         AlgorithmConfig,
         AttackConfig,
@@ -43,8 +38,6 @@ if TYPE_CHECKING:
         RuntimeConfig,
         ServerOptimizerConfig,
     )
-
-__all__ = ["ConfigError", "RunConfig", "from_values"]
 
 OPTIMIZERS = ("sgd", "sgdm", "adam", "yogi", "adagrad")
 # Clients a round when --clients_per_round is not given (fewer if the task has fewer).
@@ -75,6 +68,7 @@ class TaskConfig:
         flag="data_dir",
         group="run",
         resume=NOT_APPLICABLE,
+        default_text="~/.tff",
     )
 
 
@@ -275,7 +269,7 @@ def _optimizer_group(prefix: str, learning_rate: float, help_text: str) -> type:
     return cls
 
 
-if not TYPE_CHECKING:  # type checkers read the fields from config_groups.pyi
+if not TYPE_CHECKING:  # type checkers read the fields from groups.pyi
     ClientOptimizerConfig = _optimizer_group(
         "client", 0.1, "Client optimizer (Mime-lite's base optimizer; unused by fedsgd)."
     )
@@ -829,25 +823,9 @@ class RunConfig:
         A checkpoint written under one fingerprint is refused under another;
         an explicit default is the same value as an omitted one.
         """
-        found = {
-            item.spec.flag: settings.effective(self, item)
-            for item in settings.declared(RunConfig)
-            if item.spec.resume == MUST_MATCH
-        }
-        for layer in aggregation_registry.layers():
-            if layer.active(self):
-                found.update(layer.resume_fingerprint(self))
-        found["task_options"] = dict(sorted(self.task.options.items()))
-        # Not compared: lets a checkpoint written before the task gained an
-        # option resume while that option keeps its default.
-        found[OPTION_DEFAULTS] = {
-            "task_options": {name: o.default for name, o in plugin_options("task", self.task.name).items()}
-        }
-        if self.aggregation.plugin.path:
-            found["aggregator_options"] = dict(sorted(self.aggregation.plugin.options.items()))
-        if self.algorithm.options:
-            found["algorithm_options"] = dict(sorted(self.algorithm.options.items()))
-        return found
+        from tffpipe.config import fingerprint
+
+        return fingerprint.compute(self)
 
 
 def validate(config: RunConfig) -> None:
@@ -867,131 +845,3 @@ def validate(config: RunConfig) -> None:
     from tffpipe import run_names
 
     run_names.check_hparams(config)
-
-
-# --- Plug-in options: --<task>_<option>, --<aggregator>_<option>, ... ---------
-PROGRAM_ARGUMENTS = {
-    "task": ("seed", "data_dir", "vertical_overlap"),
-    "aggregator": (),
-    "algorithm": algorithm_plugin.PROGRAM_ARGUMENTS,
-}
-
-
-def plugin_path(kind: str, name: str) -> str | None:
-    """The `module:function` behind a plug-in flag value, or None for built-ins."""
-    from tffpipe.tasks import registry as task_registry
-
-    if kind == "task":
-        return task_registry.factory_path(name)
-    if kind == "aggregator":
-        return aggregation_plugin.function_path(name) if name else None
-    return algorithm_plugin.builder_path(name)
-
-
-def plugin_options(kind: str, name: str) -> dict[str, plugins.Option]:
-    """The options of the plug-in a `--task`, `--aggregator` or `--algorithm` value names."""
-    path = plugin_path(kind, name)
-    if path is None:
-        return {}
-    error = TaskError if kind == "task" else ConfigError
-    return plugins.options(path, PROGRAM_ARGUMENTS[kind], error, kind)
-
-
-def from_values(values: Mapping[str, Any]) -> RunConfig:
-    """A config from flag-named values, checked as the launcher checks flags.
-
-    Args:
-      values: `{"rounds": 20, "dp": "fixed", "digits_alpha": 0.1, ...}`: any
-        declared setting by its flag name, and the options of the chosen task,
-        aggregator and algorithm as `<name>_<option>`. Absent ones take their
-        defaults.
-
-    Raises:
-      ConfigError, TaskError: with a one-line reason naming the flag.
-    """
-    table = settings.by_flag(RunConfig)
-    # Types first: the task, aggregator and algorithm names pick plug-in options below.
-    values = {k: settings.coerce(v, table[k].type, k) if k in table else v for k, v in values.items()}
-    values_given = frozenset(values)
-    options: dict[str, dict[str, Any]] = {}
-    for kind in ("task", "aggregator", "algorithm"):
-        name = values.get(kind, table[kind].default)
-        known = plugin_options(kind, name)
-        prefix = plugins.flag_prefix(name)
-        options[kind] = {}
-        for option, spec in known.items():
-            key = f"{prefix}_{option}"
-            if key in table:
-                continue  # a built-in setting of that name wins
-            # Every option is recorded, given or not, so that config.json and
-            # the fingerprint hold the values in effect.
-            value = values.pop(key, spec.default)
-            if key in values_given and spec.default is not None and type(spec.default) in (bool, int, float, str):
-                value = settings.coerce_scalar(value, type(spec.default), key)
-            if spec.choices and value not in spec.choices:
-                raise ConfigError(f"--{key}={value!r} is not one of: {', '.join(map(str, spec.choices))}")
-            options[kind][option] = value
-    _refuse_other_tasks_options(values, table, values.get("task", table["task"].default))
-    config = settings.build(RunConfig, values)
-    config = dataclasses.replace(
-        config,
-        task=dataclasses.replace(config.task, options=options["task"]),
-        aggregation=dataclasses.replace(
-            config.aggregation,
-            plugin=dataclasses.replace(config.aggregation.plugin, options=options["aggregator"]),
-        ),
-        algorithm=dataclasses.replace(config.algorithm, options=options["algorithm"]),
-        # Named again now that the plug-ins' options are in (an empty name is resolved on build).
-        output=dataclasses.replace(config.output, experiment_name=values.get("experiment_name", "")),
-    )
-    given = frozenset(values)
-    settings.check_applies(config, given)
-    algorithm_registry.get(config.algorithm.name).check(config, given)
-    return config
-
-
-def _refuse_other_tasks_options(values, table, task: str) -> None:
-    from tffpipe.tasks import registry as task_registry
-
-    for key in values:
-        if key in table:
-            continue
-        for other in task_registry.registered_tasks():
-            if key.startswith(other + "_") and other != task:
-                raise ConfigError(f"--{key} applies to task {other!r}, not --task={task}")
-
-
-def fingerprint_to_json(fingerprint: Mapping[str, Any]) -> str:
-    return json.dumps(fingerprint, sort_keys=True)
-
-
-OPTION_DEFAULTS = "option_defaults"
-
-
-def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lists `name: saved -> current` for every differing fingerprint entry.
-
-    A setting the saved fingerprint does not have (added to tffpipe after the
-    checkpoint was written) counts as equal when it has its default now: a
-    new setting at its default keeps the old behaviour; so does a task option
-    the task's factory gained since. An entry only some settings add (a DP
-    layer's cohort size) cannot be compared with a checkpoint written before
-    tffpipe recorded it, and is not.
-    """
-    defaults = RunConfig().fingerprint()
-    option_defaults = current.get(OPTION_DEFAULTS, {})
-    diffs = []
-    for key in sorted((set(saved) | set(current)) - {OPTION_DEFAULTS}):
-        old, new = saved.get(key), current.get(key)
-        if key not in saved and (key not in defaults or new == defaults[key]):
-            continue
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            new_defaults = option_defaults.get(key, {})
-            for sub in sorted(set(old) | set(new)):
-                if sub not in old and sub in new_defaults and new[sub] == new_defaults[sub]:
-                    continue
-                if old.get(sub) != new.get(sub):
-                    diffs.append(f"{key}.{sub}: {old.get(sub)!r} -> {new.get(sub)!r}")
-        elif old != new:
-            diffs.append(f"{key}: {old!r} -> {new!r}")
-    return diffs

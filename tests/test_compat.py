@@ -1,0 +1,49 @@
+"""TFF's private names are imported in tffpipe/compat.py only, after a check of TFF's version."""
+
+import ast
+import glob
+import os
+
+import pytest
+
+from conftest import REPO_ROOT
+from tffpipe import compat
+from tffpipe import errors
+
+PRIVATE_PREFIXES = ("tensorflow_federated.python", "tensorflow_federated.proto")
+PRIVATE_ATTRIBUTES = ("__wrapped__", "_async_runner", "_event_loop")
+
+
+def _private_uses(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PRIVATE_PREFIXES):
+            found.append(f"{node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.startswith(PRIVATE_PREFIXES)]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+            found.append(f"{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_no_module_but_compat_imports_a_private_tff_name_built_in_tasks_included():
+    uses = {}
+    paths = glob.glob(os.path.join(REPO_ROOT, "tffpipe", "**", "*.py"), recursive=True)
+    for path in paths + glob.glob(os.path.join(REPO_ROOT, "tasks", "*.py")):
+        if os.path.basename(path) != "compat.py":
+            found = _private_uses(path)
+            if found:
+                uses[os.path.relpath(path, REPO_ROOT)] = found
+    assert uses == {}
+    assert _private_uses(os.path.join(REPO_ROOT, "tffpipe", "compat.py"))  # the scan sees them where they are
+
+
+def test_another_tff_version_is_refused_in_one_line_naming_both_versions():
+    compat.check_tff_version(compat.SUPPORTED_TFF)
+    with pytest.raises(compat.UnsupportedTFF) as raised:
+        compat.check_tff_version("0.88.0")
+    message = str(raised.value)
+    assert "\n" not in message and "0.87.0" in message and "0.88.0" in message and "uv sync --locked" in message
+    assert isinstance(raised.value, errors.UserError)  # the launcher prints it as one line
