@@ -3,10 +3,12 @@
 import ast
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, user_env
 from tffpipe import compat
 from tffpipe import errors
 
@@ -47,3 +49,19 @@ def test_another_tff_version_is_refused_in_one_line_naming_both_versions():
     message = str(raised.value)
     assert "\n" not in message and "0.87.0" in message and "0.88.0" in message and "uv sync --locked" in message
     assert isinstance(raised.value, errors.UserError)  # the launcher prints it as one line
+
+
+def test_the_training_path_ties_tffs_workers_to_the_process_on_import(tmp_path):
+    # api.train imports the loop before it builds the task or runs anything.
+    code = (
+        "from tffpipe.runtimes import processes\n"
+        "assert not processes._installed\n"
+        "from tffpipe.program import loop\n"
+        "from tffpipe.compat import executor_factory\n"
+        "print(processes._installed, executor_factory.subprocess.Popen is processes.WorkerPopen)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=user_env(), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]

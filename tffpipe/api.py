@@ -119,10 +119,8 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
       UserError: a bad setting (`ConfigError`), task (`TaskError`) or
         checkpoint, in one line.
     """
-    from tffpipe.runtimes import processes
 
     cfg = config_lib.from_values(settings)
-    processes.install_worker_reaper()
     print_fn = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     result, task = train(cfg, print_fn)
     model = getattr(result, "model", None)  # a vertical run's assembled model

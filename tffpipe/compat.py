@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import errors
+from tffpipe.runtimes import processes
 
 
 @functools.cache
@@ -125,6 +126,12 @@ from tensorflow_federated.python.simulation.datasets import download as tff_down
 from tensorflow_federated.python.simulation.models import resnet_models  # noqa: E402
 from tensorflow_federated.python.tensorflow_libs import graph_utils  # noqa: E402
 from tensorflow_federated.python.tensorflow_libs import serialization_utils  # noqa: E402
+
+# Every TFF worker started from now on dies with this process, SIGKILL
+# included. Installed here, beside the other uses of TFF's private names,
+# because every module that runs TFF computations imports this one first
+# (tests/test_compat.py checks that the program's entry points get it).
+processes.install_worker_reaper()
 
 __all__ = [
     "SUPPORTED_TFF",

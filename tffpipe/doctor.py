@@ -326,7 +326,6 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         compat.quiet_library_logs()
     processes.raise_on_sigterm()
-    processes.install_worker_reaper()
     memory.limit_arenas_in_this_process()
     failed = False
     try:

@@ -76,7 +76,6 @@ def main(argv: list[str]) -> None:
         # Before TensorFlow loads: a second launcher on this folder stops at once.
         with run_lock.hold(cfg.output.run_dir):
             saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
-            processes.install_worker_reaper()
             from tffpipe import api
             from tffpipe import compat
             from tffpipe.runtimes import memory

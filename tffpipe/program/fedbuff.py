@@ -35,7 +35,6 @@ from tffpipe.program import progress
 from tffpipe.program import reports
 from tffpipe.program import resume
 from tffpipe.program import sampling
-from tffpipe.runtimes import processes
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import Task
 
@@ -59,7 +58,6 @@ class _Client:
 def run(cfg: config_lib.RunConfig, task: Task, *, print_fn: Callable[[str], None]) -> loop.RunResult:
     """Trains `task` with FedBuff under `cfg`, resuming from the newest checkpoint if any."""
     cfg = loop.fit_to_task(cfg, task)
-    processes.install_worker_reaper()
     settings = cfg.algorithm.fedbuff
     client_ids = list(task.train_data.client_ids)
     if settings.concurrency > len(client_ids):

@@ -6,6 +6,7 @@ config continues from the newest readable checkpoint.
 
 import dataclasses
 import time
+from typing import Any
 from collections.abc import Callable
 
 from absl import logging
@@ -35,7 +36,6 @@ from tffpipe.program import records
 from tffpipe.program import reports
 from tffpipe.program import resume
 from tffpipe.program import sampling
-from tffpipe.runtimes import processes
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec, Task
 
@@ -147,7 +147,6 @@ def run(
         do not answer.
     """
     cfg = fit_to_task(cfg, task)
-    processes.install_worker_reaper()
     schedule = cfg.schedule
     print_fn("building the federated learning and evaluation processes...")
     client_ids = list(task.train_data.client_ids)
@@ -194,7 +193,15 @@ def _disk_full_message(run_dir: str, error: BaseException) -> str:
     return f"no space left on the device holding {where}; {intact}: free space and rerun the same command to resume"
 
 
-def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -> RunResult:
+def _train(
+    cfg: config_lib.RunConfig,
+    task: Task,
+    process: Any,
+    tracker: privacy_tracking.PrivacyTracker | None,
+    traffic_metrics: dict[str, float],
+    simulation: attack_simulation.Simulation | None,
+    print_fn: Callable[[str], None],
+) -> RunResult:
     """The rounds, from the newest checkpoint on, in the current TFF context."""
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
@@ -255,11 +262,13 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         datasets = client_sources.ClientDatasets(source, chosen, task, simulation)
         train_start = time.monotonic()
         round_metrics = {}
+        aggregator_metrics = {}  # a round no client reported has none (DP refuses such rounds anyway)
         previous_state = state
         if datasets:
             output = _next(process, state, datasets, [cid for cid, _ in chosen], round_num)
             state = output.state
             round_metrics = metrics_lib.flatten(output.metrics)
+            aggregator_metrics = output.metrics.get("aggregator", {})
         else:
             print_fn(f"round {round_num}: no sampled client reported; the model is unchanged")
         round_metrics[TRAIN_SEC] = time.monotonic() - train_start
@@ -269,7 +278,7 @@ def _train(cfg, task, process, tracker, traffic_metrics, simulation, print_fn) -
         if simulation is not None:
             round_metrics.update(simulation.round_metrics(plan.reporting))
         if tracker is not None:
-            round_metrics.update(tracker.after_round(round_num, state, output.metrics.get("aggregator", {})))
+            round_metrics.update(tracker.after_round(round_num, state, aggregator_metrics))
         is_last = round_num == schedule.rounds
         weights = process.get_model_weights(state)
         expected = sum(clock.examples(cid) for cid, _ in chosen) if watch.counts_each_example else None

@@ -306,10 +306,14 @@ def install_worker_reaper() -> None:
     computation does).
     """
     global _installed  # noqa: PLW0603 (once per process)
+    if _installed:
+        return
+    # Outside the lock: importing compat the first time calls this function itself.
+    from tffpipe.compat import executor_factory
+
     with _install_lock:
         if _installed:
             return
-        from tffpipe.compat import executor_factory
 
         # Replace the module's view of `subprocess` rather than the global
         # `subprocess.Popen`, so that nothing else in the process is affected.
