@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 from absl import flags
@@ -183,12 +182,16 @@ def serve(
       bind: the address to serve on.
       credentials: this worker's certificate; None serves plaintext.
     """
-    stop_requested = threading.Event()
+    # A plain flag, not a threading.Event: Event.set() from a signal handler
+    # deadlocks when the signal lands while this thread holds the Event's
+    # (non-reentrant) lock inside wait(), which the loop below re-enters
+    # twice a second. A worker then printed "stopping" and never stopped.
+    stop_requested: list[str] = []
 
     def request_stop(signum, frame):
         del frame
         print(f"tffpipe worker: {signal.Signals(signum).name}, stopping", flush=True)
-        stop_requested.set()
+        stop_requested.append(signal.Signals(signum).name)
 
     for sig in _STOP_SIGNALS:
         signal.signal(sig, request_stop)
@@ -232,7 +235,10 @@ def serve(
                 flush=True,
             )
         print(f"tffpipe worker ready at {socket.getfqdn()}:{port} (pid {os.getpid()})", flush=True)
-        while not stop_requested.wait(0.5):
+        while not stop_requested:
+            time.sleep(0.5)  # the handler runs during the sleep; the flag is read after it
+            if stop_requested:
+                break
             if service.poll() is not None:
                 print(f"error: TFF's worker exited with status {service.returncode}", file=sys.stderr, flush=True)
                 return 1
