@@ -187,27 +187,7 @@ def test_a_cluster_without_token_authentication_is_refused(cluster, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")  # Ray's socket paths must stay short
     env = dict(user_env(), **ray_cluster.QUIET_ENVIRONMENT, RAY_AUTH_MODE="disabled")
     env.pop("RAY_AUTH_TOKEN", None)
-    start = [
-        sys.executable,
-        "-c",
-        "from ray.scripts.scripts import main; main()",
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=1",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
-    guard = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-        start_new_session=True,
-    )
+    guard = ray_cluster.start_guarded_head(port, 1, temp_dir, env)
     watched = [guard.pid]
     try:
         assert guard.stdout.readline().startswith(ray_guard.READY)

@@ -578,27 +578,7 @@ def test_a_search_and_a_grid_run_on_a_token_authenticated_cluster_they_join(tmp_
     )
     port = ray_cluster._free_loopback_port()
     temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")
-    start = [
-        sys.executable,
-        "-c",
-        "from ray.scripts.scripts import main; main()",
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
-    guard = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-        start_new_session=True,
-    )
+    guard = ray_cluster.start_guarded_head(port, 2, temp_dir, env)
     try:
         assert guard.stdout.readline().startswith(ray_guard.READY)
         args = [

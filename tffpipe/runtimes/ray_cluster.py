@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from tffpipe import errors
 from tffpipe.runtimes import ray_guard
@@ -95,6 +95,46 @@ def _worker_pythonpath() -> str:
     return os.pathsep.join(dict.fromkeys(entries))
 
 
+def start_guarded_head(
+    port: int,
+    num_cpus: int,
+    temp_dir: str,
+    env: Mapping[str, str],
+    *,
+    num_gpus: int | None = None,
+    stderr: int | None = None,
+) -> subprocess.Popen:
+    """`ray start --head` on 127.0.0.1:`port` under `ray_guard`, which stops the cluster when its stdin closes.
+
+    The guard prints `ray_guard.READY` (or `FAILED ...`) on its stdout once Ray
+    is up; it and the cluster die with this process. `num_gpus` None lets Ray
+    count the GPUs itself.
+    """
+    start = [
+        sys.executable,
+        "-c",
+        "from ray.scripts.scripts import main; main()",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        *([f"--num-gpus={num_gpus}"] if num_gpus is not None else []),
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def start_private(num_cpus: int, num_gpus: int, print_fn: Callable[[str], None]) -> Cluster:
     """Starts a private Ray cluster on this machine, token-authenticated, and connects to it.
 
@@ -114,32 +154,10 @@ def start_private(num_cpus: int, num_gpus: int, print_fn: Callable[[str], None])
         PYTHONPATH=_worker_pythonpath(),
     )
     env.pop("RAY_AUTH_TOKEN_PATH", None)
-    start = [
-        sys.executable,
-        "-c",
-        "from ray.scripts.scripts import main; main()",
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        f"--num-cpus={num_cpus}",
-        f"--num-gpus={num_gpus}",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
     print_fn(
         f"ray: starting a private cluster on this machine ({num_cpus} CPU(s), {num_gpus} GPU(s), token authentication)..."
     )
-    guard = subprocess.Popen(
-        [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        text=True,
-        start_new_session=True,
-    )
+    guard = start_guarded_head(port, num_cpus, temp_dir, env, num_gpus=num_gpus, stderr=subprocess.DEVNULL)
     assert guard.stdout is not None and guard.stdin is not None  # pipes, as asked above
     line = guard.stdout.readline().strip()
     if not line.startswith(ray_guard.READY):
