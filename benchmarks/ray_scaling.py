@@ -29,7 +29,7 @@ import time
 
 from absl import app
 from absl import flags
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+from tffpipe.compat import context_stack_impl
 
 from tffpipe import compat
 from tffpipe import config

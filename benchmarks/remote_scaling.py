@@ -31,7 +31,7 @@ import time
 
 from absl import app
 from absl import flags
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+from tffpipe.compat import context_stack_impl
 
 from tffpipe.learning import builder
 from tffpipe import compat

@@ -26,7 +26,7 @@ from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
-from tensorflow_federated.python.simulation.baselines.emnist import emnist_models
+from tffpipe.compat import emnist_models
 
 from tffpipe.learning import builder
 from tffpipe import compat

@@ -30,10 +30,12 @@ def _private_uses(path: str) -> list[str]:
     return found
 
 
-def test_no_module_but_compat_imports_a_private_tff_name_built_in_tasks_included():
+def test_no_module_but_compat_imports_a_private_tff_name_tasks_benchmarks_and_examples_included():
     uses = {}
     paths = glob.glob(os.path.join(REPO_ROOT, "tffpipe", "**", "*.py"), recursive=True)
-    for path in paths + glob.glob(os.path.join(REPO_ROOT, "tasks", "*.py")):
+    for folder in ("tasks", "benchmarks", "examples"):
+        paths += glob.glob(os.path.join(REPO_ROOT, folder, "*.py"))
+    for path in paths:
         if os.path.basename(path) != "compat.py":
             found = _private_uses(path)
             if found:
