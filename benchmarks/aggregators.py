@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe import compat
 from tffpipe import config
 from tffpipe.runtimes import processes
@@ -78,7 +79,7 @@ def _measure(task, datasets, aggregation, rounds, force_test_runtime=False):
         )
     )
     with compat.quiet_tensorflow_errors():
-        process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+        process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids)
     secure = runtime.uses_secure_sum(process.next)
     test_runtime = secure or force_test_runtime
     with runtime.test_runtime() if test_runtime else contextlib.nullcontext():

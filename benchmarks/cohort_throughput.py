@@ -41,8 +41,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from tffpipe.config import components
 from tffpipe import config
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import client_sources
 from tffpipe.program import loop
 from tffpipe.program import sampling
@@ -119,10 +121,10 @@ def _config(task, cohort: int, per_call: int) -> config.RunConfig:
 def _engine(task, cohort: int, per_call: int):
     cfg = _config(task, cohort, per_call)
     runtime = runtime_registry.get("inprocess")
-    process, _ = builder.build_learning_process(
+    process, _ = assembly.build_learning_process(
         task, cfg, list(task.train_data.client_ids), runtime.loop_implementation()
     )
-    return runtime.wrap(process, cfg, lambda line: None), loop.client_spec(cfg)
+    return runtime.wrap(process, components.runtime_context(cfg), lambda line: None), loop.client_spec(cfg)
 
 
 def _round(engine, spec, task, state, cohort: int, round_num: int):

@@ -33,7 +33,7 @@ from tffpipe.compat import context_stack_impl
 
 from tffpipe import compat
 from tffpipe import config
-from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import client_sources
 from tffpipe.program import sampling
 from tffpipe.runtimes import inprocess_process
@@ -92,7 +92,7 @@ def main(argv):
     recipe = client_sources.TaskRecipe.of(cfg)
     task = recipe.build()
     with compat.quiet_tensorflow_errors():
-        process, _ = builder.build_learning_process(
+        process, _ = assembly.build_learning_process(
             task, cfg, task.train_data.client_ids, ray_runtime.RUNTIME.loop_implementation()
         )
     source = client_sources.TrainSource(recipe, _SPEC)

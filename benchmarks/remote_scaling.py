@@ -33,7 +33,7 @@ from absl import app
 from absl import flags
 from tffpipe.compat import context_stack_impl
 
-from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe import compat
 from tffpipe import config
 from tffpipe.runtimes import processes
@@ -77,7 +77,7 @@ def main(argv):
     task = digits.create_task(num_clients=FLAGS.clients + 50, eval_clients=10, seed=0)
     cfg = config.from_values(dict(clients_per_round=FLAGS.clients, runtime="cpp"))
     with compat.quiet_tensorflow_errors():
-        process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+        process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids)
     data = [_round_data(task, r) for r in range(1, FLAGS.rounds + 1)]
     examples = sum(sum(1 for _ in ds.unbatch()) for ds in data[0])
     print(

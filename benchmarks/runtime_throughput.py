@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from tffpipe.compat import emnist_models
 
-from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe import compat
 from tffpipe import config
 from tffpipe.runtimes import devices
@@ -120,7 +120,7 @@ def _round_fn(process, task, runtime_name):
     )
     loop_implementation = runtime_registry.get(runtime_name).loop_implementation()
     with compat.quiet_tensorflow_errors():
-        learning, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
+        learning, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
     runner = learning if process is None else process(learning)
     state = runner.initialize()
     spec = tasks_lib.ClientSpec(num_epochs=1, batch_size=FLAGS.batch_size)

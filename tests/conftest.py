@@ -30,10 +30,10 @@ def _build_once_per_configuration():
     """
     import json
 
-    from tffpipe.learning import builder
+    from tffpipe.program import assembly
 
     learning, evaluation = {}, {}
-    build_learning, build_evaluation = builder.build_learning_process, builder.build_evaluation_process
+    build_learning, build_evaluation = assembly.build_learning_process, assembly.build_evaluation_process
 
     def settings_key(cfg):
         values = cfg.to_dict()
@@ -52,8 +52,8 @@ def _build_once_per_configuration():
             evaluation[key] = (task, build_evaluation(task, loop_implementation, cfg))
         return evaluation[key][1]
 
-    builder.build_learning_process = learning_process
-    builder.build_evaluation_process = evaluation_process
+    assembly.build_learning_process = learning_process
+    assembly.build_evaluation_process = evaluation_process
 
 
 _build_once_per_configuration()

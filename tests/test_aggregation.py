@@ -7,8 +7,9 @@ import tensorflow_federated as tff
 from conftest import make_config
 from tffpipe import config
 from tffpipe import tasks
-from tffpipe.aggregation import stack as aggregation
+from tffpipe.program import assembly as aggregation
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.runtimes import contexts as runtime
 
 from tffpipe_tasks import digits
@@ -143,7 +144,7 @@ def test_adaptive_target_epsilon_that_needs_too_much_noise_is_refused():
 def test_nan_client_update_is_zeroed_and_the_round_completes():
     task = digits.create_task(num_clients=6, eval_clients=2, seed=0)
     cfg = make_config(rounds=1, clients_per_round=2)
-    process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+    process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids)
     initial = builder.initial_model_weights(task, 0)
     state = process.set_model_weights(process.initialize(), initial)
     spec = tasks.ClientSpec(num_epochs=1, batch_size=20)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_config
+from tffpipe.config import components
 from tffpipe import errors
 from tffpipe.attacks import backdoor
 from tffpipe.attacks import selection
@@ -40,8 +41,12 @@ def _batch(n=8, classes=10):
     return x, y
 
 
+def _simulation(cfg, task):
+    return simulation.Simulation(cfg.attack.name, components.attack_context(cfg), task)
+
+
 def test_label_flip_shifts_every_attacker_label_and_leaves_honest_clients_alone(small_task):
-    sim = simulation.Simulation(make_config(attack="label_flip", attack_fraction=0.3), small_task)
+    sim = _simulation(make_config(attack="label_flip", attack_fraction=0.3), small_task)
     assert sim.labels.num_classes == 10
     x, y = _batch(12)
     attacker, honest = sim.attackers[0], next(c for c in small_task.train_data.client_ids if c not in sim.attackers)
@@ -54,7 +59,7 @@ def test_label_flip_shifts_every_attacker_label_and_leaves_honest_clients_alone(
 
 def test_backdoor_stamps_the_trigger_on_a_share_of_each_batch_and_relabels_it(small_task):
     cfg = make_config(attack="backdoor", attack_target=7, attack_poison_fraction=0.25)
-    sim = simulation.Simulation(cfg, small_task)
+    sim = _simulation(cfg, small_task)
     x, y = _batch(8)
     ((px, py),) = list(sim.client_data(sim.attackers[0], tf.data.Dataset.from_tensors((x, y)), 7))
     px, py = px.numpy(), py.numpy()
@@ -97,13 +102,13 @@ def test_attack_settings_are_checked_with_the_flags(flags, message):
 
 def test_an_attack_that_does_not_fit_the_task_is_refused(small_task):
     with pytest.raises(errors.ConfigError, match=r"^--attack_target=10 is not a class of task 'digits' \(0..9\)$"):
-        simulation.Simulation(make_config(attack="backdoor", attack_target=10), small_task)
+        _simulation(make_config(attack="backdoor", attack_target=10), small_task)
     from tffpipe_tasks import diabetes
 
     with pytest.raises(
         errors.ConfigError, match=r"^--attack=label_flip needs integer class labels; task 'diabetes' has none$"
     ):
-        simulation.Simulation(make_config(attack="label_flip"), diabetes.create_task(seed=0))
+        _simulation(make_config(attack="label_flip"), diabetes.create_task(seed=0))
 
 
 @pytest.mark.slow  # two invocations with triggered evaluations (35 s)

@@ -8,6 +8,7 @@ import pytest
 from conftest import SMALL_DIGITS_FLAGS, make_config
 from tffpipe import config
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import clock
 from tffpipe.program import loop
 from tffpipe.program import sampling
@@ -135,7 +136,7 @@ def _weights_of_rounds(task, cfg, reporting_of):
     """The weights after rounds 1.. of a plain process fed `reporting_of(round)`'s clients."""
     ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
-    process, _ = builder.build_learning_process(task, cfg, ids, runtime.loop_implementation())
+    process, _ = assembly.build_learning_process(task, cfg, ids, runtime.loop_implementation())
     spec = loop.client_spec(cfg)
     state = process.set_model_weights(process.initialize(), builder.initial_model_weights(task, 0))
     for round_num in range(1, cfg.schedule.rounds + 1):

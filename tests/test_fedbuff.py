@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT, SMALL_DIGITS_FLAGS, make_config
 from tffpipe import config
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.learning import fedbuff as fedbuff_lib
 from tffpipe.program import fedbuff
 from tffpipe.program import loop
@@ -44,7 +45,7 @@ def test_one_client_at_a_time_with_a_buffer_of_one_is_sequential_fedavg(small_ta
     )
     ids = list(small_task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
-    process, _ = builder.build_learning_process(small_task, reference_cfg, ids, runtime.loop_implementation())
+    process, _ = assembly.build_learning_process(small_task, reference_cfg, ids, runtime.loop_implementation())
     spec = loop.client_spec(reference_cfg)
     state = process.set_model_weights(process.initialize(), builder.initial_model_weights(small_task, 0))
     for n in (1, 2, 3):

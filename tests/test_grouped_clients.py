@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from conftest import make_config
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import inprocess_process
@@ -93,7 +94,7 @@ def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
 def _engine(task, per_call, slots=("/CPU:0",), prefetch=True):
     cfg = _config(".", "unused", per_call, zeroing=False)
     runtime = runtime_registry.get("inprocess")
-    process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids, runtime.loop_implementation())
+    process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids, runtime.loop_implementation())
     return inprocess_process.InProcessProcess(process, list(slots), clients_per_call=per_call, prefetch=prefetch)
 
 

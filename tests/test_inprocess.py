@@ -12,6 +12,7 @@ import tensorflow_federated as tff
 
 from conftest import REPO_ROOT, make_config
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import contexts as runtime
@@ -52,7 +53,7 @@ def _config(root=".", rounds=3, runtime_name="cpp", **values):
 def _build(task, cfg):
     """The learning process with the client loop the config's runtime uses."""
     loop_implementation = runtime_registry.get(cfg.runtime.name).loop_implementation()
-    return builder.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
+    return assembly.build_learning_process(task, cfg, task.train_data.client_ids, loop_implementation)
 
 
 ALGORITHMS = {
@@ -235,7 +236,7 @@ PLACEMENT_SCRIPT = textwrap.dedent(
     slots = devices.client_slots(cfg.runtime.inprocess)
     print("slots", slots)
     task = digits.create_task(num_clients=12, eval_clients=3, alpha=1.0, seed=0)
-    process, _ = builder.build_learning_process(task, cfg, task.train_data.client_ids)
+    process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids)
     spec = ClientSpec(num_epochs=1, batch_size=32)
     data = [task.client_dataset(c, spec, seed=i) for i, c in enumerate(task.train_data.client_ids[:5])]
     results = []

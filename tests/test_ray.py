@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, make_config, user_env
+from tffpipe.config import components
 from tffpipe import tasks
 from tffpipe.program import loop
 from tffpipe.runtimes import ray as ray_runtime
@@ -30,7 +31,9 @@ def cluster(tmp_path_factory):
     marker = tmp_path_factory.mktemp("kill") / "killed"
     os.environ["TFFPIPE_TEST_KILL_MARKER"] = str(marker)
     lines = []
-    started = ray_runtime.RUNTIME.connect(_config(tmp_path_factory.mktemp("c"), "ray"), lines.append)
+    started = ray_runtime.RUNTIME.connect(
+        components.runtime_context(_config(tmp_path_factory.mktemp("c"), "ray")), lines.append
+    )
     guard = started.guard.pid
     yield started, marker
     watched = [guard, *ray_guard.descendants(guard)]
@@ -349,7 +352,7 @@ def test_a_node_removed_mid_run_leaves_the_weights_of_a_straight_run(cluster, re
             # that the GCS lists, in no fixed order; a driver on the second node's raylet dies with it
             # (it took the pytest worker with it in CI). Connected before that node exists, the driver
             # is on the head's; the run reuses this connection.
-            ray_runtime.RUNTIME.connect(cfg, print)
+            ray_runtime.RUNTIME.connect(components.runtime_context(cfg), print)
     watched = [p for g in guards for p in [g.pid, *ray_guard.descendants(g.pid)]]
     metrics = tmp_path / "ray" / "results" / "metrics.csv"
     result = {}

@@ -7,9 +7,10 @@ import re
 import pytest
 
 from conftest import REPO_ROOT, make_config
+from tffpipe.config import components
 from tffpipe import config
 from tffpipe import settings
-from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import sampling
@@ -55,10 +56,10 @@ def _rounds_from_weights(task, cfg, weights, first_round, last_round):
     """The train losses of rounds first..last of a process built with `cfg`, from `weights`."""
     ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get("cpp")
-    process, _ = builder.build_learning_process(task, cfg, ids, runtime.loop_implementation())
+    process, _ = assembly.build_learning_process(task, cfg, ids, runtime.loop_implementation())
     spec = loop.client_spec(cfg)
     losses = []
-    with runtime.running(process, cfg, lambda line: None):
+    with runtime.running(process, components.runtime_context(cfg), lambda line: None):
         state = process.set_model_weights(process.initialize(), weights)
         for round_num in range(first_round, last_round + 1):
             sampled = sampling.sample_clients(ids, cfg.schedule.clients_per_round, seed=0, round_num=round_num)

@@ -11,7 +11,7 @@ import tensorflow_federated as tff
 
 from conftest import make_config
 from tffpipe import errors
-from tffpipe.aggregation import stack as aggregation
+from tffpipe.program import assembly as aggregation
 from tffpipe.program import loop
 
 from tffpipe_tasks import digits

@@ -212,6 +212,7 @@ def test_the_launcher_refuses_in_one_line_without_a_traceback(tmp_path):
 
 def _digits_engine(**values):
     from tffpipe.learning import builder
+    from tffpipe.program import assembly
     from tffpipe.runtimes import inprocess_process
     from tffpipe.runtimes import registry as runtime_registry
 
@@ -227,7 +228,7 @@ def _digits_engine(**values):
         runtime="inprocess",
         **values,
     )
-    process, _ = builder.build_learning_process(
+    process, _ = assembly.build_learning_process(
         task, cfg, task.train_data.client_ids, runtime_registry.get("inprocess").loop_implementation()
     )
     return task, builder.initial_model_weights(task, 0), inprocess_process.InProcessProcess(process, ["/CPU:0"] * 2)

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from conftest import REPO_ROOT, make_config, processes_with_marker, start_worker, worker_processes
+from tffpipe.config import components
 from tffpipe import certs
 from tffpipe.program import loop
 from tffpipe.runtimes import private_network
@@ -408,13 +409,13 @@ def test_where_no_private_network_can_be_made_the_doctor_and_the_worker_say_so(m
     from tffpipe.runtimes import processes
 
     cfg = make_config(runtime="cpp")
-    assert list(cpp.RUNTIME.doctor_checks(cfg, 0))[0] == (
+    assert list(cpp.RUNTIME.doctor_checks(components.runtime_context(cfg), 0))[0] == (
         "ok",
         "local TFF worker",
         "private network namespace: no other host or user reaches it",
     )
     monkeypatch.setattr(private_network, "_unavailable_reason", ["user namespaces disabled (test)"])
-    level, name, text = list(cpp.RUNTIME.doctor_checks(cfg, 0))[0]
+    level, name, text = list(cpp.RUNTIME.doctor_checks(components.runtime_context(cfg), 0))[0]
     assert (level, name) == ("warn", "local TFF worker") and "\n" not in text
     assert text.startswith("TFF's local worker listens on every interface, unauthenticated: user namespaces disabled")
     # TFF's worker then starts as TFF starts it, on its port.

@@ -14,12 +14,14 @@ import tensorflow as tf
 from scipy import stats
 
 from conftest import make_config
+from tffpipe.config import components
 from tffpipe import errors
 from tffpipe.attacks import alie
 from tffpipe.attacks import base
 from tffpipe.attacks import client_work
 from tffpipe.attacks import registry
 from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import loop
 from tffpipe.program import sampling
 from tffpipe.runtimes import inprocess_process
@@ -129,7 +131,7 @@ _PROCESSES = {}
 
 def _process(attack):
     if attack not in _PROCESSES:
-        process, _ = builder.build_learning_process(TASK, _cfg(attack), list(TASK.train_data.client_ids))
+        process, _ = assembly.build_learning_process(TASK, _cfg(attack), list(TASK.train_data.client_ids))
         state = process.set_model_weights(process.initialize(), builder.initial_model_weights(TASK, 0))
         _PROCESSES[attack] = process, state
     return _PROCESSES[attack]
@@ -181,7 +183,7 @@ def test_gaussian_replaces_the_attackers_update_by_noise_of_its_norm():
 
 def test_alie_uses_last_rounds_honest_statistics():
     process, state = _process("alie")
-    z = registry.get("alie").z(_cfg("alie"))
+    z = registry.get("alie").z(components.attack_context(_cfg("alie")))
     honest_a, _ = _delta(process, state, [(A, 0)])
     honest_b, _ = _delta(process, state, [(B, 0)])
     # Round 1: no statistics yet, so the attacker sends its honest update.

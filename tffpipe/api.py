@@ -13,6 +13,7 @@ from typing import Any
 from collections.abc import Callable
 
 from tffpipe import config as config_lib
+from tffpipe.config import components as config_components
 from tffpipe.errors import ConfigError
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import run_lock
@@ -71,11 +72,11 @@ def train(cfg: config_lib.RunConfig, print_fn: Callable[[str], None]) -> tuple[A
         another launcher holds the run folder).
     """
     runtime = runtime_registry.get(cfg.runtime.name)
-    runtime.configure_devices(cfg)  # before TensorFlow starts its devices
+    runtime.configure_devices(config_components.runtime_context(cfg))  # before TensorFlow starts its devices
     # Held from before the data loads, so a second launcher stops at once.
     with run_lock.hold(cfg.output.run_dir):
         saved_settings.refuse_changed_settings(cfg)  # before TensorFlow loads
-        runtime.preflight(cfg, print_fn)  # before the data loads
+        runtime.preflight(config_components.runtime_context(cfg), print_fn)  # before the data loads
         from tffpipe import tasks
         from tffpipe.program import loop
 
@@ -125,9 +126,9 @@ def run(*, quiet: bool = False, **settings: Any) -> Result:
     result, task = train(cfg, print_fn)
     model = getattr(result, "model", None)  # a vertical run's assembled model
     if model is None:
-        from tffpipe.learning import registry as algorithm_registry
+        from tffpipe.program import assembly
 
-        model = algorithm_registry.get(cfg.algorithm.name).keras_model(task, cfg, result.model_weights)
+        model = assembly.keras_model(task, cfg, result.model_weights)
     run_dir = cfg.output.run_dir
     # Imported here: pandas loads only when a run's results are read back.
     from tffpipe import results

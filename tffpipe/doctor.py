@@ -26,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 
 from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe.config import components as config_components
 from tffpipe import errors
 from tffpipe import settings
 from tffpipe.aggregation import robust
@@ -155,7 +156,7 @@ def check_devices() -> tuple[int, list[Check]]:
 def check_runtime(cfg: config_lib.RunConfig, gpus_seen: int) -> list[Check]:
     """Where the config's runtime will train clients (and whether its workers answer)."""
     runtime = runtime_registry.get(cfg.runtime.name)
-    return [Check(*found) for found in runtime.doctor_checks(cfg, gpus_seen)]
+    return [Check(*found) for found in runtime.doctor_checks(config_components.runtime_context(cfg), gpus_seen)]
 
 
 def check_worker_binary(path: str) -> Check:
@@ -225,7 +226,7 @@ def _synthetic_task():
 
 def smoke_round(cfg: config_lib.RunConfig) -> Check:
     """One FedAvg round of three synthetic clients on the config's runtime."""
-    from tffpipe.learning import builder
+    from tffpipe.program import assembly
     from tffpipe import tasks
 
     runtime = runtime_registry.get(cfg.runtime.name)
@@ -234,12 +235,12 @@ def smoke_round(cfg: config_lib.RunConfig) -> Check:
     try:
         task = _synthetic_task()
         with compat.quiet_tensorflow_errors():
-            process, _ = builder.build_learning_process(
+            process, _ = assembly.build_learning_process(
                 task, cfg, task.train_data.client_ids, runtime.loop_implementation()
             )
         spec = tasks.ClientSpec(num_epochs=1, batch_size=5)
         data = [task.client_dataset(c, spec, seed=i) for i, c in enumerate(task.train_data.client_ids)]
-        with runtime.running(process, cfg, print_fn=lambda line: None) as runner:
+        with runtime.running(process, config_components.runtime_context(cfg), print_fn=lambda line: None) as runner:
             output = runner.next(runner.initialize(), data)
         examples = int(output.metrics["client_work"]["train"]["num_examples"])
     except Exception as e:
@@ -339,12 +340,14 @@ def main(argv: list[str]) -> None:
                     cfg = runtime_config(runtime.key, FLAGS.gpus, tuple(FLAGS.workers), **_ray_flags())
                 except config_lib.ConfigError:
                     continue
-                if runtime.checked_by_default(cfg):
+                if runtime.checked_by_default(config_components.runtime_context(cfg)):
                     configs[runtime.key] = cfg
         else:
             configs = {FLAGS.runtime: runtime_config(FLAGS.runtime, FLAGS.gpus, tuple(FLAGS.workers), **_ray_flags())}
         for cfg in configs.values():
-            runtime_registry.get(cfg.runtime.name).configure_devices(cfg)  # before TensorFlow starts them
+            runtime_registry.get(cfg.runtime.name).configure_devices(
+                config_components.runtime_context(cfg)
+            )  # before TensorFlow starts them
     except (config_lib.ConfigError, devices.DeviceError) as e:
         print(Check(FAIL, "devices", str(e)).line(), flush=True)
         processes.exit_now(1)

@@ -59,7 +59,7 @@ class Spec:
       resume: `MUST_MATCH`, `MAY_CHANGE` or `NOT_APPLICABLE`.
       short: listed by `--helpshort`.
       default_text: how `--help` shows a default of None ("auto", "TFF's").
-      effective: maps (config, value) to the value in effect, for settings
+      effective: maps (the run's `components.Selection`, value) to the value in effect, for settings
         whose default depends on others; the fingerprint compares that.
     """
 
@@ -173,10 +173,10 @@ def get(config: Any, path: tuple[str, ...]) -> Any:
     return config
 
 
-def effective(config: Any, item: Declared) -> Any:
-    """The value of a setting in effect (its `effective` hook applied)."""
+def effective(config: Any, item: Declared, run: Any) -> Any:
+    """The value of a setting in effect (its `effective` hook applied to the run's `components.Selection`)."""
     value = get(config, item.path)
-    return item.spec.effective(config, value) if item.spec.effective else value
+    return item.spec.effective(run, value) if item.spec.effective else value
 
 
 def check_values(config: Any) -> None:

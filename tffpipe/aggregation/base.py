@@ -6,6 +6,11 @@ whose fields become flags), its checks, the TFF factory it builds around the
 inner one, its lines in the printed stack, and, for DP, its privacy figures.
 Nothing outside its module branches on its name.
 
+A layer sees its own settings and a `Context` (the stack's shared numbers),
+never the run's configuration; which other components it refuses is its
+`rules` (`tffpipe.components.Rule`), checked with every other component's in
+`tffpipe/config/components.py`.
+
 Roles, from the outside in:
 * `wrapper`: takes the factory built so far and wraps it (zeroing, a user's
   layer);
@@ -24,6 +29,8 @@ import dataclasses
 from typing import Any
 from collections.abc import Iterable, Mapping
 
+from tffpipe.components import Rule, Selection
+
 
 @dataclasses.dataclass(frozen=True)
 class Line:
@@ -38,7 +45,7 @@ class Context:
     """What the layers of one stack share.
 
     Attributes:
-      config: the run's settings.
+      settings: this layer's own settings (set for each layer as it is built).
       weighted: whether the mean is weighted by number of examples.
       secure: whether any layer of the stack sums with secure aggregation,
         so that the others estimate their norms and counts securely too.
@@ -50,7 +57,7 @@ class Context:
         the sum (the DP clip of a mean that clips records), else None.
     """
 
-    config: Any
+    settings: Any
     weighted: bool
     secure: bool
     clients_per_round: int
@@ -62,7 +69,7 @@ class Context:
 class Layer:
     """Base class of an aggregation layer; subclasses override what they need."""
 
-    key: str = ""  # registry key; also the `cfg.aggregation` field of its Settings
+    key: str = ""  # registry key; also the name of its settings group
     Settings: type | None = None
     role: str = "wrapper"  # "wrapper", "mean" or "sum"
     secure_sum: bool = False  # the layer calls secure-sum intrinsics when active
@@ -81,18 +88,20 @@ class Layer:
     default_clip_norm: float = 1.0
     amplified_by_sampling: bool = True  # False: accounted by participation (tree)
 
-    def settings(self, cfg: Any) -> Any:
-        """This layer's settings in `cfg`."""
-        return getattr(cfg.aggregation, self.key)
+    # Combinations with other components this layer refuses, when active.
+    rules: tuple[Rule, ...] = ()
+    # Whether `check` and `rules` apply when the layer is not in the stack
+    # (its settings matter to other layers' work).
+    checked_when_inactive: bool = False
 
-    def active(self, cfg: Any) -> bool:
-        """Whether the run's settings put this layer in the stack."""
+    def active(self, settings: Any, run: Selection) -> bool:
+        """Whether the run puts this layer in the stack."""
         raise NotImplementedError
 
-    def check(self, cfg: Any) -> None:
-        """Refuses settings that do not combine with this layer (`ConfigError`)."""
+    def check(self, settings: Any, run: Selection) -> None:
+        """Refuses its own settings, when active, that cannot work in this run (`ConfigError`)."""
 
-    def resume_fingerprint(self, cfg: Any) -> dict[str, Any]:
+    def resume_fingerprint(self, settings: Any, run: Selection) -> dict[str, Any]:
         """Settings that may change on resume elsewhere but must match under this layer.
 
         Returns:

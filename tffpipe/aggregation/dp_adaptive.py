@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.aggregation import base
 from tffpipe.aggregation import dp
@@ -37,19 +38,19 @@ class DpAdaptive(dp.DpLayer):
     dp_mechanism = "adaptive"
     default_clip_norm = 0.1
 
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        if not self.active(cfg):
-            return
-        if cfg.aggregation.secure.enabled:
-            raise ConfigError(
-                "--dp=adaptive cannot be combined with --secure_aggregation: the "
-                "clipping norm changes every round, so the secure sum has no fixed "
-                "integer range; use --dp=fixed or --dp=distributed"
-            )
-        clients = cfg.schedule.clients_per_round
-        if cfg.privacy.noise_multiplier is not None and clients is not None:
-            self.check_noise(cfg.privacy.noise_multiplier, clients)
+    rules = dp.DpLayer.rules + (
+        components.refuses(
+            lambda s, run: run.secure_aggregation,
+            "--dp=adaptive cannot be combined with --secure_aggregation: the clipping norm changes every "
+            "round, so the secure sum has no fixed integer range; use --dp=fixed or --dp=distributed",
+        ),
+    )
+
+    def check(self, settings, run) -> None:
+        super().check(settings, run)
+        noise = settings.shared.noise_multiplier
+        if noise is not None and run.clients_per_round is not None:
+            self.check_noise(noise, run.clients_per_round)
 
     def check_noise(self, noise_multiplier, clients_per_round) -> None:
         # TFF noises the count of clipped clients with stddev 0.05 x clients per
@@ -65,7 +66,7 @@ class DpAdaptive(dp.DpLayer):
     def build(self, inner, ctx):
         import tensorflow_federated as tff
 
-        s = self.settings(ctx.config)
+        s = ctx.settings.own
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
             noise_multiplier=ctx.noise_multiplier,
             clients_per_round=float(ctx.clients_per_round),
@@ -75,7 +76,7 @@ class DpAdaptive(dp.DpLayer):
         )
 
     def lines(self, ctx):
-        s = self.settings(ctx.config)
+        s = ctx.settings.own
         return [
             base.Line(
                 "clipping",

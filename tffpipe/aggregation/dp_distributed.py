@@ -28,11 +28,9 @@ class DpDistributed(dp.DpLayer):
     secure_sum = True
     own_sum = True
 
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        if not self.active(cfg):
-            return
-        bits, clients = self.settings(cfg).bits, cfg.schedule.clients_per_round
+    def check(self, settings, run) -> None:
+        super().check(settings, run)
+        bits, clients = settings.own.bits, run.clients_per_round
         if clients is not None and 2**bits < clients:
             raise ConfigError(
                 f"--dp_distributed_bits={bits} is too small for {clients} clients per "
@@ -46,7 +44,7 @@ class DpDistributed(dp.DpLayer):
         ddp = distributed_dp.DistributedDpSumFactory(
             noise_multiplier=ctx.noise_multiplier,
             expected_clients_per_round=ctx.clients_per_round,
-            bits=self.settings(ctx.config).bits,
+            bits=ctx.settings.own.bits,
             l2_clip=ctx.clip_norm,
             mechanism="distributed_dgauss",
             rotation_type="hd",
@@ -67,7 +65,7 @@ class DpDistributed(dp.DpLayer):
                 f"distributed discrete Gaussian: each client adds its share of "
                 f"stddev {ctx.noise_multiplier:.4g} x clip (Kairouz et al. 2021)",
             ),
-            base.Line("secure sum", f"{self.settings(ctx.config).bits}-bit modular sum of the noisy integers"),
+            base.Line("secure sum", f"{ctx.settings.own.bits}-bit modular sum of the noisy integers"),
             base.Line("mean", "uniform, divided by the securely summed client count"),
         ]
 

@@ -13,7 +13,7 @@ class Mean(base.Layer):
     outside_buffer_ok = True  # the buffer's own mean replaces it
     role = "mean"
 
-    def active(self, cfg) -> bool:
+    def active(self, settings, run) -> bool:
         return True
 
     def build(self, inner, ctx):

@@ -29,16 +29,16 @@ class NormBound(base.Layer):
     key = "norm_bound"
     Settings = Settings
 
-    def active(self, cfg) -> bool:
-        return self.settings(cfg).bound is not None
+    def active(self, settings, run) -> bool:
+        return settings.bound is not None
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff
 
-        return tff.aggregators.clipping_factory(float(self.settings(ctx.config).bound), inner)
+        return tff.aggregators.clipping_factory(float(ctx.settings.bound), inner)
 
     def lines(self, ctx):
-        return [base.Line("norm bound", f"each update clipped to L2 norm {self.settings(ctx.config).bound:g}")]
+        return [base.Line("norm bound", f"each update clipped to L2 norm {ctx.settings.bound:g}")]
 
 
 LAYER = NormBound()

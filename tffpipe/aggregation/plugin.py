@@ -54,11 +54,11 @@ class PluginLayer(base.Layer):
     key = "plugin"
     Settings = Settings
 
-    def active(self, cfg) -> bool:
-        return bool(self.settings(cfg).path)
+    def active(self, settings, run) -> bool:
+        return bool(settings.path)
 
     def build(self, inner, ctx):
-        s = self.settings(ctx.config)
+        s = ctx.settings
         function = plugins.load(function_path(s.path), ConfigError, "aggregator")
         try:
             factory = function(inner, **dict(s.options))
@@ -71,7 +71,7 @@ class PluginLayer(base.Layer):
         return factory
 
     def lines(self, ctx):
-        s = self.settings(ctx.config)
+        s = ctx.settings
         options = ", ".join(f"{k}={v!r}" for k, v in sorted(s.options.items()))
         return [base.Line("user layer", f"{s.path}({options})")]
 

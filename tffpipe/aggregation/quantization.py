@@ -6,9 +6,9 @@ with the bit width and size threshold from the settings.
 
 import dataclasses
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.aggregation import base
-from tffpipe.errors import ConfigError
 
 METHODS = ("none", "uniform_quantization")
 
@@ -53,37 +53,33 @@ class Quantization(base.Layer):
     key = "quantization"
     Settings = Settings
     role = "sum"
+    rules = (
+        components.refuses(
+            lambda s, run: run.secure_aggregation,
+            "--secure_aggregation cannot be combined with --compression: secure sums need integers in a "
+            "fixed range, and uniform quantization scales each client's values by its own min and max "
+            "(secure aggregation already sends quantised integers)",
+        ),
+        components.refuses(
+            lambda s, run: run.dp != "none",
+            "--dp cannot be combined with --compression: quantising a clipped update can raise its norm "
+            "above the clip, which voids the DP guarantee (--dp=distributed quantises with a privacy analysis)",
+        ),
+    )
 
-    def active(self, cfg) -> bool:
-        return self.settings(cfg).method != "none"
-
-    def check(self, cfg) -> None:
-        if not self.active(cfg):
-            return
-        if cfg.aggregation.secure.enabled:
-            raise ConfigError(
-                "--secure_aggregation cannot be combined with --compression: secure sums "
-                "need integers in a fixed range, and uniform quantization scales each "
-                "client's values by its own min and max (secure aggregation already "
-                "sends quantised integers)"
-            )
-        if cfg.privacy.mechanism != "none":
-            raise ConfigError(
-                "--dp cannot be combined with --compression: quantising a clipped update "
-                "can raise its norm above the clip, which voids the DP guarantee "
-                "(--dp=distributed quantises with a privacy analysis)"
-            )
+    def active(self, settings, run) -> bool:
+        return settings.method != "none"
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff
 
-        s = self.settings(ctx.config)
+        s = ctx.settings
         return tff.aggregators.EncodedSumFactory.quantize_above_threshold(
             quantization_bits=s.bits, threshold=s.min_elements
         )
 
     def lines(self, ctx):
-        s = self.settings(ctx.config)
+        s = ctx.settings
         return [base.Line("quantization", f"uniform, {s.bits} bits per value, tensors over {s.min_elements} elements")]
 
 

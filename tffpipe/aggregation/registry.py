@@ -6,8 +6,11 @@ and its name here, where it sits in the stack.
 
 import functools
 import importlib
+from typing import Any
+from collections.abc import Mapping
 
 from tffpipe.aggregation import base
+from tffpipe.components import Selection
 
 LAYERS = (
     "plugin",
@@ -40,15 +43,19 @@ def dp_mechanisms() -> tuple[str, ...]:
     return ("none",) + tuple(layer.dp_mechanism for layer in layers() if layer.dp_mechanism)
 
 
-def active_layers(cfg) -> list[base.Layer]:
+def active_layers(settings: Mapping[str, Any], run: Selection) -> list[base.Layer]:
     """The layers the settings put in the stack, outermost first.
 
     Of the `mean`s only the first active one is used; a mean that sums by
     itself leaves no room for a `sum` layer.
+
+    Args:
+      settings: {layer key: that layer's settings}.
+      run: the run's selection.
     """
     chosen, mean = [], None
     for layer in layers():
-        if not layer.active(cfg):
+        if not layer.active(settings[layer.key], run):
             continue
         if layer.role == "mean":
             if mean is not None:
@@ -60,6 +67,8 @@ def active_layers(cfg) -> list[base.Layer]:
     return chosen
 
 
-def dp_layer(cfg) -> base.Layer | None:
-    """The active DP mechanism, if any."""
-    return next((layer for layer in layers() if layer.dp_mechanism and layer.active(cfg)), None)
+def get(key: str) -> base.Layer:
+    """The registered layer `key`."""
+    (layer,) = [layer for layer in layers() if layer.key == key]
+    return layer
+

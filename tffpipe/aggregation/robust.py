@@ -15,6 +15,7 @@ Combinations refused, with the reason:
 
 import dataclasses
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.aggregation import base
 from tffpipe.errors import ConfigError
@@ -77,6 +78,17 @@ def minimum_cohort(defence: str, f: int) -> int:
     return 1
 
 
+def check_cohort(s: Settings, clients_per_round: int) -> None:
+    """Refuses a cohort too small for the rule's guarantee."""
+    needed = minimum_cohort(s.defence, s.num_byzantine)
+    if clients_per_round < needed:
+        rule = "n >= 4f + 3" if s.defence == "bulyan" else "n >= 2f + 3"
+        raise ConfigError(
+            f"--robust={s.defence} with --robust_num_byzantine={s.num_byzantine} needs at least "
+            f"{needed} clients per round ({rule}), got --clients_per_round={clients_per_round}"
+        )
+
+
 class Robust(base.Layer):
     key = "robust"
     Settings = Settings
@@ -84,54 +96,45 @@ class Robust(base.Layer):
     own_sum = True
     needs_uniform_weighting = True
 
-    def active(self, cfg) -> bool:
-        return self.settings(cfg).defence != "none"
+    rules = (
+        components.refuses(
+            lambda s, run: run.secure_aggregation,
+            "--robust={s.defence} cannot run under --secure_aggregation: the rule reads each client's "
+            "update, which secure aggregation exists to hide from the server",
+        ),
+        components.refuses(
+            lambda s, run: run.dp != "none",
+            "--robust={s.defence} cannot run under --dp={run.dp}: the DP mechanisms calibrate noise to a "
+            "clipped sum, which a robust rule does not compute, so no epsilon could be claimed",
+        ),
+        components.refuses(
+            lambda s, run: bool(run.cohort_changed_by),
+            "--robust={s.defence} with {run.cohort_changed_by}: the rule is sized for --clients_per_round "
+            "updates a round, and fewer may report",
+        ),
+        components.refuses(
+            lambda s, run: run.compression != "none",
+            "--robust={s.defence} cannot run under --compression: it quantises a sum, and there is none",
+        ),
+        components.refuses(
+            lambda s, run: run.client_weighting == "num_examples",
+            "--robust={s.defence} needs --client_weighting=uniform: robust rules treat every client's update alike",
+        ),
+    )
 
-    def check(self, cfg) -> None:
-        if not self.active(cfg):
-            return
-        name = self.settings(cfg).defence
-        if cfg.aggregation.secure.enabled:
-            raise ConfigError(
-                f"--robust={name} cannot run under --secure_aggregation: the rule reads each client's "
-                "update, which secure aggregation exists to hide from the server"
-            )
-        if cfg.privacy.mechanism != "none":
-            raise ConfigError(
-                f"--robust={name} cannot run under --dp={cfg.privacy.mechanism}: the DP mechanisms "
-                "calibrate noise to a clipped sum, which a robust rule does not compute, so no "
-                "epsilon could be claimed"
-            )
-        if cfg.clock.changes_cohort:
-            raise ConfigError(
-                f"--robust={name} with {cfg.clock.cohort_changed_by}: the rule is sized for "
-                "--clients_per_round updates a round, and fewer may report"
-            )
-        if cfg.aggregation.quantization.method != "none":
-            raise ConfigError(f"--robust={name} cannot run under --compression: it quantises a sum, and there is none")
-        if cfg.algorithm.client_weighting == "num_examples":
-            raise ConfigError(
-                f"--robust={name} needs --client_weighting=uniform: robust rules treat every client's update alike"
-            )
-        if cfg.schedule.clients_per_round is not None:
-            self.check_cohort(cfg, cfg.schedule.clients_per_round)
+    def active(self, settings, run) -> bool:
+        return settings.defence != "none"
 
-    def check_cohort(self, cfg, clients_per_round: int) -> None:
-        s = self.settings(cfg)
-        needed = minimum_cohort(s.defence, s.num_byzantine)
-        if clients_per_round < needed:
-            rule = "n >= 4f + 3" if s.defence == "bulyan" else "n >= 2f + 3"
-            raise ConfigError(
-                f"--robust={s.defence} with --robust_num_byzantine={s.num_byzantine} needs at least "
-                f"{needed} clients per round ({rule}), got --clients_per_round={clients_per_round}"
-            )
+    def check(self, settings, run) -> None:
+        if run.clients_per_round is not None:
+            check_cohort(settings, run.clients_per_round)
 
     def build(self, inner, ctx):
         from tffpipe.aggregation import collect
         from tffpipe.aggregation import robust_rules
 
-        self.check_cohort(ctx.config, ctx.clients_per_round)
-        s = self.settings(ctx.config)
+        s = ctx.settings
+        check_cohort(s, ctx.clients_per_round)
         options = {}
         if s.defence == "trimmed_mean":
             options["trim_fraction"] = s.trim_fraction
@@ -140,7 +143,7 @@ class Robust(base.Layer):
         return collect.CollectAndReduceFactory(robust_rules.RULES[s.defence], ctx.clients_per_round, **options)
 
     def lines(self, ctx):
-        s = self.settings(ctx.config)
+        s = ctx.settings
         detail = _PAPERS[s.defence].format(trim=s.trim_fraction, f=s.num_byzantine)
         return [base.Line("robust", f"{detail}; the server holds all {ctx.clients_per_round} updates")]
 

@@ -9,11 +9,11 @@ any of the stack's).
 
 import dataclasses
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.aggregation import base
 from tffpipe.aggregation.protocols import ckks as ckks_protocol
 from tffpipe.aggregation.protocols import registry as protocols
-from tffpipe.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Settings:
         group="aggregation",
         resume=settings.MUST_MATCH,
         short=True,
-        effective=lambda cfg, value: value or uses_secure_sum(cfg),
+        effective=lambda run, value: value or run.uses_secure_sum,
     )
     protocol: str = settings.setting(
         "masking",
@@ -41,11 +41,10 @@ class Settings:
     ckks: ckks_protocol.Settings = settings.group(ckks_protocol.Settings)
 
 
-def uses_secure_sum(cfg) -> bool:
-    """Whether any active layer of the stack sums with secure aggregation."""
-    from tffpipe.aggregation import registry
+def _runtime_runs_protocols(runtime: str) -> bool:
+    from tffpipe.runtimes import registry as runtimes
 
-    return any(layer.secure_sum for layer in registry.active_layers(cfg))
+    return runtimes.get(runtime).executes_secure_sums
 
 
 class SecureSum(base.Layer):
@@ -53,26 +52,26 @@ class SecureSum(base.Layer):
     Settings = Settings
     role = "sum"
     secure_sum = True
+    # Checked whatever the layer's state: --secure_protocol may be given alone.
+    checked_when_inactive = True
+    rules = (
+        components.refuses(
+            lambda s, run: protocols.needs_our_engine(s.protocol) and not run.uses_secure_sum,
+            "--secure_protocol={s.protocol} protects secure sums and this run has none: add --secure_aggregation",
+        ),
+        components.refuses(
+            lambda s, run: protocols.needs_our_engine(s.protocol) and not _runtime_runs_protocols(run.runtime),
+            "--secure_protocol={s.protocol} needs --runtime=inprocess, ray or auto: TFF's own runtime "
+            "(--runtime={run.runtime}) executes secure sums itself and cannot run another protocol",
+        ),
+    )
 
-    def active(self, cfg) -> bool:
-        return self.settings(cfg).enabled
+    def active(self, settings, run) -> bool:
+        return settings.enabled
 
-    def check(self, cfg) -> None:
-        s = self.settings(cfg)
-        if not protocols.needs_our_engine(s.protocol):
-            return
-        if not uses_secure_sum(cfg):
-            raise ConfigError(
-                f"--secure_protocol={s.protocol} protects secure sums and this run has none: add --secure_aggregation"
-            )
-        from tffpipe.runtimes import registry as runtimes
-
-        if not runtimes.get(cfg.runtime.name).executes_secure_sums:
-            raise ConfigError(
-                f"--secure_protocol={s.protocol} needs --runtime=inprocess, ray or auto: TFF's own runtime "
-                f"(--runtime={cfg.runtime.name}) executes secure sums itself and cannot run another protocol"
-            )
-        protocols.check(s)
+    def check(self, settings, run) -> None:
+        if protocols.needs_our_engine(settings.protocol):
+            protocols.check(settings)
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff

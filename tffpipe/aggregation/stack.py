@@ -8,16 +8,16 @@ module of this folder (`registry.LAYERS`).
 
 import dataclasses
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from tffpipe.aggregation import base
 from tffpipe.aggregation import registry
-from tffpipe.privacy import calibration
+from tffpipe.components import Selection
 
 
 @dataclasses.dataclass(frozen=True)
 class Stack:
-    """What `build_aggregator` derived from the config.
+    """What `build` derived from the layers' settings.
 
     Attributes:
       lines: the printed stack, outermost first.
@@ -28,6 +28,7 @@ class Stack:
       noise_from_target: whether `noise_multiplier` was solved for.
       clip_norm: the DP clipping norm (initial norm under adaptive clipping).
       dp_layer: the active DP mechanism, if any.
+      dp_settings: that mechanism's own settings, if any.
     """
 
     lines: tuple[base.Line, ...]
@@ -37,6 +38,7 @@ class Stack:
     noise_from_target: bool = False
     clip_norm: float | None = None
     dp_layer: base.Layer | None = None
+    dp_settings: Any = None
 
     def describe(self) -> str:
         """The stack as a short indented tree, one layer a line."""
@@ -53,28 +55,20 @@ class Stack:
         return " -> ".join(line.name for line in self.lines)
 
 
-def client_weighting(cfg: Any) -> str:
-    """The client weighting in effect: as set, or uniform when a layer needs it (DP)."""
-    if cfg.algorithm.client_weighting != "auto":
-        return cfg.algorithm.client_weighting
-    needs_uniform = any(layer.needs_uniform_weighting for layer in registry.active_layers(cfg))
-    return "uniform" if needs_uniform else "num_examples"
-
-
-def clip_norm(cfg: Any) -> float | None:
-    """The DP clipping norm in effect: as set, or the mechanism's default."""
-    layer = registry.dp_layer(cfg)
-    if layer is None:
-        return None
-    return cfg.privacy.clip_norm if cfg.privacy.clip_norm is not None else layer.default_clip_norm
-
-
-def build_aggregator(cfg: Any, train_client_ids: Sequence[str]) -> tuple[Any, Stack]:
-    """The model-update aggregation factory the config asks for.
+def build(
+    settings: Mapping[str, Any],
+    run: Selection,
+    noise_multiplier: float | None = None,
+    noise_from_target: bool = False,
+) -> tuple[Any, Stack]:
+    """The model-update aggregation factory of the run's layers.
 
     Args:
-      cfg: the run's settings (validated, fitted to the task).
-      train_client_ids: the training clients, for privacy calibration.
+      settings: {layer key: that layer's settings} (`config.components.stack_settings`).
+      run: the run's selection, fitted to the task (its cohort size known).
+      noise_multiplier: the DP noise multiplier, as given or solved for a
+        target epsilon (`tffpipe.privacy.calibration`); None without DP.
+      noise_from_target: whether `noise_multiplier` was solved for.
 
     Returns:
       The factory (weighted unless the client weighting is uniform) and what
@@ -86,41 +80,42 @@ def build_aggregator(cfg: Any, train_client_ids: Sequence[str]) -> tuple[Any, St
     from tffpipe import compat  # TensorFlow: not for flag checks
 
     compat.allow_deeply_nested_computations()
-    layers = registry.active_layers(cfg)
-    dp_layer = registry.dp_layer(cfg)
-    noise, solved = (None, False)
-    if dp_layer is not None:
-        noise, solved = calibration.resolve_noise_multiplier(cfg, dp_layer, train_client_ids)
+    layers = registry.active_layers(settings, run)
+    dp_layer = next((layer for layer in layers if layer.dp_mechanism), None)
     wrappers = [layer for layer in layers if layer.role == "wrapper"]
     (mean,) = [layer for layer in layers if layer.role == "mean"]
     sums = [layer for layer in layers if layer.role == "sum"]
-    clip = clip_norm(cfg)
-    ctx = base.Context(
-        config=cfg,
-        weighted=client_weighting(cfg) == "num_examples",
+    shared = base.Context(
+        settings=None,
+        weighted=run.weighting == "num_examples",
         secure=any(layer.secure_sum for layer in layers),
-        clients_per_round=cfg.schedule.clients_per_round,
-        noise_multiplier=noise,
-        clip_norm=clip,
-        record_bound=clip if mean.clips_records else None,
+        clients_per_round=run.clients_per_round or 0,  # known once fitted to the task
+        noise_multiplier=noise_multiplier,
+        clip_norm=run.dp_clip_norm,
+        record_bound=run.dp_clip_norm if mean.clips_records else None,
     )
-    value_sum = sums[0].build(None, ctx) if sums else None
-    factory = mean.build(value_sum, ctx)
+
+    def ctx(layer: base.Layer) -> base.Context:
+        return dataclasses.replace(shared, settings=settings[layer.key])
+
+    value_sum = sums[0].build(None, ctx(sums[0])) if sums else None
+    factory = mean.build(value_sum, ctx(mean))
     for layer in sums:
-        factory = layer.around_mean(factory, ctx)
+        factory = layer.around_mean(factory, ctx(layer))
     for layer in reversed(wrappers):
-        factory = layer.build(factory, ctx)
-    lines = [line for layer in wrappers for line in layer.lines(ctx)]
-    lines += [line for layer in sums for line in layer.lines_around_mean(ctx)]
-    lines += mean.lines(ctx)
-    lines += [line for layer in sums for line in layer.lines(ctx)]
-    lines += mean.lines_below_sum(ctx)
+        factory = layer.build(factory, ctx(layer))
+    lines = [line for layer in wrappers for line in layer.lines(ctx(layer))]
+    lines += [line for layer in sums for line in layer.lines_around_mean(ctx(layer))]
+    lines += mean.lines(ctx(mean))
+    lines += [line for layer in sums for line in layer.lines(ctx(layer))]
+    lines += mean.lines_below_sum(ctx(mean))
     return factory, Stack(
         lines=tuple(lines),
-        weighted=ctx.weighted,
-        uses_secure_sum=ctx.secure,
-        noise_multiplier=noise,
-        noise_from_target=solved,
-        clip_norm=clip,
+        weighted=shared.weighted,
+        uses_secure_sum=shared.secure,
+        noise_multiplier=noise_multiplier,
+        noise_from_target=noise_from_target,
+        clip_norm=run.dp_clip_norm,
         dp_layer=dp_layer,
+        dp_settings=settings[dp_layer.key].own if dp_layer is not None else None,
     )

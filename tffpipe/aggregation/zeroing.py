@@ -32,8 +32,8 @@ class Zeroing(base.Layer):
     outside_buffer_ok = True  # on by default; the buffer does without it
     Settings = Settings
 
-    def active(self, cfg) -> bool:
-        return self.settings(cfg).enabled
+    def active(self, settings, run) -> bool:
+        return settings.enabled
 
     def build(self, inner, ctx):
         import tensorflow_federated as tff

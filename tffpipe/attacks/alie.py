@@ -55,25 +55,25 @@ class Alie(base.UpdateAttack):
     Settings = Settings
     needs_benign_statistics = True
 
-    def z(self, cfg) -> float:
+    def z(self, ctx) -> float:
         """The run's z: `--attack_alie_z`, or z_max for the cohort and the attack fraction."""
-        given = self.settings(cfg).z
+        given = ctx.settings.z
         if given is not None:
             return given
-        n = cfg.schedule.clients_per_round
-        return z_max(n, max(1, round(cfg.attack.fraction * n)))
+        n = ctx.clients_per_round
+        return z_max(n, max(1, round(ctx.fraction * n)))
 
-    def options(self, cfg):
-        return base.UpdateOptions(scale=cfg.attack.scale, alie_z=self.z(cfg))
+    def options(self, ctx):
+        return base.UpdateOptions(scale=ctx.scale, alie_z=self.z(ctx))
 
     def poisoned_update(self, update, seed, options, benign=None):
         mean, std = benign
         return [m - options.alie_z * s for m, s in zip(mean, std)]
 
-    def describe(self, cfg):
+    def describe(self, ctx):
         return (
             "a little is enough: attackers send mean - z x std of the previous round's honest "
-            f"updates, z = {self.z(cfg):.3g}"
+            f"updates, z = {self.z(ctx):.3g}"
         )
 
 

@@ -55,41 +55,40 @@ class Backdoor(base.Attack):
     key = "backdoor"
     Settings = Settings
 
-    def check_task(self, cfg, labels):
+    def check_task(self, ctx, labels):
         if not labels.integer or labels.num_classes < 2:
             raise ConfigError(f"--attack=backdoor needs integer class labels; task {labels.task!r} has none")
-        if cfg.attack.target >= labels.num_classes:
+        if ctx.target >= labels.num_classes:
             raise ConfigError(
-                f"--attack_target={cfg.attack.target} is not a class of task {labels.task!r} "
-                f"(0..{labels.num_classes - 1})"
+                f"--attack_target={ctx.target} is not a class of task {labels.task!r} (0..{labels.num_classes - 1})"
             )
 
-    def poison(self, x, y, cfg, labels):
+    def poison(self, x, y, ctx, labels):
         import tensorflow as tf
 
-        share = self.settings(cfg).poison_fraction
+        share = ctx.settings.poison_fraction
         n = tf.shape(x)[0]
         # The first ceil(share x batch) examples of each (shuffled) batch.
         count = tf.cast(tf.math.ceil(share * tf.cast(n, tf.float32)), tf.int32)
         poisoned = tf.range(n) < count
         x = tf.where(tf.reshape(poisoned, [-1] + [1] * (len(x.shape) - 1)), stamp(x), x)
-        target = tf.fill(tf.shape(y), tf.cast(cfg.attack.target, y.dtype))
+        target = tf.fill(tf.shape(y), tf.cast(ctx.target, y.dtype))
         y = tf.where(tf.reshape(poisoned, [-1] + [1] * (len(y.shape) - 1)), target, y)
         return x, y
 
-    def triggered_eval(self, x, y, cfg):
+    def triggered_eval(self, x, y, ctx):
         """Held-out batch -> its examples of other classes, triggered and labelled the target."""
         import tensorflow as tf
 
-        target = tf.cast(cfg.attack.target, y.dtype)
+        target = tf.cast(ctx.target, y.dtype)
         keep = tf.reshape(y, [tf.shape(y)[0], -1])[:, 0] != target
         x, y = tf.boolean_mask(x, keep), tf.boolean_mask(y, keep)
         return stamp(x), tf.fill(tf.shape(y), target)
 
-    def describe(self, cfg):
+    def describe(self, ctx):
         return (
-            f"backdoor: a trigger on {self.settings(cfg).poison_fraction:.0%} of each attacker batch, "
-            f"relabelled to class {cfg.attack.target}"
+            f"backdoor: a trigger on {ctx.settings.poison_fraction:.0%} of each attacker batch, "
+            f"relabelled to class {ctx.target}"
         )
 
 

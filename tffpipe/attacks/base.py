@@ -1,10 +1,37 @@
 """What an attack is: how a malicious client changes what it contributes.
 
 Attack modules import TensorFlow inside their methods, never at import: the
-launcher reads their settings before TensorFlow loads.
+launcher reads their settings before TensorFlow loads. An attack sees its
+settings in a small `Context`, never the run's configuration; which other
+components it refuses is its `rules` (`tffpipe.components.Rule`), checked in
+`tffpipe/config/components.py`.
 """
 
+import dataclasses
 from typing import Any
+
+from tffpipe import components
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What an attack is given.
+
+    Attributes:
+      fraction: `--attack_fraction`, the share of training clients that attack.
+      target: `--attack_target`, the class targeted attacks relabel to.
+      scale: `--attack_scale` (k).
+      settings: the attack's own settings (None for those without).
+      clients_per_round: the cohort size (None until fitted to the task).
+      seed: `--seed` (who attacks).
+    """
+
+    fraction: float
+    target: int
+    scale: float
+    settings: Any = None
+    clients_per_round: int | None = None
+    seed: int = 0
 
 
 class Attack:
@@ -21,20 +48,20 @@ class Attack:
     Settings: type | None = None
     summary: str = ""  # one line for the run's description
 
-    def settings(self, cfg: Any) -> Any:
-        return getattr(cfg.attack, self.key)
+    # Combinations with other components the attack refuses.
+    rules: tuple[components.Rule, ...] = ()
 
-    def check(self, cfg: Any) -> None:
-        """Refuses settings that do not fit the attack (`ConfigError`)."""
+    def check(self, ctx: Context, run: components.Selection) -> None:
+        """Refuses its own settings that cannot work in this run (`ConfigError`)."""
 
-    def check_task(self, cfg: Any, labels: "LabelInfo") -> None:
+    def check_task(self, ctx: Context, labels: "LabelInfo") -> None:
         """Refuses a task the attack cannot run on (`ConfigError`)."""
 
-    def poison(self, x: Any, y: Any, cfg: Any, labels: "LabelInfo") -> tuple[Any, Any]:
+    def poison(self, x: Any, y: Any, ctx: Context, labels: "LabelInfo") -> tuple[Any, Any]:
         """The attacker's version of one training batch."""
         return x, y
 
-    def describe(self, cfg: Any) -> str:
+    def describe(self, ctx: Context) -> str:
         return self.summary
 
 
@@ -50,19 +77,19 @@ class UpdateAttack(Attack):
     # and standard deviation (kept in the client work's state).
     needs_benign_statistics: bool = False
 
-    def check(self, cfg: Any) -> None:
-        from tffpipe.errors import ConfigError
-        from tffpipe.learning import registry
+    rules = (
+        components.requires(
+            lambda ctx, run: _sends_model_delta(run.algorithm),
+            lambda ctx, run: (
+                f"--attack={run.attack} changes the model delta a client sends, which only --algorithm=fedavg "
+                f"and fedprox clients send; --algorithm={run.algorithm} does not"
+            ),
+        ),
+    )
 
-        if not registry.get(cfg.algorithm.name).sends_model_delta:
-            raise ConfigError(
-                f"--attack={self.key} changes the model delta a client sends, which only "
-                f"--algorithm=fedavg and fedprox clients send; --algorithm={cfg.algorithm.name} does not"
-            )
-
-    def options(self, cfg: Any) -> "UpdateOptions":
-        """The attack's numbers for this run (`cfg` fitted to the task)."""
-        return UpdateOptions(scale=cfg.attack.scale, alie_z=0.0)
+    def options(self, ctx: Context) -> "UpdateOptions":
+        """The attack's numbers for this run (`ctx` fitted to the task)."""
+        return UpdateOptions(scale=ctx.scale, alie_z=0.0)
 
     def poisoned_update(self, update: list[Any], seed: Any, options: "UpdateOptions", benign: Any = None) -> list[Any]:
         """The attacker's update from its honest one (flat list of tensors).
@@ -75,6 +102,12 @@ class UpdateAttack(Attack):
             `update`, from the benign updates of the previous round.
         """
         raise NotImplementedError
+
+
+def _sends_model_delta(algorithm: str) -> bool:
+    from tffpipe.learning import registry
+
+    return registry.get(algorithm).sends_model_delta
 
 
 class UpdateOptions:

@@ -13,8 +13,8 @@ class Scale(base.UpdateAttack):
     def poisoned_update(self, update, seed, options, benign=None):
         return [options.scale * u for u in update]
 
-    def describe(self, cfg):
-        return f"scaling: attackers send their update times {cfg.attack.scale:g}"
+    def describe(self, ctx):
+        return f"scaling: attackers send their update times {ctx.scale:g}"
 
 
 ATTACK = Scale()

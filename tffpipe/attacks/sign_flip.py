@@ -14,8 +14,8 @@ class SignFlip(base.UpdateAttack):
     def poisoned_update(self, update, seed, options, benign=None):
         return [-options.scale * u for u in update]
 
-    def describe(self, cfg):
-        return f"sign flipping: attackers send their update times -{cfg.attack.scale:g}"
+    def describe(self, ctx):
+        return f"sign flipping: attackers send their update times -{ctx.scale:g}"
 
 
 ATTACK = SignFlip()

@@ -14,32 +14,32 @@ class Simulation:
     """The run's malicious clients and what they do.
 
     Args:
-      cfg: the run's settings (`cfg.attack.name` is not "none").
+      name: `--attack` (not "none").
+      ctx: the attack's settings and context.
       task: the task (its labels decide whether label attacks can run).
 
     Raises:
       ConfigError: the attack cannot run on this task.
     """
 
-    def __init__(self, cfg: Any, task: Any):
-        self._cfg = cfg
-        self.attack = registry.get(cfg.attack.name)
+    def __init__(self, name: str, ctx: base.Context, task: Any):
+        self._ctx = ctx
+        self.attack = registry.get(name)
         self.labels = label_info(task)
-        self.attack.check(cfg)
-        self.attack.check_task(cfg, self.labels)
+        self.attack.check_task(ctx, self.labels)
         ids = list(task.train_data.client_ids)
-        self.attackers = selection.attackers(ids, cfg.attack.fraction, cfg.schedule.seed)
+        self.attackers = selection.attackers(ids, ctx.fraction, ctx.seed)
         self._attackers = frozenset(self.attackers)
         self._num_train = len(ids)
         # One traced function maps every attacker dataset: an eager
         # `dataset.map` registers a new function per call, kept for good
         # (about 90 KiB per attacker per round here).
-        self._poison = tf.function(lambda dataset: dataset.map(lambda x, y: self.attack.poison(x, y, cfg, self.labels)))
+        self._poison = tf.function(lambda dataset: dataset.map(lambda x, y: self.attack.poison(x, y, ctx, self.labels)))
 
     def describe(self) -> str:
         return (
-            f"attack: {self.attack.describe(self._cfg)}; {len(self.attackers)} of "
-            f"{self._num_train} training clients attack ({self._cfg.attack.fraction:.0%}, chosen by --seed)"
+            f"attack: {self.attack.describe(self._ctx)}; {len(self.attackers)} of "
+            f"{self._num_train} training clients attack ({self._ctx.fraction:.0%}, chosen by --seed)"
         )
 
     def client_data(self, client_id: str, dataset: tf.data.Dataset, client_seed: int) -> Any:
@@ -64,7 +64,7 @@ class Simulation:
         transform = getattr(self.attack, "triggered_eval", None)
         if transform is None:
             return None
-        return tf.function(lambda dataset: dataset.map(lambda x, y: transform(x, y, self._cfg)))
+        return tf.function(lambda dataset: dataset.map(lambda x, y: transform(x, y, self._ctx)))
 
 
 def label_info(task: Any) -> base.LabelInfo:

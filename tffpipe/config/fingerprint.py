@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tffpipe import settings
-from tffpipe.aggregation import registry as aggregation_registry
+from tffpipe.config import components
 from tffpipe.config.plugin_options import plugin_options
 
 if TYPE_CHECKING:
@@ -23,14 +23,13 @@ def compute(config: "RunConfig") -> dict[str, Any]:
     """The effective values of the settings that must match on resume (see `RunConfig.fingerprint`)."""
     from tffpipe.config.schema import RunConfig
 
+    run = components.selection(config)
     found = {
-        item.spec.flag: settings.effective(config, item)
+        item.spec.flag: settings.effective(config, item, run)
         for item in settings.declared(RunConfig)
         if item.spec.resume == settings.MUST_MATCH
     }
-    for layer in aggregation_registry.layers():
-        if layer.active(config):
-            found.update(layer.resume_fingerprint(config))
+    found.update(components.resume_fingerprint(config))
     found["task_options"] = dict(sorted(config.task.options.items()))
     # Not compared: lets a checkpoint written before the task gained an
     # option resume while that option keeps its default.

@@ -23,6 +23,7 @@ from tffpipe import settings
 from tffpipe.aggregation import registry as aggregation_registry
 from tffpipe.attacks import registry as attack_registry
 from tffpipe.learning import registry as algorithm_registry
+from tffpipe.privacy.settings import Settings as PrivacyConfig
 from tffpipe.program import clock
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.settings import MUST_MATCH, NOT_APPLICABLE, group, setting
@@ -320,7 +321,7 @@ def _algorithm_group() -> type:
                 choices=CLIENT_WEIGHTINGS,
                 # The weighted and unweighted means keep differently shaped states.
                 resume=MUST_MATCH,
-                effective=lambda cfg, value: cfg.client_weighting,
+                effective=lambda run, value: run.weighting,
             ),
         ),
         *[(key, cls, group(cls)) for key, cls in algorithm_registry.settings_groups()],
@@ -335,85 +336,6 @@ def _algorithm_group() -> type:
 
 if not TYPE_CHECKING:
     AlgorithmConfig = _algorithm_group()
-
-_DP_ON = ("dp", lambda: aggregation_registry.dp_mechanisms()[1:])
-
-
-def _effective_clip_norm(cfg: "RunConfig", value: float | None) -> float | None:
-    layer = aggregation_registry.dp_layer(cfg)
-    if layer is None:
-        return None
-    return value if value is not None else layer.default_clip_norm
-
-
-@dataclasses.dataclass(frozen=True)
-class PrivacyConfig:
-    """Client-level differential privacy: the mechanism and the settings all mechanisms share.
-
-    The mechanisms are aggregation layers (`tffpipe/aggregation/dp_*.py`);
-    settings of one mechanism only are declared in its module.
-    """
-
-    mechanism: str = setting(
-        "none",
-        "Client-level differential privacy: fixed (Gaussian, fixed clipping; McMahan "
-        "et al. 2018), adaptive (clipping to a quantile; Andrew et al. 2021), tree (DP-FTRL "
-        "tree aggregation; Kairouz et al. 2021), distributed (distributed discrete Gaussian "
-        "with secure aggregation; Kairouz et al. 2021).",
-        flag="dp",
-        group="privacy",
-        choices=aggregation_registry.dp_mechanisms,
-        resume=MUST_MATCH,
-        short=True,
-    )
-    clip_norm: float | None = setting(
-        None,
-        "L2 clipping norm of each client update (initial norm under --dp=adaptive).",
-        flag="dp_clip_norm",
-        group="privacy",
-        check=settings.positive,
-        applies=_DP_ON,
-        resume=MUST_MATCH,
-        effective=_effective_clip_norm,
-        default_text="1.0; 0.1 under --dp=adaptive",
-        short=True,
-    )
-    noise_multiplier: float | None = setting(
-        None,
-        "Noise stddev divided by the clipping norm; give this or --dp_target_epsilon.",
-        flag="dp_noise_multiplier",
-        group="privacy",
-        check=settings.at_least(0),
-        applies=_DP_ON,
-        resume=MUST_MATCH,
-        short=True,
-    )
-    target_epsilon: float | None = setting(
-        None,
-        "Solve for the noise multiplier that spends this epsilon after --rounds rounds.",
-        flag="dp_target_epsilon",
-        group="privacy",
-        check=settings.positive,
-        applies=_DP_ON,
-        resume=MUST_MATCH,
-        short=True,
-    )
-    max_epsilon: float | None = setting(
-        None,
-        "Stop cleanly before the round that would bring epsilon above this.",
-        flag="dp_max_epsilon",
-        group="privacy",
-        check=settings.positive,
-        applies=_DP_ON,
-    )
-    delta: float = setting(
-        1e-5,
-        "Delta of the reported (epsilon, delta).",
-        flag="dp_delta",
-        group="privacy",
-        check=settings.open_interval(0, 1),
-        applies=_DP_ON,
-    )
 
 
 def _aggregation_group() -> type:
@@ -813,9 +735,9 @@ class RunConfig:
     @property
     def client_weighting(self) -> str:
         """The client weighting in effect: uniform under DP unless set."""
-        from tffpipe.aggregation import stack
+        from tffpipe.config import components
 
-        return stack.client_weighting(self)
+        return components.selection(self).weighting
 
     def fingerprint(self) -> dict[str, Any]:
         """The effective values of the settings that must match on resume.
@@ -834,14 +756,10 @@ def validate(config: RunConfig) -> None:
     Raises:
       ConfigError: with a one-line reason naming the flag.
     """
+    from tffpipe.config import components
+
     settings.check_values(config)
-    for layer in aggregation_registry.layers():
-        layer.check(config)
-    algorithm_registry.get(config.algorithm.name).check(config)
-    if config.attack.name != "none":
-        attack_registry.get(config.attack.name).check(config)
-    for runtime in runtime_registry.runtimes():
-        runtime.check(config)
+    components.check(config)
     from tffpipe import run_names
 
     run_names.check_hparams(config)

@@ -9,7 +9,7 @@ from tffpipe import settings
 from tffpipe.config.plugin_options import plugin_options
 from tffpipe.config.schema import RunConfig
 from tffpipe.errors import ConfigError
-from tffpipe.learning import registry as algorithm_registry
+from tffpipe.config import components
 
 
 def from_values(values: Mapping[str, Any]) -> RunConfig:
@@ -61,7 +61,7 @@ def from_values(values: Mapping[str, Any]) -> RunConfig:
     )
     given = frozenset(values)
     settings.check_applies(config, given)
-    algorithm_registry.get(config.algorithm.name).check(config, given)
+    components.check(config, given)
     return config
 
 

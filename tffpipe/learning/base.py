@@ -4,12 +4,38 @@ An algorithm knows its own settings (a frozen `Settings` dataclass whose
 fields become flags), its checks, and how to build a TFF learning process
 from the model function, the optimizers and the aggregator. Modules import
 TensorFlow Federated inside `build`, never at import (flags are checked
-before TensorFlow loads).
+before TensorFlow loads). An algorithm sees its own settings in a small
+`Context`, never the run's configuration; which other components it refuses
+is its `rules` (`tffpipe.components.Rule`), checked in
+`tffpipe/config/components.py`.
 """
 
 import dataclasses
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from tffpipe.components import Rule, Selection
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What an algorithm is given besides the task.
+
+    Attributes:
+      name: `--algorithm` as given (a user's builder path for the plug-in).
+      settings: the algorithm's own settings (None for those without).
+      options: keyword options of a user's builder, from its flags.
+      seed: `--seed` (the initial model).
+      client_batch_size: `--client_batch_size`.
+      eval_batch_size: `--eval_batch_size`.
+    """
+
+    name: str
+    settings: Any = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    client_batch_size: int = 20
+    eval_batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +53,7 @@ class Parts:
       weighted: whether the aggregator is weighted by number of examples.
       loop_implementation: how clients iterate over their data (the runtime
         chooses it).
-      config: the run's settings.
+      context: the algorithm's settings and context.
       task: the task (for algorithms that build their own model from it).
     """
 
@@ -38,7 +64,7 @@ class Parts:
     make_aggregator: Callable[[], Any]
     weighted: bool
     loop_implementation: Any
-    config: Any
+    context: Context
     task: Any = None
 
 
@@ -60,16 +86,11 @@ class Algorithm:
     # `tffpipe/program/fedbuff.py`).
     asynchronous: bool = False
 
-    def settings(self, cfg: Any) -> Any:
-        return getattr(cfg.algorithm, self.key)
+    # Combinations with other components the algorithm refuses.
+    rules: tuple[Rule, ...] = ()
 
-    def check(self, cfg: Any, given: frozenset[str] = frozenset()) -> None:
-        """Refuses settings that do not combine with the algorithm (`ConfigError`).
-
-        Args:
-          cfg: the run's settings.
-          given: the flags set explicitly (empty when a config is built directly).
-        """
+    def check(self, ctx: Context, run: Selection) -> None:
+        """Refuses its own settings that cannot work in this run (`ConfigError`)."""
 
     def build(self, parts: Parts) -> Any:
         """The `tff.learning.templates.LearningProcess`."""
@@ -84,7 +105,7 @@ class Algorithm:
         """
         raise NotImplementedError(f"--algorithm={self.key} does not expose its client work")
 
-    def evaluation_process(self, task: Any, cfg: Any, loop_implementation: Any) -> Any:
+    def evaluation_process(self, task: Any, ctx: Context, loop_implementation: Any) -> Any:
         """Federated evaluation of the process's model weights on held-out clients (TFF's `build_fed_eval`)."""
         import tensorflow_federated as tff
         from tffpipe.learning import builder
@@ -93,13 +114,13 @@ class Algorithm:
             builder.build_model_fn(task), loop_implementation=loop_implementation
         )
 
-    def initial_weights(self, task: Any, cfg: Any) -> Any:
+    def initial_weights(self, task: Any, ctx: Context) -> Any:
         """The seeded initial model weights the process starts from (every layer's)."""
         from tffpipe.learning import builder
 
-        return builder.initial_model_weights(task, cfg.schedule.seed)
+        return builder.initial_model_weights(task, ctx.seed)
 
-    def keras_model(self, task: Any, cfg: Any, model_weights: Any) -> Any:
+    def keras_model(self, task: Any, ctx: Context, model_weights: Any) -> Any:
         """A Keras model of the task holding the process's model weights (the export)."""
         model = task.model_builder()
         model_weights.assign_weights_to(model)

@@ -18,6 +18,7 @@ change what is aggregated are refused.
 import dataclasses
 import math
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.errors import ConfigError
 from tffpipe.learning import base
@@ -61,6 +62,13 @@ def staleness_weight(kind: str, staleness: int) -> float:
     return 1.0 / math.sqrt(1.0 + staleness) if kind == "polynomial" else 1.0
 
 
+def _layers_the_buffer_leaves_out(run: components.Selection) -> list[str]:
+    """The run's aggregation layers that would not apply outside the stack."""
+    from tffpipe.aggregation import registry as aggregation_registry
+
+    return [key for key in run.layers if not aggregation_registry.get(key).outside_buffer_ok]
+
+
 class FedBuff(base.Algorithm):
     key = "fedbuff"
     # Each client's update is one single-client FedAvg round, whose
@@ -69,36 +77,43 @@ class FedBuff(base.Algorithm):
     Settings = Settings
     asynchronous = True
 
-    def check(self, cfg, given=frozenset()):
-        from tffpipe.aggregation import registry as aggregation_registry
+    rules = (
+        components.refuses(
+            lambda ctx, run: bool(_layers_the_buffer_leaves_out(run)),
+            lambda ctx, run: (
+                f"--algorithm=fedbuff cannot run with the {_layers_the_buffer_leaves_out(run)[0]} aggregation "
+                "layer: its buffer aggregates in the launcher, outside the aggregation stack (DP noise, secure "
+                "sums, compression and robust rules would not apply)"
+            ),
+        ),
+        components.refuses(
+            lambda ctx, run: bool(run.closes_rounds_by),
+            "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff has "
+            "none (a late client's update arrives stale instead)",
+        ),
+        components.refuses(
+            lambda ctx, run: run.attack != "none",
+            "--attack simulates clients of synchronous rounds; --algorithm=fedbuff has none",
+        ),
+        components.refuses(
+            lambda ctx, run: "clients_per_round" in run.given,
+            "--clients_per_round does not apply to --algorithm=fedbuff; it has --async_concurrency and "
+            "--async_buffer_size",
+        ),
+        components.refuses(
+            lambda ctx, run: "client_weighting" in run.given,
+            "--client_weighting does not apply to --algorithm=fedbuff; it has --async_staleness: updates "
+            "are weighted by staleness",
+        ),
+    )
 
-        s = self.settings(cfg)
+    def check(self, ctx, run):
+        s = ctx.settings
         if s.buffer_size > s.concurrency:
             raise ConfigError(
                 f"--async_buffer_size={s.buffer_size} is larger than --async_concurrency={s.concurrency}: "
                 "the buffer would wait for more updates than clients are training"
             )
-        for layer in aggregation_registry.layers():
-            if layer.active(cfg) and not layer.outside_buffer_ok:
-                raise ConfigError(
-                    f"--algorithm=fedbuff cannot run with the {layer.key} aggregation layer: its buffer "
-                    "aggregates in the launcher, outside the aggregation stack (DP noise, secure sums, "
-                    "compression and robust rules would not apply)"
-                )
-        clock = cfg.clock
-        if clock.round_deadline_sec > 0 or clock.over_selection > 1:
-            raise ConfigError(
-                "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff "
-                "has none (a late client's update arrives stale instead)"
-            )
-        if cfg.attack.name != "none":
-            raise ConfigError("--attack simulates clients of synchronous rounds; --algorithm=fedbuff has none")
-        for flag, instead in (
-            ("clients_per_round", "--async_concurrency and --async_buffer_size"),
-            ("client_weighting", "--async_staleness: updates are weighted by staleness"),
-        ):
-            if flag in given:
-                raise ConfigError(f"--{flag} does not apply to --algorithm=fedbuff; it has {instead}")
 
     def build(self, parts):
         """The client trainer: FedAvg on one client, server SGD at 1, a plain mean."""

@@ -28,7 +28,7 @@ class FedProx(base.Algorithm):
     def build(self, parts):
         import tensorflow_federated as tff
 
-        mu = self.settings(parts.config).proximal_strength
+        mu = parts.context.settings.proximal_strength
         if parts.weighted:
             return tff.learning.algorithms.build_weighted_fed_prox(
                 parts.model_fn,
@@ -47,7 +47,7 @@ class FedProx(base.Algorithm):
             parts.model_fn,
             parts.client_optimizer,
             self.client_weighting(parts),
-            delta_l2_regularizer=self.settings(parts.config).proximal_strength,
+            delta_l2_regularizer=parts.context.settings.proximal_strength,
             loop_implementation=parts.loop_implementation,
         )
 

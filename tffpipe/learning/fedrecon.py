@@ -16,6 +16,7 @@ client reconstructs on its own data.
 
 import dataclasses
 
+from tffpipe import components
 from tffpipe import settings
 from tffpipe.errors import ConfigError
 from tffpipe.learning import base
@@ -95,7 +96,7 @@ def global_variables(model, local_layers: str, task_name: str) -> tuple[list, li
     )
 
 
-def alternate_examples(cfg):
+def alternate_examples(ctx: base.Context):
     """An evaluation split: even examples reconstruct the local layers, odd ones measure the model.
 
     TFF's default alternates *batches*; an evaluation client often holds one
@@ -111,9 +112,9 @@ def alternate_examples(cfg):
         def part(remainder):
             return numbered.filter(lambda i, _: tf.equal(i % 2, remainder)).map(lambda _, example: example)
 
-        epochs = cfg.algorithm.fedrecon.reconstruction_epochs
-        reconstruct = part(0).repeat(epochs).batch(cfg.client.batch_size)
-        return reconstruct, part(1).batch(cfg.schedule.eval_batch_size)
+        epochs = ctx.settings.reconstruction_epochs
+        reconstruct = part(0).repeat(epochs).batch(ctx.client_batch_size)
+        return reconstruct, part(1).batch(ctx.eval_batch_size)
 
     return split
 
@@ -122,19 +123,22 @@ class FedRecon(base.Algorithm):
     key = "fedrecon"
     Settings = Settings
 
-    def check(self, cfg, given=frozenset()):
-        if not self.settings(cfg).local_layers.strip():
-            raise ConfigError("--algorithm=fedrecon needs --local_layers: the layers that stay on the clients")
-        if cfg.personalization.every:
-            raise ConfigError(
-                "--personalize_every fine-tunes the whole global model; under --algorithm=fedrecon "
-                "every evaluation already reconstructs each client's local layers on its own data"
-            )
+    rules = (
+        components.refuses(
+            lambda ctx, run: run.personalization,
+            "--personalize_every fine-tunes the whole global model; under --algorithm=fedrecon every "
+            "evaluation already reconstructs each client's local layers on its own data",
+        ),
+    )
 
-    def _reconstruction_model_fn(self, task, cfg):
+    def check(self, ctx, run):
+        if not ctx.settings.local_layers.strip():
+            raise ConfigError("--algorithm=fedrecon needs --local_layers: the layers that stay on the clients")
+
+    def _reconstruction_model_fn(self, task, settings):
         import tensorflow_federated as tff
 
-        local_layers = self.settings(cfg).local_layers
+        local_layers = settings.local_layers
         input_spec = task.input_spec
 
         def model_fn():
@@ -147,57 +151,57 @@ class FedRecon(base.Algorithm):
         model_fn()  # a wrong layer name fails here, before TFF traces anything
         return model_fn
 
-    def _reconstruction_optimizer(self, cfg):
+    def _reconstruction_optimizer(self, settings):
         import tensorflow_federated as tff
 
-        return tff.learning.optimizers.build_sgdm(self.settings(cfg).reconstruction_learning_rate)
+        return tff.learning.optimizers.build_sgdm(settings.reconstruction_learning_rate)
 
     def build(self, parts):
         import tensorflow_federated as tff
 
-        task, cfg = parts.task, parts.config
+        task, settings = parts.task, parts.context.settings
         return tff.learning.algorithms.build_fed_recon(
-            self._reconstruction_model_fn(task, cfg),
+            self._reconstruction_model_fn(task, settings),
             loss_fn=task.loss_builder,
             metrics_fn=task.metrics_builder,
             server_optimizer_fn=parts.server_optimizer,
             client_optimizer_fn=parts.client_optimizer,
-            reconstruction_optimizer_fn=self._reconstruction_optimizer(cfg),
+            reconstruction_optimizer_fn=self._reconstruction_optimizer(settings),
             dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
-                recon_epochs=self.settings(cfg).reconstruction_epochs, split_dataset=True
+                recon_epochs=settings.reconstruction_epochs, split_dataset=True
             ),
             client_weighting=self.client_weighting(parts),
             model_aggregator_factory=parts.model_aggregator,
         )
 
-    def evaluation_process(self, task, cfg, loop_implementation):
+    def evaluation_process(self, task, ctx, loop_implementation):
         import tensorflow_federated as tff
 
         return tff.learning.algorithms.build_fed_recon_eval(
-            self._reconstruction_model_fn(task, cfg),
+            self._reconstruction_model_fn(task, ctx.settings),
             loss_fn=task.loss_builder,
             metrics_fn=task.metrics_builder,
-            reconstruction_optimizer_fn=self._reconstruction_optimizer(cfg),
-            dataset_split_fn=alternate_examples(cfg),
+            reconstruction_optimizer_fn=self._reconstruction_optimizer(ctx.settings),
+            dataset_split_fn=alternate_examples(ctx),
         )
 
-    def initial_weights(self, task, cfg):
+    def initial_weights(self, task, ctx):
         import tensorflow as tf
         import tensorflow_federated as tff
 
-        tf.keras.utils.set_random_seed(cfg.schedule.seed)
-        trainable, non_trainable = global_variables(task.model_builder(), self.settings(cfg).local_layers, task.name)
+        tf.keras.utils.set_random_seed(ctx.seed)
+        trainable, non_trainable = global_variables(task.model_builder(), ctx.settings.local_layers, task.name)
         return tff.learning.models.ModelWeights(
             trainable=[v.numpy() for v in trainable], non_trainable=[v.numpy() for v in non_trainable]
         )
 
-    def keras_model(self, task, cfg, model_weights):
+    def keras_model(self, task, ctx, model_weights):
         """The global layers from `model_weights`; the local ones as the run's seed initialises them."""
         import tensorflow as tf
 
-        tf.keras.utils.set_random_seed(cfg.schedule.seed)
+        tf.keras.utils.set_random_seed(ctx.seed)
         model = task.model_builder()
-        trainable, non_trainable = global_variables(model, self.settings(cfg).local_layers, task.name)
+        trainable, non_trainable = global_variables(model, ctx.settings.local_layers, task.name)
         values = list(model_weights.trainable) + list(model_weights.non_trainable)
         for variable, value in zip(trainable + non_trainable, values):
             variable.assign(value)

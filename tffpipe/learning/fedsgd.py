@@ -9,10 +9,8 @@ class FedSgd(base.Algorithm):
     counts_each_example = True
     uses_client_optimizer = False
 
-    def check(self, cfg, given=frozenset()):
-        if cfg.algorithm.name != self.key:
-            return
-        for flag in sorted(given):
+    def check(self, ctx, run):
+        for flag in sorted(run.given):
             if flag.startswith("client_") and flag.split("_", 1)[1] in (
                 "optimizer",
                 "learning_rate",

@@ -4,7 +4,7 @@ Clients also upload full-batch gradients, aggregated by an independent copy
 of the stack.
 """
 
-from tffpipe.errors import ConfigError
+from tffpipe import components
 from tffpipe.learning import base
 
 
@@ -12,12 +12,13 @@ class MimeLite(base.Algorithm):
     key = "mime_lite"
     counts_each_example = True
 
-    def check(self, cfg, given=frozenset()):
-        if cfg.algorithm.name == self.key and cfg.privacy.mechanism != "none":
-            raise ConfigError(
-                "--dp cannot be used with --algorithm=mime_lite: Mime-lite clients also "
-                "upload full-batch gradients, which the DP aggregator does not protect"
-            )
+    rules = (
+        components.refuses(
+            lambda ctx, run: run.dp != "none",
+            "--dp cannot be used with --algorithm=mime_lite: Mime-lite clients also upload full-batch "
+            "gradients, which the DP aggregator does not protect",
+        ),
+    )
 
     def build(self, parts):
         import tensorflow_federated as tff

@@ -18,15 +18,15 @@ def builders() -> dict[str, Any]:
     return dict(_BUILDERS)
 
 
-def build_optimizer(cfg: Any) -> tff.learning.optimizers.Optimizer:
-    """A `tff.learning.optimizers` optimizer from `cfg.client_optimizer` or `cfg.server_optimizer`.
+def build_optimizer(settings: Any) -> tff.learning.optimizers.Optimizer:
+    """A `tff.learning.optimizers` optimizer from the client or the server optimizer's settings.
 
     Hyperparameters left at None keep TFF's defaults; sgd has no momentum.
     """
-    kwargs = {"learning_rate": cfg.learning_rate}
-    if cfg.name == "sgdm":
-        kwargs["momentum"] = cfg.momentum
+    kwargs = {"learning_rate": settings.learning_rate}
+    if settings.name == "sgdm":
+        kwargs["momentum"] = settings.momentum
     for field in ("beta_1", "beta_2", "epsilon"):
-        if getattr(cfg, field) is not None:
-            kwargs[field] = getattr(cfg, field)
-    return _BUILDERS[cfg.name](**kwargs)
+        if getattr(settings, field) is not None:
+            kwargs[field] = getattr(settings, field)
+    return _BUILDERS[settings.name](**kwargs)

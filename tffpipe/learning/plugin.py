@@ -35,29 +35,28 @@ class PluginAlgorithm(base.Algorithm):
     key = "plugin"
 
     def build(self, parts):
-        cfg = parts.config
-        path = builder_path(cfg.algorithm.name)
+        name = parts.context.name
+        path = builder_path(name)
         if path is None:  # the flag's check refuses such names first
-            raise ConfigError(f"--algorithm={cfg.algorithm.name}: not a registered algorithm or a builder path")
+            raise ConfigError(f"--algorithm={name}: not a registered algorithm or a builder path")
         builder = plugins.load(path, ConfigError, "algorithm")
         kwargs = dict(
             client_optimizer=parts.client_optimizer,
             server_optimizer=parts.server_optimizer,
             model_aggregator=parts.model_aggregator,
-            **dict(cfg.algorithm.options),
+            **dict(parts.context.options),
         )
         if "loop_implementation" in inspect.signature(builder).parameters:
             kwargs["loop_implementation"] = parts.loop_implementation
         try:
             process = builder(parts.model_fn, **kwargs)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"algorithm {cfg.algorithm.name!r}: {e}") from e
+            raise ConfigError(f"algorithm {name!r}: {e}") from e
         import tensorflow_federated as tff
 
         if not isinstance(process, tff.learning.templates.LearningProcess):
             raise ConfigError(
-                f"algorithm {cfg.algorithm.name!r} returned {type(process).__name__}, not a "
-                "tff.learning.templates.LearningProcess"
+                f"algorithm {name!r} returned {type(process).__name__}, not a tff.learning.templates.LearningProcess"
             )
         return process
 

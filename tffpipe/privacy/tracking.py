@@ -75,8 +75,7 @@ class PrivacyTracker:
             ),
         )
         self._round_event: dp_accounting.DpEvent | None = None
-        settings = self.layer.Settings and self.layer.settings(cfg)
-        self._memo: dict = {"settings": settings, "clip": stack.clip_norm}
+        self._memo: dict = {"settings": stack.dp_settings, "clip": stack.clip_norm}
         self.epsilon = 0.0
 
     def notes(self, rounds: int) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 from collections.abc import Sequence
 
 from tffpipe import config as config_lib
+from tffpipe.config import components as config_components
 from tffpipe.tasks import ClientSpec
 
 _built: dict[Any, Any] = {}
@@ -92,7 +93,7 @@ def _simulation(cfg: config_lib.RunConfig, recipe: TaskRecipe) -> Any:
             return _built[key]
     from tffpipe.attacks import simulation as attack_simulation
 
-    built = attack_simulation.Simulation(cfg, recipe.build())
+    built = attack_simulation.Simulation(cfg.attack.name, config_components.attack_context(cfg), recipe.build())
     with _build_lock:
         return _built.setdefault(key, built)
 

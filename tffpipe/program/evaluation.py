@@ -14,7 +14,8 @@ from typing import Any
 from collections.abc import Callable
 
 from tffpipe import config as config_lib
-from tffpipe.learning import builder
+from tffpipe.config import components as config_components
+from tffpipe.program import assembly
 from tffpipe.program import client_metrics
 from tffpipe.program import client_sources
 from tffpipe.program import metrics as metrics_lib
@@ -73,7 +74,9 @@ class Evaluator:
         self.client_ids = sample_eval_clients(task, cfg)
         runtime = runtime_registry.get(cfg.runtime.name)
         self._process = runtime.evaluation(
-            builder.build_evaluation_process(task, runtime.loop_implementation(), cfg), cfg, print_fn
+            assembly.build_evaluation_process(task, runtime.loop_implementation(), cfg),
+            config_components.runtime_context(cfg),
+            print_fn,
         )
         self._state = self._process.initialize()
 

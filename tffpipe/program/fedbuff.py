@@ -21,12 +21,12 @@ import tensorflow_federated as tff
 
 from tffpipe import compat
 from tffpipe import config as config_lib
-from tffpipe.learning import builder
+from tffpipe.config import components as config_components
+from tffpipe.program import assembly
 from tffpipe.learning import fedbuff as fedbuff_lib
 from tffpipe.learning import optimizers
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.program import checkpoints
-from tffpipe.program import divergence
 from tffpipe.program import evaluation
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
@@ -34,6 +34,8 @@ from tffpipe.program import outputs
 from tffpipe.program import progress
 from tffpipe.program import reports
 from tffpipe.program import resume
+from tffpipe.program import round_hooks
+from tffpipe.program import rounds
 from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import Task
@@ -68,14 +70,14 @@ def run(cfg: config_lib.RunConfig, task: Task, *, print_fn: Callable[[str], None
     print_fn("building the client trainer and the evaluation process...")
     runtime = runtime_registry.get(cfg.runtime.name)
     with compat.quiet_tensorflow_errors():
-        trainer, _ = builder.build_learning_process(task, cfg, client_ids, runtime.loop_implementation())
+        trainer, _ = assembly.build_learning_process(task, cfg, client_ids, runtime.loop_implementation())
     print_fn(
         f"algorithm fedbuff: {settings.concurrency} clients training at once, a server update every "
         f"{settings.buffer_size} arrivals, {settings.staleness} staleness weights; the buffer aggregates "
         "in the launcher (the aggregation stack does not apply)"
     )
     traffic = loop.traffic_metrics(trainer, print_fn)
-    with runtime.running(trainer, cfg, print_fn) as runner:
+    with runtime.running(trainer, config_components.runtime_context(cfg), print_fn) as runner:
         return _Run(cfg, task, runner, traffic, print_fn).train()
 
 
@@ -89,7 +91,7 @@ class _Run:
         self.spec = loop.client_spec(cfg)
         self.clock = loop.build_clock(cfg, task, self.spec, traffic)
         self.algorithm = algorithm_registry.get(cfg.algorithm.name)
-        initial = self.algorithm.initial_weights(task, cfg)
+        initial = assembly.initial_weights(task, cfg)
         self.weights = [np.asarray(w) for w in initial.trainable]
         self.non_trainable = [np.asarray(w) for w in initial.non_trainable]
         self.optimizer = optimizers.build_optimizer(cfg.server_optimizer)
@@ -181,9 +183,16 @@ class _Run:
         self.buffer = [np.zeros_like(w) for w in self.weights]
         self.version += 1
 
+    def train_round(self, round_num: int) -> rounds.Round:
+        """One server update: the events until the buffer is full."""
+        round_start = time.monotonic()
+        metrics = self._next_update()
+        metrics[loop.TRAIN_SEC] = time.monotonic() - round_start
+        return rounds.Round(round_num, metrics, model=self._model(), expected_examples=self.expected_examples)
+
     # --- checkpoints ---------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         clients = sorted(self.in_flight, key=lambda c: c.order)
         return {
             "weights": self.weights,
@@ -236,7 +245,7 @@ class _Run:
             _Client(0.0, 0, self.client_ids[0], 0, False, [np.zeros_like(w) for w in self.weights], 0.0, {})
             for _ in range(self.settings.concurrency)
         ]
-        restored = resume.restore(ckpt, self._state(), paths, self.print_fn)
+        restored = resume.restore(ckpt, self.state(), paths, self.print_fn)
         start_round = 0
         if restored is not None:
             start_round = restored.round_num
@@ -246,45 +255,28 @@ class _Run:
             for _ in range(self.settings.concurrency):
                 self._start_client()
         log = resume.open_records(paths, cfg, start_round if restored is not None else None, self.print_fn)
-        measurements = reports.Reports(self.task, cfg, paths, self.print_fn)
-        watch = loop.divergence_context(cfg, self.algorithm)
-        diverged: list[int] = []
-        started = time.monotonic()
-        for round_num in range(start_round + 1, schedule.rounds + 1):
-            round_start = time.monotonic()
-            round_metrics = self._next_update()
-            round_metrics[loop.TRAIN_SEC] = time.monotonic() - round_start
-            is_last = round_num == schedule.rounds
-            expected = self.expected_examples if watch.counts_each_example else None
-            symptoms = divergence.symptoms(round_metrics, self._model(), expected)
-            if symptoms and schedule.on_divergence == "stop":
-                log.release(round_metrics, round_num)
-                log.close()
-                last_finite = checkpoints.newest_round(paths.checkpoints)
-                raise divergence.Diverged(divergence.line(round_num, symptoms, watch, last_finite, stopping=True))
-            if symptoms:
-                self.print_fn(divergence.line(round_num, symptoms, watch, None, stopping=False))
-                diverged.append(round_num)
-            found, histograms = measurements.after_round(round_num, self._model())
-            round_metrics.update(found)
-            round_seconds = time.monotonic() - round_start
-            round_metrics["round_time_sec"] = round_seconds
-            log.release(round_metrics, round_num, histograms)
-            if is_last or round_num % cfg.output.checkpoint_every == 0:
-                ckpt.save(checkpoints.ProgramState(round_num, self._state()))
-            eta = (time.monotonic() - started) / (round_num - start_round) * (schedule.rounds - round_num)
-            self.print_fn(progress.round_line(round_num, schedule.rounds, round_metrics, round_seconds, eta))
-        log.close()
+        reports_hook = round_hooks.EvaluationHook(reports.Reports(self.task, cfg, paths, self.print_fn))
+        watch = round_hooks.DivergenceHook(
+            loop.divergence_context(cfg, self.algorithm), schedule.on_divergence == "stop"
+        )
+        hooks: list[rounds.Hook] = [watch, reports_hook]
+        hooks += round_hooks.standard_hooks(
+            log,
+            lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
+            cfg.output.checkpoint_every,
+            progress.round_line,
+        )
+        rounds.RoundLoop(self, hooks, start_round, schedule.rounds, self.print_fn).run()
         rounds_done = max(start_round, schedule.rounds)
-        final = measurements.final_evaluation(rounds_done, self._model())
-        outputs.export_keras_model(self.algorithm.keras_model(self.task, cfg, self._model()), paths.export)
+        final = reports_hook.reports.final_evaluation(rounds_done, self._model())
+        outputs.export_keras_model(assembly.keras_model(self.task, cfg, self._model()), paths.export)
         return loop.RunResult(
             rounds_done=rounds_done,
             resumed_from=start_round,
             final_eval={k: v for k, v in final.metrics.items() if k.startswith(evaluation.EVAL_PREFIX)},
             model_weights=self._model(),
             final_clients=final.clients,
-            diverged_rounds=tuple(diverged),
+            diverged_rounds=tuple(watch.diverged),
         )
 
 

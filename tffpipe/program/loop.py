@@ -15,12 +15,13 @@ import tensorflow_federated as tff
 
 from tffpipe import compat
 from tffpipe import config as config_lib
+from tffpipe.config import components as config_components
 from tffpipe import errors
 from tffpipe.aggregation.protocols import registry as secure_protocols
 from tffpipe.attacks import simulation as attack_simulation
-from tffpipe.learning import builder
 from tffpipe.learning import registry as algorithm_registry
 from tffpipe.privacy import tracking as privacy_tracking
+from tffpipe.program import assembly
 from tffpipe.program import checkpoints
 from tffpipe.program import client_sources
 from tffpipe.program import clock as clock_lib
@@ -35,6 +36,8 @@ from tffpipe.program import progress
 from tffpipe.program import records
 from tffpipe.program import reports
 from tffpipe.program import resume
+from tffpipe.program import round_hooks
+from tffpipe.program import rounds
 from tffpipe.program import sampling
 from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.tasks import ClientSpec, Task
@@ -152,14 +155,14 @@ def run(
     client_ids = list(task.train_data.client_ids)
     runtime = runtime_registry.get(cfg.runtime.name)
     with compat.quiet_tensorflow_errors():
-        process, stack = builder.build_learning_process(task, cfg, client_ids, runtime.loop_implementation())
+        process, stack = assembly.build_learning_process(task, cfg, client_ids, runtime.loop_implementation())
     print_fn(f"algorithm {cfg.algorithm.name}, client weighting {cfg.client_weighting}")
     print_fn(stack.describe())
     simulation = None
     if cfg.attack.name != "none":
-        simulation = attack_simulation.Simulation(cfg, task)
+        simulation = attack_simulation.Simulation(cfg.attack.name, config_components.attack_context(cfg), task)
         print_fn(simulation.describe())
-    traffic = traffic_metrics(process, print_fn, secure_protocols.upload_bytes(cfg))
+    traffic = traffic_metrics(process, print_fn, secure_protocols.upload_bytes(cfg.aggregation.secure))
     tracker = None
     if stack.dp_layer is not None:
         tracker = privacy_tracking.PrivacyTracker(cfg, stack, client_ids)
@@ -171,7 +174,7 @@ def run(
             )
         for line in tracker.notes(schedule.rounds):
             print_fn(line)
-    with runtime.running(process, cfg, print_fn) as runner:
+    with runtime.running(process, config_components.runtime_context(cfg), print_fn) as runner:
         try:
             return _train(cfg, task, runner, tracker, traffic, simulation, print_fn)
         except (OSError, tf.errors.OpError) as e:
@@ -207,7 +210,7 @@ def _train(
     paths = outputs.RunPaths(cfg.output.run_dir)
     client_ids = list(task.train_data.client_ids)
     algorithm = algorithm_registry.get(cfg.algorithm.name)
-    state = process.set_model_weights(process.initialize(), algorithm.initial_weights(task, cfg))
+    state = process.set_model_weights(process.initialize(), assembly.initial_weights(task, cfg))
     ckpt = checkpoints.CheckpointManager(
         paths.checkpoints, keep=cfg.output.keep_checkpoints, fingerprint=cfg.fingerprint()
     )
@@ -237,83 +240,33 @@ def _train(
     clock.elapsed_sec = _elapsed_at(
         paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r))
     )
-    measurements = reports.Reports(task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None)
-    stopped_early = None
-    rounds_done = start_round
-    last_saved = start_round
-    watch = divergence_context(cfg, algorithm)
-    diverged: list[int] = []
-    started = time.monotonic()
-    for round_num in range(start_round + 1, schedule.rounds + 1):
-        round_start = time.monotonic()  # the whole round: sampling, data, training, evaluation
-        stopped_early = tracker.stop_reason(round_num) if tracker else None
-        if stopped_early:
-            print_fn(stopped_early)
-            break
-        sampled = _sampled(client_ids, clock, schedule, round_num)
-        plan = clock.plan(round_num, sampled)
-        # Seeds by position in the sample: a client's data does not depend on who else reports.
-        reporting = set(plan.reporting)
-        chosen = [
-            (cid, sampling.client_seed(schedule.seed, round_num, i))
-            for i, cid in enumerate(sampled)
-            if cid in reporting
-        ]
-        datasets = client_sources.ClientDatasets(source, chosen, task, simulation)
-        train_start = time.monotonic()
-        round_metrics = {}
-        aggregator_metrics = {}  # a round no client reported has none (DP refuses such rounds anyway)
-        previous_state = state
-        if datasets:
-            output = _next(process, state, datasets, [cid for cid, _ in chosen], round_num)
-            state = output.state
-            round_metrics = metrics_lib.flatten(output.metrics)
-            aggregator_metrics = output.metrics.get("aggregator", {})
-        else:
-            print_fn(f"round {round_num}: no sampled client reported; the model is unchanged")
-        round_metrics[TRAIN_SEC] = time.monotonic() - train_start
-        rounds_done = round_num
-        round_metrics.update(clock.advance(plan))
-        round_metrics.update(traffic_metrics)
-        if simulation is not None:
-            round_metrics.update(simulation.round_metrics(plan.reporting))
-        if tracker is not None:
-            round_metrics.update(tracker.after_round(round_num, state, aggregator_metrics))
-        is_last = round_num == schedule.rounds
-        weights = process.get_model_weights(state)
-        expected = sum(clock.examples(cid) for cid, _ in chosen) if watch.counts_each_example else None
-        symptoms = divergence.symptoms(round_metrics, weights, expected) if datasets else []
-        if symptoms and cfg.schedule.on_divergence == "stop":
-            log.release(round_metrics, round_num)
-            log.close()
-            if last_saved < round_num - 1:
-                ckpt.save(checkpoints.ProgramState(round_num - 1, previous_state))
-            last_finite = round_num - 1 if round_num > 1 else None
-            raise divergence.Diverged(divergence.line(round_num, symptoms, watch, last_finite, stopping=True))
-        if symptoms:
-            print_fn(divergence.line(round_num, symptoms, watch, None, stopping=False))
-            diverged.append(round_num)
-        found, histograms = measurements.after_round(round_num, weights)
-        round_metrics.update(found)
-        round_seconds = time.monotonic() - round_start
-        round_metrics["round_time_sec"] = round_seconds
-        round_metrics["examples_per_sec"] = round_metrics.get("train/num_examples", 0) / max(round_seconds, 1e-9)
-        log.release(round_metrics, round_num, histograms)
-        if is_last or round_num % cfg.output.checkpoint_every == 0:
-            ckpt.save(checkpoints.ProgramState(round_num, state))
-            last_saved = round_num
-        done = round_num - start_round
-        eta = (time.monotonic() - started) / done * (schedule.rounds - round_num)
-        print_fn(progress.round_line(round_num, schedule.rounds, round_metrics, round_seconds, eta))
+    training = _SynchronousRounds(process, state, task, client_ids, clock, schedule, source, simulation, print_fn)
+    training.count_examples = algorithm.counts_each_example
+    reports_hook = round_hooks.EvaluationHook(
+        reports.Reports(task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None)
+    )
+    watch = round_hooks.DivergenceHook(divergence_context(cfg, algorithm), schedule.on_divergence == "stop")
+    hooks: list[rounds.Hook] = [round_hooks.ClockHook(clock), rounds.Metrics(traffic_metrics)]
+    if simulation is not None:
+        hooks.append(round_hooks.AttackHook(simulation))
+    if tracker is not None:
+        hooks.append(round_hooks.PrivacyHook(tracker))
+    hooks += [watch, reports_hook]
+    hooks += round_hooks.standard_hooks(
+        log,
+        lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
+        cfg.output.checkpoint_every,
+        progress.round_line,
+    )
+    run = rounds.RoundLoop(training, hooks, start_round, schedule.rounds, print_fn)
+    run.run()
 
-    if rounds_done > last_saved:
-        ckpt.save(checkpoints.ProgramState(rounds_done, state))
-    log.close()
-    weights = process.get_model_weights(state)
+    rounds_done = run.rounds_done
+    weights = process.get_model_weights(training.state())
     if start_round >= schedule.rounds:
         print_fn(f"{paths.run_dir} already holds {start_round} rounds (--rounds={schedule.rounds})")
-    final = measurements.final_evaluation(rounds_done, weights)
-    outputs.export_keras_model(algorithm.keras_model(task, cfg, weights), paths.export)
+    final = reports_hook.reports.final_evaluation(rounds_done, weights)
+    outputs.export_keras_model(assembly.keras_model(task, cfg, weights), paths.export)
     logging.info("exported the final model to %s", paths.export)
     if tracker is not None:
         print_fn(tracker.summary(rounds_done))
@@ -323,10 +276,56 @@ def _train(
         final_eval={k: v for k, v in final.metrics.items() if k.startswith(evaluation.EVAL_PREFIX)},
         model_weights=weights,
         epsilon=tracker.epsilon if tracker else None,
-        stopped_early=stopped_early,
+        stopped_early=run.stopped_early,
         final_clients=final.clients,
-        diverged_rounds=tuple(diverged),
+        diverged_rounds=tuple(watch.diverged),
     )
+
+
+class _SynchronousRounds:
+    """The synchronous rounds of a TFF learning process: sample, plan on the clock, build data, `next`."""
+
+    def __init__(self, process, state, task, client_ids, clock, schedule, source, simulation, print_fn):
+        self._process, self._state, self._task = process, state, task
+        self._client_ids, self._clock, self._schedule = client_ids, clock, schedule
+        self._source, self._simulation, self._print_fn = source, simulation, print_fn
+        # Whether rounds count the examples their clients should train (the divergence check's).
+        self.count_examples = False
+
+    def state(self) -> Any:
+        return self._state
+
+    def train_round(self, round_num: int) -> rounds.Round:
+        schedule = self._schedule
+        sampled = _sampled(self._client_ids, self._clock, schedule, round_num)
+        plan = self._clock.plan(round_num, sampled)
+        # Seeds by position in the sample: a client's data does not depend on who else reports.
+        reporting = set(plan.reporting)
+        chosen = [
+            (cid, sampling.client_seed(schedule.seed, round_num, i))
+            for i, cid in enumerate(sampled)
+            if cid in reporting
+        ]
+        datasets = client_sources.ClientDatasets(self._source, chosen, self._task, self._simulation)
+        train_start = time.monotonic()
+        round_metrics: dict[str, float] = {}
+        aggregator_metrics: Any = {}  # a round no client reported has none
+        if datasets:
+            output = _next(self._process, self._state, datasets, [cid for cid, _ in chosen], round_num)
+            self._state = output.state
+            round_metrics = metrics_lib.flatten(output.metrics)
+            aggregator_metrics = output.metrics.get("aggregator", {})
+        else:
+            self._print_fn(f"round {round_num}: no sampled client reported; the model is unchanged")
+        round_metrics[TRAIN_SEC] = time.monotonic() - train_start
+        return rounds.Round(
+            number=round_num,
+            metrics=round_metrics,
+            model=self._process.get_model_weights(self._state),
+            trained=bool(datasets),
+            expected_examples=sum(self._clock.examples(cid) for cid, _ in chosen) if self.count_examples else None,
+            details=round_hooks.RoundDetails(plan, self._state, aggregator_metrics),
+        )
 
 
 # The training call alone (`process.next`); `round_time_sec` is the whole round.

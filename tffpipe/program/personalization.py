@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffpipe import config as config_lib
+from tffpipe.config import components as config_components
 from tffpipe.learning import builder
 from tffpipe.program import client_metrics
 from tffpipe.program import evaluation
@@ -122,7 +123,7 @@ class Personalizer:
             tff.learning.optimizers.build_sgdm(learning_rate=self._settings.learning_rate),
             runtime.loop_implementation(),
         )
-        self._fine_tune = runtime.evaluation(process, cfg, print_fn)
+        self._fine_tune = runtime.evaluation(process, config_components.runtime_context(cfg), print_fn)
         self._state = self._fine_tune.initialize()
         # Traced once: eager `unbatch`, `reduce`, `filter` and `map` register
         # new functions for every client at every evaluation, kept for good

@@ -23,36 +23,33 @@ class AutoRuntime(base.Runtime):
     def __init__(self):
         self._chosen: base.Runtime | None = None
 
-    def configure_devices(self, cfg):
-        if not ray.RUNTIME.chosen(cfg):
-            inprocess.RUNTIME.configure_devices(cfg)
+    def configure_devices(self, ctx):
+        if not ray.RUNTIME.chosen(ctx):
+            inprocess.RUNTIME.configure_devices(ctx)
 
-    def check(self, cfg):
-        ray.RUNTIME.check(cfg)
-
-    def preflight(self, cfg, print_fn):
-        if ray.RUNTIME.chosen(cfg):
-            ray.RUNTIME.preflight(cfg, print_fn)
+    def preflight(self, ctx, print_fn):
+        if ray.RUNTIME.chosen(ctx):
+            ray.RUNTIME.preflight(ctx, print_fn)
 
     def loop_implementation(self):
         return inprocess.RUNTIME.loop_implementation()
 
     @contextlib.contextmanager
-    def running(self, process, cfg, print_fn):
+    def running(self, process, ctx, print_fn):
         from tffpipe import errors
 
-        if ray.RUNTIME.chosen(cfg):
-            print_fn(f"runtime: ray (--runtime=auto with --ray_address={ray.RUNTIME.settings(cfg).ray_address})")
+        if ray.RUNTIME.chosen(ctx):
+            print_fn(f"runtime: ray (--runtime=auto with --ray_address={ray.RUNTIME.settings(ctx).ray_address})")
             self._chosen = ray.RUNTIME
-            with ray.RUNTIME.running(process, cfg, print_fn) as runner:
+            with ray.RUNTIME.running(process, ctx, print_fn) as runner:
                 yield runner
             return
         try:
-            runner = inprocess.RUNTIME.wrap(process, cfg, print_fn=lambda line: None)
+            runner = inprocess.RUNTIME.wrap(process, ctx, print_fn=lambda line: None)
         except errors.UserError as e:
             from tffpipe.aggregation.protocols import registry as protocols
 
-            protocol = cfg.aggregation.secure.protocol
+            protocol = ctx.secure_protocol
             if protocols.needs_our_engine(protocol):
                 raise errors.UserError(
                     f"--secure_protocol={protocol} needs the in-process runtime, and {e}; TFF's runtime, "
@@ -60,7 +57,7 @@ class AutoRuntime(base.Runtime):
                 ) from e
             print_fn(f"runtime: cpp (--runtime=auto: {e})")
             self._chosen = cpp.RUNTIME
-            with cpp.RUNTIME.running(process, cfg, print_fn) as fallback:
+            with cpp.RUNTIME.running(process, ctx, print_fn) as fallback:
                 yield fallback
             return
         print_fn(
@@ -76,9 +73,9 @@ class AutoRuntime(base.Runtime):
         finally:
             runner.close()
 
-    def evaluation(self, process, cfg, print_fn):
+    def evaluation(self, process, ctx, print_fn):
         chosen = self._chosen or cpp.RUNTIME
-        return chosen.evaluation(process, cfg, lambda line: None)
+        return chosen.evaluation(process, ctx, lambda line: None)
 
 
 def describe_slots(runner) -> str:

@@ -7,13 +7,41 @@ starts its devices), `preflight` (before data loads), `loop_implementation`
 (before the processes are built), then `running` around the rounds, in which
 `evaluation` wraps the evaluation process. Modules import TensorFlow inside
 their methods, never at import.
+
+A runtime sees the runtimes' settings and the run's secure-sum protocol in
+a small `Context`, never the run's configuration; which other components it
+refuses is its `rules` (`tffpipe.components.Rule`), checked in
+`tffpipe/config/components.py`.
 """
 
 import contextlib
+import dataclasses
 from typing import Any
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+
+from tffpipe import components
 
 PrintFn = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a runtime is given.
+
+    Attributes:
+      selected: `--runtime`.
+      settings: each runtime's settings by key (None for those without):
+        `auto` chooses among the others and `ray` runs the in-process engine
+        on its actors, so a runtime may read another's.
+      secure_protocol: `--secure_protocol`, for messages.
+      protocol: given a key holder's factory (or None), makes the run's
+        secure-sum protocol factory, its keys kept in the run folder.
+    """
+
+    selected: str
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    secure_protocol: str = "masking"
+    protocol: Callable[..., Callable[[], Any]] | None = None
 
 
 class Runtime:
@@ -26,16 +54,20 @@ class Runtime:
     # Runs secure sums with tffpipe's protocols (`--secure_protocol`) rather than TFF's own.
     executes_secure_sums: bool = False
 
-    def settings(self, cfg: Any) -> Any:
-        return getattr(cfg.runtime, self.key)
+    # Combinations with other components the runtime refuses (when it runs).
+    rules: tuple[components.Rule, ...] = ()
 
-    def check(self, cfg: Any) -> None:
+    def settings(self, ctx: Context) -> Any:
+        """This runtime's own settings."""
+        return ctx.settings[self.key]
+
+    def check(self, ctx: Context, run: components.Selection) -> None:
         """Refuses settings the runtime cannot use (`ConfigError`)."""
 
-    def configure_devices(self, cfg: Any) -> None:
+    def configure_devices(self, ctx: Context) -> None:
         """Sets up TensorFlow devices; called before TensorFlow starts them."""
 
-    def preflight(self, cfg: Any, print_fn: PrintFn) -> None:
+    def preflight(self, ctx: Context, print_fn: PrintFn) -> None:
         """Checks what the runtime needs (workers, devices) before data loads."""
 
     def loop_implementation(self) -> Any:
@@ -45,19 +77,19 @@ class Runtime:
         return tff.learning.LoopImplementation.DATASET_REDUCE
 
     @contextlib.contextmanager
-    def running(self, process: Any, cfg: Any, print_fn: PrintFn) -> Iterator[Any]:
+    def running(self, process: Any, ctx: Context, print_fn: PrintFn) -> Iterator[Any]:
         """Yields what runs `process`'s rounds (same interface as `process`)."""
         yield process
 
-    def evaluation(self, process: Any, cfg: Any, print_fn: PrintFn) -> Any:
+    def evaluation(self, process: Any, ctx: Context, print_fn: PrintFn) -> Any:
         """The evaluation process as this runtime runs it (inside `running`)."""
         return process
 
-    def checked_by_default(self, cfg: Any) -> bool:
-        """Whether `python -m tffpipe.doctor` (--runtime=all) checks this runtime under `cfg`."""
+    def checked_by_default(self, ctx: Context) -> bool:
+        """Whether `python -m tffpipe.doctor` (--runtime=all) checks this runtime under `ctx`."""
         return True
 
-    def doctor_checks(self, cfg: Any, gpus_seen: int) -> Iterator[tuple[str, str, str]]:
+    def doctor_checks(self, ctx: Context, gpus_seen: int) -> Iterator[tuple[str, str, str]]:
         """What `python -m tffpipe.doctor` says of this runtime here.
 
         Yields:

@@ -19,7 +19,7 @@ class CppRuntime(base.Runtime):
     summary = "TFF's C++ worker process"
 
     @contextlib.contextmanager
-    def running(self, process, cfg, print_fn):
+    def running(self, process, ctx, print_fn):
         from tffpipe.runtimes import contexts
         from tffpipe.runtimes import processes
 
@@ -33,7 +33,7 @@ class CppRuntime(base.Runtime):
         with contexts.execution_context_for(process, print_fn):
             yield process
 
-    def doctor_checks(self, cfg, gpus_seen):
+    def doctor_checks(self, ctx, gpus_seen):
         from tffpipe.runtimes import processes
 
         exposure = processes.local_worker_exposure()

@@ -90,10 +90,10 @@ class InProcessRuntime(base.Runtime):
     executes_secure_sums = True
     summary = "the round in this process, on every core and GPU"
 
-    def configure_devices(self, cfg):
+    def configure_devices(self, ctx):
         from tffpipe.runtimes import devices
 
-        devices.configure(self.settings(cfg))
+        devices.configure(self.settings(ctx))
 
     def loop_implementation(self):
         # TFF's default, DATASET_REDUCE, runs each batch inside a ReduceDataset
@@ -105,13 +105,12 @@ class InProcessRuntime(base.Runtime):
 
         return tff.learning.LoopImplementation.DATASET_ITERATOR
 
-    def wrap(self, process, cfg, print_fn, what="learning process"):
+    def wrap(self, process, ctx, print_fn, what="learning process"):
         """`process` on this runtime (`InProcessUnsupported` if it cannot run here)."""
-        from tffpipe.aggregation.protocols import registry as protocols
         from tffpipe.runtimes import devices
         from tffpipe.runtimes import inprocess_process
 
-        s = self.settings(cfg)
+        s = self.settings(ctx)
         return inprocess_process.build(
             process,
             devices.client_slots(s),
@@ -119,31 +118,31 @@ class InProcessRuntime(base.Runtime):
             print_fn,
             prefetch_clients=s.prefetch_clients,
             clients_per_call=s.clients_per_call,
-            protocol=protocols.for_run(cfg),
+            protocol=ctx.protocol(),
         )
 
     @contextlib.contextmanager
-    def running(self, process, cfg, print_fn):
-        runner = self.wrap(process, cfg, print_fn)
+    def running(self, process, ctx, print_fn):
+        runner = self.wrap(process, ctx, print_fn)
         try:
             yield runner
         finally:
             runner.close()
 
-    def evaluation(self, process, cfg, print_fn):
-        return self.wrap(process, cfg, print_fn, "evaluation process")
+    def evaluation(self, process, ctx, print_fn):
+        return self.wrap(process, ctx, print_fn, "evaluation process")
 
-    def doctor_checks(self, cfg, gpus_seen):
+    def doctor_checks(self, ctx, gpus_seen):
         from tffpipe.runtimes import devices
 
-        slots = devices.client_slots(self.settings(cfg))
+        slots = devices.client_slots(self.settings(ctx))
         used = sorted(set(slots))
         where = f"{len(slots)} client slot(s) on {', '.join(used)}"
         if gpus_seen and not any("GPU" in name for name in used):
             yield (
                 "warn",
                 "runtime inprocess",
-                f"{where}; GPUs present but not used (--gpus={self.settings(cfg).gpus})",
+                f"{where}; GPUs present but not used (--gpus={self.settings(ctx).gpus})",
             )
         else:
             yield ("ok", "runtime inprocess", where)

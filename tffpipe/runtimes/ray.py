@@ -13,8 +13,8 @@ import dataclasses
 import itertools
 import os
 
+from tffpipe import components
 from tffpipe import settings
-from tffpipe.errors import ConfigError
 from tffpipe.runtimes import base
 
 _APPLIES = ("runtime", ("ray",))
@@ -81,6 +81,16 @@ class Settings:
     )
 
 
+def _uses_ray(ctx: base.Context) -> bool:
+    return RUNTIME.chosen(ctx)
+
+
+def _asynchronous(algorithm: str) -> bool:
+    from tffpipe.learning import registry as algorithm_registry
+
+    return algorithm_registry.get(algorithm).asynchronous
+
+
 class RayRuntime(base.Runtime):
     key = "ray"
     Settings = Settings
@@ -92,20 +102,17 @@ class RayRuntime(base.Runtime):
         self._pool = None
         self._pool_key = None
 
-    def chosen(self, cfg) -> bool:
+    rules = (
+        components.refuses(
+            lambda ctx, run: _uses_ray(ctx) and _asynchronous(run.algorithm),
+            "--runtime=ray cannot run --algorithm={run.algorithm}: its program trains one client at a time as "
+            "each arrives, in the launcher; use --runtime=inprocess",
+        ),
+    )
+
+    def chosen(self, ctx) -> bool:
         """Whether this run uses Ray: --runtime=ray, or --runtime=auto with --ray_address."""
-        return cfg.runtime.name == self.key or (cfg.runtime.name == "auto" and bool(self.settings(cfg).ray_address))
-
-    def check(self, cfg):
-        if not self.chosen(cfg):
-            return
-        from tffpipe.learning import registry as algorithm_registry
-
-        if algorithm_registry.get(cfg.algorithm.name).asynchronous:
-            raise ConfigError(
-                f"--runtime=ray cannot run --algorithm={cfg.algorithm.name}: its program trains one client at a "
-                "time as each arrives, in the launcher; use --runtime=inprocess"
-            )
+        return ctx.selected == self.key or (ctx.selected == "auto" and bool(self.settings(ctx).ray_address))
 
     def loop_implementation(self):
         import tensorflow_federated as tff
@@ -113,14 +120,14 @@ class RayRuntime(base.Runtime):
         # As on the in-process runtime (its docstring has the figures).
         return tff.learning.LoopImplementation.DATASET_ITERATOR
 
-    def preflight(self, cfg, print_fn):
+    def preflight(self, ctx, print_fn):
         """Starts or joins the cluster before data loads (`RayUnavailable` in one line)."""
-        self.connect(cfg, print_fn)
+        self.connect(ctx, print_fn)
 
-    def connect(self, cfg, print_fn):
+    def connect(self, ctx, print_fn):
         from tffpipe.runtimes import ray_cluster
 
-        s = self.settings(cfg)
+        s = self.settings(ctx)
         if self._cluster is not None and self._cluster.address_setting == s.ray_address:
             return self._cluster
         self.disconnect()
@@ -143,14 +150,14 @@ class RayRuntime(base.Runtime):
             self._cluster = None
 
     @contextlib.contextmanager
-    def running(self, process, cfg, print_fn):
+    def running(self, process, ctx, print_fn):
         from tffpipe.runtimes import ray_placement
 
         from tffpipe.runtimes import ray_cluster
 
-        print_fn(ray_cluster.describe_transport(self.connect(cfg, print_fn)))
-        s = self.settings(cfg)
-        engine = cfg.runtime.inprocess
+        print_fn(ray_cluster.describe_transport(self.connect(ctx, print_fn)))
+        s = self.settings(ctx)
+        engine = ctx.settings["inprocess"]
         key = (s, engine.parallel_clients, engine.clients_per_call, engine.prefetch_clients)
         if self._pool is not None and (self._pool_key != key or not self._pool.alive()):
             self._pool.close()
@@ -164,7 +171,7 @@ class RayRuntime(base.Runtime):
             # have TensorFlow loaded already.
             print_fn(f"ray: the {len(self._pool.alive())} actor(s) of the previous run in this process train this one")
         try:
-            runner = self.wrap(process, cfg, print_fn)
+            runner = self.wrap(process, ctx, print_fn)
             try:
                 yield runner
             finally:
@@ -172,25 +179,24 @@ class RayRuntime(base.Runtime):
         finally:
             self._pool.forget_processes()
 
-    def wrap(self, process, cfg, print_fn, what="learning process"):
+    def wrap(self, process, ctx, print_fn, what="learning process"):
         """`process` with its client half on the run's actors."""
-        from tffpipe.aggregation.protocols import registry as protocols
         from tffpipe.runtimes import ray_key_holder
 
-        protocol = protocols.for_run(cfg, holder_factory=ray_key_holder.start)
+        protocol = ctx.protocol(ray_key_holder.start)
         return on_actors(process, self._pool, what, print_fn, protocol)
 
-    def evaluation(self, process, cfg, print_fn):
-        return self.wrap(process, cfg, None, "evaluation process")
+    def evaluation(self, process, ctx, print_fn):
+        return self.wrap(process, ctx, None, "evaluation process")
 
-    def checked_by_default(self, cfg):
+    def checked_by_default(self, ctx):
         # A private Ray takes seconds to start: checked when asked for, or given a cluster.
-        return bool(self.settings(cfg).ray_address)
+        return bool(self.settings(ctx).ray_address)
 
-    def doctor_checks(self, cfg, gpus_seen):
+    def doctor_checks(self, ctx, gpus_seen):
         from tffpipe.runtimes import ray_placement
 
-        yield from ray_placement.doctor_checks(self.settings(cfg))
+        yield from ray_placement.doctor_checks(self.settings(ctx))
 
 
 def on_actors(process, pool, what: str = "learning process", print_fn=None, protocol=None):

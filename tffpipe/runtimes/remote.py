@@ -64,11 +64,11 @@ class RemoteRuntime(base.Runtime):
     Settings = Settings
     summary = "TFF workers on other machines"
 
-    def check(self, cfg):
-        s = self.settings(cfg)
-        if cfg.runtime.name != self.key:
+    def check(self, ctx, run):
+        s = self.settings(ctx)
+        if ctx.selected != self.key:
             if s.workers:
-                raise ConfigError(f"--workers applies to --runtime=remote, not --runtime={cfg.runtime.name}")
+                raise ConfigError(f"--workers applies to --runtime=remote, not --runtime={ctx.selected}")
             return
         if not s.workers:
             raise ConfigError("--runtime=remote needs --workers=HOST:PORT,HOST:PORT,...")
@@ -86,11 +86,11 @@ class RemoteRuntime(base.Runtime):
                 "DIR NAME --role=launcher`), or --insecure_workers to send everything in plaintext"
             )
 
-    def credentials(self, cfg):
+    def credentials(self, ctx):
         """The launcher's TLS credentials, or None with --insecure_workers (`ConfigError` in one line)."""
         from tffpipe.runtimes import tls
 
-        s = self.settings(cfg)
+        s = self.settings(ctx)
         if not s.tls_dir:
             return None
         try:
@@ -98,22 +98,22 @@ class RemoteRuntime(base.Runtime):
         except tls.TlsError as e:
             raise ConfigError(str(e)) from e
 
-    def preflight(self, cfg, print_fn):
+    def preflight(self, ctx, print_fn):
         from tffpipe.runtimes import remote_context
 
-        s = self.settings(cfg)
-        remote_context.check_workers(s.workers, max(s.worker_wait_sec, MIN_CONNECT_SEC), self.credentials(cfg))
+        s = self.settings(ctx)
+        remote_context.check_workers(s.workers, max(s.worker_wait_sec, MIN_CONNECT_SEC), self.credentials(ctx))
 
     @contextlib.contextmanager
-    def running(self, process, cfg, print_fn):
+    def running(self, process, ctx, print_fn):
         from tffpipe.compat import context_stack_impl
 
         from tffpipe.runtimes import contexts
         from tffpipe.runtimes import remote_context
 
-        s = self.settings(cfg)
+        s = self.settings(ctx)
         remote_context.check_mergeable(process.next)
-        credentials = self.credentials(cfg)
+        credentials = self.credentials(ctx)
         context = remote_context.FailoverContext(s.workers, s.worker_wait_sec, print_fn, credentials)
         print_fn(remote_context.describe(s.workers, s.worker_wait_sec))
         print_fn(remote_context.describe_transport(len(s.workers), credentials))
@@ -126,12 +126,12 @@ class RemoteRuntime(base.Runtime):
         finally:
             context.close()
 
-    def doctor_checks(self, cfg, gpus_seen):
+    def doctor_checks(self, ctx, gpus_seen):
         from tffpipe.runtimes import remote_context
 
-        s = self.settings(cfg)
+        s = self.settings(ctx)
         try:
-            credentials = self.credentials(cfg)
+            credentials = self.credentials(ctx)
         except ConfigError as e:
             yield ("FAIL", "launcher certificate", str(e))
             return

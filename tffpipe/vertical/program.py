@@ -11,7 +11,6 @@ reaches the same weights as an uninterrupted one.
 
 import dataclasses
 import os
-import time
 from typing import Any
 from collections.abc import Callable
 
@@ -26,6 +25,8 @@ from tffpipe.program import files
 from tffpipe.program import outputs
 from tffpipe.program import progress
 from tffpipe.program import resume
+from tffpipe.program import round_hooks
+from tffpipe.program import rounds
 from tffpipe.tasks import vertical as vertical_task
 from tffpipe.vertical import parties as parties_lib
 from tffpipe.vertical import protocol
@@ -211,51 +212,74 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
         for party in everyone:
             party.load_state(restored.learning_state[party.name])
     log = resume.open_records(paths, cfg, start if restored is not None else None, print_fn)
-    num_train = active.num_rows("train")
-    batch = cfg.client.batch_size
-    final_eval: dict[str, float] = {}
-    evaluated = None
-    started = time.monotonic()
-    for epoch in range(start + 1, schedule.rounds + 1):
-        epoch_start = time.monotonic()
-        order = np.random.default_rng([schedule.seed, epoch]).permutation(num_train)
+    training = _Epochs(active, passives, everyone, combine, schedule.seed, cfg.client.batch_size)
+    held_out = _Evaluation(active, passives, combine, schedule)
+    hooks: list[rounds.Hook] = [held_out]
+    hooks += round_hooks.standard_hooks(
+        log,
+        lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
+        cfg.output.checkpoint_every,
+        progress.round_line,
+    )
+    rounds.RoundLoop(training, hooks, start, schedule.rounds, print_fn).run()
+    rounds_done = max(start, schedule.rounds)
+    if start >= schedule.rounds:
+        print_fn(f"{paths.run_dir} already holds {start} rounds (--rounds={schedule.rounds})")
+    final_eval = held_out.metrics
+    if held_out.evaluated != rounds_done:
+        final_eval = protocol.evaluate(active, passives, combine, schedule.eval_batch_size)
+    model = assembled_model(active, passives, combine)
+    _export(paths.export, everyone, active, model)
+    return VerticalRunResult(rounds_done=rounds_done, resumed_from=start, final_eval=final_eval, model=model)
+
+
+class _Epochs:
+    """A vertical run's rounds: one epoch each over the aligned rows, in an order drawn from the seed."""
+
+    def __init__(self, active, passives, everyone, combine: str, seed: int, batch_size: int):
+        self._active, self._passives, self._everyone = active, passives, everyone
+        self._combine, self._seed, self._batch = combine, seed, batch_size
+
+    def state(self) -> dict[str, Any]:
+        return _state(self._everyone)
+
+    def train_round(self, round_num: int) -> rounds.Round:
+        active, passives, everyone = self._active, self._passives, self._everyone
+        num_train = active.num_rows("train")
+        order = np.random.default_rng([self._seed, round_num]).permutation(num_train)
         traffic = protocol.Traffic.empty([p.name for p in everyone])
         for metric in active.metrics:
             metric.reset_state()
         total_loss, steps = 0.0, 0
-        for step, first in enumerate(range(0, num_train, batch)):
-            positions = order[first : first + batch]
-            total_loss += protocol.train_step(active, passives, positions, combine, traffic, (epoch, step)) * len(
-                positions
-            )
+        for step, first in enumerate(range(0, num_train, self._batch)):
+            positions = order[first : first + self._batch]
+            loss = protocol.train_step(active, passives, positions, self._combine, traffic, (round_num, step))
+            total_loss += loss * len(positions)
             steps += 1
-        seconds = time.monotonic() - epoch_start
         metrics = {"train/loss": total_loss / num_train, "train/num_examples": float(num_train)}
         metrics.update({f"train/{m.name}": float(m.result()) for m in active.metrics})
-        metrics["round_time_sec"] = seconds
-        metrics["examples_per_sec"] = num_train / max(seconds, 1e-9)
         for party in everyone:
             metrics[f"comm/{party.name}/sent_bytes_per_step"] = traffic.sent[party.name] / steps
             metrics[f"comm/{party.name}/received_bytes_per_step"] = traffic.received[party.name] / steps
-        is_last = epoch == schedule.rounds
-        if is_last or (schedule.eval_every and epoch % schedule.eval_every == 0):
-            final_eval = protocol.evaluate(active, passives, combine, cfg.schedule.eval_batch_size)
-            evaluated = epoch
-            metrics.update(final_eval)
-        log.release(metrics, epoch)
-        if is_last or epoch % cfg.output.checkpoint_every == 0:
-            ckpt.save(checkpoints.ProgramState(epoch, _state(everyone)))
-        eta = (time.monotonic() - started) / (epoch - start) * (schedule.rounds - epoch)
-        print_fn(progress.round_line(epoch, schedule.rounds, metrics, seconds, eta))
-    log.close()
-    rounds_done = max(start, schedule.rounds)
-    if start >= schedule.rounds:
-        print_fn(f"{paths.run_dir} already holds {start} rounds (--rounds={schedule.rounds})")
-    if evaluated != rounds_done:
-        final_eval = protocol.evaluate(active, passives, combine, cfg.schedule.eval_batch_size)
-    model = assembled_model(active, passives, combine)
-    _export(paths.export, everyone, active, model)
-    return VerticalRunResult(rounds_done=rounds_done, resumed_from=start, final_eval=final_eval, model=model)
+        return rounds.Round(round_num, metrics)
+
+
+class _Evaluation(rounds.Hook):
+    """Evaluates the parties' models on the held-out rows every `--eval_every` epochs and after the last."""
+
+    def __init__(self, active, passives, combine: str, schedule):
+        self._active, self._passives, self._combine, self._schedule = active, passives, combine, schedule
+        self.metrics: dict[str, float] = {}
+        self.evaluated: int | None = None
+
+    def on_evaluation(self, loop, trained):
+        every = self._schedule.eval_every
+        if trained.number == self._schedule.rounds or (every and trained.number % every == 0):
+            self.metrics = protocol.evaluate(
+                self._active, self._passives, self._combine, self._schedule.eval_batch_size
+            )
+            self.evaluated = trained.number
+            trained.metrics.update(self.metrics)
 
 
 def assembled_model(active, passives, combine: str) -> tf.keras.Model:

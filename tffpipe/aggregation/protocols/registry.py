@@ -38,16 +38,16 @@ def check(secure: Any) -> None:
         module.check(settings)
 
 
-def upload_bytes(cfg: Any) -> Callable:
-    """(elements, bit widths) of a client's secure values -> the bytes it uploads under the run's protocol."""
-    module, settings = _module_and_settings(cfg.aggregation.secure)
+def upload_bytes(secure: Any) -> Callable:
+    """(elements, bit widths) of a client's secure values -> the bytes it uploads under the protocol of `secure` (the secure layer's settings)."""
+    module, settings = _module_and_settings(secure)
     return module.upload_bytes(settings)
 
 
-def for_run(cfg: Any, holder_factory: Callable | None = None) -> Callable[[], base.SecureProtocol]:
-    """Makes the run's protocol (`--secure_protocol`), its keys kept in the run folder's `keys/`."""
+def for_run(secure: Any, run_dir: str, holder_factory: Callable | None = None) -> Callable[[], base.SecureProtocol]:
+    """Makes the run's protocol (`--secure_protocol` in `secure`, the secure layer's settings), its keys kept in `run_dir`'s `keys/`."""
     from tffpipe.program import outputs
 
-    module, settings = _module_and_settings(cfg.aggregation.secure)
-    key_dir = outputs.RunPaths(cfg.output.run_dir).keys
+    module, settings = _module_and_settings(secure)
+    key_dir = outputs.RunPaths(run_dir).keys
     return lambda: module.build(settings, key_dir, holder_factory)
