@@ -222,7 +222,7 @@ PLACEMENT_SCRIPT = textwrap.dedent(
     import numpy as np
     from tffpipe import config
     from tffpipe.learning import builder
-    from tffpipe import config
+    from tffpipe.program import assembly
     from tffpipe.runtimes import devices
     from tffpipe.runtimes import inprocess_process as inprocess
     from tffpipe.runtimes import processes

@@ -71,4 +71,3 @@ def get(key: str) -> base.Layer:
     """The registered layer `key`."""
     (layer,) = [layer for layer in layers() if layer.key == key]
     return layer
-

@@ -11,10 +11,15 @@ is its `rules` (`tffpipe.components.Rule`), checked in
 """
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Mapping
 
 from tffpipe.components import Rule, Selection
+
+if TYPE_CHECKING:  # TensorFlow Federated loads only when a process is built
+    import tensorflow_federated as tff
+
+    from tffpipe.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +62,15 @@ class Parts:
       task: the task (for algorithms that build their own model from it).
     """
 
-    model_fn: Callable[[], Any]
-    client_optimizer: Any
-    server_optimizer: Any
-    model_aggregator: Any
-    make_aggregator: Callable[[], Any]
+    model_fn: Callable[[], "tff.learning.models.VariableModel"]
+    client_optimizer: "tff.learning.optimizers.Optimizer | None"
+    server_optimizer: "tff.learning.optimizers.Optimizer"
+    model_aggregator: "tff.aggregators.AggregationFactory"
+    make_aggregator: Callable[[], "tff.aggregators.AggregationFactory"]
     weighted: bool
-    loop_implementation: Any
+    loop_implementation: "tff.learning.LoopImplementation"
     context: Context
-    task: Any = None
+    task: "Task | None" = None
 
 
 class Algorithm:

@@ -84,7 +84,14 @@ def run(cfg: config_lib.RunConfig, task: Task, *, print_fn: Callable[[str], None
 class _Run:
     """One FedBuff run's state and event loop."""
 
-    def __init__(self, cfg, task, trainer, traffic, print_fn):
+    def __init__(
+        self,
+        cfg: config_lib.RunConfig,
+        task: Task,
+        trainer: Any,
+        traffic: dict[str, float],
+        print_fn: Callable[[str], None],
+    ):
         self.cfg, self.task, self.trainer, self.print_fn = cfg, task, trainer, print_fn
         self.settings = cfg.algorithm.fedbuff
         self.client_ids = list(task.train_data.client_ids)

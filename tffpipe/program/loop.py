@@ -285,7 +285,18 @@ def _train(
 class _SynchronousRounds:
     """The synchronous rounds of a TFF learning process: sample, plan on the clock, build data, `next`."""
 
-    def __init__(self, process, state, task, client_ids, clock, schedule, source, simulation, print_fn):
+    def __init__(
+        self,
+        process: Any,
+        state: Any,
+        task: Task,
+        client_ids: list[str],
+        clock: clock_lib.Clock,
+        schedule: config_lib.ScheduleConfig,
+        source: client_sources.TrainSource,
+        simulation: attack_simulation.Simulation | None,
+        print_fn: Callable[[str], None],
+    ):
         self._process, self._state, self._task = process, state, task
         self._client_ids, self._clock, self._schedule = client_ids, clock, schedule
         self._source, self._simulation, self._print_fn = source, simulation, print_fn

@@ -144,8 +144,8 @@ def run(
         seed=seed,
         print_fn=print_fn,
     )
-    for (active, passive), size in alignment.pair_sizes.items():
-        print_fn(f"private set intersection: {active} and {passive} share {size:,} people")
+    for (labels_holder, passive), size in alignment.pair_sizes.items():
+        print_fn(f"private set intersection: {labels_holder} and {passive} share {size:,} people")
     print_fn(
         f"aligned {len(alignment.train_ids) + len(alignment.test_ids):,} people held by every party: "
         f"{len(alignment.train_ids):,} to train on, {len(alignment.test_ids):,} held out; "
@@ -169,7 +169,9 @@ def run(
     return _train(cfg, task, active, passives, everyone, combine, print_fn)
 
 
-def _build_parties(cfg, task, alignment, combine):
+def _build_parties(
+    cfg: config_lib.RunConfig, task: vertical_task.VerticalTask, alignment: psi.Alignment, combine: str
+) -> tuple[parties_lib.ActiveParty, list[parties_lib.BottomParty]]:
     tf.keras.utils.set_random_seed(cfg.schedule.seed)
     optimizer = optimizers.build_optimizer(cfg.client_optimizer)
     active = parties_lib.ActiveParty(
@@ -198,7 +200,15 @@ def _state(everyone) -> dict[str, Any]:
     return {party.name: party.state() for party in everyone}
 
 
-def _train(cfg, task, active, passives, everyone, combine, print_fn) -> VerticalRunResult:
+def _train(
+    cfg: config_lib.RunConfig,
+    task: vertical_task.VerticalTask,
+    active: parties_lib.ActiveParty,
+    passives: list[parties_lib.BottomParty],
+    everyone: list[parties_lib.BottomParty],
+    combine: str,
+    print_fn: Callable[[str], None],
+) -> VerticalRunResult:
     schedule = cfg.schedule
     paths = outputs.RunPaths(cfg.output.run_dir)
     ckpt = checkpoints.CheckpointManager(
@@ -236,7 +246,15 @@ def _train(cfg, task, active, passives, everyone, combine, print_fn) -> Vertical
 class _Epochs:
     """A vertical run's rounds: one epoch each over the aligned rows, in an order drawn from the seed."""
 
-    def __init__(self, active, passives, everyone, combine: str, seed: int, batch_size: int):
+    def __init__(
+        self,
+        active: parties_lib.ActiveParty,
+        passives: list[parties_lib.BottomParty],
+        everyone: list[parties_lib.BottomParty],
+        combine: str,
+        seed: int,
+        batch_size: int,
+    ):
         self._active, self._passives, self._everyone = active, passives, everyone
         self._combine, self._seed, self._batch = combine, seed, batch_size
 
@@ -267,7 +285,13 @@ class _Epochs:
 class _Evaluation(rounds.Hook):
     """Evaluates the parties' models on the held-out rows every `--eval_every` epochs and after the last."""
 
-    def __init__(self, active, passives, combine: str, schedule):
+    def __init__(
+        self,
+        active: parties_lib.ActiveParty,
+        passives: list[parties_lib.BottomParty],
+        combine: str,
+        schedule: config_lib.ScheduleConfig,
+    ):
         self._active, self._passives, self._combine, self._schedule = active, passives, combine, schedule
         self.metrics: dict[str, float] = {}
         self.evaluated: int | None = None
