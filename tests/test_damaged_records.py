@@ -53,11 +53,24 @@ def _damage(path, offset, count=3):
         f.write(bytes(b ^ 0xFF for b in original))
 
 
-def _five_logged_rounds(tmp_path):
-    """Rounds 1-5 logged; the run's paths, its event file and that file's records."""
+def _five_logged_rounds(tmp_path, one_event_per_value=False):
+    """Rounds 1-5 logged; the run's paths, its event file and that file's records.
+
+    `one_event_per_value`: the event file as tffpipe wrote it before it
+    wrote each round's scalars as one event (a resumed run may hold one).
+    """
     paths = outputs.RunPaths(str(tmp_path))
     _log_rounds(paths, range(1, 6))
     path = _event_file(paths)
+    if one_event_per_value:
+        os.remove(path)
+        writer = tf.summary.create_file_writer(paths.logdir)
+        with writer.as_default():
+            for r in range(1, 6):
+                for i, tag in enumerate(TAGS):
+                    tf.summary.scalar(tag, r + i / 10, step=r)
+        writer.close()
+        path = _event_file(paths)
     return paths, path, event_files.read(path)
 
 
@@ -97,8 +110,11 @@ def test_a_corrupt_length_is_skipped_to_the_next_whole_record(tmp_path):
     assert after.records == before.records[:4] + before.records[5:]
 
 
-def test_reconcile_keeps_valid_events_and_rebuilds_the_lost_values_from_csv(tmp_path):
-    paths, path, before = _five_logged_rounds(tmp_path)
+@pytest.mark.parametrize("one_event_per_value", [False, True], ids=["event per round", "event per value"])
+def test_reconcile_keeps_valid_events_and_rebuilds_the_lost_values_from_csv(tmp_path, one_event_per_value):
+    paths, path, before = _five_logged_rounds(tmp_path, one_event_per_value)
+    per_round = [len(tf.compat.v1.Event.FromString(d).summary.value) for d in before.records if _step_of(d) == 5]
+    assert per_round == ([1, 1, 1] if one_event_per_value else [len(TAGS)])
     offsets = _record_offsets(path)
     # The record holding round 2's eval/loss.
     index = next(
@@ -111,11 +127,13 @@ def test_reconcile_keeps_valid_events_and_rebuilds_the_lost_values_from_csv(tmp_
     size = os.path.getsize(path)
 
     result = records.reconcile(paths, 4)
-    assert result.dropped == len(TAGS) + 1  # round 5, after the checkpoint: three events and its CSV row
+    assert result.dropped == len(per_round) + 1  # round 5, after the checkpoint: its events and its CSV row
     assert result.notes == [
         f"logdir/{os.path.basename(path)}: skipped 1 corrupt stretch(es) ({16 + length} bytes); "
         f"kept its {len(before.records) - 1} valid records",
-        "TensorBoard logs: rebuilt 1 missing value(s) of round 2 from metrics.csv",
+        "TensorBoard logs: rebuilt 1 missing value(s) of round 2 from metrics.csv"
+        if one_event_per_value
+        else "TensorBoard logs: rebuilt round 2 from metrics.csv",
     ]
     scalars = _scalars_by_step(paths)
     expected = {r: {tag: pytest.approx(r + i / 10) for i, tag in enumerate(TAGS)} for r in range(1, 5)}

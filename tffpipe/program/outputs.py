@@ -20,7 +20,9 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 
 from tffpipe.program import files
 from tffpipe.program import hparams_config
@@ -74,8 +76,10 @@ class MetricsLog:
         """Records a round's scalars, and `histograms` (name -> values) in TensorBoard only."""
         asyncio.run(self._csv.release(dict(metrics), round_num))
         with self._writer.as_default(step=round_num):
-            for name, value in metrics.items():
-                tf.summary.scalar(tensorboard_tag(name), value)
+            # One event of every scalar, as `tf.summary.scalar` writes each
+            # (TensorBoard's scalar protos): one TensorFlow op instead of one
+            # per metric, a few milliseconds of a round.
+            tf.summary.experimental.write_raw_pb(scalars_proto(metrics), step=round_num)
             for name, values in (histograms or {}).items():
                 tf.summary.histogram(name, values)
         self._writer.flush()
@@ -96,6 +100,14 @@ class MetricsLog:
 # metrics.csv keeps their names.
 _STATS_GROUPS = ("aggregator/", "clients/", "comm/")
 STATS_PREFIX = "stats/"
+
+
+def scalars_proto(metrics: Mapping[str, float]) -> bytes:
+    """A serialized `Summary` of each metric as the scalar `tf.summary.scalar` writes under its TensorBoard tag."""
+    summary = summary_pb2.Summary()
+    for name, value in metrics.items():
+        summary.value.extend(scalar_summary.scalar_pb(tensorboard_tag(name), value).value)
+    return summary.SerializeToString()
 
 
 def tensorboard_tag(name: str) -> str:
