@@ -112,8 +112,8 @@ def test_the_selection_says_what_the_stack_puts_in_effect():
     ddp = config_components.selection(make_config(dp="distributed", dp_noise_multiplier=0.5, dp_clip_norm=2.0))
     assert ddp.uses_secure_sum and not ddp.secure_aggregation and ddp.dp_clip_norm == 2.0
     clock = config_components.selection(make_config(over_selection=1.5))
-    assert (clock.cohort_changed_by, clock.closes_rounds_by) == ("--over_selection", "--over_selection")
-    assert config_components.selection(make_config(client_dropout=0.2)).closes_rounds_by == ""
+    assert (clock.cohort_changed_by, clock.rounds_closed_by) == ("--over_selection", "--over_selection")
+    assert config_components.selection(make_config(client_dropout=0.2)).rounds_closed_by == ""
 
 
 def test_each_component_receives_only_its_own_settings():

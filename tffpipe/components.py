@@ -35,7 +35,7 @@ class Selection:
       cohort_changed_by: the simulated clock's first flag that lets some
         sampled clients not report (dropouts, a deadline, over-selection),
         else "".
-      closes_rounds_by: the clock's first flag that closes a round before
+      rounds_closed_by: the clock's first flag that closes a round before
         every sampled client reports (a deadline, over-selection), else "".
       personalization: whether `--personalize_every` is on.
       given: the flags set explicitly (empty when a config is built directly).
@@ -57,7 +57,7 @@ class Selection:
     rounds: int = 50
     seed: int = 0
     cohort_changed_by: str = ""
-    closes_rounds_by: str = ""
+    rounds_closed_by: str = ""
     personalization: bool = False
     given: frozenset[str] = frozenset()
     layers: tuple[str, ...] = ()

@@ -42,17 +42,6 @@ def stack_settings(config: "RunConfig") -> dict[str, Any]:
 def selection(config: "RunConfig", given: frozenset[str] = frozenset()) -> Selection:
     """The run's `Selection`: which components it chose and the run-wide numbers they may read."""
     clock = config.clock
-    closes_rounds_by = next(
-        (
-            flag
-            for flag, on in (
-                ("--round_deadline_sec", clock.round_deadline_sec > 0),
-                ("--over_selection", clock.over_selection > 1),
-            )
-            if on
-        ),
-        "",
-    )
     run = Selection(
         algorithm=config.algorithm.name,
         runtime=config.runtime.name,
@@ -66,7 +55,7 @@ def selection(config: "RunConfig", given: frozenset[str] = frozenset()) -> Selec
         rounds=config.schedule.rounds,
         seed=config.schedule.seed,
         cohort_changed_by=clock.cohort_changed_by,
-        closes_rounds_by=closes_rounds_by,
+        rounds_closed_by=clock.rounds_closed_by,
         personalization=bool(config.personalization.every),
         given=given,
     )
@@ -130,18 +119,18 @@ def runtime_context(config: "RunConfig") -> runtime_base.Context:
     )
 
 
-def _components(config: "RunConfig", run: Selection) -> Iterator[tuple[str, Any, Any]]:
-    """(what, component, its settings) of every component whose checks apply to this run, in checking order."""
+def _components(config: "RunConfig", run: Selection) -> Iterator[tuple[Any, Any]]:
+    """(component, its settings) of every component whose checks apply to this run, in checking order."""
     for layer in aggregation_registry.layers():
         settings = layer_settings(config, layer)
         if layer.checked_when_inactive or layer.active(settings, run):
-            yield f"layer {layer.key}", layer, settings
-    yield "algorithm", algorithm_registry.get(config.algorithm.name), algorithm_context(config)
+            yield layer, settings
+    yield algorithm_registry.get(config.algorithm.name), algorithm_context(config)
     if config.attack.name != "none":
-        yield "attack", attack_registry.get(config.attack.name), attack_context(config)
+        yield attack_registry.get(config.attack.name), attack_context(config)
     context = runtime_context(config)
     for runtime in runtime_registry.runtimes():
-        yield f"runtime {runtime.key}", runtime, context
+        yield runtime, context
 
 
 def check(config: "RunConfig", given: frozenset[str] = frozenset()) -> None:
@@ -155,16 +144,15 @@ def check(config: "RunConfig", given: frozenset[str] = frozenset()) -> None:
       ConfigError: the first refusal, with its one-line reason.
     """
     run = selection(config, given)
-    for _, component, settings in _components(config, run):
+    for component, settings in _components(config, run):
         component.check(settings, run)
         for rule in component.rules:
             if rule.refuses(settings, run):
                 raise ConfigError(rule.reason(settings, run))
 
 
-def resume_fingerprint(config: "RunConfig") -> dict[str, Any]:
-    """What the active layers add to the resume fingerprint."""
-    run = selection(config)
+def resume_fingerprint(config: "RunConfig", run: Selection) -> dict[str, Any]:
+    """What the active layers add to the resume fingerprint (`run` is `selection(config)`)."""
     found: dict[str, Any] = {}
     for layer in aggregation_registry.layers():
         settings = layer_settings(config, layer)

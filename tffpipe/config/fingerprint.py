@@ -29,7 +29,7 @@ def compute(config: "RunConfig") -> dict[str, Any]:
         for item in settings.declared(RunConfig)
         if item.spec.resume == settings.MUST_MATCH
     }
-    found.update(components.resume_fingerprint(config))
+    found.update(components.resume_fingerprint(config, run))
     found["task_options"] = dict(sorted(config.task.options.items()))
     # Not compared: lets a checkpoint written before the task gained an
     # option resume while that option keeps its default.

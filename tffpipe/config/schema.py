@@ -531,8 +531,14 @@ class ClockConfig:
     @property
     def cohort_changed_by(self) -> str:
         """The first flag that makes some sampled clients not report, or ""."""
+        if self.client_dropout > 0:
+            return "--client_dropout"
+        return self.rounds_closed_by
+
+    @property
+    def rounds_closed_by(self) -> str:
+        """The first flag that closes a round before every sampled client reports, or ""."""
         for flag, on in (
-            ("--client_dropout", self.client_dropout > 0),
             ("--round_deadline_sec", self.round_deadline_sec > 0),
             ("--over_selection", self.over_selection > 1),
         ):

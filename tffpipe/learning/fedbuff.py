@@ -87,7 +87,7 @@ class FedBuff(base.Algorithm):
             ),
         ),
         components.refuses(
-            lambda ctx, run: bool(run.closes_rounds_by),
+            lambda ctx, run: bool(run.rounds_closed_by),
             "--round_deadline_sec and --over_selection close synchronous rounds; --algorithm=fedbuff has "
             "none (a late client's update arrives stale instead)",
         ),

@@ -31,7 +31,6 @@ from tffpipe.program import evaluation
 from tffpipe.program import loop
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
-from tffpipe.program import progress
 from tffpipe.program import reports
 from tffpipe.program import resume
 from tffpipe.program import round_hooks
@@ -267,12 +266,7 @@ class _Run:
             loop.divergence_context(cfg, self.algorithm), schedule.on_divergence == "stop"
         )
         hooks: list[rounds.Hook] = [watch, reports_hook]
-        hooks += round_hooks.standard_hooks(
-            log,
-            lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
-            cfg.output.checkpoint_every,
-            progress.round_line,
-        )
+        hooks += round_hooks.standard_hooks(log, ckpt, cfg.output.checkpoint_every)
         rounds.RoundLoop(self, hooks, start_round, schedule.rounds, self.print_fn).run()
         rounds_done = max(start_round, schedule.rounds)
         final = reports_hook.reports.final_evaluation(rounds_done, self._model())

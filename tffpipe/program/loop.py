@@ -32,7 +32,6 @@ from tffpipe.program import evaluation
 from tffpipe.program import files
 from tffpipe.program import metrics as metrics_lib
 from tffpipe.program import outputs
-from tffpipe.program import progress
 from tffpipe.program import records
 from tffpipe.program import reports
 from tffpipe.program import resume
@@ -240,8 +239,9 @@ def _train(
     clock.elapsed_sec = _elapsed_at(
         paths, start_round, lambda r: clock.plan(r, _sampled(client_ids, clock, schedule, r))
     )
-    training = _SynchronousRounds(process, state, task, client_ids, clock, schedule, source, simulation, print_fn)
-    training.count_examples = algorithm.counts_each_example
+    training = _SynchronousRounds(
+        process, state, task, client_ids, clock, schedule, source, simulation, print_fn, algorithm.counts_each_example
+    )
     reports_hook = round_hooks.EvaluationHook(
         reports.Reports(task, cfg, paths, print_fn, simulation.triggered_eval() if simulation else None)
     )
@@ -252,12 +252,7 @@ def _train(
     if tracker is not None:
         hooks.append(round_hooks.PrivacyHook(tracker))
     hooks += [watch, reports_hook]
-    hooks += round_hooks.standard_hooks(
-        log,
-        lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
-        cfg.output.checkpoint_every,
-        progress.round_line,
-    )
+    hooks += round_hooks.standard_hooks(log, ckpt, cfg.output.checkpoint_every)
     run = rounds.RoundLoop(training, hooks, start_round, schedule.rounds, print_fn)
     run.run()
 
@@ -296,12 +291,13 @@ class _SynchronousRounds:
         source: client_sources.TrainSource,
         simulation: attack_simulation.Simulation | None,
         print_fn: Callable[[str], None],
+        count_examples: bool,
     ):
+        """`count_examples`: whether rounds count the examples their clients should train (divergence checks)."""
         self._process, self._state, self._task = process, state, task
         self._client_ids, self._clock, self._schedule = client_ids, clock, schedule
         self._source, self._simulation, self._print_fn = source, simulation, print_fn
-        # Whether rounds count the examples their clients should train (the divergence check's).
-        self.count_examples = False
+        self._count_examples = count_examples
 
     def state(self) -> Any:
         return self._state
@@ -334,7 +330,7 @@ class _SynchronousRounds:
             metrics=round_metrics,
             model=self._process.get_model_weights(self._state),
             trained=bool(datasets),
-            expected_examples=sum(self._clock.examples(cid) for cid, _ in chosen) if self.count_examples else None,
+            expected_examples=sum(self._clock.examples(cid) for cid, _ in chosen) if self._count_examples else None,
             details=round_hooks.RoundDetails(plan, self._state, aggregator_metrics),
         )
 

@@ -8,9 +8,10 @@ hands them beyond its metrics is a `RoundDetails`.
 
 import dataclasses
 from typing import Any
-from collections.abc import Callable
 
+from tffpipe.program import checkpoints
 from tffpipe.program import divergence
+from tffpipe.program import progress
 from tffpipe.program import rounds
 
 
@@ -113,8 +114,10 @@ class EvaluationHook(rounds.Hook):
         trained.histograms.update(histograms)
 
 
-def standard_hooks(
-    log: Any, save: Callable[[int, Any], None], checkpoint_every: int, progress_line: Callable
-) -> list[rounds.Hook]:
-    """What every program's rounds end with: records, checkpoints, the progress line."""
-    return [rounds.Records(log), rounds.Checkpoints(save, checkpoint_every), rounds.Progress(progress_line)]
+def standard_hooks(log: Any, ckpt: checkpoints.CheckpointManager, checkpoint_every: int) -> list[rounds.Hook]:
+    """What every program's rounds end with: records, checkpoints in `ckpt`, the progress line."""
+    return [
+        rounds.Records(log),
+        rounds.Checkpoints(lambda n, state: ckpt.save(checkpoints.ProgramState(n, state)), checkpoint_every),
+        rounds.Progress(progress.round_line),
+    ]

@@ -23,7 +23,6 @@ from tffpipe.learning import optimizers
 from tffpipe.program import checkpoints
 from tffpipe.program import files
 from tffpipe.program import outputs
-from tffpipe.program import progress
 from tffpipe.program import resume
 from tffpipe.program import round_hooks
 from tffpipe.program import rounds
@@ -225,12 +224,7 @@ def _train(
     training = _Epochs(active, passives, everyone, combine, schedule.seed, cfg.client.batch_size)
     held_out = _Evaluation(active, passives, combine, schedule)
     hooks: list[rounds.Hook] = [held_out]
-    hooks += round_hooks.standard_hooks(
-        log,
-        lambda n, saved: ckpt.save(checkpoints.ProgramState(n, saved)),
-        cfg.output.checkpoint_every,
-        progress.round_line,
-    )
+    hooks += round_hooks.standard_hooks(log, ckpt, cfg.output.checkpoint_every)
     rounds.RoundLoop(training, hooks, start, schedule.rounds, print_fn).run()
     rounds_done = max(start, schedule.rounds)
     if start >= schedule.rounds:
