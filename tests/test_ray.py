@@ -323,28 +323,20 @@ def test_a_node_removed_mid_run_leaves_the_weights_of_a_straight_run(cluster, re
         RAY_AUTH_TOKEN=token,
     )
     port = ray_cluster._free_loopback_port()
-    ray_start = [
-        sys.executable,
-        "-c",
-        "from ray.scripts.scripts import main; main()",
-        "start",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        "--disable-usage-stats",
-    ]
     cfg = _config(tmp_path, "ray", ray_address=f"127.0.0.1:{port}", ray_cpus_per_actor=1)
     guards = []
-    for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
+    for head in (True, False):
         temp_dir = tempfile.mkdtemp(prefix="tffray-", dir="/tmp")
-        args = ray_start + extra + ([f"--temp-dir={temp_dir}"] if "--head" in extra else [])
-        guard = subprocess.Popen(
-            [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-            start_new_session=True,
-        )
+        if head:
+            guard = ray_cluster.start_guarded_head(port, 1, temp_dir, env)
+        else:
+            node = [
+                f"--address=127.0.0.1:{port}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--disable-usage-stats",
+            ]
+            guard = ray_cluster.start_guarded(node, temp_dir, env)
         guards.append(guard)
         assert guard.stdout.readline().startswith(ray_guard.READY)
         if len(guards) == 1:

@@ -104,26 +104,36 @@ def start_guarded_head(
     num_gpus: int | None = None,
     stderr: int | None = None,
 ) -> subprocess.Popen:
-    """`ray start --head` on 127.0.0.1:`port` under `ray_guard`, which stops the cluster when its stdin closes.
+    """`ray start --head` on 127.0.0.1:`port` under `ray_guard` (see `start_guarded`).
+
+    `num_gpus` None lets Ray count the GPUs itself.
+    """
+    return start_guarded(
+        [
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            *([f"--num-gpus={num_gpus}"] if num_gpus is not None else []),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        temp_dir,
+        env,
+        stderr=stderr,
+    )
+
+
+def start_guarded(
+    ray_start_args: list[str], temp_dir: str, env: Mapping[str, str], *, stderr: int | None = None
+) -> subprocess.Popen:
+    """`ray start <ray_start_args>` under `ray_guard`, which stops that node when its stdin closes.
 
     The guard prints `ray_guard.READY` (or `FAILED ...`) on its stdout once Ray
-    is up; it and the cluster die with this process. `num_gpus` None lets Ray
-    count the GPUs itself.
+    is up; it and the node die with this process.
     """
-    start = [
-        sys.executable,
-        "-c",
-        "from ray.scripts.scripts import main; main()",
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        f"--num-cpus={num_cpus}",
-        *([f"--num-gpus={num_gpus}"] if num_gpus is not None else []),
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
+    start = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", *ray_start_args]
     return subprocess.Popen(
         [sys.executable, "-m", "tffpipe.runtimes.ray_guard", temp_dir, "--", *start],
         stdin=subprocess.PIPE,
