@@ -1,10 +1,13 @@
+import asyncio
 import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow_federated as tff
 
 from tffpipe.program import checkpoints
+from tffpipe.program import state_files
 
 FP = {"task": "digits", "seed": 0}
 
@@ -36,7 +39,9 @@ def test_only_the_newest_are_kept(tmp_path):
 
 
 def _corrupt(directory, version):
-    path = os.path.join(directory, f"program_state_{version}", "saved_model.pb")
+    folder = os.path.join(directory, f"program_state_{version}")
+    name = state_files.ARRAYS_FILE if state_files.holds_arrays(folder) else "saved_model.pb"
+    path = os.path.join(folder, name)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 3)
 
@@ -97,3 +102,84 @@ def test_an_unreadable_fingerprint_file_is_rewritten_from_the_checkpoint(tmp_pat
     path.write_bytes(garbage)
     with pytest.raises(checkpoints.ResumeError, match=r"seed: 0 -> 5"):
         _manager(tmp_path, fingerprint={"task": "digits", "seed": 5}).restore(_state(0))
+
+
+def _save_as_tff_did(directory, round_num, state):
+    """A version written by TFF's FileProgramStateManager, as runs before the arrays format wrote them."""
+    manager = tff.program.FileProgramStateManager(directory, prefix="program_state_", keep_total=0)
+    value = {"round_num": round_num, "fingerprint": json.dumps(FP, sort_keys=True), "learning_state": state}
+    asyncio.run(manager.save(value, round_num))
+
+
+def test_versions_written_by_tffs_manager_are_still_read(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    os.makedirs(directory)
+    _save_as_tff_did(directory, 1, _state(1))
+    restored = _manager(tmp_path).restore(_state(0))
+    assert restored.round_num == 1
+    np.testing.assert_array_equal(restored.learning_state["weights"][0], np.full((2, 3), 1))
+    # A run resumed from it writes the arrays format next to it, and falls back to it.
+    _manager(tmp_path).save(checkpoints.ProgramState(2, _state(2)))
+    assert state_files.holds_arrays(os.path.join(directory, "program_state_2"))
+    assert not state_files.holds_arrays(os.path.join(directory, "program_state_1"))
+    _corrupt(directory, 2)
+    restored = _manager(tmp_path).restore(_state(0))
+    assert restored.round_num == 1
+    assert int(restored.learning_state["count"]) == 1
+
+
+def test_arrays_format_keeps_every_value_exactly(tmp_path):
+    state = {
+        "weights": [np.arange(6, dtype=np.float64).reshape(2, 3) / 7, np.array([-1.5], np.float16)],
+        "step": np.int64(2**40 + 3),
+        "flags": np.array([True, False]),
+        "name": "client \u00e9",
+        "blob": b"\x00key\x00\x00",
+    }
+    _manager(tmp_path).save(checkpoints.ProgramState(7, state))
+    folder = tmp_path / "ckpt" / "program_state_7"
+    assert sorted(os.listdir(folder)) == sorted([state_files.ARRAYS_FILE, state_files.HEADER_FILE])
+    restored = _manager(tmp_path).restore(state).learning_state
+    for name in ("step", "flags"):
+        np.testing.assert_array_equal(restored[name], state[name])
+        assert np.asarray(restored[name]).dtype == np.asarray(state[name]).dtype
+    for saved, original in zip(restored["weights"], state["weights"], strict=True):
+        assert saved.dtype == original.dtype
+        np.testing.assert_array_equal(saved, original)
+    assert restored["name"] == state["name"]
+    assert restored["blob"] == state["blob"]
+
+
+def test_a_state_the_arrays_cannot_hold_is_written_as_a_saved_model(tmp_path):
+    state = {"weights": [np.ones(3, np.float32)], "labels": np.array([b"a", b"bc"])}
+    _manager(tmp_path).save(checkpoints.ProgramState(1, state))
+    assert os.path.exists(tmp_path / "ckpt" / "program_state_1" / "saved_model.pb")
+    restored = _manager(tmp_path).restore(state).learning_state
+    assert list(restored["labels"]) == [b"a", b"bc"]
+
+
+def test_a_state_of_another_shape_is_refused_as_a_structure_change(tmp_path):
+    _manager(tmp_path).save(checkpoints.ProgramState(1, _state(1)))
+    other = {"weights": [np.zeros((3, 3), np.float32), np.zeros(1, np.float32)], "count": np.int64(0)}
+    with pytest.raises(
+        checkpoints.ResumeError, match=r"round 1: saved value \d has shape \(2, 3\), .*\(3, 3\)\); if settings"
+    ):
+        _manager(tmp_path).restore(other)
+    fewer = {"weights": [np.zeros((2, 3), np.float32)], "count": np.int64(0)}
+    with pytest.raises(checkpoints.ResumeError, match=r"saved state has 3 values, this run's state structure has 2"):
+        _manager(tmp_path).restore(fewer)
+
+
+def test_a_save_that_fails_midway_leaves_no_version(tmp_path, monkeypatch):
+    manager = _manager(tmp_path)
+    manager.save(checkpoints.ProgramState(1, _state(1)))
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_files.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(checkpoints.ProgramState(2, _state(2)))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["fingerprint.json", "program_state_1"]
+    assert _manager(tmp_path).restore(_state(0)).round_num == 1

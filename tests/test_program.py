@@ -63,8 +63,8 @@ def test_unreadable_newest_checkpoint_resumes_from_the_previous(small_task, tmp_
     assert lines[0] == "building the federated learning and evaluation processes..."
     assert [line.split()[1] for line in lines if line.startswith("round ")] == ["1/3", "2/3", "3/3"]
 
-    saved_model = tmp_path / "p" / "checkpoints" / "program_state_3" / "saved_model.pb"
-    saved_model.write_bytes(saved_model.read_bytes()[:100])
+    arrays = tmp_path / "p" / "checkpoints" / "program_state_3" / "state.npz"
+    arrays.write_bytes(arrays.read_bytes()[:100])
     # And the CSV lost: rebuilt from TensorBoard, and said.
     os.remove(tmp_path / "p" / "results" / "metrics.csv")
     lines.clear()

@@ -114,6 +114,7 @@ from tensorflow_federated.python.core.impl.types import computation_types  # noq
 from tensorflow_federated.python.core.impl.types import placements  # noqa: E402
 from tensorflow_federated.python.core.impl.types import type_conversions  # noqa: E402
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils  # noqa: E402
+from tensorflow_federated.python.program import structure_utils  # noqa: E402
 from tensorflow_federated.python.simulation.baselines import keras_metrics  # noqa: E402
 from tensorflow_federated.python.simulation.baselines.emnist import emnist_models  # noqa: E402
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_models  # noqa: E402
@@ -171,6 +172,7 @@ __all__ = [
     "runtime_error_context",
     "serialization_utils",
     "structure",
+    "structure_utils",
     "tensorflow_computation",
     "tensorflow_utils",
     "test_compiler",

@@ -1,11 +1,14 @@
 """Checkpoints of the program state, with fallback past unreadable ones.
 
-Saving and version bookkeeping are `tff.program.FileProgramStateManager`'s (it
-writes each version to a temporary folder and renames it into place, so a kill
-mid-save leaves no half-written version). What it does not offer, and this
-module adds: trying older versions when the newest cannot be read, and moving
-unreadable versions aside so that the resumed run can save those versions
-again.
+Each version is a folder `program_state_N`, written whole into a temporary
+folder and renamed into place, so a kill mid-save leaves no half-written
+version. New versions hold the state's arrays (`state_files.py`, about 60
+times faster to write than the SavedModel of `tff.program.FileProgramStateManager`);
+versions written by TFF's manager, as earlier runs did, are still read, and
+its format is used for a state this one cannot hold. What TFF's manager does
+not offer, and this module adds: trying older versions when the newest cannot
+be read, and moving unreadable versions aside so that the resumed run can
+save those versions again.
 """
 
 import asyncio
@@ -16,12 +19,15 @@ import shutil
 from typing import Any
 
 from absl import logging
+import numpy as np
 import tensorflow_federated as tff
 
+from tffpipe import compat
 from tffpipe import config as config_lib
 from tffpipe import errors
 from tffpipe.program import files
 from tffpipe.program import saved_settings
+from tffpipe.program import state_files
 
 _PREFIX = saved_settings.PREFIX
 _FINGERPRINT_FILE = saved_settings.FINGERPRINT_FILE
@@ -44,6 +50,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str, *, keep: int, fingerprint: dict[str, Any]):
         self._directory = directory
+        self._keep = keep
         self._fingerprint_json = config_lib.fingerprint_to_json(fingerprint)
         self._fingerprint = fingerprint
         self._manager = tff.program.FileProgramStateManager(
@@ -58,18 +65,53 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self._directory, entry), ignore_errors=True)
 
     def versions(self) -> list[int]:
-        return asyncio.run(self._manager.get_versions()) or []
+        """The rounds of the complete versions, oldest first."""
+        try:
+            names = os.listdir(self._directory)
+        except OSError:
+            return []
+        return sorted(int(n[len(_PREFIX) :]) for n in names if n.startswith(_PREFIX) and n[len(_PREFIX) :].isdigit())
 
     def save(self, state: ProgramState) -> None:
-        value = {
-            "round_num": state.round_num,
-            "fingerprint": self._fingerprint_json,
-            "learning_state": state.learning_state,
-        }
         fingerprint_path = os.path.join(self._directory, _FINGERPRINT_FILE)
         if not os.path.exists(fingerprint_path):
             files.write_json_atomic(fingerprint_path, self._fingerprint)
-        asyncio.run(self._manager.save(value, state.round_num))
+        header = {"round_num": state.round_num, "fingerprint": self._fingerprint_json}
+        try:
+            leaves = compat.structure_utils.flatten(state.learning_state)
+            state_files.write(self._path(state.round_num), leaves, header)
+        except state_files.NotArrays as e:
+            logging.info("checkpoint of round %d written as a SavedModel: %s", state.round_num, e)
+            asyncio.run(self._manager.save({**header, "learning_state": state.learning_state}, state.round_num))
+        self._remove_old_versions()
+
+    def _path(self, version: int) -> str:
+        return os.path.join(self._directory, f"{_PREFIX}{version}")
+
+    def _remove_old_versions(self) -> None:
+        if self._keep <= 0:
+            return
+        for version in self.versions()[: -self._keep]:
+            shutil.rmtree(self._path(version), ignore_errors=True)
+
+    def _load(self, version: int, structure: Any) -> dict[str, Any]:
+        """{"round_num", "fingerprint", "learning_state"} of `version`, in either format."""
+        path = self._path(version)
+        if not state_files.holds_arrays(path):
+            template = {"round_num": 0, "fingerprint": "", "learning_state": structure}
+            return asyncio.run(self._manager.load(version, template))
+        leaves, header = state_files.read(path)
+        expected = compat.structure_utils.flatten(structure)
+        if len(leaves) != len(expected):
+            raise ValueError(
+                f"the saved state has {len(leaves)} values, this run's state structure has {len(expected)}"
+            )
+        for n, (saved, current) in enumerate(zip(leaves, expected, strict=True)):
+            if isinstance(saved, np.ndarray) and saved.shape != np.shape(current):
+                raise ValueError(
+                    f"saved value {n} has shape {saved.shape}, this run's state structure has {np.shape(current)}"
+                )
+        return {**header, "learning_state": compat.structure_utils.unflatten_as(structure, leaves)}
 
     def restore(self, structure: Any, before: int | None = None) -> ProgramState | None:
         """The newest readable checkpoint, or None when there is none at all.
@@ -103,11 +145,10 @@ class CheckpointManager:
                 os.remove(fingerprint_path)
             else:
                 self._check_fingerprint(saved, versions[-1])
-        template = {"round_num": 0, "fingerprint": "", "learning_state": structure}
         failures = []
         for version in reversed(versions):
             try:
-                value = asyncio.run(self._manager.load(version, template))
+                value = self._load(version, structure)
             except Exception as e:
                 # Any failure to read a version (truncated files, corrupt
                 # protobufs, a different state structure) is reported and
@@ -139,7 +180,7 @@ class CheckpointManager:
         saved_settings.check_differences(saved, self._fingerprint, version, self._directory)
 
     def _move_aside(self, version: int, reason: str, suffix: str = UNREADABLE_SUFFIX) -> None:
-        path = os.path.join(self._directory, f"{_PREFIX}{version}")
+        path = self._path(version)
         target = path + suffix
         if os.path.exists(target):
             shutil.rmtree(target)
