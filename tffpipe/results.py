@@ -6,6 +6,7 @@ per round) and `results/clients.csv` (a row per evaluation client and round).
 
 import dataclasses
 import glob
+import io
 import json
 import os
 import warnings
@@ -53,11 +54,18 @@ def read_csv(path: str) -> pandas.DataFrame:
     """A results CSV as a DataFrame (empty when the file is missing or empty; NaN for empty cells).
 
     Floats are parsed round-trip, so each value is exactly the one written
-    (pandas' default parser can differ in the last bit).
+    (pandas' default parser can differ in the last bit). A last line without
+    its line break (a row a killed run was appending) is left out.
     """
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    if not os.path.exists(path):
         return pandas.DataFrame()
-    return pandas.read_csv(path, float_precision="round_trip")
+    with open(path, newline="", encoding="utf-8") as f:
+        text = f.read()
+    if not text.endswith(("\n", "\r")):
+        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
+    if not text.strip():
+        return pandas.DataFrame()
+    return pandas.read_csv(io.StringIO(text), float_precision="round_trip")
 
 
 def load_run(path: str) -> Run:

@@ -1,8 +1,8 @@
 """Reading a results CSV whose last line may have been cut short.
 
-tffpipe writes its CSVs whole (a temporary file and a rename), but a file
-can still be cut by hand, by a copy that ran out of space, or by a
-filesystem that lost its tail. A cut line would otherwise be read as a row
+tffpipe appends a row per round (or evaluation client) in one write; a kill
+during that write, a copy that ran out of space or a filesystem that lost
+its tail can still cut the last line. A cut line would otherwise be read as a row
 with a truncated number and blank columns. `read` returns only whole rows
 and hands back the cut last line for its caller to report.
 """

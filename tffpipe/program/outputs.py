@@ -9,7 +9,6 @@ Layout under `root_dir/experiment_name/`:
   export/               the final global model as a Keras SavedModel
 """
 
-import asyncio
 import glob
 import os
 import shutil
@@ -19,11 +18,11 @@ from typing import Any
 from collections.abc import Mapping
 
 import tensorflow as tf
-import tensorflow_federated as tff
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 
+from tffpipe.program import appended_csv
 from tffpipe.program import files
 from tffpipe.program import hparams_config
 
@@ -47,21 +46,16 @@ class RunPaths:
 class MetricsLog:
     """Releases one flat dict of scalar metrics per round to CSV and TensorBoard.
 
-    The CSV goes through `tff.program.CSVFileReleaseManager` in write mode:
-    each release rewrites the file through a temporary file and a rename, so
-    it is never half-written. TensorBoard scalars are written here rather than
-    by `tff.program.TensorBoardReleaseManager`, which never flushes its
+    The CSV is appended a row per round (`appended_csv.py`; TFF's
+    `CSVFileReleaseManager` rewrote the whole file every round). TensorBoard
+    scalars are written here rather than by `tff.program.TensorBoardReleaseManager`, which never flushes its
     writer: a killed run would lose the queued events of rounds that its last
     checkpoint already covers. Every release is flushed before the round's
     checkpoint is saved.
     """
 
     def __init__(self, paths: RunPaths):
-        self._csv = tff.program.CSVFileReleaseManager(
-            paths.metrics_csv,
-            save_mode=tff.program.CSVSaveMode.WRITE,
-            key_fieldname=ROUND_KEY,
-        )
+        self._csv = appended_csv.AppendedCsv(paths.metrics_csv, ROUND_KEY)
         self._writer = tf.summary.create_file_writer(paths.logdir)
         self._sim_clock = SimClockEvents(paths.logdir)
         self._root = os.path.dirname(os.path.normpath(paths.run_dir))
@@ -74,7 +68,7 @@ class MetricsLog:
         histograms: Mapping[str, Any] | None = None,
     ) -> None:
         """Records a round's scalars, and `histograms` (name -> values) in TensorBoard only."""
-        asyncio.run(self._csv.release(dict(metrics), round_num))
+        self._csv.release(metrics, round_num)
         with self._writer.as_default(step=round_num):
             # One event of every scalar, as `tf.summary.scalar` writes each
             # (TensorBoard's scalar protos): one TensorFlow op instead of one
@@ -183,7 +177,8 @@ def remove_leftover_temporaries(paths: RunPaths) -> list[str]:
     """Removes what writes killed mid-way left behind; returns the removed names.
 
     `files.replace_dir_atomic` (the export) leaves `.tmp_export*` folders,
-    atomic file writes `.tmp_*` files, TFF's CSV writer `metrics.csv_temp*`.
+    atomic file writes `.tmp_*` files, TFF's CSV writer (runs before
+    `appended_csv.py`) `metrics.csv_temp*`.
     Called while holding the run lock, so no live writer owns them.
     """
     found = glob.glob(os.path.join(paths.run_dir, ".tmp_*"))
