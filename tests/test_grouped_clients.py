@@ -69,7 +69,8 @@ _SLOW = {"secure_sum", "sign_flip_median", "fedprox_dp", "fedsgd_personalized"}
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES])
 def test_grouped_rounds_equal_one_client_per_call(task, tmp_path, case):
-    # 7 clients on 2 slots: slot 0 trains 4 (a group of 3, then 1), slot 1 trains 3.
+    # 7 clients on one of the 2 slots (they share the CPU; too few clients for
+    # both): groups of 3, 3 and 1.
     runs = {}
     for per_call in (1, 3):
         name = f"k{per_call}"
@@ -167,6 +168,7 @@ def test_groups_that_build_their_datasets_in_the_call_equal_datasets_built_in_py
     results = {}
     for how in ("keys", "list"):
         engine = _engine(task, 3, slots=("/CPU:0", "/CPU:0"), prefetch=False)  # the CPU default
+        engine.clients.groups_per_shared_slot = 0  # both slots even for 7 clients
         try:
             state = engine.set_model_weights(engine.initialize(), initial)
             for round_num in (1, 2):
@@ -188,3 +190,26 @@ def test_groups_that_build_their_datasets_in_the_call_equal_datasets_built_in_py
     assert results["keys"][1] == results["list"][1]
     for ours, theirs in zip(results["keys"][0], results["list"][0]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_small_rounds_use_one_of_the_slots_that_share_a_device(task):
+    engine = _engine(task, 1, slots=("/CPU:0", "/CPU:0"), prefetch=False)
+    spec = ClientSpec(num_epochs=1, batch_size=16)
+    try:
+        assert engine.clients.placement_rule == (
+            "client i of a round goes to slot i mod S, S = the round's clients // 4, at least 1 and at most 2, "
+            "as the slots share a device"
+        )
+        state = engine.set_model_weights(engine.initialize(), builder.initial_model_weights(task, 0))
+        ids = list(task.train_data.client_ids)
+        assert len(ids) == 10
+        for count, expected in ((3, {"/CPU:0 (slot 0)": [0, 1, 2]}), (7, {"/CPU:0 (slot 0)": list(range(7))})):
+            data = [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids[:count])]
+            state = engine.next(state, data).state
+            assert engine.last_assignment == expected
+        data = [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids)]
+        engine.next(state, data)
+        assert engine.last_assignment == {"/CPU:0 (slot 0)": [0, 2, 4, 6, 8], "/CPU:0 (slot 1)": [1, 3, 5, 7, 9]}
+        assert engine.clients.slots_for(1000) == 2
+    finally:
+        engine.close()

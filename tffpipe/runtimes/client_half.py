@@ -5,7 +5,8 @@ actor (`ray_actors.py`) for its share of them. Each slot has a device and its
 own imported copies of `work` (one per position in a group of clients
 trained in one TensorFlow call, `tf_parts.GroupedClientStep`) and
 `accumulate`. Client i of the clients given goes to slot i mod (number of
-slots); the caller merges the slots' accumulators in slot order, so a
+slots the round uses: all, or fewer when they share a device and the round
+is small, `slots_for`); the caller merges the slots' accumulators in slot order, so a
 round's result does not depend on thread timing.
 """
 
@@ -55,6 +56,15 @@ def import_part(comp: tff.Computation, what: str) -> tf_parts.ImportedComputatio
 # their sum (12.7 s a round), so groups stay small. See
 # `benchmarks/cohort_throughput.py`.
 AUTO_CLIENTS_PER_CALL = 4
+
+# Slots on one device (`--parallel_clients` on the CPU) compete for its
+# cores; a second slot pays off only when each has several groups to train.
+# digits, 2 cores, wall seconds of a round of N clients, one slot against
+# two (4 per call, median of 4 rounds): N=10 0.056/0.065, 20 0.084/0.103,
+# 50 0.236/0.196, 100 0.469/0.364, 200 1.10/0.83; EMNIST CNN, 200:
+# 3.39/2.97. So a round uses one such slot per this many groups (at least
+# one slot). Slots on different devices (GPUs, logical CPUs) are all used.
+GROUPS_PER_SHARED_SLOT = 4
 
 
 @dataclasses.dataclass
@@ -123,6 +133,7 @@ class ClientHalf:
             max_workers=len(self.slots), thread_name_prefix="tffpipe-prefetch"
         )
         self.last_assignment: dict[str, list[int]] = {}
+        self.groups_per_shared_slot = GROUPS_PER_SHARED_SLOT  # 0: every round uses every slot
 
     @classmethod
     def of(
@@ -187,10 +198,25 @@ class ClientHalf:
 
     @property
     def placement_rule(self) -> str:
-        return f"client i of a round goes to slot i mod {len(self.slots)}"
+        if not self._slots_share_a_device():
+            return f"client i of a round goes to slot i mod {len(self.slots)}"
+        per_slot = self.groups_per_shared_slot * self.clients_per_call
+        return (
+            f"client i of a round goes to slot i mod S, S = the round's clients // {per_slot}, "
+            f"at least 1 and at most {len(self.slots)}, as the slots share a device"
+        )
+
+    def _slots_share_a_device(self) -> bool:
+        return len(self.slots) > 1 and len({s.device for s in self.slots}) == 1 and self.groups_per_shared_slot > 0
+
+    def slots_for(self, num_clients: int) -> int:
+        """How many slots a round of `num_clients` clients uses."""
+        if not self._slots_share_a_device():
+            return len(self.slots)
+        return max(1, min(len(self.slots), num_clients // (self.groups_per_shared_slot * self.clients_per_call)))
 
     def _run(self, client_input, client_data, on_extra):
-        num_slots = len(self.slots)
+        num_slots = self.slots_for(len(client_data))
         assignment = {k: list(range(k, len(client_data), num_slots)) for k in range(min(num_slots, len(client_data)))}
         size = self.clients_per_call
         keyed = self._keyed(client_data)
