@@ -23,7 +23,9 @@ digits, 32 training clients of about 36 examples, 10 a round, batch 16, no
 evaluation): the whole program (`loop.run`, checkpoints and records
 included) for `--peer_rounds` rounds and for a quarter of them, and the
 difference divided by the difference in rounds: wall seconds per round with
-start-up taken out.
+start-up taken out, each run a fresh `python -m tffpipe.train`; the pair is repeated `--peer_repeats` times (one pair
+varied from 0.031 to 0.073 s a round on this shared machine) and each
+figure and the median are printed.
 
   uv run python benchmarks/cohort_throughput.py
   uv run python benchmarks/cohort_throughput.py --workloads=digits:200 --rounds=3 --peer_rounds=0
@@ -62,6 +64,9 @@ flags.DEFINE_list(
 flags.DEFINE_integer("rounds", 5, "Timed rounds per engine (after a warm-up round); the median is reported.")
 flags.DEFINE_integer("batch_size", 20, "The clients' batch size.")
 flags.DEFINE_integer("peer_rounds", 80, "Rounds of the peer configuration's long run (0: skip it).")
+flags.DEFINE_integer(
+    "peer_repeats", 3, "Times the peer configuration's pair of runs is repeated; the median is reported."
+)
 FLAGS = flags.FLAGS
 
 
@@ -158,31 +163,50 @@ def _client_arrays(task, cid) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x), np.asarray(y)
 
 
-def _peer_wall_per_round(rounds: int) -> tuple[float, int, float]:
-    """(wall seconds per round, rounds of the short run, examples per client) of the peer configuration."""
+def _peer_wall_per_round(rounds: int, repeats: int) -> tuple[list[float], int, float]:
+    """(wall seconds per round of each repeat, rounds of the short run, examples per client) of the peer configuration."""
+    task = digits.create_task(num_clients=50, eval_clients=18, alpha=100.0, seed=0)
+    short = max(1, rounds // 4)
+    per_round = [_peer_difference(short, rounds) for _ in range(repeats)]
+    examples = sum(len(_client_arrays(task, cid)[1]) for cid in task.train_data.client_ids)
+    return per_round, short, examples / len(task.train_data.client_ids)
+
+
+def _peer_difference(short: int, rounds: int) -> float:
+    """(wall of a run of `rounds` - wall of a run of `short`) / (rounds - short), each run a fresh process.
+
+    Fresh processes, as users run it: runs repeated in one process slow
+    down one after another (0.068, 0.122 and 0.146 s a round for three
+    pairs in a row here).
+    """
+    import subprocess
+    import sys
     import tempfile
 
-    task = digits.create_task(num_clients=50, eval_clients=18, alpha=100.0, seed=0)
     walls = {}
-    short = max(1, rounds // 4)
     for count in (short, rounds):
-        cfg = config.from_values(
-            {
-                "task": "digits",
-                "clients_per_round": 10,
-                "client_epochs": 1,
-                "client_batch_size": 16,
-                "rounds": count,
-                "eval_every": 0,
-                "runtime": "inprocess",
-                "root_dir": tempfile.mkdtemp(prefix="tffpipe_peer_"),
-            }
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "tffpipe.train",
+            "--task=digits",
+            "--digits_num_clients=50",
+            "--digits_eval_clients=18",
+            "--digits_alpha=100",
+            "--clients_per_round=10",
+            "--client_epochs=1",
+            "--client_batch_size=16",
+            f"--rounds={count}",
+            "--eval_every=0",
+            "--runtime=inprocess",
+            f"--root_dir={tempfile.mkdtemp(prefix='tffpipe_peer_')}",
+        ]
         started = time.perf_counter()
-        loop.run(cfg, task, print_fn=lambda line: None)
+        done = subprocess.run(command, capture_output=True, text=True)
         walls[count] = time.perf_counter() - started
-    examples = sum(len(_client_arrays(task, cid)[1]) for cid in task.train_data.client_ids)
-    return (walls[rounds] - walls[short]) / (rounds - short), short, examples / len(task.train_data.client_ids)
+        if done.returncode != 0:
+            raise SystemExit(f"the peer run failed: {done.stderr.strip().splitlines()[-1:]}")
+    return (walls[rounds] - walls[short]) / (rounds - short)
 
 
 def main(argv):
@@ -230,11 +254,12 @@ def main(argv):
             f"{single / grouped:>7.2f}"
         )
     if FLAGS.peer_rounds:
-        per_round, short, per_client = _peer_wall_per_round(FLAGS.peer_rounds)
+        per_round, short, per_client = _peer_wall_per_round(FLAGS.peer_rounds, FLAGS.peer_repeats)
+        each = ", ".join(f"{p:.3f}" for p in per_round)
         print(
             f"\npeer configuration (digits, 32 clients of ~{per_client:.0f} examples, 10 a round, batch 16, "
             f"whole program, (run of {FLAGS.peer_rounds} - run of {short}) / rounds): "
-            f"{per_round:.3f} s of wall time per round"
+            f"median {statistics.median(per_round):.3f} s of wall time per round ({each})"
         )
     processes.exit_now(0)
 
