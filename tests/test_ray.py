@@ -67,9 +67,9 @@ def _run(cfg):
     return result, lines
 
 
-def _close(a, b):
+def _close(a, b, atol=1e-5):
     for x, y in zip(a.model_weights.trainable, b.model_weights.trainable):
-        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
 
 
 def _running(pid: int) -> bool:
@@ -306,7 +306,11 @@ def test_other_algorithms_and_stacks_equal_the_in_process_runtime(cluster, tmp_p
     ours, lines = _run(_config(tmp_path, "ray", **values))
     theirs, _ = _run(_config(tmp_path, "inprocess", **values))
     assert any("clients' data built on the actors" in line for line in lines)
-    _close(ours, theirs)
+    # The runtimes add the clients' updates in different orders: Ray per
+    # actor, the in-process runtime a round this small on one of its two CPU
+    # slots (client_half.GROUPS_PER_SHARED_SLOT). After two rounds float32
+    # rounding then differs by up to 2e-5 (one weight of 64, clock_with_dropout).
+    _close(ours, theirs, atol=3e-5)
     for name, value in theirs.final_eval.items():
         assert ours.final_eval[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
