@@ -3,8 +3,8 @@
 `tff.program.CSVFileReleaseManager` reads and rewrites the whole file at
 every release, in its append mode too (it first removes the rows at or
 after the new key, which is a rewrite whenever the previous round's row is
-there): 7 ms a round at round 100, 40 to 47 ms at round 1,500
-(`benchmarks/records_release.py`). Here a round's row is one `write` to
+there): a median of 9 ms a release over rounds 1-250, 73 ms over rounds
+1,251-1,500 (`benchmarks/records_release.py`). Here a round's row is one `write` to
 the end of the file; the file is rewritten (a temporary file and a rename)
 only when a row brings new columns or repeats an earlier round. A row cut
 short by a kill mid-write is set apart by the readers (`csv_table.read`,

@@ -66,11 +66,7 @@ class CheckpointManager:
 
     def versions(self) -> list[int]:
         """The rounds of the complete versions, oldest first."""
-        try:
-            names = os.listdir(self._directory)
-        except OSError:
-            return []
-        return sorted(int(n[len(_PREFIX) :]) for n in names if n.startswith(_PREFIX) and n[len(_PREFIX) :].isdigit())
+        return saved_settings.saved_rounds(self._directory)
 
     def save(self, state: ProgramState) -> None:
         fingerprint_path = os.path.join(self._directory, _FINGERPRINT_FILE)

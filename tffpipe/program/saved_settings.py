@@ -23,14 +23,18 @@ class ResumeError(errors.UserError, RuntimeError):
     """Resuming is impossible; the message is one line for the user."""
 
 
-def newest_round(directory: str) -> int | None:
-    """The round of the newest complete checkpoint in `directory`, read from its listing."""
+def saved_rounds(directory: str) -> list[int]:
+    """The rounds of the complete checkpoints in `directory`, oldest first, read from its listing."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return None
-    rounds = [int(n[len(PREFIX) :]) for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit()]
-    return max(rounds, default=None)
+        return []
+    return sorted(int(n[len(PREFIX) :]) for n in names if n.startswith(PREFIX) and n[len(PREFIX) :].isdigit())
+
+
+def newest_round(directory: str) -> int | None:
+    """The round of the newest complete checkpoint in `directory`, read from its listing."""
+    return max(saved_rounds(directory), default=None)
 
 
 def check_differences(saved: Any, current: dict[str, Any], version: int, directory: str) -> None:
