@@ -108,7 +108,11 @@ def _task(model: str, cohort: int):
     )
 
 
-def _config(task, cohort: int, per_call: int) -> config.RunConfig:
+# The engines measured: (label, --clients_per_call, --stacked_training).
+ENGINES = (("stacked", 0, "auto"), ("grouped", 0, "off"), ("per-client", 1, "off"))
+
+
+def _config(task, cohort: int, per_call: int, stacked: str) -> config.RunConfig:
     return config.from_values(
         {
             "task": "digits",
@@ -118,13 +122,14 @@ def _config(task, cohort: int, per_call: int) -> config.RunConfig:
             "zeroing": False,
             "runtime": "inprocess",
             "clients_per_call": per_call,
+            "stacked_training": stacked,
             "digits_num_clients": 1000000,  # unused: the task object is built here
         }
     )
 
 
-def _engine(task, cohort: int, per_call: int):
-    cfg = _config(task, cohort, per_call)
+def _engine(task, cohort: int, per_call: int, stacked: str):
+    cfg = _config(task, cohort, per_call, stacked)
     runtime = runtime_registry.get("inprocess")
     process, _ = assembly.build_learning_process(
         task, cfg, list(task.train_data.client_ids), runtime.loop_implementation()
@@ -217,16 +222,18 @@ def main(argv):
         cohort = int(cohort)
         task = _task(model, cohort)
         initial = builder.initial_model_weights(task, 0)
-        engines = {k: _engine(task, cohort, k) for k in (0, 1)}
+        engines = {label: _engine(task, cohort, per_call, stacked) for label, per_call, stacked in ENGINES}
         states = {k: e.set_model_weights(e.initialize(), initial) for k, (e, _) in engines.items()}
-        times = {0: [], 1: []}
+        times: dict[str, list[float]] = {label: [] for label in engines}
         ids = []
         for round_num in range(0, FLAGS.rounds + 1):
             for k, (engine, spec) in engines.items():
                 states[k], seconds, ids = _round(engine, spec, task, states[k], cohort, round_num + 1)
                 if round_num:
                     times[k].append(seconds)
-        per_call = engines[0][0].clients_per_call
+        stacked_per_call = engines["stacked"][0].stacked
+        how = f"stacked, {stacked_per_call.clients_per_call}/call" if stacked_per_call else "not stacked"
+        per_call = engines["grouped"][0].clients_per_call
         for engine, _ in engines.values():
             engine.close()
         sizes = [len(_client_arrays(task, cid)[1]) for cid in ids]
@@ -235,23 +242,25 @@ def main(argv):
         effective = max(1, round(examples / clients_batches))
         keras_batch = _keras(task, ids, FLAGS.batch_size)
         keras_effective = _keras(task, ids, effective)
-        grouped, single = statistics.median(times[0]), statistics.median(times[1])
-        rows.append((model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective))
+        medians = {label: statistics.median(t) for label, t in times.items()}
+        rows.append((model, cohort, examples, how, per_call, medians, keras_batch, effective, keras_effective))
         print(
-            f"measured {item}: grouped {grouped:.3f} s, per-client {single:.3f} s, "
-            f"keras {keras_batch:.3f} s (batch {FLAGS.batch_size}), {keras_effective:.3f} s (batch {effective})",
+            f"measured {item}: "
+            + ", ".join(f"{label} {m:.3f} s" for label, m in medians.items())
+            + f", keras {keras_batch:.3f} s (batch {FLAGS.batch_size}), {keras_effective:.3f} s (batch {effective})",
             flush=True,
         )
     print()
     print(
-        f"{'workload':<10} {'clients':>7} {'examples':>8} {'K':>3} {'(a) grouped':>11} {'(b) 1/call':>10} "
-        f"{'(c) keras':>9} {'(c) eff. batch':>14} {'(a)/(c)':>7} {'(b)/(a)':>7}"
+        f"{'workload':<10} {'clients':>7} {'examples':>8} {'(a) engine':>10} {'how':<20} {'(a2) grouped':>12} "
+        f"{'(b) 1/call':>10} {'(c) keras':>9} {'(c) eff. batch':>14} {'(a)/(c)':>7} {'(b)/(a)':>7}"
     )
-    for model, cohort, examples, per_call, grouped, single, keras_batch, effective, keras_effective in rows:
+    for model, cohort, examples, how, per_call, medians, keras_batch, effective, keras_effective in rows:
+        engine, grouped, single = medians["stacked"], medians["grouped"], medians["per-client"]
         print(
-            f"{model:<10} {cohort:>7} {examples:>8} {per_call:>3} {grouped:>10.3f}s {single:>9.3f}s "
-            f"{keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} {grouped / keras_effective:>7.2f} "
-            f"{single / grouped:>7.2f}"
+            f"{model:<10} {cohort:>7} {examples:>8} {engine:>9.3f}s {how:<20} {grouped:>8.3f}s K={per_call:<2}"
+            f"{single:>9.3f}s {keras_batch:>8.3f}s {keras_effective:>8.3f}s @{effective:<4} "
+            f"{engine / keras_effective:>7.2f} {single / engine:>7.2f}"
         )
     if FLAGS.peer_rounds:
         per_round, short, per_client = _peer_wall_per_round(FLAGS.peer_rounds, FLAGS.peer_repeats)

@@ -89,6 +89,36 @@ def make_config(**values):
     return config.from_values(values)
 
 
+# A small digits task (10 training clients) for in-process parity tests.
+SMALL_DIGITS = {"digits_num_clients": 14, "digits_eval_clients": 4, "digits_alpha": 1.0}
+
+
+def small_digits_config(root, name, **values):
+    """An in-process run of the small digits task: 2 rounds of 7 clients, batch 16, evaluated at round 2."""
+    return make_config(
+        **{
+            **SMALL_DIGITS,
+            "client_epochs": 1,
+            "client_batch_size": 16,
+            "rounds": 2,
+            "clients_per_round": 7,
+            "eval_every": 2,
+            "root_dir": str(root),
+            "experiment_name": name,
+            "runtime": "inprocess",
+            **values,
+        }
+    )
+
+
+def csv_rows(path) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts."""
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def user_env() -> dict[str, str]:
     """This process's environment, less what importing TFF set in it
     (TF_CPP_MIN_LOG_LEVEL=1).

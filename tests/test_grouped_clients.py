@@ -1,12 +1,11 @@
 """Grouped client work (several clients per TensorFlow call) equals the per-client path."""
 
-import csv
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_config
+from conftest import csv_rows as _rows
+from conftest import small_digits_config
 from tffpipe.learning import builder
 from tffpipe.program import assembly
 from tffpipe.program import loop
@@ -17,8 +16,6 @@ from tffpipe.tasks import ClientSpec
 
 from tffpipe_tasks import digits
 
-SMALL = {"digits_num_clients": 14, "digits_eval_clients": 4, "digits_alpha": 1.0}
-
 
 @pytest.fixture(scope="module")
 def task():
@@ -26,26 +23,7 @@ def task():
 
 
 def _config(root, name, per_call, **values):
-    return make_config(
-        **{
-            **SMALL,
-            "client_epochs": 1,
-            "client_batch_size": 16,
-            "rounds": 2,
-            "clients_per_round": 7,
-            "eval_every": 2,
-            "root_dir": str(root),
-            "experiment_name": name,
-            "runtime": "inprocess",
-            "clients_per_call": per_call,
-            **values,
-        }
-    )
-
-
-def _rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    return small_digits_config(root, name, clients_per_call=per_call, **values)
 
 
 CASES = {

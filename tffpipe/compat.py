@@ -113,7 +113,9 @@ from tensorflow_federated.python.core.impl.executors import remote_executor_grpc
 from tensorflow_federated.python.core.impl.types import computation_types  # noqa: E402
 from tensorflow_federated.python.core.impl.types import placements  # noqa: E402
 from tensorflow_federated.python.core.impl.types import type_conversions  # noqa: E402
+from tensorflow_federated.python.learning.templates import type_checks  # noqa: E402
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils  # noqa: E402
+from tensorflow_federated.python.learning.templates import client_works  # noqa: E402
 from tensorflow_federated.python.program import structure_utils  # noqa: E402
 from tensorflow_federated.python.simulation.baselines import keras_metrics  # noqa: E402
 from tensorflow_federated.python.simulation.baselines.emnist import emnist_models  # noqa: E402
@@ -139,6 +141,7 @@ __all__ = [
     "UnsupportedTFF",
     "allow_deeply_nested_computations",
     "check_tff_version",
+    "client_data_of_tensors",
     "event_loop_of",
     "invoke_without_retry",
     "quiet_library_logs",
@@ -189,3 +192,24 @@ invoke_without_retry = async_execution_context.AsyncExecutionContext.invoke.__wr
 def event_loop_of(context: Any) -> asyncio.AbstractEventLoop:
     """The event loop a `MergeableCompExecutionContext` runs its subrounds on (TFF has no API to stop them)."""
     return context._async_runner._event_loop
+
+
+@contextlib.contextmanager
+def client_data_of_tensors() -> Iterator[None]:
+    """Lets client work and learning processes built inside take tensors as clients' data.
+
+    TFF's `ClientWorkProcess` and `compose_learning_process` refuse client
+    data that is not a sequence, though nothing in composing, compiling or
+    running a process needs one; the stacked form (`learning/stacked.py`)
+    passes each client's training result as its data. Every other check of
+    theirs still runs.
+    """
+    client_work_check = client_works._type_check_next_fn_parameters
+    composed_check = type_checks.check_is_client_placed_structure_of_sequences
+    client_works._type_check_next_fn_parameters = lambda fn: None
+    type_checks.check_is_client_placed_structure_of_sequences = lambda value_type: None
+    try:
+        yield
+    finally:
+        client_works._type_check_next_fn_parameters = client_work_check
+        type_checks.check_is_client_placed_structure_of_sequences = composed_check

@@ -110,6 +110,10 @@ class Algorithm:
         """
         raise NotImplementedError(f"--algorithm={self.key} does not expose its client work")
 
+    def stacked_form(self, parts: Parts) -> Any:
+        """A `learning.stacked.StackedForm` of the process (its clients trained stacked), or why there is none."""
+        return f"--algorithm={self.key} has no stacked form"
+
     def evaluation_process(self, task: Any, ctx: Context, loop_implementation: Any) -> Any:
         """Federated evaluation of the process's model weights on held-out clients (TFF's `build_fed_eval`)."""
         import tensorflow_federated as tff

@@ -27,6 +27,11 @@ class FedAvg(base.Algorithm):
             loop_implementation=parts.loop_implementation,
         )
 
+    def stacked_form(self, parts):
+        from tffpipe.learning import stacked
+
+        return stacked.build(parts, self.client_work(parts), self.client_weighting(parts))
+
 
 def common_arguments(parts: base.Parts) -> dict:
     """The keyword arguments FedAvg and FedProx builders share."""

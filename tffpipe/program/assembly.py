@@ -21,6 +21,7 @@ from tffpipe.learning import builder
 from tffpipe.learning import compose
 from tffpipe.learning import optimizers
 from tffpipe.learning import registry
+from tffpipe.learning import stacked
 from tffpipe.privacy import calibration
 from tffpipe.tasks import Task
 
@@ -86,8 +87,12 @@ def build_learning_process(
 
             options = attack.options(components.attack_context(cfg))
             wrapped = client_work.wrap(algorithm.client_work(parts), attack, options)
-            return compose.learning_process(parts, wrapped), stack
-        return algorithm.build(parts), stack
+            process = compose.learning_process(parts, wrapped)
+            stacked.attach(process, lambda: "an update attack wraps the client work")
+            return process, stack
+        process = algorithm.build(parts)
+        stacked.attach(process, lambda: algorithm.stacked_form(parts))
+        return process, stack
     except ConfigError:
         raise
     except ValueError as e:  # TFF's own checks of aggregator parameters

@@ -72,6 +72,17 @@ class Settings:
         applies=_APPLIES_TO_ENGINE,
         resume=settings.NOT_APPLICABLE,
     )
+    stacked_training: str = settings.setting(
+        "auto",
+        "Train a round's clients on stacked copies of the model, many in one TensorFlow call, where it "
+        "applies (FedAvg with plain SGD on clients, a Keras model whose layers have a stacked form): auto "
+        "for rounds of 24 clients or more (smaller rounds run TFF's client work), on for every round, off never.",
+        flag="stacked_training",
+        group="runtime",
+        choices=("auto", "on", "off"),
+        applies=_APPLIES,
+        resume=settings.NOT_APPLICABLE,
+    )
     prefetch_clients: str = settings.setting(
         "auto",
         "Read each slot's next client into memory while the current one trains: on, off, "
@@ -119,6 +130,7 @@ class InProcessRuntime(base.Runtime):
             prefetch_clients=s.prefetch_clients,
             clients_per_call=s.clients_per_call,
             protocol=ctx.protocol(),
+            stacked_training=s.stacked_training if what == "learning process" else "off",
         )
 
     @contextlib.contextmanager

@@ -23,7 +23,6 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tffpipe.compat import forms
@@ -32,15 +31,12 @@ from tffpipe import errors
 from tffpipe.aggregation.protocols import base as protocols_base
 from tffpipe.aggregation.protocols import masking
 from tffpipe.aggregation.protocols import pairwise_masks
+from tffpipe.learning import stacked
 from tffpipe.runtimes import client_half
+from tffpipe.runtimes import round_parts
+from tffpipe.runtimes import stacked_clients
+from tffpipe.runtimes import stacked_training as stacked_training_lib
 from tffpipe.runtimes import tf_parts
-
-_SECURE_KINDS = (
-    # (MapReduceForm part giving the parameter, work output index, kind)
-    ("secure_sum_bitwidth", forms.WORK_SECAGG_BITWIDTH_INDEX, "bitwidth"),
-    ("secure_sum_max_input", forms.WORK_SECAGG_MAX_INPUT_INDEX, "max_input"),
-    ("secure_modular_sum_modulus", forms.WORK_SECAGG_MODULUS_INDEX, "modular"),
-)
 
 
 def compile_round(computation: tff.Computation, what: str):
@@ -103,12 +99,11 @@ class InProcessProcess:
         clients_per_call: int = 0,
         clients: Callable[[forms.MapReduceForm], Any] | None = None,
         protocol: Callable[[], protocols_base.SecureProtocol] | None = None,
+        stacked_training: str = "off",
     ):
         self.process = process
-        self._next_type = process.next.type_signature
         self._what = what
         self._print_first_placement = print_fn
-        mrf = compile_round(process.next, what)
         try:
             init = tff.backends.mapreduce.get_state_initialization_computation(process.initialize)
         except Exception as e:
@@ -116,33 +111,71 @@ class InProcessProcess:
                 f"the {what}'s initialize cannot run on --runtime=inprocess ({errors.first_line(e)}); use --runtime=cpp"
             ) from e
         self._initialize = _import(init, what)
-        self._prepare = _import(mrf.prepare, what)
-        self._merge = _import(mrf.merge, what)
-        self._report = _import(mrf.report, what)
-        self._update = _import(mrf.update, what)
         self._get_weights = _import(process.get_model_weights, what)
         self._set_weights = _import(process.set_model_weights, what)
+        mrf = compile_round(process.next, what)
         if clients is None:
-            self.clients = client_half.ClientHalf.of(mrf, slot_devices, what, prefetch, clients_per_call)
+            half = client_half.ClientHalf.of(mrf, slot_devices, what, prefetch, clients_per_call)
         else:
-            self.clients = clients(mrf)
-        # Secure-sum parameters are constants of the computation: read once.
-        work_result = mrf.work.type_signature.result
-        self._secure: list[tuple[str, int, list[int]]] = []
-        for part, index, kind in _SECURE_KINDS:
-            count = tf_parts.num_leaves(work_result[index])
-            if not count:
-                continue
-            params = [int(np.asarray(p)) for p in _import(getattr(mrf, part), what)()]
-            if len(params) == 1 and count > 1:
-                params = params * count
-            self._secure.append((kind, count, params))
-        self.protocol = (protocol or masking.MaskingProtocol)() if self._secure else masking.MaskingProtocol()
+            half = clients(mrf)
+        self._plain = round_parts.RoundParts.of(mrf, process.next.type_signature, half, what)
+        self.stacked_setting = stacked_training
+        self.stacked: stacked_clients.StackedClients | None = None
+        self.stacked_reason = ""
+        self._stacked_round: round_parts.RoundParts | None = None
+        # Built at the first round that would use it (it compiles a second
+        # process, about 2.4 s for digits): (slots, prefetch, clients per call).
+        self._stacked_pending = (
+            (list(slot_devices), prefetch, clients_per_call) if stacked_training != "off" and clients is None else None
+        )
+        self._print_fn = print_fn
+        self._protocol_factory = protocol or masking.MaskingProtocol
+        self.protocol = self._protocol_factory() if self._plain.secure else masking.MaskingProtocol()
+
+    def _stack(
+        self, slot_devices: Sequence[str], prefetch: bool, clients_per_call: int
+    ) -> round_parts.RoundParts | None:
+        """Rounds of the stacked form's process, or None and why not in `stacked_reason`.
+
+        Its rounds continue the process's: same state, clients' data their
+        training results (`learning/stacked.py`).
+        """
+        form = stacked.form_of(self.process)
+        if isinstance(form, str):
+            self.stacked_reason = form
+            return None
+        try:
+            mrf = compile_round(form.process.next, self._what)
+            half = client_half.ClientHalf.of(mrf, slot_devices, self._what, prefetch, clients_per_call)
+            self.stacked = stacked_clients.StackedClients(form)
+            return round_parts.RoundParts.of(mrf, form.process.next.type_signature, half, self._what)
+        except (InProcessUnsupported, stacked_training_lib.NotStackable) as e:
+            self.stacked, self.stacked_reason = None, errors.first_line(e)
+            return None
+
+    def _parts_for(self, num_clients: int) -> round_parts.RoundParts:
+        """The stacked round when it applies to a round of `num_clients` clients, else the plain one."""
+        wanted = self.stacked_setting == "on" or num_clients >= stacked_clients.STACKED_MIN_CLIENTS
+        if wanted and self._stacked_pending is not None:
+            self._stacked_round = self._stack(*self._stacked_pending)
+            self._stacked_pending = None
+            if self._stacked_round is not None and self._stacked_round.secure and not self._plain.secure:
+                self.protocol = self._protocol_factory()
+            if self._print_fn is not None:
+                self._print_fn(f"runtime inprocess: {self._what}: {stacked_note(self)}")
+        if wanted and self._stacked_round is not None:
+            return self._stacked_round
+        return self._plain
+
+    @property
+    def clients(self) -> Any:
+        """The client half of rounds of TFF's client work."""
+        return self._plain.clients
 
     @property
     def uses_secure_sum(self) -> bool:
         """Whether rounds aggregate some values with (masked) secure sums."""
-        return bool(self._secure)
+        return bool(self._plain.secure)
 
     @property
     def slot_devices(self) -> list[str]:
@@ -202,51 +235,53 @@ class InProcessProcess:
 
     def next(self, state, client_data: Sequence[Any]):
         """One round on `client_data` (one dataset, or structure of datasets, per client)."""
-        state_leaves = _tensors(tf_parts.flatten(state, self._next_type.parameter[0]))
+        parts = self._parts_for(len(client_data))
+        state_leaves = _tensors(tf_parts.flatten(state, parts.next_type.parameter[0]))
         with tf.device("/CPU:0"):
-            client_input = self._prepare(*state_leaves)
-        moduli = self._moduli(len(client_data))
+            client_input = parts.prepare(*state_leaves)
+        moduli = self._moduli(parts, len(client_data))
         keys = (
-            self.protocol.round_keys(len(client_data), moduli, self._largest_sums(len(client_data)))
-            if self._secure
+            self.protocol.round_keys(len(client_data), moduli, self._largest_sums(parts, len(client_data)))
+            if parts.secure
             else None
         )
-        accumulators, partial_sums = self.clients.run_round(client_input, client_data, keys, moduli)
-        self._say_placement()
-        report = self._report(*client_half.merge_all(self._merge, accumulators))
-        secure_sums = self._secure_sums(partial_sums, moduli)
-        leaves = self._update(*state_leaves, *report, *secure_sums)
-        return tf_parts.unflatten(leaves, self._next_type.result)
+        if parts is self._stacked_round:
+            assert self.stacked is not None
+            client_data = self.stacked.client_results(state, client_data)
+        accumulators, partial_sums = parts.clients.run_round(client_input, client_data, keys, moduli)
+        self._say_placement(parts.clients)
+        report = parts.report(*client_half.merge_all(parts.merge, accumulators))
+        secure_sums = self._secure_sums(parts, partial_sums, moduli)
+        leaves = parts.update(*state_leaves, *report, *secure_sums)
+        return tf_parts.unflatten(leaves, parts.next_type.result)
 
-    def _say_placement(self) -> None:
-        placement = self.clients.describe()
+    def _say_placement(self, clients: Any) -> None:
+        placement = clients.describe()
         if self._print_first_placement is not None:
-            self._print_first_placement(
-                f"{self._what} placement ({self.clients.placement_rule}), first round: {placement}"
-            )
+            self._print_first_placement(f"{self._what} placement ({clients.placement_rule}), first round: {placement}")
             self._print_first_placement = None
         logging.info("in-process %s round: %s", self._what, placement)
 
-    def _moduli(self, num_clients: int) -> list[int]:
+    def _moduli(self, parts: round_parts.RoundParts, num_clients: int) -> list[int]:
         """Per secure value: a modulus under which the round's sum is exact
         (empty without secure sums)."""
         return [
             pairwise_masks.exact_sum_modulus(kind, bound, num_clients)
-            for kind, _, params in self._secure
+            for kind, _, params in parts.secure
             for bound in params
         ]
 
-    def _largest_sums(self, num_clients: int) -> list[int]:
+    def _largest_sums(self, parts: round_parts.RoundParts, num_clients: int) -> list[int]:
         """Per secure value: the largest the round's sum can be before its modulus."""
         return [
-            pairwise_masks.largest_sum(kind, bound, num_clients) for kind, _, params in self._secure for bound in params
+            pairwise_masks.largest_sum(kind, bound, num_clients) for kind, _, params in parts.secure for bound in params
         ]
 
-    def _secure_sums(self, partial_sums, moduli) -> list[tf.Tensor]:
+    def _secure_sums(self, parts: round_parts.RoundParts, partial_sums, moduli) -> list[tf.Tensor]:
         """The server's side: the protocol's sum of the protected partial sums; sees nothing else."""
         if not moduli:
             return []
-        specs = self._update.input_specs[-len(moduli) :]
+        specs = parts.update.input_specs[-len(moduli) :]
         sums = self.protocol.total(partial_sums, moduli, [tuple(spec.shape) for spec in specs])
         return [tf.constant(total.astype(spec.dtype.as_numpy_dtype)) for total, spec in zip(sums, specs)]
 
@@ -254,6 +289,8 @@ class InProcessProcess:
         """Stops the client half (threads, actors) and the secure protocol's key holder."""
         try:
             self.clients.close()
+            if self._stacked_round is not None:
+                self._stacked_round.clients.close()
         finally:
             self.protocol.close()
 
@@ -270,6 +307,7 @@ def build(
     prefetch_clients: str = "auto",
     clients_per_call: int = 0,
     protocol: Callable[[], protocols_base.SecureProtocol] | None = None,
+    stacked_training: str = "off",
 ) -> InProcessProcess:
     """`process` on the in-process runtime, with a line about placement.
 
@@ -281,6 +319,10 @@ def build(
       prefetch_clients: "on", "off", or "auto": on when a slot is a GPU.
       clients_per_call: clients per TensorFlow call (0: automatic).
       protocol: makes the secure-sum protocol (default: pairwise masking).
+      stacked_training: where the process has a stacked form, "auto" trains
+        the clients of rounds of `stacked_clients.STACKED_MIN_CLIENTS` or
+        more on stacked copies of the model, "on" those of every round, "off"
+        none.
     """
     prefetch = client_half.reads_ahead(prefetch_clients, slot_devices)
     runtime = InProcessProcess(
@@ -291,6 +333,7 @@ def build(
         print_fn=print_fn,
         clients_per_call=clients_per_call,
         protocol=protocol,
+        stacked_training=stacked_training,
     )
     if print_fn is not None:
         devices = sorted(set(slot_devices))
@@ -306,3 +349,18 @@ def build(
         if runtime.uses_secure_sum and what == "learning process":
             print_fn(runtime.protocol.note("inprocess"))
     return runtime
+
+
+def stacked_note(runtime: InProcessProcess) -> str:
+    """Whether and when a runtime's rounds train clients stacked, or why not."""
+    if runtime.stacked is not None:
+        rounds = (
+            "every round"
+            if runtime.stacked_setting == "on"
+            else f"rounds of {stacked_clients.STACKED_MIN_CLIENTS} clients or more"
+        )
+        return (
+            f"in {rounds}, clients train on stacked copies of the model, up to "
+            f"{runtime.stacked.clients_per_call} per call, then pass through the aggregation's client part"
+        )
+    return f"clients do not train stacked ({runtime.stacked_reason})"

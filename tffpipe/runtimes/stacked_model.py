@@ -49,6 +49,9 @@ class StackedModel:
     """
 
     layers: tuple[tuple[LayerFn, int], ...]
+    # The most values one example holds at once in any layer (a Conv2D's
+    # patches, or an output), which sets how many clients fit in one call.
+    largest_per_example: int = 1
 
     def forward(self, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         """The K models' outputs on x of shape [K, b, ...]; params[i] is [K, *weight_i.shape]."""
@@ -73,7 +76,9 @@ def stack_model(model: tf.keras.Model) -> StackedModel:
     if not isinstance(model, tf.keras.Sequential) and not _is_chain(model):
         raise NotStackable(f"model {model.name!r} is not a chain of layers")
     built = []
+    largest = 1
     for layer in layers:
+        largest = max(largest, _values_per_example(layer))
         kind = type(layer).__name__
         convert = _LAYERS.get(kind)
         if convert is None:
@@ -83,7 +88,7 @@ def stack_model(model: tf.keras.Model) -> StackedModel:
         built.append((convert(layer), len(layer.trainable_weights)))
     if sum(count for _, count in built) != len(model.trainable_weights):
         raise NotStackable(f"model {model.name!r} shares or nests weights")
-    return StackedModel(tuple(built))
+    return StackedModel(tuple(built), largest)
 
 
 _REGULARIZERS = (
@@ -93,6 +98,21 @@ _REGULARIZERS = (
     "kernel_constraint",
     "bias_constraint",
 )
+
+
+def _values_per_example(layer: tf.keras.layers.Layer) -> int:
+    """Values of one example in the layer's output, or in its patches for a Conv2D."""
+    try:
+        shape = layer.output_shape
+    except (AttributeError, RuntimeError):
+        return 1
+    size = 1
+    for dim in shape[1:]:
+        size *= int(dim or 1)
+    if isinstance(layer, tf.keras.layers.Conv2D):
+        kh, kw = layer.kernel_size
+        size = size // int(layer.filters) * kh * kw * int(layer.input_shape[-1])
+    return size
 
 
 def _is_chain(model: tf.keras.Model) -> bool:

@@ -17,6 +17,7 @@ delta with weight 0 and zeroed metrics.
 
 import collections
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -111,7 +112,7 @@ class StackedTrainer:
         self._weight_shapes = [tuple(w.shape) for w in keras_model.trainable_weights]
         self.batch_size = batch_size
         self._weight_by_examples = weight_by_examples
-        self._train = tf.function(self._train_body, reduce_retracing=True, autograph=True)
+        self._train: Any = None  # traced at the first call, for any number of clients and examples
 
     def train(
         self, initial: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor, counts: tf.Tensor, learning_rate: tf.Tensor
@@ -130,13 +131,24 @@ class StackedTrainer:
            metrics: name -> list of [K] tensors, the clients' unfinalized
            values in the TFF model's order).
         """
-        return self._train(
-            [tf.convert_to_tensor(w) for w in initial],
-            tf.convert_to_tensor(x),
-            tf.convert_to_tensor(y),
-            tf.cast(counts, tf.int32),
-            tf.cast(learning_rate, tf.float32),
-        )
+        initial = [tf.convert_to_tensor(w) for w in initial]
+        x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        if self._train is None:
+
+            def clients_of(t: tf.Tensor) -> tf.TensorSpec:
+                return tf.TensorSpec([None, None, *t.shape[2:]], t.dtype)
+
+            self._train = tf.function(
+                self._train_body,
+                input_signature=[
+                    [tf.TensorSpec(w.shape, w.dtype) for w in initial],
+                    clients_of(x),
+                    clients_of(y),
+                    tf.TensorSpec([None], tf.int32),
+                    tf.TensorSpec([], tf.float32),
+                ],
+            )
+        return self._train(initial, x, y, tf.cast(counts, tf.int32), tf.cast(learning_rate, tf.float32))
 
     def _train_body(self, initial, x, y, counts, learning_rate):
         k = tf.shape(counts)[0]
@@ -211,7 +223,7 @@ def padded_examples(datasets: Sequence[tf.data.Dataset]) -> tuple[tf.Tensor, tf.
     A dataset's batches, in order, are its examples in the order training
     reads them (shuffles and epochs included: they come before the
     batching), so batching them again by the batch size gives the same
-    batches.
+    batches. Also works inside a `tf.function`.
 
     Raises:
       NotStackable: an element is not an (x, y) pair of tensors.
@@ -221,14 +233,42 @@ def padded_examples(datasets: Sequence[tf.data.Dataset]) -> tuple[tf.Tensor, tf.
         raise NotStackable(f"client data must be (x, y) pairs of tensors, not {spec}")
     empty = tuple(tf.zeros([0, *s.shape[1:]], s.dtype) for s in spec)
     flat = [d.reduce(empty, lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))) for d in datasets]
-    counts = [int(x.shape[0]) for x, _ in flat]
-    longest = max(counts + [0])
+    counts = tf.stack([tf.shape(x)[0] for x, _ in flat])
+    longest = tf.reduce_max(counts)
 
     def pad(t: tf.Tensor) -> tf.Tensor:
-        return tf.pad(t, [[0, longest - int(t.shape[0])]] + [[0, 0]] * (t.shape.rank - 1))
+        rest = tf.zeros([len(t.shape) - 1, 2], tf.int32)
+        return tf.pad(t, tf.concat([[[0, longest - tf.shape(t)[0]]], rest], 0))
 
-    return (
-        tf.stack([pad(x) for x, _ in flat]),
-        tf.stack([pad(y) for _, y in flat]),
-        tf.constant(counts, tf.int32),
+    return tf.stack([pad(x) for x, _ in flat]), tf.stack([pad(y) for _, y in flat]), counts
+
+
+def keyed_examples(build: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset], ids: tf.Tensor, seeds: tf.Tensor):
+    """Like `padded_examples`, for the datasets `build(ids[k], seeds[k])`, in one tf.data pipeline.
+
+    One pipeline over every client (`flat_map`) instead of one reduce per
+    client: 200 digits clients took 2.5 s as 200 reductions in one graph.
+    Call it inside a `tf.function`; `build` is a traced dataset function.
+    """
+    k = tf.shape(ids)[0]
+
+    def client(index):
+        return build(ids[index], seeds[index]).unbatch().map(lambda x, y: (index, x, y))
+
+    every = tf.data.Dataset.range(tf.cast(k, tf.int64)).flat_map(client)
+    spec = every.element_spec
+    empty = tuple(tf.zeros([0, *s.shape], s.dtype) for s in spec)
+    # Batches of 2^16: TensorFlow reserves room for a whole batch up front.
+    owner, x, y = every.batch(1 << 16).reduce(
+        empty, lambda a, b: tuple(tf.concat([old, new], 0) for old, new in zip(a, b))
     )
+    owner = tf.cast(owner, tf.int32)
+    counts = tf.math.bincount(owner, minlength=k, maxlength=k, dtype=tf.int32)
+    position = tf.range(tf.shape(owner)[0]) - tf.gather(tf.cumsum(counts, exclusive=True), owner)
+    where = tf.stack([owner, position], 1)
+    longest = tf.reduce_max(tf.concat([counts, [0]], 0))
+
+    def scatter(t: tf.Tensor) -> tf.Tensor:
+        return tf.scatter_nd(where, t, tf.concat([[k, longest], tf.shape(t)[1:]], 0))
+
+    return scatter(x), scatter(y), counts
