@@ -1,11 +1,15 @@
-"""Large cohorts: the grouped in-process engine, the per-client engine and Keras, side by side.
+"""Large cohorts: the in-process engine (stacked or grouped clients), grouped TFF work, one client per call and Keras.
 
-For each workload, a round's clients are trained three ways, every figure a
+For each workload, a round's clients are trained four ways, every figure a
 wall time per round:
-  (a) the in-process engine with grouped client work (`--clients_per_call`
-      at its default), datasets built as the program loop builds them;
-  (b) the same engine with one client per TensorFlow call
-      (`--clients_per_call=1`);
+  (a) the in-process engine at its defaults: clients trained on stacked
+      copies of the model where that applies (`--stacked_training=auto`:
+      FedAvg, plain SGD, a stackable model, 24 clients or more), else TFF's
+      client work grouped; the column after it says which;
+  (a2) TFF's client work grouped (`--stacked_training=off`,
+      `--clients_per_call` at its default), datasets built as the program
+      loop builds them;
+  (b) one client per TensorFlow call (`--clients_per_call=1`);
   (c) Keras `model.fit` of the same model over the same examples, one epoch,
       at the clients' batch size, and at the batch the clients really run
       (a client with 7 examples and batch size 20 runs one batch of 7).
@@ -16,7 +20,7 @@ EMNIST CNN of `tasks/emnist.py` (`cnn_dropout`, 1.2 million parameters) on
 synthetic EMNIST-shaped data (28x28 images, 62 classes, 20 examples a client)
 at 50 and 200 clients a round. FedAvg, one local epoch, batch 20, no zeroing.
 Each figure is the median of `--rounds` timed rounds after a warm-up round;
-(a) and (b) alternate round by round.
+(a), (a2) and (b) alternate round by round.
 
 Then the peer configuration (the shape of Flower's and TFF's tutorials:
 digits, 32 training clients of about 36 examples, 10 a round, batch 16, no

@@ -16,6 +16,11 @@ object looks like a TFF `LearningProcess` to the program loop (`initialize`,
 `next`, `get_model_weights`, `set_model_weights`), returns the same Python
 structures as TFF's runtime, so checkpoints are interchangeable.
 
+Rounds of enough clients of a process with a stacked form (FedAvg, plain
+SGD, a stackable Keras model) run that form's process instead: clients train
+together on stacked copies of the model (`stacked_clients.py`) and `work`
+only passes each client's result through the aggregation's client part.
+
 TFF 0.87 has no Python executor any more, which is why this is written here.
 """
 
