@@ -15,8 +15,13 @@ import pytest
 
 from conftest import csv_rows as _rows
 from conftest import small_digits_config
+from tffpipe.learning import builder
+from tffpipe.program import assembly
 from tffpipe.program import loop
+from tffpipe.runtimes import inprocess_process
+from tffpipe.runtimes import registry as runtime_registry
 from tffpipe.runtimes import stacked_clients
+from tffpipe.tasks import ClientSpec
 
 from tffpipe_tasks import digits
 
@@ -114,3 +119,30 @@ def test_runs_that_cannot_train_stacked_say_why(task, tmp_path, values, reason):
     run = _config(tmp_path, "why", "on", rounds=1, eval_every=0, **values)
     loop.run(run, task, print_fn=lines.append)
     assert f"runtime inprocess: learning process: clients do not train stacked ({reason})" in lines
+
+
+def test_a_round_in_chunks_of_clients_equals_one_call(task):
+    cfg = _config(".", "unused", "on", zeroing=False)
+    runtime = runtime_registry.get("inprocess")
+    process, _ = assembly.build_learning_process(task, cfg, task.train_data.client_ids, runtime.loop_implementation())
+    engine = inprocess_process.InProcessProcess(process, ["/CPU:0"], stacked_training="on")
+    spec = ClientSpec(num_epochs=1, batch_size=16)
+    ids = list(task.train_data.client_ids)[:7]
+    initial = builder.initial_model_weights(task, 0)
+    try:
+        results = {}
+        for per_call in (182, 3):  # one call; calls of 3, 3 and 1 clients
+            state = engine.set_model_weights(engine.initialize(), initial)
+            datasets = [task.client_dataset(cid, spec, seed=i) for i, cid in enumerate(ids)]
+            engine._parts_for(len(ids))  # builds the stacked form
+            assert engine.stacked is not None
+            engine.stacked.clients_per_call = per_call
+            output = engine.next(state, datasets)
+            results[per_call] = (engine.get_model_weights(output.state).trainable, output.metrics)
+    finally:
+        engine.close()
+    for ours, theirs in zip(results[3][0], results[182][0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    train = {k: results[k][1]["client_work"]["train"] for k in results}
+    assert train[3]["num_examples"] == train[182]["num_examples"] > 0
+    assert train[3]["loss"] == pytest.approx(train[182]["loss"], rel=1e-6)

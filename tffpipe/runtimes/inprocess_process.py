@@ -129,17 +129,15 @@ class InProcessProcess:
         self.stacked_reason = ""
         self._stacked_round: round_parts.RoundParts | None = None
         # Built at the first round that would use it (it compiles a second
-        # process, about 2.4 s for digits): (slots, prefetch, clients per call).
+        # process, about 2.4 s for digits): (slots, clients per call).
         self._stacked_pending = (
-            (list(slot_devices), prefetch, clients_per_call) if stacked_training != "off" and clients is None else None
+            (list(slot_devices), clients_per_call) if stacked_training != "off" and clients is None else None
         )
         self._print_fn = print_fn
         self._protocol_factory = protocol or masking.MaskingProtocol
         self.protocol = self._protocol_factory() if self._plain.secure else masking.MaskingProtocol()
 
-    def _stack(
-        self, slot_devices: Sequence[str], prefetch: bool, clients_per_call: int
-    ) -> round_parts.RoundParts | None:
+    def _stack(self, slot_devices: Sequence[str], clients_per_call: int) -> round_parts.RoundParts | None:
         """Rounds of the stacked form's process, or None and why not in `stacked_reason`.
 
         Its rounds continue the process's: same state, clients' data their
@@ -151,7 +149,8 @@ class InProcessProcess:
             return None
         try:
             mrf = compile_round(form.process.next, self._what)
-            half = client_half.ClientHalf.of(mrf, slot_devices, self._what, prefetch, clients_per_call)
+            # Its clients' data are tensors in memory already: nothing to read ahead.
+            half = client_half.ClientHalf.of(mrf, slot_devices, self._what, False, clients_per_call)
             self.stacked = stacked_clients.StackedClients(form)
             return round_parts.RoundParts.of(mrf, form.process.next.type_signature, half, self._what)
         except (InProcessUnsupported, stacked_training_lib.NotStackable) as e:
