@@ -67,6 +67,7 @@ class AutoRuntime(base.Runtime):
         )
         if runner.uses_secure_sum:
             print_fn(runner.protocol.note("inprocess"))
+        runner.say_stacking_to(print_fn)
         self._chosen = inprocess.RUNTIME
         try:
             yield runner

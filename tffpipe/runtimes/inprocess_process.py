@@ -157,6 +157,10 @@ class InProcessProcess:
             self.stacked, self.stacked_reason = None, errors.first_line(e)
             return None
 
+    def say_stacking_to(self, print_fn: Callable[[str], None]) -> None:
+        """Where the line saying whether clients train stacked goes, at the first round that could."""
+        self._print_fn = print_fn
+
     def _parts_for(self, num_clients: int) -> round_parts.RoundParts:
         """The stacked round when it applies to a round of `num_clients` clients, else the plain one."""
         wanted = self.stacked_setting == "on" or num_clients >= stacked_clients.STACKED_MIN_CLIENTS
