@@ -174,7 +174,8 @@ def test_private_worker_folders_of_killed_launchers_are_swept(tmp_path):
     assert not stale.exists() and live.exists() and young.exists() and other_file.exists()
 
 
-def test_a_private_worker_started_from_a_thread_outlives_the_thread(tmp_path):
+@pytest.mark.parametrize("launcher_sigint", ["default", "ignored"])
+def test_a_private_worker_started_from_a_thread_outlives_the_thread(tmp_path, launcher_sigint):
     # PR_SET_PDEATHSIG fires when the *thread* that started a process exits: a
     # relay started from a thread that ended died with it (a zombie, its socket
     # left behind), and the TFF call using it waited forever.
@@ -196,8 +197,15 @@ def test_a_private_worker_started_from_a_thread_outlives_the_thread(tmp_path):
     thread = threading.Thread(
         target=lambda: started.append(processes.WorkerPopen([sys.executable, "-c", server, f"--port={port}"]))
     )
-    thread.start()
-    thread.join()
+    # A launcher started as a background job of a script (`cmd &`) ignores
+    # SIGINT; its workers must still stop on the SIGINT they are sent.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if launcher_sigint == "ignored" else None
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     (worker,) = started
     try:
         time.sleep(1.5)  # the relay would have been killed at once

@@ -102,6 +102,11 @@ def _enter_private_network() -> None:
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Ignored signals stay ignored across exec: a launcher started as a
+    # background job of a script (`cmd &`) ignores SIGINT, and the worker
+    # would ignore the SIGINT forwarded to stop it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -54,6 +54,10 @@ def die_with_parent(parent_pid: int) -> None:
     """Runs in the forked child before exec: ask for SIGKILL on parent death."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A launcher run as a background job of a script (`cmd &`) ignores SIGINT,
+    # and ignored signals survive exec: the worker would ignore `stop`'s SIGINT.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     # The parent may have died between fork and prctl; then nobody would
     # deliver the signal.
     if os.getppid() != parent_pid:
